@@ -1,0 +1,5 @@
+import sys
+
+from kfacemtl.cli import main
+
+sys.exit(main())

@@ -1,0 +1,154 @@
+"""Run configuration: YAML (loaded safely), strict keys, defaults, errors that name the key path.
+
+A config has five sections:
+
+.. code-block:: yaml
+
+    tasks: [age, gender, race, expression, action_units, valence_arousal]
+    sources:                       # training data: FORMAT:PATH plus options
+      - synthetic:portraits?n=6000
+      - {spec: "csv:data/faces.csv", domain: studio, tasks: [gender]}
+    eval_sources:                  # evaluated after training (report.json, plots)
+      - synthetic:street?split=test&n=1000
+    model: {widths: [32, 64, 128, 256], depths: [1, 2, 2, 1], embedding_dim: 256}
+    training: {epochs: 8, batch_size: 64, optimizer: adam, learning_rate: 0.001,
+               mixing: proportional, loss_normalization: mean_with_sample_weight}
+
+Example:
+    >>> from kfacemtl.config import resolve_config
+    >>> cfg = resolve_config({"sources": ["synthetic:lab?n=10"], "training": {"epochs": 1}})
+    >>> cfg["training"]["batch_size"], cfg["model"]["stem_stride"]
+    (64, 2)
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from kfacemtl.errors import ConfigError
+
+DEFAULTS: dict[str, Any] = {
+    "tasks": ["age", "gender", "race", "expression", "action_units", "valence_arousal"],
+    "sources": [],
+    "eval_sources": [],
+    "model": {
+        "input_shape": [64, 64, 3],
+        "widths": [32, 64, 128, 256],
+        "depths": [1, 2, 2, 1],
+        "stem_stride": 2,
+        "embedding_dim": 256,
+        "head_units": 64,
+        "dropout": 0.3,
+    },
+    "training": {
+        "epochs": 8,
+        "batch_size": 64,
+        "steps_per_epoch": None,
+        "optimizer": "adam",
+        "learning_rate": 1e-3,
+        "weight_decay": 0.0,
+        "loss_normalization": "mean_with_sample_weight",
+        "label_smoothing": 0.0,
+        "mixing": "proportional",
+        "augment": True,
+        "seed": 0,
+    },
+}
+OPTIMIZERS = ("adam", "adamw", "sgd")
+_FREE_FORM = {"tasks", "sources", "eval_sources", "training.mixing", "training.steps_per_epoch"}
+
+
+def _check(value, default, path):
+    """Type-check one value against its default's type."""
+    if path in _FREE_FORM or default is None:
+        return value
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(path, f"expected true or false, got {value!r}")
+    elif isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(path, f"expected an integer, got {value!r}")
+    elif isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(path, f"expected a number, got {value!r}")
+        value = float(value)
+    elif isinstance(default, str):
+        if not isinstance(value, str):
+            raise ConfigError(path, f"expected a string, got {value!r}")
+    elif isinstance(default, list):
+        if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise ConfigError(path, f"expected a list of integers, got {value!r}")
+    return value
+
+
+def _merge(defaults: Mapping, given: Mapping, prefix: str) -> dict:
+    if not isinstance(given, Mapping):
+        raise ConfigError(prefix or "<top>", f"expected a mapping, got {given!r}")
+    out = copy.deepcopy(dict(defaults))
+    for key, value in given.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if key not in defaults:
+            import difflib
+            close = difflib.get_close_matches(str(key), list(defaults), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(path, f"unknown key{hint} (known keys: {sorted(defaults)})")
+        if isinstance(defaults[key], Mapping):
+            out[key] = _merge(defaults[key], value if value is not None else {}, path)
+        else:
+            out[key] = _check(value, defaults[key], path)
+    return out
+
+
+def resolve_config(config: Mapping | None) -> dict:
+    """Merge a config onto :data:`DEFAULTS` and validate every key and value.
+
+    Raises:
+        ConfigError: naming the key path of an unknown key or a value of the wrong kind.
+    """
+    cfg = _merge(DEFAULTS, config or {}, "")
+    tr = cfg["training"]
+    for key in ("epochs", "batch_size"):
+        if tr[key] < 1:
+            raise ConfigError(f"training.{key}", f"expected a positive integer, got {tr[key]}")
+    if tr["steps_per_epoch"] is not None and (not isinstance(tr["steps_per_epoch"], int) or tr["steps_per_epoch"] < 1):
+        raise ConfigError("training.steps_per_epoch", f"expected a positive integer or null, got {tr['steps_per_epoch']!r}")
+    if not tr["learning_rate"] > 0:
+        raise ConfigError("training.learning_rate", f"expected a positive number, got {tr['learning_rate']}")
+    if tr["optimizer"] not in OPTIMIZERS:
+        raise ConfigError("training.optimizer", f"expected one of {OPTIMIZERS}, got {tr['optimizer']!r}")
+    from kfacemtl.losses import NORMALIZATIONS
+    if tr["loss_normalization"] not in NORMALIZATIONS:
+        raise ConfigError("training.loss_normalization", f"expected one of {NORMALIZATIONS}, got {tr['loss_normalization']!r}")
+    for key in ("sources", "eval_sources"):
+        if not isinstance(cfg[key], list):
+            raise ConfigError(key, f"expected a list of FORMAT:PATH specs, got {cfg[key]!r}")
+    if not cfg["sources"]:
+        raise ConfigError("sources", "at least one training source is needed (FORMAT:PATH)")
+    if not isinstance(cfg["tasks"], (list, Mapping)):
+        raise ConfigError("tasks", f"expected a list of task names or a mapping, got {cfg['tasks']!r}")
+    return cfg
+
+
+def load_config(path) -> dict:
+    """Read a YAML config file (safe loading) and resolve it.
+
+    Raises:
+        ConfigError: the file is missing or not valid YAML (with its line), or a key is wrong.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("<file>", f"config file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError("<file>", f"{str(path)!r} is not valid YAML: {e}") from None
+    return resolve_config(data or {})
+
+
+def dump_config(config: Mapping) -> str:
+    """YAML text of a resolved config."""
+    return yaml.safe_dump(dict(config), sort_keys=False, default_flow_style=None)

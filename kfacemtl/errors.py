@@ -1,0 +1,30 @@
+"""Exceptions raised by kfacemtl.
+
+Every error names the thing a user has to fix: the config key path, the file, or the
+source and row of a bad label.
+
+Example:
+    >>> from kfacemtl.errors import ConfigError
+    >>> str(ConfigError("model.widths", "expected a list of integers, got 'abc'"))
+    "config key 'model.widths': expected a list of integers, got 'abc'"
+"""
+
+
+class KfacemtlError(Exception):
+    """Base class of every error kfacemtl raises on purpose."""
+
+
+class ConfigError(KfacemtlError, ValueError):
+    """A config key is unknown, missing or holds a value of the wrong kind."""
+
+    def __init__(self, key_path, message):
+        self.key_path = key_path
+        super().__init__(f"config key '{key_path}': {message}")
+
+
+class SourceError(KfacemtlError, ValueError):
+    """A data source cannot be read: a missing file, a bad column, an unreadable image."""
+
+
+class LabelError(SourceError):
+    """A label is out of range, not a number, or NaN where a value was promised."""

@@ -1,0 +1,121 @@
+"""Masked per-task losses.
+
+A missing label arrives with sample weight 0 and a finite placeholder label. The loss
+ignores whatever label value a masked row holds (it is replaced before any arithmetic, so
+even huge garbage cannot make ``0 * inf``), and the reduction is a decision:
+
+- ``mean_with_sample_weight`` (default): Σ wᵢ·ℓᵢ / Σ wᵢ, the mean over labelled rows. A task
+  labelled in 10% of a batch learns as fast per labelled sample as one labelled everywhere.
+  A batch without any label for the task contributes exactly 0.
+- ``sum_over_batch_size`` (Keras's default): Σ wᵢ·ℓᵢ / batch size, so a task's gradient
+  shrinks with the share of the batch that labels it.
+
+Example:
+    >>> import numpy as np
+    >>> from kfacemtl.losses import MaskedTaskLoss
+    >>> loss = MaskedTaskLoss("regression", "mae")
+    >>> float(loss(np.array([[1.0], [1e30]]), np.array([[0.0], [0.0]]), np.array([1.0, 0.0])))
+    1.0
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+NORMALIZATIONS = ("mean_with_sample_weight", "sum_over_batch_size")
+_EPS = 1e-7
+
+
+@keras.saving.register_keras_serializable(package="kfacemtl")
+class MaskedTaskLoss(keras.losses.Loss):
+    """Loss of one task that honours a 0/1 (or soft) per-sample weight exactly.
+
+    Args:
+        kind: the task kind: ``classification``, ``multilabel`` or ``regression``.
+        loss: ``crossentropy`` (probabilities in, class ids as labels), ``binary_crossentropy``,
+            ``huber``, ``mse`` or ``mae``.
+        scale: regression errors are divided by this first.
+        normalization: ``mean_with_sample_weight`` or ``sum_over_batch_size``.
+        label_smoothing: for ``crossentropy``.
+
+    Example:
+        >>> loss = MaskedTaskLoss("classification", "crossentropy")
+        >>> round(float(loss([0, 1], [[0.5, 0.5], [0.9, 0.1]], [1.0, 0.0])), 4)
+        0.6931
+    """
+
+    def __init__(self, kind: str, loss: str, scale: float = 1.0,
+                 normalization: str = "mean_with_sample_weight", label_smoothing: float = 0.0,
+                 name: str | None = None, **kwargs):
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
+        kwargs.pop("reduction", None)
+        super().__init__(name=name or f"masked_{loss}", reduction="none", **kwargs)
+        self.kind, self.loss_name, self.scale = kind, loss, float(scale)
+        self.normalization, self.label_smoothing = normalization, float(label_smoothing)
+
+    def per_sample(self, y_true, y_pred):
+        """Unweighted loss of every row, shape (batch,)."""
+        if self.loss_name == "crossentropy":
+            n = ops.shape(y_pred)[-1]
+            y = ops.one_hot(ops.cast(ops.reshape(y_true, (-1,)), "int32"), n)
+            if self.label_smoothing:
+                y = y * (1 - self.label_smoothing) + self.label_smoothing / ops.cast(n, y.dtype)
+            return -ops.sum(y * ops.log(ops.clip(y_pred, _EPS, 1.0)), axis=-1)
+        y_true = ops.reshape(y_true, ops.shape(y_pred))
+        if self.loss_name == "binary_crossentropy":
+            p = ops.clip(y_pred, _EPS, 1 - _EPS)
+            return -ops.mean(y_true * ops.log(p) + (1 - y_true) * ops.log(1 - p), axis=-1)
+        err = (y_pred - y_true) / self.scale
+        if self.loss_name == "mse":
+            values = ops.square(err)
+        elif self.loss_name == "mae":
+            values = ops.abs(err)
+        elif self.loss_name == "huber":
+            a = ops.abs(err)
+            values = ops.where(a <= 1.0, 0.5 * ops.square(err), a - 0.5)
+        else:
+            raise ValueError(f"unknown loss {self.loss_name!r}")
+        return ops.mean(values, axis=-1)
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        y_pred = ops.convert_to_tensor(y_pred, dtype="float32")
+        y_true = ops.convert_to_tensor(y_true, dtype="float32")
+        batch = ops.shape(y_pred)[0]
+        if sample_weight is None:
+            w = ops.ones((batch,), dtype="float32")
+        else:
+            w = ops.reshape(ops.cast(ops.convert_to_tensor(sample_weight), "float32"), (-1,))
+        labelled = w > 0
+        # Replace masked labels before any arithmetic: garbage there can't reach the loss or its gradient.
+        mask = ops.reshape(labelled, (-1,) + (1,) * (len(y_true.shape) - 1))
+        y_true = ops.where(mask, y_true, ops.zeros_like(y_true))
+        values = ops.where(labelled, self.per_sample(y_true, y_pred), 0.0)
+        total = ops.sum(values * w)
+        if self.normalization == "mean_with_sample_weight":
+            return ops.divide_no_nan(total, ops.sum(w))
+        return total / ops.cast(batch, "float32")
+
+    def call(self, y_true, y_pred):
+        return self.per_sample(ops.convert_to_tensor(y_true, "float32"), ops.convert_to_tensor(y_pred, "float32"))
+
+    def get_config(self):
+        config = super().get_config()
+        config.pop("reduction", None)
+        config.update(kind=self.kind, loss=self.loss_name, scale=self.scale,
+                      normalization=self.normalization, label_smoothing=self.label_smoothing)
+        return config
+
+
+def task_loss(task, normalization: str = "mean_with_sample_weight", label_smoothing: float = 0.0) -> MaskedTaskLoss:
+    """The masked loss of a :class:`~kfacemtl.tasks.Task`.
+
+    Example:
+        >>> from kfacemtl.tasks import get_task
+        >>> task_loss(get_task("age")).loss_name
+        'huber'
+    """
+    return MaskedTaskLoss(task.kind, task.loss, scale=task.loss_scale, normalization=normalization,
+                          label_smoothing=label_smoothing if task.kind == "classification" else 0.0,
+                          name=f"{task.name}_loss")

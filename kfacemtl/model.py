@@ -1,0 +1,230 @@
+"""The multi-task network: a VGG-style backbone, a shared embedding, one small head per task.
+
+The backbone (feature extractor) is kept apart from the heads, as KerasHub keeps a
+``Backbone`` apart from its ``Task``: :class:`VGGBackbone` describes and builds the shared
+trunk, :func:`build_model` adds one head per task. The graph is flat (no nested models),
+so saliency tools can reach every conv layer.
+
+Outputs are a **list in task order**, each output layer named after its task; the
+output layers (:class:`TaskOutput`) carry their task's description, so a saved model
+knows its tasks (:func:`model_tasks`).
+
+Example:
+    >>> from kfacemtl.model import build_model
+    >>> from kfacemtl.tasks import resolve_tasks
+    >>> model = build_model(resolve_tasks(["age", "gender"]), input_shape=(32, 32, 3), widths=(8, 16))
+    >>> model.output_names
+    ['age', 'gender']
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import keras
+
+from kfacemtl.errors import ConfigError
+from kfacemtl.tasks import Task
+
+
+@dataclasses.dataclass
+class VGGBackbone:
+    """A VGG-style convolutional trunk: blocks of (conv 3×3 → BN → ReLU) × depth, then max-pool.
+
+    Args:
+        widths: channels of each block.
+        depths: convolutions per block (one int for all blocks, or one per block).
+        stem_stride: stride of the very first convolution (2 halves the work of a 64×64 input).
+        embedding_dim: width of the shared embedding after global average pooling.
+        dropout: dropout on the embedding.
+
+    Example:
+        >>> import keras
+        >>> x = keras.Input((64, 64, 3))
+        >>> VGGBackbone(widths=(16, 32), depths=1)(x).shape
+        (None, 256)
+    """
+
+    widths: Sequence[int] = (32, 64, 128, 256)
+    depths: Sequence[int] | int = (1, 2, 2, 1)
+    stem_stride: int = 2
+    embedding_dim: int = 256
+    dropout: float = 0.3
+
+    def __post_init__(self):
+        self.widths = tuple(int(w) for w in self.widths)
+        depths = self.depths
+        self.depths = (int(depths),) * len(self.widths) if isinstance(depths, int) else tuple(int(d) for d in depths)
+        if not self.widths or any(w < 1 for w in self.widths):
+            raise ConfigError("model.widths", f"expected a non-empty list of positive integers, got {self.widths}")
+        if len(self.depths) != len(self.widths) or any(d < 1 for d in self.depths):
+            raise ConfigError("model.depths", f"expected {len(self.widths)} positive integers (one per block), got {self.depths}")
+        if self.stem_stride not in (1, 2):
+            raise ConfigError("model.stem_stride", f"expected 1 or 2, got {self.stem_stride}")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError("model.dropout", f"expected a number in [0, 1), got {self.dropout}")
+
+    def __call__(self, inputs):
+        """Apply the trunk to an input tensor; returns the shared embedding."""
+        x = inputs
+        for b, (width, depth) in enumerate(zip(self.widths, self.depths), start=1):
+            for c in range(1, depth + 1):
+                stride = self.stem_stride if (b, c) == (1, 1) else 1
+                x = keras.layers.Conv2D(width, 3, strides=stride, padding="same", use_bias=False,
+                                        name=f"block{b}_conv{c}")(x)
+                x = keras.layers.BatchNormalization(name=f"block{b}_bn{c}")(x)
+                x = keras.layers.ReLU(name=f"block{b}_relu{c}")(x)
+            if b < len(self.widths):
+                x = keras.layers.MaxPooling2D(2, name=f"block{b}_pool")(x)
+        x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+        x = keras.layers.Dense(self.embedding_dim, use_bias=False, name="embedding_dense")(x)
+        x = keras.layers.BatchNormalization(name="embedding_bn")(x)
+        x = keras.layers.ReLU(name="embedding")(x)
+        if self.dropout:
+            x = keras.layers.Dropout(self.dropout, name="embedding_dropout")(x)
+        return x
+
+    def to_config(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
+
+
+@keras.saving.register_keras_serializable(package="kfacemtl")
+class TaskOutput(keras.layers.Dense):
+    """A task's output layer: a Dense layer with the task's activation and scale.
+
+    Classification → softmax probabilities; multilabel → sigmoid probabilities; regression →
+    values on the task's own scale (``center + half_range · z``, e.g. years for age).
+    The task's description travels in the layer config.
+    """
+
+    def __init__(self, task: dict | Task, **kwargs):
+        task = task if isinstance(task, Task) else Task.from_config(task)
+        activation = {"classification": "softmax", "multilabel": "sigmoid", "regression": "linear"}[task.kind]
+        kwargs.pop("units", None)
+        kwargs.setdefault("activation", activation)
+        kwargs.setdefault("name", task.name)
+        super().__init__(units=task.output_dim, **kwargs)
+        self.task = task
+
+    def call(self, inputs):
+        out = super().call(inputs)
+        if self.task.kind == "regression":
+            lo, hi = self.task.value_range
+            out = 0.5 * (lo + hi) + 0.5 * (hi - lo) * out
+        return out
+
+    def get_config(self):
+        config = super().get_config()
+        config.pop("units", None)
+        config["task"] = self.task.to_config()
+        return config
+
+
+@keras.saving.register_keras_serializable(package="kfacemtl")
+class MultiTaskModel(keras.Model):
+    """A functional Keras model whose ``fit``/``evaluate`` accept per-task dicts.
+
+    Keras 3 maps a label dict onto list outputs but not a sample-weight dict; this model
+    orders both by its output names, so the pipeline's ``(images, {task: label},
+    {task: weight})`` batches go straight into ``model.fit``.
+    """
+
+    def _by_task(self, data):
+        x, y, sw = keras.utils.unpack_x_y_sample_weight(data)
+        names = self.output_names
+        if isinstance(y, dict):
+            y = tuple(y[n] for n in names)
+        if isinstance(sw, dict):
+            sw = tuple(sw[n] for n in names)
+        return keras.utils.pack_x_y_sample_weight(x, y, sw)
+
+    def train_step(self, data):
+        return super().train_step(self._by_task(data))
+
+    def test_step(self, data):
+        return super().test_step(self._by_task(data))
+
+    @property
+    def tasks(self) -> list[Task]:
+        """The tasks of the outputs, in output order."""
+        return model_tasks(self)
+
+    def predict_dict(self, x, **kwargs) -> dict:
+        """``predict`` returning ``{task: array}``."""
+        out = self.predict(x, **kwargs)
+        out = out if isinstance(out, (list, tuple)) else [out]
+        return dict(zip(self.output_names, out))
+
+
+def model_tasks(model: keras.Model) -> list[Task]:
+    """The tasks of a built or loaded model, read from its :class:`TaskOutput` layers."""
+    tasks = []
+    for name in model.output_names:
+        layer = model.get_layer(name)
+        if not isinstance(layer, TaskOutput):
+            raise ValueError(f"output {name!r} is not a kfacemtl TaskOutput layer; was this model built by build_model?")
+        tasks.append(layer.task)
+    return tasks
+
+
+def build_model(tasks: Sequence[Task], input_shape=(64, 64, 3), widths=(32, 64, 128, 256), depths=(1, 2, 2, 1),
+                stem_stride: int = 2, embedding_dim: int = 256, head_units: int = 64, dropout: float = 0.3,
+                name: str = "kfacemtl") -> MultiTaskModel:
+    """Build the multi-task network.
+
+    Args:
+        tasks: the tasks, in output order.
+        input_shape: ``(height, width, 3)``; images are float32 in [0, 1].
+        widths, depths, stem_stride, embedding_dim, dropout: the backbone (:class:`VGGBackbone`).
+        head_units: hidden units of each task's head (0 = the output reads the embedding directly).
+
+    Returns:
+        A :class:`MultiTaskModel` with one output per task, named after it, in task order.
+
+    Example:
+        >>> from kfacemtl.tasks import resolve_tasks
+        >>> m = build_model(resolve_tasks(["expression"]), widths=(8, 16), depths=1)
+        >>> m.output_shape
+        (None, 7)
+    """
+    tasks = list(tasks)
+    if not tasks:
+        raise ConfigError("tasks", "a model needs at least one task")
+    if len(input_shape) != 3 or input_shape[-1] != 3:
+        raise ConfigError("model.input_shape", f"expected [height, width, 3], got {list(input_shape)}")
+    backbone = VGGBackbone(widths, depths, stem_stride, embedding_dim, dropout)
+    inputs = keras.Input(tuple(int(v) for v in input_shape), name="image")
+    embedding = backbone(inputs)
+    outputs = []
+    for task in tasks:
+        h = embedding
+        if head_units:
+            h = keras.layers.Dense(int(head_units), activation="relu", name=f"{task.name}_hidden")(h)
+        outputs.append(TaskOutput(task, name=task.name)(h))
+    model = MultiTaskModel(inputs=inputs, outputs=outputs, name=name)
+    return model
+
+
+def load_model(path, compile: bool = True) -> MultiTaskModel:
+    """Load a ``.keras`` file saved from a kfacemtl model (safe mode: no arbitrary code).
+
+    Example:
+        >>> # model = load_model("runs/demo/model.keras")
+    """
+    return keras.saving.load_model(path, compile=compile, safe_mode=True)
+
+
+def count_flops(model: keras.Model) -> int:
+    """Multiply-adds × 2 of one forward pass of one image through the conv and dense layers."""
+    flops = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            _, h, w, c_out = layer.output.shape
+            k = layer.kernel.shape
+            flops += 2 * h * w * c_out * k[0] * k[1] * k[2]
+        elif isinstance(layer, keras.layers.Dense):
+            flops += 2 * layer.kernel.shape[0] * layer.kernel.shape[1]
+    return int(flops)
+
+

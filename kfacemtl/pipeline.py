@@ -1,0 +1,189 @@
+"""The tf.data pipeline: decode → resize → augment → mix sources → batch → prefetch.
+
+Every batch is ``(images, {task: label}, {task: weight})`` with every task of the model
+present; a missing label has weight 0 and a finite placeholder label. Images are float32
+in [0, 1], ``image_size`` square, 3 channels (gray is repeated).
+
+The same :func:`preprocess_image` ops run at serving time, so a served model sees exactly
+what training saw.
+
+Example:
+    >>> from kfacemtl.sources import make_source
+    >>> from kfacemtl.tasks import resolve_tasks
+    >>> from kfacemtl.pipeline import make_dataset
+    >>> tasks = resolve_tasks(["gender", "expression"])
+    >>> ds = make_dataset([make_source("synthetic:lab?n=8")], tasks, batch_size=4, training=False)
+    >>> images, labels, weights = next(iter(ds))
+    >>> images.shape, sorted(labels), weights["gender"].numpy().tolist()
+    (TensorShape([4, 64, 64, 3]), ['expression', 'gender'], [0.0, 0.0, 0.0, 0.0])
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from kfacemtl.errors import ConfigError, SourceError
+from kfacemtl.sources import Source
+from kfacemtl.tasks import Task
+
+MIXING_MODES = ("proportional", "balanced")
+
+
+def preprocess_image(image, image_size=(64, 64)):
+    """Decoded ``uint8`` image (H, W, 1|3|4) → float32 ``image_size`` RGB in [0, 1].
+
+    Uses TF ops only (gray → RGB, RGBA → RGB, bilinear resize with antialiasing).
+    """
+    image = tf.convert_to_tensor(image)
+    channels = tf.shape(image)[-1]
+    image = tf.cond(tf.equal(channels, 1), lambda: tf.repeat(image, 3, axis=-1),
+                    lambda: image[..., :3])
+    image = tf.image.convert_image_dtype(image, tf.float32)
+    image = tf.image.resize(image, image_size, method="bilinear", antialias=True)
+    image.set_shape(tuple(image_size) + (3,))
+    return tf.clip_by_value(image, 0.0, 1.0)
+
+
+def decode_image(data, image_size=(64, 64)):
+    """Encoded JPEG/PNG/BMP/GIF bytes → float32 ``image_size`` RGB in [0, 1]."""
+    image = tf.io.decode_image(data, channels=0, expand_animations=False)
+    return preprocess_image(image, image_size)
+
+
+def augment_image(image, seed):
+    """Light training augmentation in TF ops: flip, shift (pad-and-crop), brightness, contrast.
+
+    Args:
+        image: float32 (H, W, 3) in [0, 1].
+        seed: a stateless seed, shape (2,) int.
+    """
+    h, w = image.shape[0], image.shape[1]
+    seeds = tf.random.experimental.stateless_split(seed, 4)
+    image = tf.image.stateless_random_flip_left_right(image, seeds[0])
+    pad = max(2, h // 16)
+    image = tf.image.pad_to_bounding_box(image, pad, pad, h + 2 * pad, w + 2 * pad)
+    image = tf.image.stateless_random_crop(image, (h, w, 3), seeds[1])
+    image = tf.image.stateless_random_brightness(image, 0.12, seeds[2])
+    image = tf.image.stateless_random_contrast(image, 0.8, 1.25, seeds[3])
+    return tf.clip_by_value(image, 0.0, 1.0)
+
+
+def mixing_weights(sources: Sequence[Source], mixing: str | Mapping[str, float] = "proportional") -> np.ndarray:
+    """Sampling probability of each source.
+
+    Args:
+        mixing: ``proportional`` (to source size), ``balanced`` (equal), or an explicit
+            ``{source_name: weight}`` mapping (every source named, weights ≥ 0, not all 0).
+
+    Example:
+        >>> class S:  # any object with a name and a length
+        ...     def __init__(self, name, n): self.name, self.n = name, n
+        ...     def __len__(self): return self.n
+        >>> mixing_weights([S("a", 300), S("b", 100)]).tolist()
+        [0.75, 0.25]
+        >>> mixing_weights([S("a", 300), S("b", 100)], "balanced").tolist()
+        [0.5, 0.5]
+    """
+    if isinstance(mixing, Mapping):
+        names = [s.name for s in sources]
+        unknown = set(mixing) - set(names)
+        if unknown:
+            raise ConfigError(f"training.mixing.{sorted(unknown)[0]}", f"not a source; sources are {names}")
+        missing = [n for n in names if n not in mixing]
+        if missing:
+            raise ConfigError("training.mixing", f"explicit mixing must give every source a weight; missing {missing}")
+        w = np.array([float(mixing[n]) for n in names])
+        if np.any(~np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
+            raise ConfigError("training.mixing", f"weights must be finite, ≥ 0 and not all 0, got {dict(mixing)}")
+    elif mixing == "proportional":
+        w = np.array([len(s) for s in sources], dtype="float64")
+    elif mixing == "balanced":
+        w = np.ones(len(sources))
+    else:
+        raise ConfigError("training.mixing", f"expected one of {MIXING_MODES} or a mapping "
+                                             f"{{source: weight}}, got {mixing!r}")
+    return w / w.sum()
+
+
+def source_dataset(source: Source, tasks: Sequence[Task]) -> tf.data.Dataset:
+    """One source → unbatched ``(raw image or encoded bytes' path, labels, weights)`` elements,
+    before decoding. Labels are validated here, before anything reaches a loss."""
+    labels, weights = source.labels(tasks)
+    images = source.images()
+    if images is not None:
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
+            raise SourceError(f"source {source.name}: in-memory images must be uint8 (n, H, W, 1|3|4), "
+                              f"got {images.dtype} {images.shape}")
+        first = images
+    else:
+        first = source.paths()
+    if len(first) == 0:
+        raise SourceError(f"source {source.name}: it has no samples")
+    return tf.data.Dataset.from_tensor_slices((first, labels, weights))
+
+
+def _loader(source: Source, image_size):
+    if source.images() is not None:
+        return lambda x: preprocess_image(x, image_size)
+    return lambda p: decode_image(tf.io.read_file(p), image_size)
+
+
+def make_dataset(sources: Sequence[Source], tasks: Sequence[Task], batch_size: int = 64, image_size=(64, 64),
+                 training: bool = True, mixing: str | Mapping[str, float] = "proportional", augment: bool = True,
+                 shuffle_buffer: int = 4096, seed: int = 0, drop_remainder: bool | None = None) -> tf.data.Dataset:
+    """The batched dataset for ``model.fit`` / ``model.evaluate``.
+
+    Args:
+        sources: the data sources.
+        tasks: every task of the model (in model order); tasks a source lacks get weight 0.
+        batch_size: samples per batch.
+        image_size: ``(height, width)`` of the model's input.
+        training: shuffle, repeat forever, mix sources by ``mixing`` and augment; else one
+            pass over the sources in order, no augmentation.
+        mixing: ``proportional``, ``balanced`` or ``{source_name: weight}`` (training only).
+        augment: apply :func:`augment_image` (training only).
+        shuffle_buffer: per-source shuffle buffer.
+        seed: seed for shuffling, mixing and augmentation.
+
+    Returns:
+        A ``tf.data.Dataset`` of ``(images, {task: label}, {task: weight})``. With
+        ``training=True`` it is infinite: pass ``steps_per_epoch`` to ``fit``
+        (:func:`steps_per_epoch` gives one pass over the data).
+    """
+    if not sources:
+        raise ConfigError("sources", "no sources given")
+    if int(batch_size) < 1:
+        raise ConfigError("training.batch_size", f"expected a positive integer, got {batch_size!r}")
+    image_size = tuple(int(v) for v in image_size)
+    auto = tf.data.AUTOTUNE
+    parts = []
+    for i, src in enumerate(sources):
+        ds = source_dataset(src, tasks)
+        load = _loader(src, image_size)
+        if training:
+            ds = ds.shuffle(min(len(src), shuffle_buffer), seed=seed + i, reshuffle_each_iteration=True).repeat()
+        ds = ds.map(lambda x, y, w: (load(x), y, w), num_parallel_calls=auto, deterministic=not training)
+        parts.append(ds)
+    if training:
+        probs = mixing_weights(sources, mixing)
+        ds = tf.data.Dataset.sample_from_datasets(parts, weights=probs.tolist(), seed=seed) if len(parts) > 1 else parts[0]
+        if augment:
+            counter = tf.data.Dataset.counter()
+            ds = tf.data.Dataset.zip((ds, counter)).map(
+                lambda e, c: (augment_image(e[0], tf.stack([tf.cast(seed, tf.int64), c])), e[1], e[2]),
+                num_parallel_calls=auto)
+        drop = True if drop_remainder is None else drop_remainder
+    else:
+        ds = parts[0]
+        for p in parts[1:]:
+            ds = ds.concatenate(p)
+        drop = bool(drop_remainder)
+    return ds.batch(int(batch_size), drop_remainder=drop, num_parallel_calls=auto).prefetch(auto)
+
+
+def steps_per_epoch(sources: Sequence[Source], batch_size: int) -> int:
+    """Batches in one pass over all sources (at least 1)."""
+    return max(1, sum(len(s) for s in sources) // int(batch_size))

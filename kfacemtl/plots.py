@@ -1,0 +1,71 @@
+"""Plots written into a run directory: loss curves and confusion matrices.
+
+Example:
+    >>> # plot_history("runs/demo/history.csv", "runs/demo/plots/loss.png")
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def read_history(path) -> pd.DataFrame:
+    """``history.csv`` as a table, one row per epoch (a resumed epoch's last row wins)."""
+    df = pd.read_csv(path)
+    return df.drop_duplicates("epoch", keep="last").sort_values("epoch").reset_index(drop=True)
+
+
+def plot_history(history_csv, out_png) -> Path:
+    """Total loss and each task's loss against epochs."""
+    plt = _pyplot()
+    df = read_history(history_csv)
+    cols = [c for c in df.columns if c.endswith("loss") and not c.startswith("val_")]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    if "loss" in df:
+        axes[0].plot(df["epoch"] + 1, df["loss"], marker="o", label="total")
+    axes[0].set(title="total training loss", xlabel="epoch", ylabel="loss")
+    for c in cols:
+        if c != "loss":
+            axes[1].plot(df["epoch"] + 1, df[c], marker=".", label=c.replace("_loss", ""))
+    axes[1].set(title="per-task loss (mean over labelled samples)", xlabel="epoch")
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out
+
+
+def plot_confusion(cm, class_names: Sequence[str], title: str, out_png) -> Path:
+    """A row-normalised confusion matrix with counts."""
+    plt = _pyplot()
+    cm = np.asarray(cm, dtype=float)
+    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    k = len(class_names)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.6 * k, 0.8 + 0.55 * k))
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(k), class_names, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(k), class_names, fontsize=8)
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7,
+                    color="white" if norm[i, j] > 0.5 else "black")
+    ax.set(xlabel="predicted", ylabel="true", title=title)
+    fig.tight_layout()
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out

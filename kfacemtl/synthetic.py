@@ -1,0 +1,515 @@
+"""The synthetic multi-domain face benchmark: a procedural face renderer with full ground truth.
+
+No real dataset labels every task, and none can be downloaded at run time, so the package
+renders faces whose latent factors are known: identity (face geometry per person), age,
+gender, race, an expression produced from FACS action units with a random intensity,
+the action units themselves, and valence/arousal derived from expression and intensity.
+Nuisance factors (pose, scale, shift, lighting, background, occluders, noise) and the
+domain's rendering style make the tasks non-trivial.
+
+Expression lives where it lives on real faces: brows (AU1, AU2, AU4), eyes (AU5, AU6,
+AU7), nose (AU9) and mouth/chin (AU12, AU15, AU17, AU20, AU23, AU25, AU26).
+:func:`render_faces` can return a mask per facial region so that saliency maps can be
+checked against the place the cue really is.
+
+Everything is vectorised over a batch with numpy and deterministic given a seed.
+
+Example:
+    >>> import numpy as np
+    >>> from kfacemtl.synthetic import sample_factors, render_faces, DOMAINS
+    >>> f = sample_factors(8, DOMAINS["lab"], np.random.default_rng(0))
+    >>> images, regions = render_faces(f, DOMAINS["lab"], np.random.default_rng(1), regions=True)
+    >>> images.shape, images.dtype, sorted(regions)[:3]
+    ((8, 64, 64, 3), dtype('uint8'), ['brows', 'eyes', 'face'])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from kfacemtl.tasks import ACTION_UNITS, EXPRESSION_CLASSES, RACE_CLASSES
+
+SIZE = 64
+AU_INDEX = {au: i for i, au in enumerate(ACTION_UNITS)}
+
+# Prototypical AU combinations of the basic expressions (EMFACS / Ekman & Friesen).
+PROTOTYPES = {
+    "angry": ("AU4", "AU5", "AU7", "AU23"),
+    "disgust": ("AU9", "AU15", "AU17"),
+    "fear": ("AU1", "AU2", "AU4", "AU5", "AU20", "AU25"),
+    "happy": ("AU6", "AU12", "AU25"),
+    "sad": ("AU1", "AU4", "AU15"),
+    "surprise": ("AU1", "AU2", "AU5", "AU26"),
+    "neutral": (),
+}
+# Valence and arousal at full intensity (circumplex positions of the basic emotions).
+EXPRESSION_VA = {
+    "angry": (-0.6, 0.7), "disgust": (-0.65, 0.35), "fear": (-0.6, 0.8), "happy": (0.8, 0.45),
+    "sad": (-0.7, -0.4), "surprise": (0.25, 0.85), "neutral": (0.0, 0.0),
+}
+# Skin tone means (RGB, 0..1) per race group, deliberately overlapping.
+SKIN_TONE = np.array([[0.86, 0.70, 0.60], [0.42, 0.29, 0.21], [0.84, 0.69, 0.53],
+                      [0.62, 0.45, 0.33], [0.70, 0.54, 0.42]], dtype="float32")
+# Group-level feature tendencies: eye height, nose width, lip thickness, dark-hair probability.
+RACE_FEATURES = np.array([[1.00, 1.00, 1.00, 0.45], [1.05, 1.30, 1.30, 0.97], [0.70, 1.05, 0.95, 0.97],
+                          [1.05, 1.10, 1.05, 0.92], [0.90, 1.10, 1.10, 0.80]], dtype="float32")
+
+
+@dataclasses.dataclass(frozen=True)
+class Domain:
+    """A rendering style plus the label availability of a real dataset.
+
+    Args:
+        name: the domain's name.
+        labels: the tasks a training split of this domain is labelled for.
+        color: colour (True) or grayscale rendering.
+        resolution: the face is rendered then resampled through this resolution (webcams).
+        pose: amount of pose variation (roll, yaw, scale, shift), 0 = frontal and centred.
+        lighting: amount of lighting variation.
+        background: ``plain``, ``studio`` or ``clutter``.
+        noise: standard deviation of pixel noise.
+        occluders: probability of an occluder (glasses, a hand-like patch).
+        expression_probs: how often each expression appears (FER2013 order).
+        age_range: ages drawn in this domain.
+        identities: people in the training split (the test split has as many new ones).
+    """
+
+    name: str
+    labels: tuple
+    color: bool = True
+    resolution: int = SIZE
+    pose: float = 0.5
+    lighting: float = 0.5
+    background: str = "studio"
+    noise: float = 0.02
+    occluders: float = 0.1
+    expression_probs: tuple = (1 / 7,) * 7
+    age_range: tuple = (1, 90)
+    identities: int = 2000
+
+    def to_config(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+DOMAINS = {
+    "portraits": Domain("portraits", ("age", "gender", "race"), color=True, pose=0.45, lighting=0.5,
+                        background="studio", noise=0.02, occluders=0.1,
+                        expression_probs=(0.04, 0.02, 0.03, 0.38, 0.05, 0.04, 0.44), identities=4000),
+    "lab": Domain("lab", ("expression", "action_units"), color=True, pose=0.1, lighting=0.15,
+                  background="plain", noise=0.01, occluders=0.0, age_range=(18, 60), identities=150),
+    "webcam": Domain("webcam", ("expression",), color=False, resolution=28, pose=0.8, lighting=0.8,
+                     background="studio", noise=0.04, occluders=0.15,
+                     expression_probs=(0.14, 0.03, 0.14, 0.25, 0.17, 0.11, 0.16), identities=4000),
+    "affect": Domain("affect", ("expression", "valence_arousal"), color=True, pose=0.7, lighting=0.7,
+                     background="clutter", noise=0.03, occluders=0.15,
+                     expression_probs=(0.12, 0.06, 0.08, 0.3, 0.12, 0.1, 0.22), identities=4000),
+    "street": Domain("street", (), color=True, resolution=40, pose=1.0, lighting=1.0, background="clutter",
+                     noise=0.04, occluders=0.3, identities=4000),
+}
+LABELLED_DOMAINS = ("portraits", "lab", "webcam", "affect")
+
+
+def _identity_rng(domain: str, split: str, identity: int) -> np.random.Generator:
+    digest = hashlib.sha256(f"{domain}/{split}/{identity}".encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+
+def sample_factors(n: int, domain: Domain, rng: np.random.Generator, split: str = "train") -> dict:
+    """Draw the latent factors of ``n`` faces of a domain.
+
+    People are fixed per (domain, split, identity): the same identity always has the same
+    gender, race, skin, hair and face geometry. Train and test splits hold different people.
+
+    Returns:
+        A dict of numpy arrays, one row per face: the labels (``age``, ``gender``, ``race``,
+        ``expression``, ``action_units`` (n, 14), ``valence_arousal`` (n, 2), ``identity``) and
+        the rendering parameters.
+    """
+    ids = rng.integers(0, domain.identities, size=n)
+    uniq = np.unique(ids)
+    person = {}
+    for i in uniq:
+        r = _identity_rng(domain.name, split, int(i))
+        gender = int(r.integers(0, 2))
+        race = int(r.choice(5, p=(0.42, 0.19, 0.15, 0.17, 0.07)))
+        lo, hi = domain.age_range
+        # UTKFace-like: many young adults, a tail of children and elderly.
+        age = float(np.clip(r.choice([r.uniform(lo, max(lo + 1, min(hi, 14))), r.normal(30, 9), r.uniform(lo, hi)],
+                                     p=(0.12, 0.55, 0.33)), lo, hi))
+        feat = RACE_FEATURES[race]
+        person[int(i)] = dict(
+            gender=gender, race=race, age=age,
+            skin=np.clip(SKIN_TONE[race] + r.normal(0, 0.075) + r.normal(0, 0.02, 3), 0.1, 0.98),
+            face_w=r.normal(0.50 + 0.03 * (1 - gender), 0.03), face_h=r.normal(0.64, 0.035),
+            jaw=r.normal(0.85 + 0.12 * (1 - gender), 0.07),
+            eye_sep=r.normal(0.20, 0.018), eye_y=r.normal(-0.10, 0.025),
+            eye_w=r.normal(0.075, 0.008), eye_h=r.normal(0.036, 0.005) * feat[0],
+            brow_t=max(0.012, r.normal(0.026 + 0.012 * (1 - gender), 0.006)),
+            nose_len=r.normal(0.15, 0.02), nose_w=r.normal(0.05, 0.008) * feat[1],
+            mouth_y=r.normal(0.30, 0.025), mouth_w=r.normal(0.14, 0.014), lip_t=r.normal(0.022, 0.004) * feat[2],
+            lip_red=r.normal(0.12 + 0.10 * gender, 0.05),
+            hair_len=r.normal(0.25 + 0.45 * gender, 0.22), hair_line=r.normal(-0.36, 0.05),
+            hair_dark=float(r.random() < feat[3]), hair_hue=r.uniform(0, 1),
+            beard=float(gender == 0 and age > 17 and r.random() < 0.3),
+        )
+    f = {k: np.array([person[int(i)][k] for i in ids], dtype="float32") for k in person[int(uniq[0])]}
+    f["identity"] = ids.astype("int64")
+    f["gender"] = f["gender"].astype("int64")
+    f["race"] = f["race"].astype("int64")
+    f["age"] = np.clip(f["age"] + rng.normal(0, 1.0, n), *domain.age_range).astype("float32")
+
+    expr = rng.choice(7, size=n, p=np.asarray(domain.expression_probs) / np.sum(domain.expression_probs))
+    intensity = rng.uniform(0.25, 1.0, n).astype("float32")
+    aus = np.zeros((n, len(ACTION_UNITS)), dtype="float32")
+    for e, name in enumerate(EXPRESSION_CLASSES):
+        rows = expr == e
+        for au in PROTOTYPES[name]:
+            keep = rng.random(n) > 0.15  # a prototype AU is sometimes absent
+            aus[rows & keep, AU_INDEX[au]] = 1.0
+    spurious = rng.random((n, len(ACTION_UNITS))) < 0.04  # and unrelated AUs sometimes appear
+    aus = np.maximum(aus, spurious.astype("float32"))
+    # Per-AU intensity: the expression's intensity, jittered.
+    au_int = aus * np.clip(intensity[:, None] + rng.normal(0, 0.12, aus.shape), 0.15, 1.0).astype("float32")
+    va = np.array([EXPRESSION_VA[EXPRESSION_CLASSES[e]] for e in expr], dtype="float32")
+    va = va * (0.4 + 0.6 * intensity[:, None]) + rng.normal(0, 0.08, (n, 2))
+    f.update(expression=expr.astype("int64"), intensity=intensity, action_units=aus, au_intensity=au_int,
+             valence_arousal=np.clip(va, -1, 1).astype("float32"))
+
+    p = domain.pose
+    f.update(
+        roll=rng.normal(0, 0.12 * p, n), yaw=np.clip(rng.normal(0, 0.35 * p, n), -0.6, 0.6),
+        scale=np.exp(rng.normal(0, 0.08 * p, n)), tx=rng.normal(0, 0.07 * p, n), ty=rng.normal(0, 0.06 * p, n),
+        light_x=rng.normal(0, 0.5 * domain.lighting, n), light_y=rng.normal(0, 0.3 * domain.lighting, n),
+        brightness=np.exp(rng.normal(0, 0.18 * domain.lighting, n)),
+        contrast=np.exp(rng.normal(0, 0.15 * domain.lighting, n)),
+        bg_color=rng.uniform(0.1, 0.9, (n, 3)), bg_color2=rng.uniform(0.1, 0.9, (n, 3)),
+        bg_angle=rng.uniform(0, 2 * np.pi, n), bg_freq=rng.uniform(2, 9, n),
+        occluder=(rng.random(n) < domain.occluders) * rng.integers(1, 3, n),
+        occ_x=rng.uniform(-0.7, 0.7, n), occ_y=rng.uniform(-0.6, 0.7, n), occ_color=rng.uniform(0, 1, (n, 3)),
+        glasses_dark=rng.uniform(0.0, 0.7, n),
+    )
+    for k, v in f.items():
+        if v.dtype == np.float64:
+            f[k] = v.astype("float32")
+    return f
+
+
+def _sig(d, s):
+    """Soft inside-mask of a signed distance ``d`` (negative inside) with edge width ``s``."""
+    return 1.0 / (1.0 + np.exp(np.clip(d / s, -30, 30)))
+
+
+def _ellipse(x, y, cx, cy, rx, ry):
+    """Approximate signed distance to an axis-aligned ellipse, in face units."""
+    return (np.sqrt(((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2) - 1.0) * np.minimum(rx, ry)
+
+
+def _segment(x, y, x0, y0, x1, y1):
+    """Distance to the segment (x0, y0)-(x1, y1)."""
+    dx, dy = x1 - x0, y1 - y0
+    t = np.clip(((x - x0) * dx + (y - y0) * dy) / (dx * dx + dy * dy + 1e-9), 0, 1)
+    return np.sqrt((x - x0 - t * dx) ** 2 + (y - y0 - t * dy) ** 2)
+
+
+def _paint(img, mask, color):
+    """Alpha-composite ``color`` ((n,3) or scalar) over ``img`` (n,H,W,3) with ``mask`` (n,H,W), in place."""
+    color = np.asarray(color, dtype="float32")
+    if color.ndim == 2:
+        color = color[:, None, None, :]
+    tmp = color - img
+    tmp *= mask[..., None]
+    img += tmp
+    return img
+
+
+def _c(v):
+    """Per-face scalar → broadcastable over (n, H, W)."""
+    return np.asarray(v, dtype="float32")[:, None, None]
+
+
+def render_faces(f: dict, domain: Domain, rng: np.random.Generator, regions: bool = False):
+    """Render faces from factors drawn by :func:`sample_factors`.
+
+    Args:
+        f: the factors.
+        domain: the rendering style.
+        rng: randomness for pixel noise and background clutter.
+        regions: also return ``{region: bool mask (n, 64, 64)}`` for ``brows``, ``eyes``,
+            ``nose``, ``mouth``, ``face``, ``hair``, ``forehead`` and ``expression`` (the union
+            of brows, eyes, nose and mouth), following pose.
+
+    Returns:
+        ``uint8`` images ``(n, 64, 64, 3)`` (grayscale domains repeat one channel), and the
+        region masks when asked.
+    """
+    n = len(f["age"])
+    lin = (np.arange(SIZE, dtype="float32") + 0.5) / SIZE * 2 - 1
+    U, V = np.meshgrid(lin, lin)  # image coordinates in [-1, 1], V down
+    U, V = U[None], V[None]
+    # Inverse pose: image → face coordinates.
+    cr, sr = np.cos(_c(f["roll"])), np.sin(_c(f["roll"]))
+    u, v = (U - _c(f["tx"])) / _c(f["scale"]), (V - _c(f["ty"])) / _c(f["scale"])
+    x, y = cr * u + sr * v, -sr * u + cr * v
+    yaw = _c(f["yaw"])
+    # Features slide with yaw; the far side is foreshortened.
+    fx = (x - 0.35 * yaw) / (1 - 0.35 * np.abs(yaw) * np.sign(x - 0.35 * yaw) * np.sign(yaw) + 1e-6)
+    es = 1.5 / SIZE  # soft edge ≈ 0.75 px
+
+    # Background.
+    ang = _c(f["bg_angle"])
+    grad = 0.5 + 0.5 * (np.cos(ang) * U + np.sin(ang) * V)
+    if domain.background == "plain":
+        img = np.broadcast_to(np.full((n, 1, 1, 3), 0.82, "float32"), (n, SIZE, SIZE, 3)).copy()
+        img *= (0.95 + 0.05 * grad)[..., None]
+    else:
+        c1, c2 = f["bg_color"][:, None, None, :], f["bg_color2"][:, None, None, :]
+        img = c1 * (1 - grad[..., None]) + c2 * grad[..., None]
+        if domain.background == "clutter":
+            stripes = 0.5 + 0.5 * np.sin(_c(f["bg_freq"]) * (np.cos(ang * 2) * U - np.sin(ang) * V) * np.pi)
+            img = img * (0.7 + 0.3 * stripes[..., None])
+            for _ in range(3):
+                bx, by = rng.uniform(-1, 1, n), rng.uniform(-1, 1, n)
+                blob = _sig(_ellipse(U, V, _c(bx), _c(by), _c(rng.uniform(0.1, 0.4, n)),
+                                     _c(rng.uniform(0.1, 0.4, n))), 0.05)
+                img = _paint(img, blob * 0.8, rng.uniform(0, 1, (n, 3)))
+
+    skin = f["skin"]
+    hair_col = np.where(f["hair_dark"][:, None] > 0,
+                        np.stack([0.08 + 0.1 * f["hair_hue"], 0.06 + 0.06 * f["hair_hue"], 0.05 + 0.04 * f["hair_hue"]], 1),
+                        np.stack([0.35 + 0.45 * f["hair_hue"], 0.25 + 0.35 * f["hair_hue"], 0.12 + 0.2 * f["hair_hue"]], 1))
+    gray = np.clip((f["age"] - 40) / 40, 0, 1)[:, None] * 0.85  # greying with age
+    hair_col = hair_col * (1 - gray) + 0.72 * gray
+    child = np.clip((16 - f["age"]) / 14, 0, 1)  # 1 for a baby, 0 from 16 on
+
+    fw, fh = _c(f["face_w"] * (1 + 0.08 * child)), _c(f["face_h"] * (1 - 0.08 * child))
+    jaw_open = _c(f["au_intensity"][:, AU_INDEX["AU26"]] * 0.06)
+    # Hair behind the head (long hair falls beside the face).
+    hl = _c(np.clip(f["hair_len"], 0, 1))
+    back = _sig(_ellipse(x, y, 0, -0.12 + 0.25 * hl, fw * 1.22, fh * (0.85 + 0.45 * hl)), es * 2)
+    back = back * (y < 0.05 + 0.75 * hl)
+    img = _paint(img, back, hair_col)
+    # Face: upper ellipse, jaw narrower below.
+    jaw_scale = np.where(y > 0, _c(f["jaw"]) + (1 - _c(f["jaw"])) * np.clip(1 - y / fh, 0, 1), 1.0)
+    face_d = _ellipse(x / jaw_scale, y, 0, jaw_open * 0.5, fw, fh + jaw_open * 0.5)
+    face = _sig(face_d, es)
+    light = 1 + 0.35 * (_c(f["light_x"]) * x + _c(f["light_y"]) * y)
+    skin_img = skin[:, None, None, :] * light[..., None]
+    img = img * (1 - face[..., None]) + skin_img * face[..., None]
+    # Age: forehead wrinkles, nasolabial folds, sagging contrast.
+    wr = _c(np.clip((f["age"] - 30) / 45, 0, 1))
+    forehead = _sig(_ellipse(x, y, 0, -0.33, fw * 0.7, 0.09), 0.03) * face
+    lines = 0.5 + 0.5 * np.cos((y + 0.33) * 95)
+    img = _paint(img, forehead * lines * wr * 0.45, skin * 0.45)
+    fold = (_sig(_segment(np.abs(fx), y, 0.09, 0.12, 0.16, 0.32) - 0.008, 0.01)) * face
+    img = _paint(img, fold * wr * 0.5, skin * 0.5)
+    # Hair on top, hairline.
+    top = _sig(_ellipse(x, y, 0, -0.35, fw * 1.08, fh * 0.62), es * 2) * (y < _c(f["hair_line"]) + 0.03 * np.cos(x * 9))
+    img = _paint(img, top, hair_col)
+
+    au = f["au_intensity"]
+    A = {k: _c(au[:, i]) for k, i in AU_INDEX.items()}
+    ey = _c(f["eye_y"])
+    sep = _c(f["eye_sep"])
+    ew, eh = _c(f["eye_w"] * (1 + 0.2 * child)), _c(f["eye_h"] * (1 + 0.25 * child))
+    # Brows: inner end raised by AU1, outer by AU2, both lowered and drawn in by AU4.
+    by = ey - 0.085
+    inner_y = by - 0.05 * A["AU1"] + 0.035 * A["AU4"]
+    outer_y = by - 0.05 * A["AU2"] + 0.01 * A["AU4"]
+    inner_x = sep - 0.07 + 0.025 * A["AU4"]
+    brow_d = _segment(np.abs(fx), y, inner_x, inner_y, sep + 0.09, outer_y + 0.015)
+    brow_t = _c(f["brow_t"] * (1 - 0.3 * child))
+    brows = _sig(brow_d - brow_t / 2, es)
+    img = _paint(img, brows * 0.9, hair_col * 0.8)
+    # AU4 also draws a vertical frown line between the brows.
+    frown = _sig(_segment(fx, y, 0, by - 0.02, 0, by + 0.05) - 0.006, es) * A["AU4"]
+    img = _paint(img, frown * 0.6, skin * 0.4)
+    # Eyes: opened by AU5, narrowed by AU7 and by AU6 (cheeks push up).
+    open_ = np.clip(1 + 0.7 * A["AU5"] - 0.5 * A["AU7"] - 0.4 * A["AU6"], 0.2, 2.0)
+    ex = np.abs(fx) - sep
+    eye_d = _ellipse(ex, y, 0, ey, ew, eh * open_)
+    eyes = _sig(eye_d, es)
+    img = _paint(img, eyes, np.full((n, 3), 0.95, "float32"))
+    iris = _sig(_ellipse(ex, y, 0, ey, 0.028, 0.028), es) * eyes
+    img = _paint(img, iris, np.stack([0.15 + 0.3 * f["hair_hue"] * (1 - f["hair_dark"]), 0.1 + 0.1 * f["hair_hue"], 0.08 * np.ones(n)], 1))
+    lid = _sig(np.abs(eye_d) - 0.006, es) * (y < ey) * _sig(_ellipse(ex, y, 0, ey, ew * 1.15, eh * 2.5), es)
+    img = _paint(img, lid * 0.8, np.zeros((n, 3), "float32"))
+    # AU6: raised cheeks, a bright bulge under each eye.
+    cheek = _sig(_ellipse(ex, y, 0.01, ey + 0.11, 0.07, 0.045), 0.02)
+    img = _paint(img, cheek * A["AU6"] * 0.55, np.clip(skin * 1.3, 0, 1))
+    # Nose: a shaded ridge and nostrils; AU9 wrinkles the bridge and flares the nostrils.
+    nl, nw = _c(f["nose_len"] * (1 - 0.3 * child)), _c(f["nose_w"] * (1 - 0.2 * child))
+    ny = ey + 0.04 + nl
+    ridge = _sig(_segment(fx, y, 0.015, ey + 0.04, 0.02, ny - 0.01) - 0.005, es)
+    img = _paint(img, ridge * 0.35, skin * 0.6)
+    nostrils = _sig(_ellipse(np.abs(fx), y, nw * (0.8 + 0.25 * A["AU9"]), ny, 0.018 + 0.006 * A["AU9"], 0.011), es)
+    img = _paint(img, nostrils * 0.8, skin * 0.3)
+    wrinkle = _sig(_ellipse(fx, y, 0, ey + 0.05, 0.06, 0.035), 0.01) * (0.5 + 0.5 * np.cos((y - ey) * 160))
+    img = _paint(img, wrinkle * A["AU9"] * 0.75, skin * 0.45)
+    # Mouth: AU12 pulls the corners up, AU15 down, AU20 stretches, AU23 tightens, AU17 raises
+    # the lower lip and chin, AU25/26 open the lips and drop the jaw.
+    my = _c(f["mouth_y"]) + 0.5 * jaw_open
+    mw = _c(f["mouth_w"]) * (1 + 0.3 * A["AU20"] + 0.15 * A["AU12"] - 0.2 * A["AU23"]) * _c(1 - 0.2 * child)
+    corner = -0.075 * A["AU12"] + 0.06 * A["AU15"]
+    t = np.clip(fx / mw, -1.2, 1.2)
+    within = _sig(np.abs(fx) - mw, es)
+    curve = my + corner * t ** 2
+    gap = (0.012 * A["AU25"] + 0.05 * A["AU26"] + 0.02 * A["AU20"] * A["AU25"]) * np.clip(1 - t ** 2, 0, 1)
+    lip_t = _c(f["lip_t"]) * (1 - 0.55 * A["AU23"]) * np.clip(1 - 0.5 * t ** 2, 0.2, 1)
+    upper = curve - gap * 0.35
+    lower = curve + gap - 0.02 * A["AU17"] * np.clip(1 - t ** 2, 0, 1)
+    opening = _sig(np.maximum(upper - y, y - lower), es) * within
+    lips = _sig(np.minimum(np.abs(y - (upper - lip_t / 2)), np.abs(y - (lower + lip_t / 2))) - lip_t / 2, es) * within
+    lips = np.maximum(lips, _sig(np.abs(y - curve) - 0.004, es) * within)
+    lip_col = np.clip(skin * 0.75 + np.stack([f["lip_red"], -0.3 * f["lip_red"], -0.3 * f["lip_red"]], 1), 0, 1)
+    img = _paint(img, lips, lip_col)
+    teeth = opening * (y < upper + 0.4 * (lower - upper))
+    img = _paint(img, opening, np.full((n, 3), 0.1, "float32"))
+    img = _paint(img, teeth * 0.8, np.full((n, 3), 0.9, "float32"))
+    chin = _sig(_ellipse(fx, y, 0, my + 0.11, 0.05, 0.025), 0.015)
+    img = _paint(img, chin * A["AU17"] * 0.6, skin * 0.55)
+    # Beard: a darker lower face.
+    beard = face * _sig(0.16 - y + 0.0 * x, 0.03) * _c(f["beard"]) * (1 - opening)
+    img = _paint(img, beard * 0.55, hair_col * 0.7)
+
+    # Occluders: glasses (1) or a hand-like patch (2).
+    occ = _c(f["occluder"])
+    rim = _sig(np.abs(_ellipse(ex, y, 0, ey, ew * 1.5, ew * 1.1)) - 0.01, es)
+    bridge = _sig(_segment(fx, y, -sep + ew * 1.5, ey, sep - ew * 1.5, ey) - 0.008, es)
+    lens = _sig(_ellipse(ex, y, 0, ey, ew * 1.5, ew * 1.1), es) * _c(f["glasses_dark"])
+    img = _paint(img, np.maximum(np.maximum(rim, bridge), lens) * (occ == 1), np.full((n, 3), 0.08, "float32"))
+    patch = _sig(_ellipse(U, V, _c(f["occ_x"]), _c(f["occ_y"]), 0.22, 0.16), 0.03) * (occ == 2)
+    img = _paint(img, patch, np.clip(f["occ_color"] * 0.5 + skin * 0.5, 0, 1))
+
+    # Global lighting, contrast, colour, resolution, noise.
+    img = (img - 0.5) * _c(f["contrast"])[..., None] + 0.5
+    img = img * _c(f["brightness"])[..., None]
+    if not domain.color:
+        img = np.repeat((img @ np.array([0.299, 0.587, 0.114], "float32"))[..., None], 3, axis=-1)
+    if domain.resolution < SIZE:
+        img = _resample(img, domain.resolution)
+    img = img + rng.normal(0, domain.noise, img.shape).astype("float32")
+    images = (np.clip(img, 0, 1) * 255 + 0.5).astype("uint8")
+    if not regions:
+        return images
+    m = {
+        "face": face > 0.5,
+        "hair": np.maximum(back, top) * (1 - face) + top > 0.5,
+        "forehead": forehead > 0.5,
+        "brows": _sig(brow_d - 0.045, es) > 0.5,
+        "eyes": _sig(_ellipse(ex, y, 0, ey, ew * 1.6, 0.075), es) > 0.5,
+        "nose": _sig(_ellipse(fx, y, 0, (ey + ny) / 2 + 0.01, 0.075, (ny - ey) / 2 + 0.04), es) > 0.5,
+        "mouth": _sig(_ellipse(fx, y, 0, my + 0.02, mw + 0.05, 0.1 + jaw_open), es) > 0.5,
+    }
+    m["expression"] = m["brows"] | m["eyes"] | m["nose"] | m["mouth"]
+    return images, m
+
+
+def _resample(img, res):
+    """Down-sample to ``res`` (area average) and back up (nearest + box blur): a cheap webcam."""
+    n = img.shape[0]
+    idx = (np.arange(SIZE) * res // SIZE)
+    # Area-average down: accumulate pixels into low-res bins.
+    low = np.zeros((n, res, res, 3), "float32")
+    cnt = np.zeros((res, res), "float32")
+    np.add.at(cnt, (idx[:, None], idx[None, :]), 1)
+    for i in range(SIZE):
+        np.add.at(low, (slice(None), idx[i], idx), img[:, i])
+    low /= cnt[None, ..., None]
+    up = low[:, idx][:, :, idx]
+    # A light blur hides the blocks, as a webcam's optics do.
+    k = np.array([0.25, 0.5, 0.25], "float32")
+    up = k[0] * np.roll(up, 1, 1) + k[1] * up + k[2] * np.roll(up, -1, 1)
+    return k[0] * np.roll(up, 1, 2) + k[1] * up + k[2] * np.roll(up, -1, 2)
+
+
+LABEL_KEYS = ("age", "gender", "race", "expression", "action_units", "valence_arousal", "identity")
+
+
+CHUNK = 512  # faces are rendered in fixed chunks, each with its own seed, so output is the same serial or parallel
+
+
+def _chunk_rng(name: str, split: str, seed: int, chunk: int) -> np.random.Generator:
+    digest = hashlib.sha256(f"{name}/{split}/{seed}/{chunk}".encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+
+def _render_chunk(args):
+    dom, n, split, seed, chunk, regions = args
+    rng = _chunk_rng(dom.name, split, seed, chunk)
+    images, labels, masks = [], {k: [] for k in LABEL_KEYS}, {}
+    for start in range(0, n, 128):
+        f = sample_factors(min(128, n - start), dom, rng, split=split)
+        out = render_faces(f, dom, rng, regions=regions)
+        img, reg = (out if regions else (out, {}))
+        images.append(img)
+        for key in LABEL_KEYS:
+            labels[key].append(f[key])
+        for key, v in reg.items():
+            masks.setdefault(key, []).append(v)
+    return (np.concatenate(images), {k: np.concatenate(v) for k, v in labels.items()},
+            {k: np.concatenate(v) for k, v in masks.items()})
+
+
+def generate(domain: str | Domain, n: int, split: str = "train", seed: int = 0, regions: bool = False,
+             workers: int | None = None):
+    """Render ``n`` faces of a domain: ``(images uint8 (n,64,64,3), labels dict[, regions])``.
+
+    Deterministic in ``(domain, split, seed, n)``, whether rendered serially or in parallel.
+    Labels hold every ground truth (``LABEL_KEYS``) whatever the domain
+    labels for training. Chunks of 512 faces render in ``workers`` processes (default: one
+    per core when there is more than one chunk).
+
+    Example:
+        >>> images, labels = generate("webcam", 4, seed=3)
+        >>> images.shape, labels["expression"].shape
+        ((4, 64, 64, 3), (4,))
+    """
+    dom = DOMAINS[domain] if isinstance(domain, str) else domain
+    jobs = [(dom, min(CHUNK, n - c * CHUNK), split, seed, c, regions) for c in range((n + CHUNK - 1) // CHUNK)]
+    workers = min(len(jobs), workers or os.cpu_count() or 1)
+    if workers > 1:
+        import multiprocessing
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            parts = pool.map(_render_chunk, jobs)
+    else:
+        parts = [_render_chunk(j) for j in jobs]
+    if not parts:
+        raise ValueError("n must be at least 1")
+    images = np.concatenate([p[0] for p in parts])
+    labels = {k: np.concatenate([p[1][k] for p in parts]) for k in LABEL_KEYS}
+    if regions:
+        return images, labels, {k: np.concatenate([p[2][k] for p in parts]) for k in parts[0][2]}
+    return images, labels
+
+
+def default_cache_dir() -> Path:
+    """Where rendered splits are cached: ``$KFACEMTL_CACHE`` or ``~/.cache/kfacemtl``."""
+    return Path(os.environ.get("KFACEMTL_CACHE", Path.home() / ".cache" / "kfacemtl"))
+
+
+def load_split(domain: str, n: int, split: str = "train", seed: int = 0, cache_dir=None):
+    """Like :func:`generate` but cached on disk as ``.npz`` (written atomically)."""
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    key = hashlib.sha256(json.dumps([DOMAINS[domain].to_config(), n, split, seed, _RENDER_VERSION]).encode()).hexdigest()[:16]
+    path = cache / f"synthetic-{domain}-{split}-{n}-{seed}-{key}.npz"
+    if path.exists():
+        try:
+            with np.load(path) as z:
+                return z["images"], {k: z[k] for k in LABEL_KEYS}
+        except (OSError, ValueError, KeyError):
+            pass  # a damaged cache file is simply rendered again
+    images, labels = generate(domain, n, split=split, seed=seed)
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}.npz")
+    np.savez(tmp, images=images, **labels)
+    os.replace(tmp, path)
+    return images, labels
+
+
+_RENDER_VERSION = 2
