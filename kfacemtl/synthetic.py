@@ -201,13 +201,23 @@ def sample_factors(n: int, domain: Domain, rng: np.random.Generator, split: str 
 
 
 def _sig(d, s):
-    """Soft inside-mask of a signed distance ``d`` (negative inside) with edge width ``s``."""
-    return 1.0 / (1.0 + np.exp(np.clip(d / s, -30, 30)))
+    """Soft inside-mask of a signed distance ``d`` (negative inside) with edge width ``s``.
+
+    The sigmoid's tails are cut (exactly 0 a few pixels out), so a feature changes pixels
+    only near where it is drawn."""
+    m = 1.0 / (1.0 + np.exp(np.clip(d / s, -30, 30)))
+    return np.clip((m - 0.02) * (1 / 0.96), 0.0, 1.0)
 
 
 def _ellipse(x, y, cx, cy, rx, ry):
-    """Approximate signed distance to an axis-aligned ellipse, in face units."""
-    return (np.sqrt(((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2) - 1.0) * np.minimum(rx, ry)
+    """Approximate signed distance to an axis-aligned ellipse, in face units.
+
+    Gradient-normalised (k0·(k0−1)/k1), which stays close to the true distance for thin
+    ellipses such as narrowed eyes."""
+    u, v = (x - cx) / rx, (y - cy) / ry
+    k0 = np.sqrt(u * u + v * v)
+    k1 = np.sqrt((u / rx) ** 2 + (v / ry) ** 2)
+    return k0 * (k0 - 1.0) / np.maximum(k1, 1e-6)
 
 
 def _segment(x, y, x0, y0, x1, y1):
@@ -241,8 +251,8 @@ def render_faces(f: dict, domain: Domain, rng: np.random.Generator, regions: boo
         domain: the rendering style.
         rng: randomness for pixel noise and background clutter.
         regions: also return ``{region: bool mask (n, 64, 64)}`` for ``brows``, ``eyes``,
-            ``nose``, ``mouth``, ``face``, ``hair``, ``forehead`` and ``expression`` (the union
-            of brows, eyes, nose and mouth), following pose.
+            ``cheeks``, ``nose``, ``mouth``, ``chin``, ``face``, ``hair``, ``forehead`` and
+            ``expression`` (the union of the facial-feature regions), following pose.
 
     Returns:
         ``uint8`` images ``(n, 64, 64, 3)`` (grayscale domains repeat one channel), and the
@@ -296,7 +306,8 @@ def render_faces(f: dict, domain: Domain, rng: np.random.Generator, regions: boo
     img = _paint(img, back, hair_col)
     # Face: upper ellipse, jaw narrower below.
     jaw_scale = np.where(y > 0, _c(f["jaw"]) + (1 - _c(f["jaw"])) * np.clip(1 - y / fh, 0, 1), 1.0)
-    face_d = _ellipse(x / jaw_scale, y, 0, jaw_open * 0.5, fw, fh + jaw_open * 0.5)
+    y_jaw = np.where(y > 0, y * fh / (fh + jaw_open), y)  # a dropped jaw lengthens the lower face only
+    face_d = _ellipse(x / jaw_scale, y_jaw, 0, 0, fw, fh)
     face = _sig(face_d, es)
     light = 1 + 0.35 * (_c(f["light_x"]) * x + _c(f["light_y"]) * y)
     skin_img = skin[:, None, None, :] * light[..., None]
@@ -393,7 +404,8 @@ def render_faces(f: dict, domain: Domain, rng: np.random.Generator, regions: boo
         img = np.repeat((img @ np.array([0.299, 0.587, 0.114], "float32"))[..., None], 3, axis=-1)
     if domain.resolution < SIZE:
         img = _resample(img, domain.resolution)
-    img = img + rng.normal(0, domain.noise, img.shape).astype("float32")
+    noise_shape = img.shape if domain.color else img.shape[:-1] + (1,)  # gray stays gray
+    img = img + rng.normal(0, domain.noise, noise_shape).astype("float32")
     images = (np.clip(img, 0, 1) * 255 + 0.5).astype("uint8")
     if not regions:
         return images
@@ -405,8 +417,11 @@ def render_faces(f: dict, domain: Domain, rng: np.random.Generator, regions: boo
         "eyes": _sig(_ellipse(ex, y, 0, ey, ew * 1.6, 0.075), es) > 0.5,
         "nose": _sig(_ellipse(fx, y, 0, (ey + ny) / 2 + 0.01, 0.075, (ny - ey) / 2 + 0.04), es) > 0.5,
         "mouth": _sig(_ellipse(fx, y, 0, my + 0.02, mw + 0.05, 0.1 + jaw_open), es) > 0.5,
+        "cheeks": _sig(_ellipse(ex, y, 0.01, ey + 0.11, 0.09, 0.065), es) > 0.5,  # AU6
+        # the chin and jaw line below the mouth (AU17, AU26)
+        "chin": (_sig(face_d - 0.06, es) > 0.5) & (y > my + 0.04) & (np.abs(fx) < fw * 0.9),
     }
-    m["expression"] = m["brows"] | m["eyes"] | m["nose"] | m["mouth"]
+    m["expression"] = m["brows"] | m["eyes"] | m["cheeks"] | m["nose"] | m["mouth"] | m["chin"]
     return images, m
 
 
@@ -512,4 +527,4 @@ def load_split(domain: str, n: int, split: str = "train", seed: int = 0, cache_d
     return images, labels
 
 
-_RENDER_VERSION = 2
+_RENDER_VERSION = 4

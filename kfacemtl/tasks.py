@@ -160,7 +160,7 @@ class Task:
     def _raise_first(self, bad, flat, row_names, where, what):
         if np.any(bad):
             i = int(np.flatnonzero(bad)[0])
-            shown = flat[i, 0] if flat.shape[1] == 1 else flat[i].tolist()
+            shown = float(flat[i, 0]) if flat.shape[1] == 1 else flat[i].tolist()
             raise LabelError(f"{where}: row {row_names[i]}: task '{self.name}' label {shown!r} {what}"
                              f" ({int(bad.sum())} bad row(s) in all)")
 

@@ -209,7 +209,7 @@ def train_run(config: Mapping, out_dir, resume: bool = False, verbose="auto") ->
     return report
 
 
-def demo_config(train_faces: int = 6000, test_faces: int = 1000, epochs: int = 8, steps_per_epoch: int | None = 250,
+def demo_config(train_faces: int = 6000, test_faces: int = 1000, epochs: int = 5, steps_per_epoch: int | None = 250,
                 seed: int = 0) -> dict:
     """The config of ``kfacemtl demo``: four labelled synthetic domains, all five test splits.
 

@@ -1,0 +1,35 @@
+import numpy as np
+import pytest
+
+from kfacemtl.evaluation import (classification_metrics, concordance_cc, format_table, multilabel_metrics,
+                                 regression_metrics)
+from kfacemtl.tasks import get_task
+
+
+def test_classification_metrics_hand_computed():
+    y = np.array([0, 0, 1, 2])
+    probs = np.eye(3)[[0, 1, 1, 1]]
+    m = classification_metrics(y, probs)
+    assert m["accuracy"] == 0.5 and m["n"] == 4
+    # F1: class0 = 2*1/(2+0+1) = 2/3, class1 = 2*1/(2+2+0) = 1/2, class2 = 0
+    assert m["macro_f1"] == pytest.approx((2 / 3 + 0.5 + 0) / 3)
+    assert m["confusion"] == [[1, 1, 0], [0, 1, 0], [0, 1, 0]]
+
+
+def test_regression_ccc_and_multilabel():
+    m = regression_metrics(np.array([[10.0], [20.0]]), np.array([[12.0], [16.0]]))
+    assert m["mae"] == 3.0 and m["rmse"] == pytest.approx(np.sqrt(10))
+    assert concordance_cc(np.array([1.0, 2, 3]), np.array([2.0, 3, 4])) == pytest.approx(2 * (2 / 3) / (4 / 3 + 1))
+    va = regression_metrics(np.array([[0.1, 0.2], [0.5, -0.2], [0.9, 0.0]]),
+                            np.array([[0.1, 0.2], [0.5, -0.2], [0.9, 0.0]]), ["valence", "arousal"], ccc=True)
+    assert va["mean_ccc"] == pytest.approx(1.0) and va["valence_mae"] == 0
+    ml = multilabel_metrics(np.array([[1, 0], [1, 0], [0, 0]]), np.array([[0.9, 0.1], [0.2, 0.1], [0.6, 0.2]]),
+                            ["AU1", "AU2"])
+    assert ml["f1_AU1"] == pytest.approx(0.5) and ml["mean_f1"] == pytest.approx(0.5)  # AU2 never occurs
+
+
+def test_table_lists_sources_and_headline_metrics():
+    text = format_table({"a": {"gender": {"accuracy": 0.75, "n": 4}}, "b": {}},
+                        [get_task("gender"), get_task("age")])
+    assert "gender acc" in text and "age MAE" in text and "0.750 (4)" in text
+    assert text.splitlines()[-1].split() == ["b", "-", "-"]
