@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue an interrupted demo run")
     p.add_argument("--faces", type=int, default=6000, help="training faces of the largest domains")
     p.add_argument("--test-faces", type=int, default=1000, help="faces per test split")
-    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--steps", type=int, default=250, help="steps per epoch")
     p.set_defaults(func=_cmd_demo)
     return parser

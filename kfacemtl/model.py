@@ -94,7 +94,7 @@ class TaskOutput(keras.layers.Dense):
     """A task's output layer: a Dense layer with the task's activation and scale.
 
     Classification → softmax probabilities; multilabel → sigmoid probabilities; regression →
-    values on the task's own scale (``center + half_range · z``, e.g. years for age).
+    values on the task's own scale (``center + scale · z``, e.g. years for age).
     The task's description travels in the layer config.
     """
 
@@ -110,8 +110,8 @@ class TaskOutput(keras.layers.Dense):
     def call(self, inputs):
         out = super().call(inputs)
         if self.task.kind == "regression":
-            lo, hi = self.task.value_range
-            out = 0.5 * (lo + hi) + 0.5 * (hi - lo) * out
+            center, scale = self.task.output_affine
+            out = center + scale * out
         return out
 
     def get_config(self):

@@ -54,6 +54,9 @@ class Task:
         loss_scale: regression errors are divided by this before the loss, so a task in
             years and one in [-1, 1] get comparable gradients.
         value_names: names of the values of a regression task (``valence``, ``arousal``).
+        output_center, output_scale: a regression head predicts ``center + scale · z``;
+            default the middle of ``value_range`` and half its width. Age uses 35 ± 20 years,
+            so the head starts near typical ages and a unit of ``z`` is not 60 years.
 
     Example:
         >>> t = Task("age", "regression", value_range=(0, 120), loss_scale=10.0)
@@ -69,6 +72,8 @@ class Task:
     loss: str = ""
     loss_scale: float = 1.0
     value_names: tuple = ()
+    output_center: float | None = None
+    output_scale: float | None = None
 
     def __post_init__(self):
         where = f"tasks.{self.name}"
@@ -101,6 +106,14 @@ class Task:
         if not float(self.loss_scale) > 0:
             raise ConfigError(f"{where}.loss_scale", f"expected a positive number, got {self.loss_scale!r}")
         object.__setattr__(self, "loss_scale", float(self.loss_scale))
+
+    @property
+    def output_affine(self) -> tuple[float, float]:
+        """``(center, scale)`` of a regression head's output."""
+        lo, hi = self.value_range
+        center = 0.5 * (lo + hi) if self.output_center is None else float(self.output_center)
+        scale = 0.5 * (hi - lo) if self.output_scale is None else float(self.output_scale)
+        return center, scale
 
     @property
     def output_dim(self) -> int:
@@ -185,7 +198,7 @@ class Task:
 def _builtin() -> dict:
     return {
         "age": Task("age", "regression", value_range=(0.0, 120.0), loss="huber", loss_scale=10.0,
-                    value_names=("age",)),
+                    value_names=("age",), output_center=35.0, output_scale=20.0),
         "gender": Task("gender", "classification", classes=GENDER_CLASSES),
         "race": Task("race", "classification", classes=RACE_CLASSES),
         "expression": Task("expression", "classification", classes=EXPRESSION_CLASSES),

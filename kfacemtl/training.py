@@ -155,17 +155,23 @@ def train_run(config: Mapping, out_dir, resume: bool = False, verbose="auto") ->
     check_sources_match_tasks(sources, tasks)
     eval_sources = build_sources(cfg["eval_sources"], "eval_sources")
     prepare_run_dir(out_dir, cfg, resume)
-    if (out_dir / "model.keras").exists() and resume and (out_dir / "report.json").exists():
-        report = json.loads((out_dir / "report.json").read_text())
-        if report.get("epochs_done") == tr["epochs"]:
-            return report  # already finished: nothing to redo
-
     keras.utils.set_random_seed(tr["seed"])
-    model = build_model(tasks, input_shape=mc["input_shape"], widths=mc["widths"], depths=mc["depths"],
-                        stem_stride=mc["stem_stride"], embedding_dim=mc["embedding_dim"],
-                        head_units=mc["head_units"], dropout=mc["dropout"])
-    compile_model(model, tr["optimizer"], tr["learning_rate"], tr["weight_decay"], tr["loss_normalization"],
-                  tr["label_smoothing"])
+    initial_epoch = 0
+    finished = out_dir / "model.keras"
+    if resume and finished.exists() and (out_dir / "report.json").exists():
+        # A finished run asked for more epochs: continue from its model (optimizer state included).
+        report = json.loads((out_dir / "report.json").read_text())
+        initial_epoch = int(report.get("epochs_done", 0))
+        if initial_epoch >= tr["epochs"]:
+            return report  # already finished: nothing to redo
+        from kfacemtl.model import load_model
+        model = load_model(finished)
+    else:
+        model = build_model(tasks, input_shape=mc["input_shape"], widths=mc["widths"], depths=mc["depths"],
+                            stem_stride=mc["stem_stride"], embedding_dim=mc["embedding_dim"],
+                            head_units=mc["head_units"], dropout=mc["dropout"])
+        compile_model(model, tr["optimizer"], tr["learning_rate"], tr["weight_decay"], tr["loss_normalization"],
+                      tr["label_smoothing"])
     image_size = tuple(mc["input_shape"][:2])
     ds = make_dataset(sources, tasks, batch_size=tr["batch_size"], image_size=image_size, training=True,
                       mixing=tr["mixing"], augment=tr["augment"], seed=tr["seed"])
@@ -176,7 +182,8 @@ def train_run(config: Mapping, out_dir, resume: bool = False, verbose="auto") ->
         keras.callbacks.TensorBoard(str(out_dir / "logs"), write_graph=False, profile_batch=0),
     ]
     start = time.time()
-    history = model.fit(ds, epochs=tr["epochs"], steps_per_epoch=steps, callbacks=callbacks, verbose=verbose)
+    history = model.fit(ds, epochs=tr["epochs"], initial_epoch=initial_epoch, steps_per_epoch=steps,
+                        callbacks=callbacks, verbose=verbose)
     train_seconds = time.time() - start
     tmp = out_dir / f".model.tmp{os.getpid()}.keras"
     model.save(tmp)
@@ -209,7 +216,7 @@ def train_run(config: Mapping, out_dir, resume: bool = False, verbose="auto") ->
     return report
 
 
-def demo_config(train_faces: int = 6000, test_faces: int = 1000, epochs: int = 5, steps_per_epoch: int | None = 250,
+def demo_config(train_faces: int = 6000, test_faces: int = 1000, epochs: int = 3, steps_per_epoch: int | None = 250,
                 seed: int = 0) -> dict:
     """The config of ``kfacemtl demo``: four labelled synthetic domains, all five test splits.
 

@@ -72,7 +72,7 @@ def test_specs_and_options():
     src = make_source({"spec": "synthetic:lab", "n": 4, "tasks": ["expression"]})
     assert src.tasks == ("expression",) and len(src) == 4
     assert make_source("synthetic:street?split=test&n=4").tasks[0] == "age"
-    with pytest.raises(ConfigError, match=r"sources\[0\]\.colour: not an option of synthetic sources"):
+    with pytest.raises(ConfigError, match=r"'sources\[0\]\.colour': not an option of synthetic sources"):
         make_source("synthetic:lab?colour=1", key_path="sources[0]")
     with pytest.raises(ConfigError, match="unknown source format 'parquet'"):
         make_source("parquet:x")

@@ -1,0 +1,50 @@
+import subprocess
+import sys
+
+import numpy as np
+
+from kfacemtl.model import TaskOutput, build_model, count_flops, load_model, model_tasks
+from kfacemtl.tasks import resolve_tasks
+from kfacemtl.training import compile_model
+
+TASKS = resolve_tasks(None)
+
+
+def test_outputs_are_a_list_in_task_order_named_after_tasks():
+    model = build_model(TASKS, widths=(8, 16), depths=1)
+    assert model.output_names == [t.name for t in TASKS]
+    assert [o.shape[-1] for o in model.outputs] == [1, 2, 5, 7, 14, 2]
+    assert all(isinstance(model.get_layer(t.name), TaskOutput) for t in TASKS)
+    assert model_tasks(model) == TASKS
+    x = np.random.default_rng(0).random((3, 64, 64, 3)).astype("float32")
+    out = model.predict_dict(x, verbose=0)
+    np.testing.assert_allclose(out["expression"].sum(-1), 1, atol=1e-5)
+    assert np.all((out["action_units"] > 0) & (out["action_units"] < 1))
+    # conv layers are reachable in the flat graph (saliency needs the last one)
+    assert any(layer.name == "block2_conv1" for layer in model.layers)
+    assert count_flops(model) > 0
+
+
+def test_keras_round_trip_in_a_fresh_process(tmp_path):
+    model = compile_model(build_model(TASKS, widths=(8, 16), depths=1))
+    x = np.random.default_rng(1).random((4, 64, 64, 3)).astype("float32")
+    ref = model.predict(x, verbose=0)
+    model.save(tmp_path / "m.keras")
+    np.save(tmp_path / "x.npy", x)
+    code = f"""
+import numpy as np, kfacemtl
+m = kfacemtl.load_model({str(tmp_path / 'm.keras')!r})
+assert type(m).__name__ == 'MultiTaskModel' and m.output_names == {model.output_names!r}
+assert m.loss[0].normalization == 'mean_with_sample_weight'
+out = m.predict(np.load({str(tmp_path / 'x.npy')!r}), verbose=0)
+np.savez({str(tmp_path / 'out.npz')!r}, *out)
+print([t.name for t in kfacemtl.model_tasks(m)])
+"""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    with np.load(tmp_path / "out.npz") as z:
+        for i, r in enumerate(ref):
+            np.testing.assert_array_equal(z[f"arr_{i}"], r)
+    assert "valence_arousal" in run.stdout
+    # the reloaded model has the same tasks in a plain load too
+    assert model_tasks(load_model(tmp_path / "m.keras", compile=False)) == TASKS

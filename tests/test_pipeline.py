@@ -1,0 +1,63 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import write_png
+from kfacemtl.errors import ConfigError
+from kfacemtl.pipeline import decode_image, make_dataset, mixing_weights
+from kfacemtl.sources import CsvSource, make_source
+from kfacemtl.tasks import resolve_tasks
+
+TASKS = resolve_tasks(None)
+
+
+def test_every_batch_has_every_task_with_finite_placeholders():
+    srcs = [make_source("synthetic:lab?n=32"), make_source("synthetic:portraits?n=32")]
+    images, labels, weights = next(iter(make_dataset(srcs, TASKS, batch_size=64, training=False)))
+    assert images.shape == (64, 64, 64, 3) and images.dtype == tf.float32
+    assert 0.0 <= float(tf.reduce_min(images)) and float(tf.reduce_max(images)) <= 1.0
+    assert set(labels) == set(weights) == {t.name for t in TASKS}
+    w = {k: v.numpy() for k, v in weights.items()}
+    # rows 0-31 lab (expression, AUs), rows 32-63 portraits (age, gender, race)
+    assert w["expression"][:32].all() and not w["expression"][32:].any()
+    assert w["age"][32:].all() and not w["age"][:32].any()
+    assert not w["valence_arousal"].any()
+    for k, v in labels.items():
+        assert np.all(np.isfinite(v.numpy())), k
+    assert labels["action_units"].shape == (64, 14) and labels["gender"].dtype == tf.int32
+
+
+@pytest.mark.parametrize("mixing,expected", [("proportional", 0.8), ("balanced", 0.5),
+                                             ({"lab-train": 1, "portraits-train": 3}, 0.25)])
+def test_mixing_controls_how_often_each_source_is_drawn(mixing, expected):
+    srcs = [make_source("synthetic:lab?n=64"), make_source("synthetic:portraits?n=16")]
+    ds = make_dataset(srcs, TASKS, batch_size=100, mixing=mixing, augment=False)
+    share = np.mean([w["expression"].numpy().mean() for _, _, w in ds.take(10)])
+    assert share == pytest.approx(expected, abs=0.06)
+
+
+def test_bad_mixing_is_a_config_error():
+    srcs = [make_source("synthetic:lab?n=8")]
+    with pytest.raises(ConfigError, match="training.mixing.nope"):
+        mixing_weights(srcs, {"nope": 1.0})
+    with pytest.raises(ConfigError, match="training.mixing"):
+        mixing_weights(srcs, "random")
+
+
+def test_files_gray_rgba_any_size_become_rgb_model_size(tmp_path):
+    write_png(tmp_path / "g.png", np.full((30, 20, 1), 200, "uint8"))
+    write_png(tmp_path / "a.png", np.dstack([np.full((100, 90, 3), 50, "uint8"), np.full((100, 90, 1), 255, "uint8")]))
+    (tmp_path / "m.csv").write_text("path,gender\ng.png,0\na.png,1\n")
+    images, labels, _ = next(iter(make_dataset([CsvSource(tmp_path / "m.csv")], TASKS, batch_size=2, training=False)))
+    assert images.shape == (2, 64, 64, 3)
+    np.testing.assert_allclose(images[0].numpy(), 200 / 255, atol=1e-5)
+    np.testing.assert_allclose(images[1].numpy(), 50 / 255, atol=1e-5)
+    jpeg = tf.io.encode_jpeg(np.full((48, 48, 1), 128, "uint8")).numpy()
+    assert decode_image(jpeg, (32, 32)).shape == (32, 32, 3)
+
+
+def test_augmentation_changes_training_images_only():
+    src = [make_source("synthetic:lab?n=16")]
+    plain = next(iter(make_dataset(src, TASKS, batch_size=16, training=False)))[0].numpy()
+    aug = next(iter(make_dataset(src, TASKS, batch_size=16, training=True, shuffle_buffer=1)))[0].numpy()
+    assert not np.allclose(np.sort(plain.ravel()), np.sort(aug.ravel()))

@@ -1,0 +1,111 @@
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from kfacemtl.config import resolve_config
+from kfacemtl.errors import ConfigError
+from kfacemtl.evaluation import evaluate_sources
+from kfacemtl.model import build_model
+from kfacemtl.pipeline import make_dataset
+from kfacemtl.sources import make_source
+from kfacemtl.tasks import resolve_tasks
+from kfacemtl.training import compile_model, train_run
+
+TASKS = resolve_tasks(None)
+SMALL = dict(widths=(16, 32, 64, 128), depths=1, embedding_dim=128, head_units=32, dropout=0.1)
+
+
+def _chance(task, labels):
+    y = labels[task.name]
+    if task.kind == "classification":
+        return np.bincount(y.astype(int)).max() / len(y)  # always the majority class
+    if task.kind == "multilabel":
+        return float(np.mean(y.mean(0)))  # F1 of random guessing at each AU's rate = its rate
+    if task.dim == 1:
+        return float(np.mean(np.abs(y - y.mean())))  # MAE of always the mean
+    return 0.0  # a constant has CCC 0
+
+
+@pytest.mark.slow
+def test_tiny_multi_source_fit_beats_chance_on_every_task():
+    keras.utils.set_random_seed(0)
+    train = [make_source(f"synthetic:{d}?n={n}") for d, n in
+             (("portraits", 1536), ("lab", 768), ("webcam", 1024), ("affect", 1024))]
+    model = compile_model(build_model(TASKS, **SMALL), learning_rate=1e-3)
+    ds = make_dataset(train, TASKS, batch_size=64)
+    model.fit(ds, steps_per_epoch=100, epochs=4, verbose=0)
+    tests = {d: make_source(f"synthetic:{d}?split=test&n=400") for d in ("portraits", "lab", "affect")}
+    res = evaluate_sources(model, list(tests.values()))
+    where = {"age": "portraits", "gender": "portraits", "race": "portraits", "expression": "lab",
+             "action_units": "lab", "valence_arousal": "affect"}
+    for task in TASKS:
+        d = where[task.name]
+        m = res[f"{d}-test"][task.name]
+        chance = _chance(task, tests[d].ground_truth())
+        if task.kind == "classification":
+            assert m["accuracy"] > chance + 0.05, (task.name, m["accuracy"], chance)
+        elif task.kind == "multilabel":
+            assert m["mean_f1"] > chance + 0.1, (task.name, m["mean_f1"], chance)
+        elif task.dim == 1:
+            assert m["mae"] < 0.92 * chance, (task.name, m["mae"], chance)  # measured 0.88 × chance
+        else:
+            assert m["mean_ccc"] > 0.2, (task.name, m["mean_ccc"])
+
+
+def _cfg(**training):
+    return {"tasks": ["gender", "expression"],
+            "sources": ["synthetic:lab?n=64", "synthetic:portraits?n=64"],
+            "eval_sources": ["synthetic:street?split=test&n=32"],
+            "model": {"widths": [8, 16], "depths": [1, 1], "embedding_dim": 16, "head_units": 8},
+            "training": {"epochs": 2, "steps_per_epoch": 3, "batch_size": 16, **training}}
+
+
+def test_run_directory_and_resume(tmp_path):
+    out = tmp_path / "run"
+    report = train_run(_cfg(), out, verbose=0)
+    for name in ("config.yaml", "model.keras", "history.csv", "report.json", "plots/loss.png",
+                 "plots/confusion_street-test_expression.png", "logs"):
+        assert (out / name).exists(), name
+    assert report["evaluation"]["street-test"]["expression"]["n"] == 32
+    assert json.loads((out / "report.json").read_text())["epochs_done"] == 2
+    # a finished run is never clobbered
+    with pytest.raises(ConfigError, match="not empty; pass --resume"):
+        train_run(_cfg(), out, verbose=0)
+    # resume with more epochs continues from the last finished epoch
+    report = train_run(_cfg(epochs=3), out, resume=True, verbose=0)
+    epochs = [int(line.split(",")[0]) for line in (out / "history.csv").read_text().splitlines()[1:]]
+    assert epochs == [0, 1, 2] and report["epochs_done"] == 3
+    with pytest.raises(ConfigError, match="config differs"):
+        train_run(_cfg(batch_size=8), out, resume=True, verbose=0)
+
+
+def test_resume_after_an_interruption_loses_no_finished_epoch(tmp_path):
+    out = tmp_path / "run"
+
+    class Interrupt(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 2:
+                raise KeyboardInterrupt
+
+    import kfacemtl.training as training
+    original = keras.callbacks.TensorBoard
+    training.keras.callbacks.TensorBoard = lambda *a, **k: Interrupt()  # interrupt inside fit
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train_run(_cfg(epochs=4), out, verbose=0)
+    finally:
+        training.keras.callbacks.TensorBoard = original
+    assert not (out / "model.keras").exists() and (out / "backup").exists()
+    train_run(_cfg(epochs=4), out, resume=True, verbose=0)
+    epochs = [int(line.split(",")[0]) for line in (out / "history.csv").read_text().splitlines()[1:]]
+    assert epochs == [0, 1, 2, 3]  # epochs 0 and 1 were not trained again
+
+
+def test_sources_must_label_a_task_of_the_model(tmp_path):
+    cfg = _cfg()
+    cfg["sources"] = ["synthetic:affect?n=16&tasks=valence_arousal"]
+    with pytest.raises(ConfigError, match="none of which is a task"):
+        train_run(cfg, tmp_path / "r", verbose=0)
+    assert resolve_config(_cfg())["training"]["epochs"] == 2
