@@ -165,7 +165,7 @@ def sample_factors(n: int, domain: Domain, rng: np.random.Generator, split: str 
     f["age"] = np.clip(f["age"] + rng.normal(0, 1.0, n), *domain.age_range).astype("float32")
 
     expr = rng.choice(7, size=n, p=np.asarray(domain.expression_probs) / np.sum(domain.expression_probs))
-    intensity = rng.uniform(0.25, 1.0, n).astype("float32")
+    intensity = rng.uniform(0.45, 1.0, n).astype("float32")
     aus = np.zeros((n, len(ACTION_UNITS)), dtype="float32")
     for e, name in enumerate(EXPRESSION_CLASSES):
         rows = expr == e
@@ -330,8 +330,8 @@ def render_faces(f: dict, domain: Domain, rng: np.random.Generator, regions: boo
     ew, eh = _c(f["eye_w"] * (1 + 0.2 * child)), _c(f["eye_h"] * (1 + 0.25 * child))
     # Brows: inner end raised by AU1, outer by AU2, both lowered and drawn in by AU4.
     by = ey - 0.085
-    inner_y = by - 0.05 * A["AU1"] + 0.035 * A["AU4"]
-    outer_y = by - 0.05 * A["AU2"] + 0.01 * A["AU4"]
+    inner_y = by - 0.07 * A["AU1"] + 0.05 * A["AU4"]
+    outer_y = by - 0.07 * A["AU2"] + 0.015 * A["AU4"]
     inner_x = sep - 0.07 + 0.025 * A["AU4"]
     brow_d = _segment(np.abs(fx), y, inner_x, inner_y, sep + 0.09, outer_y + 0.015)
     brow_t = _c(f["brow_t"] * (1 - 0.3 * child))
@@ -366,7 +366,7 @@ def render_faces(f: dict, domain: Domain, rng: np.random.Generator, regions: boo
     # the lower lip and chin, AU25/26 open the lips and drop the jaw.
     my = _c(f["mouth_y"]) + 0.5 * jaw_open
     mw = _c(f["mouth_w"]) * (1 + 0.3 * A["AU20"] + 0.15 * A["AU12"] - 0.2 * A["AU23"]) * _c(1 - 0.2 * child)
-    corner = -0.075 * A["AU12"] + 0.06 * A["AU15"]
+    corner = -0.11 * A["AU12"] + 0.09 * A["AU15"]
     t = np.clip(fx / mw, -1.2, 1.2)
     within = _sig(np.abs(fx) - mw, es)
     curve = my + corner * t ** 2
@@ -527,4 +527,4 @@ def load_split(domain: str, n: int, split: str = "train", seed: int = 0, cache_d
     return images, labels
 
 
-_RENDER_VERSION = 4
+_RENDER_VERSION = 5

@@ -1,0 +1,42 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from kfacemtl.cli import main
+
+CONFIG = """
+tasks: [gender, expression]
+sources: ["synthetic:lab?n=64", "synthetic:portraits?n=64"]
+eval_sources: ["synthetic:webcam?split=test&n=32"]
+model: {widths: [8, 16], depths: [1, 1], embedding_dim: 16, head_units: 8}
+training: {epochs: 1, steps_per_epoch: 2, batch_size: 16}
+"""
+
+
+def test_train_then_evaluate_writes_the_json_shape(tmp_path, capsys):
+    (tmp_path / "c.yaml").write_text(CONFIG)
+    assert main(["train", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "run")]) == 0
+    assert main(["evaluate", str(tmp_path / "run" / "model.keras"), "--source", "synthetic:street?split=test&n=16",
+                 "--source", "synthetic:lab?split=test&n=8", "--json", str(tmp_path / "e.json")]) == 0
+    out = capsys.readouterr().out
+    assert "street-test" in out and "gender acc" in out
+    data = json.loads((tmp_path / "e.json").read_text())
+    assert set(data) == {"street-test", "lab-test"}
+    assert data["street-test"]["gender"]["n"] == 16 and 0 <= data["street-test"]["expression"]["accuracy"] <= 1
+    assert "macro_f1" in data["lab-test"]["expression"]
+
+
+def test_errors_exit_2_with_the_key_named(tmp_path, capsys):
+    (tmp_path / "c.yaml").write_text(CONFIG.replace("epochs:", "epocs:"))
+    assert main(["train", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "run")]) == 2
+    assert "'training.epocs': unknown key; did you mean 'epochs'" in capsys.readouterr().err
+    assert main(["evaluate", str(tmp_path / "nope.keras"), "--source", "synthetic:lab"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_console_entry_point_help():
+    run = subprocess.run([sys.executable, "-m", "kfacemtl", "demo", "--help"], capture_output=True, text=True)
+    assert run.returncode == 0 and "--out" in run.stdout
