@@ -65,6 +65,11 @@ def _cfg(**training):
             "training": {"epochs": 2, "steps_per_epoch": 3, "batch_size": 16, **training}}
 
 
+def _logged_epochs(run_dir):
+    """Epoch numbers in a run's history.csv, in file order."""
+    return [int(line.split(",")[0]) for line in (run_dir / "history.csv").read_text().splitlines()[1:]]
+
+
 def test_run_directory_and_resume(tmp_path):
     out = tmp_path / "run"
     report = train_run(_cfg(), out, verbose=0)
@@ -78,7 +83,7 @@ def test_run_directory_and_resume(tmp_path):
         train_run(_cfg(), out, verbose=0)
     # resume with more epochs continues from the last finished epoch
     report = train_run(_cfg(epochs=3), out, resume=True, verbose=0)
-    epochs = [int(line.split(",")[0]) for line in (out / "history.csv").read_text().splitlines()[1:]]
+    epochs = _logged_epochs(out)
     assert epochs == [0, 1, 2] and report["epochs_done"] == 3
     with pytest.raises(ConfigError, match="config differs"):
         train_run(_cfg(batch_size=8), out, resume=True, verbose=0)
@@ -102,7 +107,7 @@ def test_resume_after_an_interruption_loses_no_finished_epoch(tmp_path):
         training.keras.callbacks.TensorBoard = original
     assert not (out / "model.keras").exists() and (out / "backup").exists()
     train_run(_cfg(epochs=4), out, resume=True, verbose=0)
-    epochs = [int(line.split(",")[0]) for line in (out / "history.csv").read_text().splitlines()[1:]]
+    epochs = _logged_epochs(out)
     assert epochs == [0, 1, 2, 3]  # epochs 0 and 1 were not trained again
 
 
