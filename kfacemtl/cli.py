@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from kfacemtl.config import DEMO_EPOCHS, DEMO_STEPS
 from kfacemtl.errors import KfacemtlError
 
 
@@ -85,8 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue an interrupted demo run")
     p.add_argument("--faces", type=int, default=6000, help="training faces of the largest domains")
     p.add_argument("--test-faces", type=int, default=1000, help="faces per test split")
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--steps", type=int, default=250, help="steps per epoch")
+    p.add_argument("--epochs", type=int, default=DEMO_EPOCHS)
+    p.add_argument("--steps", type=int, default=DEMO_STEPS, help="steps per epoch")
     p.set_defaults(func=_cmd_demo)
     return parser
 

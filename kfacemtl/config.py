@@ -31,6 +31,8 @@ import yaml
 
 from kfacemtl.errors import ConfigError
 
+DEMO_EPOCHS, DEMO_STEPS = 4, 300  # the demo budget: 1,200 steps of batch 64, about 5 minutes on 2 CPU cores
+
 DEFAULTS: dict[str, Any] = {
     "tasks": ["age", "gender", "race", "expression", "action_units", "valence_arousal"],
     "sources": [],
@@ -40,6 +42,7 @@ DEFAULTS: dict[str, Any] = {
         "widths": [32, 64, 128, 256],
         "depths": [1, 2, 2, 1],
         "stem_stride": 2,
+        "pooling": "flatten",
         "embedding_dim": 256,
         "head_units": 64,
         "dropout": 0.3,

@@ -28,6 +28,9 @@ from kfacemtl.errors import ConfigError
 from kfacemtl.tasks import Task
 
 
+POOLINGS = ("flatten", "avg")
+
+
 @dataclasses.dataclass
 class VGGBackbone:
     """A VGG-style convolutional trunk: blocks of (conv 3×3 → BN → ReLU) × depth, then max-pool.
@@ -36,6 +39,11 @@ class VGGBackbone:
         widths: channels of each block.
         depths: convolutions per block (one int for all blocks, or one per block).
         stem_stride: stride of the very first convolution (2 halves the work of a 64×64 input).
+        pooling: how the last feature map becomes a vector: ``flatten`` keeps where each
+            feature is (aligned faces: a mouth corner is always near the same place; VGG-Face
+            does the same) or ``avg`` (global average pooling, translation-invariant, fewer
+            weights). On the synthetic benchmark with shift augmentation, ``avg`` leaves
+            expression at chance for the demo budget, ``flatten`` learns it.
         embedding_dim: width of the shared embedding after global average pooling.
         dropout: dropout on the embedding.
 
@@ -49,6 +57,7 @@ class VGGBackbone:
     widths: Sequence[int] = (32, 64, 128, 256)
     depths: Sequence[int] | int = (1, 2, 2, 1)
     stem_stride: int = 2
+    pooling: str = "flatten"
     embedding_dim: int = 256
     dropout: float = 0.3
 
@@ -62,6 +71,8 @@ class VGGBackbone:
             raise ConfigError("model.depths", f"expected {len(self.widths)} positive integers (one per block), got {self.depths}")
         if self.stem_stride not in (1, 2):
             raise ConfigError("model.stem_stride", f"expected 1 or 2, got {self.stem_stride}")
+        if self.pooling not in POOLINGS:
+            raise ConfigError("model.pooling", f"expected one of {POOLINGS}, got {self.pooling!r}")
         if not 0 <= self.dropout < 1:
             raise ConfigError("model.dropout", f"expected a number in [0, 1), got {self.dropout}")
 
@@ -77,7 +88,10 @@ class VGGBackbone:
                 x = keras.layers.ReLU(name=f"block{b}_relu{c}")(x)
             if b < len(self.widths):
                 x = keras.layers.MaxPooling2D(2, name=f"block{b}_pool")(x)
-        x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+        if self.pooling == "flatten":
+            x = keras.layers.Flatten(name="flatten")(x)
+        else:
+            x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
         x = keras.layers.Dense(self.embedding_dim, use_bias=False, name="embedding_dense")(x)
         x = keras.layers.BatchNormalization(name="embedding_bn")(x)
         x = keras.layers.ReLU(name="embedding")(x)
@@ -169,14 +183,14 @@ def model_tasks(model: keras.Model) -> list[Task]:
 
 
 def build_model(tasks: Sequence[Task], input_shape=(64, 64, 3), widths=(32, 64, 128, 256), depths=(1, 2, 2, 1),
-                stem_stride: int = 2, embedding_dim: int = 256, head_units: int = 64, dropout: float = 0.3,
-                name: str = "kfacemtl") -> MultiTaskModel:
+                stem_stride: int = 2, pooling: str = "flatten", embedding_dim: int = 256, head_units: int = 64,
+                dropout: float = 0.3, name: str = "kfacemtl") -> MultiTaskModel:
     """Build the multi-task network.
 
     Args:
         tasks: the tasks, in output order.
         input_shape: ``(height, width, 3)``; images are float32 in [0, 1].
-        widths, depths, stem_stride, embedding_dim, dropout: the backbone (:class:`VGGBackbone`).
+        widths, depths, stem_stride, pooling, embedding_dim, dropout: the backbone (:class:`VGGBackbone`).
         head_units: hidden units of each task's head (0 = the output reads the embedding directly).
 
     Returns:
@@ -193,7 +207,7 @@ def build_model(tasks: Sequence[Task], input_shape=(64, 64, 3), widths=(32, 64, 
         raise ConfigError("tasks", "a model needs at least one task")
     if len(input_shape) != 3 or input_shape[-1] != 3:
         raise ConfigError("model.input_shape", f"expected [height, width, 3], got {list(input_shape)}")
-    backbone = VGGBackbone(widths, depths, stem_stride, embedding_dim, dropout)
+    backbone = VGGBackbone(widths, depths, stem_stride, pooling, embedding_dim, dropout)
     inputs = keras.Input(tuple(int(v) for v in input_shape), name="image")
     embedding = backbone(inputs)
     outputs = []

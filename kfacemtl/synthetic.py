@@ -36,6 +36,8 @@ import numpy as np
 from kfacemtl.tasks import ACTION_UNITS, EXPRESSION_CLASSES, RACE_CLASSES
 
 SIZE = 64
+ZOOM = 1.4  # face units → image units
+CENTER_Y = 0.06  # the face point drawn at the image centre
 AU_INDEX = {au: i for i, au in enumerate(ACTION_UNITS)}
 
 # Prototypical AU combinations of the basic expressions (EMFACS / Ekman & Friesen).
@@ -103,10 +105,10 @@ DOMAINS = {
                         expression_probs=(0.04, 0.02, 0.03, 0.38, 0.05, 0.04, 0.44), identities=4000),
     "lab": Domain("lab", ("expression", "action_units"), color=True, pose=0.1, lighting=0.15,
                   background="plain", noise=0.01, occluders=0.0, age_range=(18, 60), identities=150),
-    "webcam": Domain("webcam", ("expression",), color=False, resolution=28, pose=0.8, lighting=0.8,
+    "webcam": Domain("webcam", ("expression",), color=False, resolution=32, pose=0.45, lighting=0.7,
                      background="studio", noise=0.04, occluders=0.15,
                      expression_probs=(0.14, 0.03, 0.14, 0.25, 0.17, 0.11, 0.16), identities=4000),
-    "affect": Domain("affect", ("expression", "valence_arousal"), color=True, pose=0.7, lighting=0.7,
+    "affect": Domain("affect", ("expression", "valence_arousal"), color=True, pose=0.5, lighting=0.7,
                      background="clutter", noise=0.03, occluders=0.15,
                      expression_probs=(0.12, 0.06, 0.08, 0.3, 0.12, 0.1, 0.22), identities=4000),
     "street": Domain("street", (), color=True, resolution=40, pose=1.0, lighting=1.0, background="clutter",
@@ -165,7 +167,7 @@ def sample_factors(n: int, domain: Domain, rng: np.random.Generator, split: str 
     f["age"] = np.clip(f["age"] + rng.normal(0, 1.0, n), *domain.age_range).astype("float32")
 
     expr = rng.choice(7, size=n, p=np.asarray(domain.expression_probs) / np.sum(domain.expression_probs))
-    intensity = rng.uniform(0.45, 1.0, n).astype("float32")
+    intensity = rng.uniform(0.55, 1.0, n).astype("float32")
     aus = np.zeros((n, len(ACTION_UNITS)), dtype="float32")
     for e, name in enumerate(EXPRESSION_CLASSES):
         rows = expr == e
@@ -230,11 +232,18 @@ def _segment(x, y, x0, y0, x1, y1):
 def _paint(img, mask, color):
     """Alpha-composite ``color`` ((n,3) or scalar) over ``img`` (n,H,W,3) with ``mask`` (n,H,W), in place."""
     color = np.asarray(color, dtype="float32")
-    if color.ndim == 2:
-        color = color[:, None, None, :]
-    tmp = color - img
-    tmp *= mask[..., None]
-    img += tmp
+    mask = np.broadcast_to(mask, img.shape[:3])
+    where = np.nonzero(mask)  # features cover few pixels: touch only those
+    if len(where[0]) > mask.size // 3:
+        if color.ndim == 2:
+            color = color[:, None, None, :]
+        tmp = color - img
+        tmp *= mask[..., None]
+        img += tmp
+        return img
+    px = img[where]
+    col = color[where[0]] if color.ndim == 2 else color
+    img[where] = px + (col - px) * mask[where][:, None]
     return img
 
 
@@ -262,9 +271,11 @@ def render_faces(f: dict, domain: Domain, rng: np.random.Generator, regions: boo
     lin = (np.arange(SIZE, dtype="float32") + 0.5) / SIZE * 2 - 1
     U, V = np.meshgrid(lin, lin)  # image coordinates in [-1, 1], V down
     U, V = U[None], V[None]
-    # Inverse pose: image → face coordinates.
+    # Inverse pose: image → face coordinates. Like an aligned crop, the face fills the frame
+    # (ZOOM) with the point between eyes and mouth near the centre (CENTER_Y).
     cr, sr = np.cos(_c(f["roll"])), np.sin(_c(f["roll"]))
-    u, v = (U - _c(f["tx"])) / _c(f["scale"]), (V - _c(f["ty"])) / _c(f["scale"])
+    zoom = _c(f["scale"]) * ZOOM
+    u, v = (U - _c(f["tx"])) / zoom, (V - _c(f["ty"])) / zoom + CENTER_Y
     x, y = cr * u + sr * v, -sr * u + cr * v
     yaw = _c(f["yaw"])
     # Features slide with yaw; the far side is foreshortened.
@@ -330,18 +341,18 @@ def render_faces(f: dict, domain: Domain, rng: np.random.Generator, regions: boo
     ew, eh = _c(f["eye_w"] * (1 + 0.2 * child)), _c(f["eye_h"] * (1 + 0.25 * child))
     # Brows: inner end raised by AU1, outer by AU2, both lowered and drawn in by AU4.
     by = ey - 0.085
-    inner_y = by - 0.07 * A["AU1"] + 0.05 * A["AU4"]
-    outer_y = by - 0.07 * A["AU2"] + 0.015 * A["AU4"]
-    inner_x = sep - 0.07 + 0.025 * A["AU4"]
+    inner_y = by - 0.10 * A["AU1"] + 0.07 * A["AU4"]
+    outer_y = by - 0.10 * A["AU2"] + 0.02 * A["AU4"]
+    inner_x = sep - 0.07 + 0.035 * A["AU4"]
     brow_d = _segment(np.abs(fx), y, inner_x, inner_y, sep + 0.09, outer_y + 0.015)
     brow_t = _c(f["brow_t"] * (1 - 0.3 * child))
-    brows = _sig(brow_d - brow_t / 2, es)
-    img = _paint(img, brows * 0.9, hair_col * 0.8)
+    brows = _sig(brow_d - brow_t * 0.65, es)
+    img = _paint(img, brows, hair_col * 0.55)
     # AU4 also draws a vertical frown line between the brows.
     frown = _sig(_segment(fx, y, 0, by - 0.02, 0, by + 0.05) - 0.006, es) * A["AU4"]
-    img = _paint(img, frown * 0.6, skin * 0.4)
+    img = _paint(img, frown * 0.8, skin * 0.35)
     # Eyes: opened by AU5, narrowed by AU7 and by AU6 (cheeks push up).
-    open_ = np.clip(1 + 0.7 * A["AU5"] - 0.5 * A["AU7"] - 0.4 * A["AU6"], 0.2, 2.0)
+    open_ = np.clip(1 + 1.0 * A["AU5"] - 0.55 * A["AU7"] - 0.45 * A["AU6"], 0.2, 2.2)
     ex = np.abs(fx) - sep
     eye_d = _ellipse(ex, y, 0, ey, ew, eh * open_)
     eyes = _sig(eye_d, es)
@@ -352,7 +363,7 @@ def render_faces(f: dict, domain: Domain, rng: np.random.Generator, regions: boo
     img = _paint(img, lid * 0.8, np.zeros((n, 3), "float32"))
     # AU6: raised cheeks, a bright bulge under each eye.
     cheek = _sig(_ellipse(ex, y, 0.01, ey + 0.11, 0.07, 0.045), 0.02)
-    img = _paint(img, cheek * A["AU6"] * 0.55, np.clip(skin * 1.3, 0, 1))
+    img = _paint(img, cheek * A["AU6"] * 0.7, np.clip(skin * 1.3, 0, 1))
     # Nose: a shaded ridge and nostrils; AU9 wrinkles the bridge and flares the nostrils.
     nl, nw = _c(f["nose_len"] * (1 - 0.3 * child)), _c(f["nose_w"] * (1 - 0.2 * child))
     ny = ey + 0.04 + nl
@@ -365,25 +376,25 @@ def render_faces(f: dict, domain: Domain, rng: np.random.Generator, regions: boo
     # Mouth: AU12 pulls the corners up, AU15 down, AU20 stretches, AU23 tightens, AU17 raises
     # the lower lip and chin, AU25/26 open the lips and drop the jaw.
     my = _c(f["mouth_y"]) + 0.5 * jaw_open
-    mw = _c(f["mouth_w"]) * (1 + 0.3 * A["AU20"] + 0.15 * A["AU12"] - 0.2 * A["AU23"]) * _c(1 - 0.2 * child)
-    corner = -0.11 * A["AU12"] + 0.09 * A["AU15"]
+    mw = _c(f["mouth_w"]) * (1 + 0.4 * A["AU20"] + 0.2 * A["AU12"] - 0.25 * A["AU23"]) * _c(1 - 0.2 * child)
+    corner = -0.16 * A["AU12"] + 0.13 * A["AU15"]
     t = np.clip(fx / mw, -1.2, 1.2)
     within = _sig(np.abs(fx) - mw, es)
     curve = my + corner * t ** 2
-    gap = (0.012 * A["AU25"] + 0.05 * A["AU26"] + 0.02 * A["AU20"] * A["AU25"]) * np.clip(1 - t ** 2, 0, 1)
+    gap = (0.02 * A["AU25"] + 0.06 * A["AU26"] + 0.025 * A["AU20"] * A["AU25"]) * np.clip(1 - t ** 2, 0, 1)
     lip_t = _c(f["lip_t"]) * (1 - 0.55 * A["AU23"]) * np.clip(1 - 0.5 * t ** 2, 0.2, 1)
     upper = curve - gap * 0.35
     lower = curve + gap - 0.02 * A["AU17"] * np.clip(1 - t ** 2, 0, 1)
     opening = _sig(np.maximum(upper - y, y - lower), es) * within
     lips = _sig(np.minimum(np.abs(y - (upper - lip_t / 2)), np.abs(y - (lower + lip_t / 2))) - lip_t / 2, es) * within
-    lips = np.maximum(lips, _sig(np.abs(y - curve) - 0.004, es) * within)
-    lip_col = np.clip(skin * 0.75 + np.stack([f["lip_red"], -0.3 * f["lip_red"], -0.3 * f["lip_red"]], 1), 0, 1)
+    lips = np.maximum(lips, _sig(np.abs(y - curve) - 0.007, es) * within)
+    lip_col = np.clip(skin * 0.55 + np.stack([f["lip_red"], -0.3 * f["lip_red"], -0.3 * f["lip_red"]], 1), 0, 1)
     img = _paint(img, lips, lip_col)
     teeth = opening * (y < upper + 0.4 * (lower - upper))
     img = _paint(img, opening, np.full((n, 3), 0.1, "float32"))
     img = _paint(img, teeth * 0.8, np.full((n, 3), 0.9, "float32"))
     chin = _sig(_ellipse(fx, y, 0, my + 0.11, 0.05, 0.025), 0.015)
-    img = _paint(img, chin * A["AU17"] * 0.6, skin * 0.55)
+    img = _paint(img, chin * A["AU17"] * 0.75, skin * 0.5)
     # Beard: a darker lower face.
     beard = face * _sig(0.16 - y + 0.0 * x, 0.03) * _c(f["beard"]) * (1 - opening)
     img = _paint(img, beard * 0.55, hair_col * 0.7)
@@ -477,7 +488,7 @@ def generate(domain: str | Domain, n: int, split: str = "train", seed: int = 0, 
 
     Deterministic in ``(domain, split, seed, n)``, whether rendered serially or in parallel.
     Labels hold every ground truth (``LABEL_KEYS``) whatever the domain
-    labels for training. Chunks of 512 faces render in ``workers`` processes (default: one
+    labels for training. Chunks of 512 faces render in ``workers`` threads (default: one
     per core when there is more than one chunk).
 
     Example:
@@ -488,10 +499,10 @@ def generate(domain: str | Domain, n: int, split: str = "train", seed: int = 0, 
     dom = DOMAINS[domain] if isinstance(domain, str) else domain
     jobs = [(dom, min(CHUNK, n - c * CHUNK), split, seed, c, regions) for c in range((n + CHUNK - 1) // CHUNK)]
     workers = min(len(jobs), workers or os.cpu_count() or 1)
-    if workers > 1:
-        import multiprocessing
-        with multiprocessing.get_context("spawn").Pool(workers) as pool:
-            parts = pool.map(_render_chunk, jobs)
+    if workers > 1:  # numpy releases the GIL in its array loops; threads need no __main__ guard
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(workers) as pool:
+            parts = list(pool.map(_render_chunk, jobs))
     else:
         parts = [_render_chunk(j) for j in jobs]
     if not parts:
@@ -527,4 +538,4 @@ def load_split(domain: str, n: int, split: str = "train", seed: int = 0, cache_d
     return images, labels
 
 
-_RENDER_VERSION = 5
+_RENDER_VERSION = 9

@@ -32,7 +32,7 @@ from typing import Mapping, Sequence
 
 import keras
 
-from kfacemtl.config import dump_config, resolve_config
+from kfacemtl.config import DEMO_EPOCHS, DEMO_STEPS, dump_config, resolve_config
 from kfacemtl.errors import ConfigError
 from kfacemtl.losses import task_loss
 from kfacemtl.model import build_model, count_flops, model_tasks
@@ -167,9 +167,7 @@ def train_run(config: Mapping, out_dir, resume: bool = False, verbose="auto") ->
         from kfacemtl.model import load_model
         model = load_model(finished)
     else:
-        model = build_model(tasks, input_shape=mc["input_shape"], widths=mc["widths"], depths=mc["depths"],
-                            stem_stride=mc["stem_stride"], embedding_dim=mc["embedding_dim"],
-                            head_units=mc["head_units"], dropout=mc["dropout"])
+        model = build_model(tasks, **mc)  # every model key is an argument of build_model
         compile_model(model, tr["optimizer"], tr["learning_rate"], tr["weight_decay"], tr["loss_normalization"],
                       tr["label_smoothing"])
     image_size = tuple(mc["input_shape"][:2])
@@ -216,8 +214,8 @@ def train_run(config: Mapping, out_dir, resume: bool = False, verbose="auto") ->
     return report
 
 
-def demo_config(train_faces: int = 6000, test_faces: int = 1000, epochs: int = 3, steps_per_epoch: int | None = 250,
-                seed: int = 0) -> dict:
+def demo_config(train_faces: int = 6000, test_faces: int = 1000, epochs: int = DEMO_EPOCHS,
+                steps_per_epoch: int | None = DEMO_STEPS, seed: int = 0) -> dict:
     """The config of ``kfacemtl demo``: four labelled synthetic domains, all five test splits.
 
     portraits (age, gender, race), lab (expression, AUs; a small CK+-like set), webcam
@@ -231,5 +229,7 @@ def demo_config(train_faces: int = 6000, test_faces: int = 1000, epochs: int = 3
         "sources": [f"synthetic:{d}?n={n}&seed={seed}" for d, n in sizes.items()],
         "eval_sources": [f"synthetic:{d}?split=test&n={test_faces}&seed={seed}"
                          for d in ("portraits", "lab", "webcam", "affect", "street")],
-        "training": {"epochs": epochs, "steps_per_epoch": steps_per_epoch, "batch_size": 64, "seed": seed},
+        # balanced: each domain a quarter of every batch, so the small lab set (the only AU labels) is not drowned
+        "training": {"epochs": epochs, "steps_per_epoch": steps_per_epoch, "batch_size": 64, "seed": seed,
+                     "mixing": "balanced"},
     }

@@ -2,7 +2,9 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
+from kfacemtl.errors import ConfigError
 from kfacemtl.model import TaskOutput, build_model, count_flops, load_model, model_tasks
 from kfacemtl.tasks import resolve_tasks
 from kfacemtl.training import compile_model
@@ -48,3 +50,11 @@ print([t.name for t in kfacemtl.model_tasks(m)])
     assert "valence_arousal" in run.stdout
     # the reloaded model has the same tasks in a plain load too
     assert model_tasks(load_model(tmp_path / "m.keras", compile=False)) == TASKS
+
+
+def test_pooling_is_a_backbone_option_with_a_clear_error():
+    names = lambda m: {layer.name for layer in m.layers}  # noqa: E731
+    assert "flatten" in names(build_model(TASKS[:1], widths=(8, 16), depths=1))  # default keeps feature positions
+    assert "gap" in names(build_model(TASKS[:1], widths=(8, 16), depths=1, pooling="avg"))
+    with pytest.raises(ConfigError, match="model.pooling"):
+        build_model(TASKS[:1], widths=(8, 16), depths=1, pooling="max")
