@@ -44,7 +44,7 @@ class VGGBackbone:
             does the same) or ``avg`` (global average pooling, translation-invariant, fewer
             weights). On the synthetic benchmark with shift augmentation, ``avg`` leaves
             expression at chance for the demo budget, ``flatten`` learns it.
-        embedding_dim: width of the shared embedding after global average pooling.
+        embedding_dim: width of the shared embedding after the pooling.
         dropout: dropout on the embedding.
 
     Example:
