@@ -8,7 +8,7 @@ domain. The multi-task row uses the demo config with the same steps.
 
 A benchmark measures and prints; it asserts nothing.
 
-    python benchmarks/calibrate_synthetic.py [--epochs 4 --steps 300 --faces 6000]
+    python benchmarks/calibrate_synthetic.py [--epochs E --steps S --faces 6000]   # default: the demo's budget
 """
 
 import argparse
@@ -24,6 +24,7 @@ import numpy as np  # noqa: E402
 
 from kfacemtl import synthetic  # noqa: E402
 from kfacemtl.evaluation import headline_metric  # noqa: E402
+from kfacemtl.sources import parse_spec  # noqa: E402
 from kfacemtl.tasks import resolve_tasks  # noqa: E402
 from kfacemtl.config import DEMO_EPOCHS, DEMO_STEPS  # noqa: E402
 from kfacemtl.training import demo_config, train_run  # noqa: E402
@@ -58,7 +59,7 @@ def main():
     for task in tasks:
         domains = [d for d in synthetic.LABELLED_DOMAINS if task.name in synthetic.DOMAINS[d].labels]
         cfg = dict(base, tasks=[task.name],
-                   sources=[s for s in base["sources"] if s.split(":")[1].split("?")[0] in domains])
+                   sources=[s for s in base["sources"] if parse_spec(s)[1] in domains])
         t = time.time()
         stl = train_run(cfg, os.path.join(work, task.name), verbose=0)
         metric = headline_metric(task)

@@ -233,14 +233,14 @@ def _paint(img, mask, color):
     """Alpha-composite ``color`` ((n,3) or scalar) over ``img`` (n,H,W,3) with ``mask`` (n,H,W), in place."""
     color = np.asarray(color, dtype="float32")
     mask = np.broadcast_to(mask, img.shape[:3])
-    where = np.nonzero(mask)  # features cover few pixels: touch only those
-    if len(where[0]) > mask.size // 3:
+    if np.count_nonzero(mask) > mask.size // 3:  # large areas (face, hair): paint everywhere
         if color.ndim == 2:
             color = color[:, None, None, :]
         tmp = color - img
         tmp *= mask[..., None]
         img += tmp
         return img
+    where = np.nonzero(mask)  # features cover few pixels: touch only those
     px = img[where]
     col = color[where[0]] if color.ndim == 2 else color
     img[where] = px + (col - px) * mask[where][:, None]

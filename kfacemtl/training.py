@@ -35,7 +35,7 @@ import keras
 from kfacemtl.config import DEMO_EPOCHS, DEMO_STEPS, dump_config, resolve_config
 from kfacemtl.errors import ConfigError
 from kfacemtl.losses import task_loss
-from kfacemtl.model import build_model, count_flops, model_tasks
+from kfacemtl.model import build_model, count_flops, load_model, model_tasks
 from kfacemtl.pipeline import make_dataset, steps_per_epoch
 from kfacemtl.sources import Source, make_source
 from kfacemtl.tasks import Task, resolve_tasks
@@ -164,7 +164,6 @@ def train_run(config: Mapping, out_dir, resume: bool = False, verbose="auto") ->
         initial_epoch = int(report.get("epochs_done", 0))
         if initial_epoch >= tr["epochs"]:
             return report  # already finished: nothing to redo
-        from kfacemtl.model import load_model
         model = load_model(finished)
     else:
         model = build_model(tasks, **mc)  # every model key is an argument of build_model
