@@ -56,6 +56,7 @@ def main():
     t0 = time.time()
     mtl = train_run(base, os.path.join(work, "mtl"), verbose=0)
     mtl_s = time.time() - t0
+    print(f"multi-task run: {mtl_s:.0f} s", flush=True)
     for task in tasks:
         domains = [d for d in synthetic.LABELLED_DOMAINS if task.name in synthetic.DOMAINS[d].labels]
         cfg = dict(base, tasks=[task.name],
@@ -74,6 +75,7 @@ def main():
             "mtl_street": mtl["evaluation"]["street-test"][task.name][metric],
             "stl_seconds": round(time.time() - t),
         }
+        print(f"{task.name}: {rows[task.name]}", flush=True)
     print(f"\nSynthetic benchmark calibration: {args.epochs} epochs x {args.steps} steps x batch 64 for every "
           f"model; test splits of {args.test_faces} faces. MTL trained in {mtl_s:.0f} s.\n")
     print("| task | metric | train domains (labelled) | constant predictor | single-task in-domain | "

@@ -29,16 +29,17 @@ def _chance(task, labels):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="KNOWN GAP, issue 2 open: at this budget (800 steps, small backbone) "
-                   "expression and action units stay near chance on the synthetic lab test split; the renderer's "
-                   "expression cues need calibrating")
 def test_tiny_multi_source_fit_beats_chance_on_every_task():
+    # Four sources, each labelling only some tasks, train one small network with balanced mixing (each
+    # domain a quarter of every batch, so the small lab set, the only AU labels, is not drowned).
+    # Measured on a 2-core CPU (seeds 0 and 1): expression and AUs take off after ~1,000 steps and reach
+    # accuracy 0.55 / mean F1 0.50-0.57 at 1,600 steps; about 140 s.
     keras.utils.set_random_seed(0)
     train = [make_source(f"synthetic:{d}?n={n}") for d, n in
              (("portraits", 1536), ("lab", 768), ("webcam", 1024), ("affect", 1024))]
     model = compile_model(build_model(TASKS, **SMALL), learning_rate=1e-3)
-    ds = make_dataset(train, TASKS, batch_size=64)
-    model.fit(ds, steps_per_epoch=100, epochs=8, verbose=0)
+    ds = make_dataset(train, TASKS, batch_size=64, mixing="balanced")
+    model.fit(ds, steps_per_epoch=100, epochs=16, verbose=0)
     tests = {d: make_source(f"synthetic:{d}?split=test&n=400") for d in ("portraits", "lab", "affect")}
     res = evaluate_sources(model, list(tests.values()))
     where = {"age": "portraits", "gender": "portraits", "race": "portraits", "expression": "lab",
@@ -52,7 +53,7 @@ def test_tiny_multi_source_fit_beats_chance_on_every_task():
         elif task.kind == "multilabel":
             assert m["mean_f1"] > chance + 0.1, (task.name, m["mean_f1"], chance)
         elif task.dim == 1:
-            assert m["mae"] < 0.92 * chance, (task.name, m["mae"], chance)  # measured 0.88 × chance
+            assert m["mae"] < 0.8 * chance, (task.name, m["mae"], chance)  # measured 0.65 × chance
         else:
             assert m["mean_ccc"] > 0.2, (task.name, m["mean_ccc"])
 
