@@ -20,6 +20,7 @@ _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from kfacemtl.errors import ConfigError, KfacemtlError, LabelError, SourceError  # noqa: E402
 from kfacemtl.evaluation import evaluate_sources, format_table  # noqa: E402
+from kfacemtl.export import export_model  # noqa: E402
 from kfacemtl.losses import MaskedTaskLoss, task_loss  # noqa: E402
 from kfacemtl.model import MultiTaskModel, TaskOutput, VGGBackbone, build_model, load_model, model_tasks  # noqa: E402
 from kfacemtl.pipeline import make_dataset, steps_per_epoch  # noqa: E402
@@ -33,4 +34,5 @@ __all__ = [
     "MaskedTaskLoss", "task_loss", "MultiTaskModel", "TaskOutput", "VGGBackbone", "build_model", "load_model",
     "model_tasks", "make_dataset", "steps_per_epoch", "CsvSource", "FolderSource", "Source", "SyntheticSource",
     "make_source", "Task", "get_task", "resolve_tasks", "compile_model", "train_run",
+    "export_model",
 ]

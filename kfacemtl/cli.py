@@ -1,9 +1,12 @@
-"""The ``kfacemtl`` command line: ``train``, ``evaluate`` and ``demo``.
+"""The ``kfacemtl`` command line: ``train``, ``evaluate``, ``demo``, ``export`` and ``predict``.
 
 Example:
     $ kfacemtl demo --out runs/demo
     $ kfacemtl train configs/demo.yaml --out runs/exp1 [--resume]
     $ kfacemtl evaluate runs/exp1/model.keras --source "synthetic:street?split=test&n=1000" --json street.json
+    $ kfacemtl export runs/exp1 --base saved_models --name faces
+    $ kfacemtl predict --saved-model saved_models/faces/1 face1.jpg face2.png
+    $ kfacemtl predict --server localhost:8500 --model faces --label stable face1.jpg --json out.json
 """
 
 from __future__ import annotations
@@ -39,12 +42,7 @@ def _cmd_evaluate(args):
     results = evaluate_sources(model, build_sources(args.source, "--source"), tasks, batch_size=args.batch_size)
     print(format_table(results, tasks))
     if args.json:
-        out = Path(args.json)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-        tmp.write_text(to_json(results))
-        os.replace(tmp, out)
-        print(f"wrote {out}")
+        _write_json(args.json, to_json(results))
 
 
 def _cmd_demo(args):
@@ -60,6 +58,49 @@ def _cmd_demo(args):
     print(report["table"])
     print(f"\n{time.time() - start:.0f} s in all. The run lives in {args.out}: model.keras, history.csv, "
           f"report.json, plots/, logs/ (TensorBoard).")
+
+
+def _write_json(path, text: str):
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, out)
+    print(f"wrote {out}")
+
+
+def _cmd_export(args):
+    from kfacemtl.export import ExportError, export_model
+    labels = {}
+    for item in args.label or []:
+        key, sep, value = item.partition("=")
+        if not sep or not value.isdigit():
+            raise ExportError(f"--label {item!r}: expected NAME=VERSION, e.g. stable=3")
+        labels[key] = int(value)
+    path = export_model(args.model, args.base, args.name, version=args.version, labels=labels or None,
+                        serving_base=args.serving_base)
+    print(f"exported {path}\n  signatures: serving_default (encoded images), serving_float (float tensors)\n"
+          f"  model card: {path / 'model_card.md'}\n  server config: {path.parent / 'models.config'}, "
+          f"{path.parent / 'batching_parameters.txt'}")
+
+
+def _cmd_predict(args):
+    from kfacemtl.serving import Client, LocalPredictor, ServingError, format_results, read_images
+    if bool(args.server) == bool(args.saved_model):
+        raise ServingError("give either --server HOST:PORT (with --model) or --saved-model DIR")
+    if args.server:
+        if not args.model:
+            raise ServingError("--server needs --model NAME")
+        predictor = Client(args.server, args.model, version=args.version, label=args.label,
+                           protocol="rest" if args.rest else "grpc", timeout=args.timeout)
+    else:
+        predictor = LocalPredictor(args.saved_model)
+    _, names = read_images(args.images)
+    results = predictor.predict(args.images)
+    if args.json:
+        _write_json(args.json, json.dumps([dict(r, image=n) for n, r in zip(names, results)], indent=2))
+    else:
+        print(format_results(results, names))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,6 +130,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=DEMO_EPOCHS)
     p.add_argument("--steps", type=int, default=DEMO_STEPS, help="steps per epoch")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("export", help="write a versioned SavedModel for TF Serving (never overwrites a version)")
+    p.add_argument("model", help="a run directory or a .keras file")
+    p.add_argument("--base", default="saved_models", help="folder of served models (default saved_models)")
+    p.add_argument("--name", required=True, help="the served model's name")
+    p.add_argument("--version", type=int, help="version number (default: the next free one)")
+    p.add_argument("--label", action="append", metavar="NAME=VERSION",
+                   help="version label for models.config, e.g. stable=1 (default: stable = previous, canary = new)")
+    p.add_argument("--serving-base", default="/models", help="where --base is mounted in the serving container")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("predict", help="predict every task for image files, via TF Serving or a local SavedModel")
+    p.add_argument("images", nargs="+", help="JPEG or PNG files")
+    p.add_argument("--server", help="HOST:PORT of TF Serving (gRPC 8500, or REST 8501 with --rest)")
+    p.add_argument("--model", help="the served model's name (with --server)")
+    p.add_argument("--version", type=int, help="a specific served version")
+    p.add_argument("--label", help="a version label, e.g. stable or canary")
+    p.add_argument("--rest", action="store_true", help="use the REST API instead of gRPC")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
+    p.add_argument("--saved-model", help="BASE/NAME/VERSION: run the export locally, no server")
+    p.add_argument("--json", help="write the per-image results here instead of printing a table")
+    p.set_defaults(func=_cmd_predict)
     return parser
 
 

@@ -33,13 +33,13 @@ MIXING_MODES = ("proportional", "balanced")
 
 
 def preprocess_image(image, image_size=(64, 64)):
-    """Decoded ``uint8`` image (H, W, 1|3|4) → float32 ``image_size`` RGB in [0, 1].
+    """Decoded ``uint8`` image (H, W, 1|2|3|4) → float32 ``image_size`` RGB in [0, 1].
 
     Uses TF ops only (gray → RGB, RGBA → RGB, bilinear resize with antialiasing).
     """
     image = tf.convert_to_tensor(image)
     channels = tf.shape(image)[-1]
-    image = tf.cond(tf.equal(channels, 1), lambda: tf.repeat(image, 3, axis=-1),
+    image = tf.cond(channels < 3, lambda: tf.repeat(image[..., :1], 3, axis=-1),  # gray, gray + alpha
                     lambda: image[..., :3])
     image = tf.image.convert_image_dtype(image, tf.float32)
     image = tf.image.resize(image, image_size, method="bilinear", antialias=True)

@@ -40,3 +40,33 @@ def test_errors_exit_2_with_the_key_named(tmp_path, capsys):
 def test_console_entry_point_help():
     run = subprocess.run([sys.executable, "-m", "kfacemtl", "demo", "--help"], capture_output=True, text=True)
     assert run.returncode == 0 and "--out" in run.stdout
+
+
+def test_export_then_predict_locally_and_through_a_server(tmp_path, capsys):
+    import tensorflow as tf
+
+    from kfacemtl.model_server import LocalModelServer
+    (tmp_path / "c.yaml").write_text(CONFIG)
+    assert main(["train", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "run")]) == 0
+    base = tmp_path / "saved_models"
+    assert main(["export", str(tmp_path / "run"), "--base", str(base), "--name", "faces"]) == 0
+    assert main(["export", str(tmp_path / "run" / "model.keras"), "--base", str(base), "--name", "faces",
+                 "--version", "5", "--label", "stable=5"]) == 0
+    assert "exported" in capsys.readouterr().out and sorted(p.name for p in base.joinpath("faces").glob("[0-9]*")) \
+        == ["1", "5"]
+    assert main(["export", str(tmp_path / "run"), "--base", str(base), "--name", "faces", "--version", "5"]) == 2
+    assert "already exists" in capsys.readouterr().err
+    img = tmp_path / "face.png"
+    img.write_bytes(tf.io.encode_png(tf.zeros((50, 40, 3), tf.uint8)).numpy())
+    assert main(["predict", "--saved-model", str(base / "faces" / "1"), str(img), "--json", str(tmp_path / "p.json")]) == 0
+    local = json.loads((tmp_path / "p.json").read_text())
+    assert local[0]["image"] == str(img) and local[0]["expression"]["class"] and "gender" in local[0]
+    with LocalModelServer(base) as srv:
+        assert main(["predict", "--server", srv.grpc_target, "--model", "faces", "--version", "1", str(img)]) == 0
+        out = capsys.readouterr().out
+        assert "face.png" in out and local[0]["expression"]["class"] in out
+        assert main(["predict", "--server", srv.rest_target, "--rest", "--model", "faces", "--label", "stable",
+                     str(img), str(tmp_path / "c.yaml")]) == 2
+        assert "c.yaml: is not a JPEG or PNG" in capsys.readouterr().err
+    assert main(["predict", str(img)]) == 2
+    assert "either --server" in capsys.readouterr().err

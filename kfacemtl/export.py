@@ -1,0 +1,363 @@
+"""Export a trained model as a versioned SavedModel for TF Serving.
+
+``export_model`` writes ``BASE/NAME/VERSION/``: a SavedModel with two signatures, warmup
+requests in ``assets.extra/``, and a model card; beside the versions, a ``models.config``
+(model name, base path, version labels) and ``batching_parameters.txt`` for
+``tensorflow_model_server``. A version is written to a hidden temporary folder and renamed
+into place, so a crash never leaves a half version that TF Serving would load, and an
+existing version is never overwritten.
+
+Signatures (outputs are named per task, see :func:`output_names`):
+
+- ``serving_default``: ``images``, a batch of encoded JPEG/PNG bytes (any size; gray, RGB
+  or RGBA), decoded, resized and scaled in the graph with the training pipeline's ops
+  (:func:`kfacemtl.pipeline.decode_image`). Inputs over ``max_bytes`` or whose header
+  declares more than ``max_pixels`` are refused before decoding.
+- ``serving_float``: ``images``, float32 ``(batch, H, W, 3)`` in [0, 1] at the model's size.
+
+Example:
+    >>> # path = export_model("runs/demo", "saved_models", "faces")   # saved_models/faces/1
+"""
+
+from __future__ import annotations
+
+import datetime
+import io
+import json
+import os
+import re
+import shutil
+import uuid
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from kfacemtl.errors import KfacemtlError
+from kfacemtl.pipeline import preprocess_image
+from kfacemtl.tasks import Task
+
+MAX_BYTES = 20 * 2 ** 20  # 20 MiB per encoded image
+MAX_PIXELS = 40_000_000  # declared width × height (a 12 MP photo passes; a 20000² PNG bomb does not)
+WARMUP_FILE = "tf_serving_warmup_requests"
+SIGNATURES = ("serving_default", "serving_float")
+
+
+class ExportError(KfacemtlError):
+    """An export could not be written (existing version, bad name, not a kfacemtl model)."""
+
+
+def output_names(task: Task) -> list[str]:
+    """The signature outputs of one task.
+
+    classification: ``<task>_probs`` (batch, C), ``<task>_label`` (class index, int64) and
+    ``<task>_class`` (class name); multilabel: ``<task>_probs`` (batch, K) and
+    ``<task>_active`` (names with probability ≥ 0.5, comma-joined); regression:
+    ``<task>`` on the task's own scale ((batch,) for one value, e.g. ``age`` in years).
+
+    Example:
+        >>> from kfacemtl.tasks import get_task
+        >>> output_names(get_task("gender"))
+        ['gender_probs', 'gender_label', 'gender_class']
+    """
+    if task.kind == "classification":
+        return [f"{task.name}_probs", f"{task.name}_label", f"{task.name}_class"]
+    if task.kind == "multilabel":
+        return [f"{task.name}_probs", f"{task.name}_active"]
+    return [task.name]
+
+
+def _task_outputs(tasks: Sequence[Task], outputs) -> dict:
+    outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+    result = {}
+    for task, out in zip(tasks, outputs):
+        out = tf.cast(out, tf.float32)
+        if task.kind == "classification":
+            label = tf.argmax(out, axis=-1)
+            result[f"{task.name}_probs"] = out
+            result[f"{task.name}_label"] = label
+            result[f"{task.name}_class"] = tf.gather(tf.constant(list(task.classes)), label)
+        elif task.kind == "multilabel":
+            result[f"{task.name}_probs"] = out
+            names = tf.broadcast_to(tf.constant(list(task.classes)), tf.shape(out))
+            active = tf.ragged.boolean_mask(names, out >= 0.5)
+            result[f"{task.name}_active"] = tf.strings.reduce_join(active, axis=-1, separator=",")
+        else:
+            result[task.name] = out[:, 0] if task.dim == 1 else out
+    return result
+
+
+def _header_size(data, which):
+    """``(width, height)`` declared by a JPEG or PNG header, read without decoding."""
+    is_png = tf.equal(tf.strings.substr(data, 0, 8), b"\x89PNG\r\n\x1a\n")
+    is_jpeg = tf.equal(tf.strings.substr(data, 0, 3), b"\xff\xd8\xff")
+    tf.debugging.Assert(is_png | is_jpeg, which + ["is not a JPEG or PNG (bad magic bytes); first bytes:",
+                                                   tf.strings.substr(data, 0, 8)])
+
+    def png():
+        tf.debugging.Assert(tf.strings.length(data) >= 24, which + ["is a PNG shorter than its header"])
+        wh = tf.cast(tf.io.decode_raw(tf.strings.substr(data, 16, 8), tf.uint8), tf.int64)
+        w = ((wh[0] * 256 + wh[1]) * 256 + wh[2]) * 256 + wh[3]
+        h = ((wh[4] * 256 + wh[5]) * 256 + wh[6]) * 256 + wh[7]
+        return tf.stack([w, h])
+
+    def jpeg():
+        hw = tf.cast(tf.io.extract_jpeg_shape(data), tf.int64)
+        return tf.stack([hw[1], hw[0]])
+
+    return tf.cond(is_png, png, jpeg)
+
+
+def decode_checked(data, image_size=(64, 64), max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS,
+                   index=None):
+    """One encoded JPEG/PNG → float32 ``image_size`` RGB in [0, 1], refusing oversized input.
+
+    The byte length and the size the header declares are checked before decoding; bad input
+    raises ``tf.errors.InvalidArgumentError`` whose message names the image (``index`` in
+    the batch) and what was wrong, e.g. ``assertion failed: [image] [2] [is empty (0 bytes)]``.
+    """
+    which = ["image"] if index is None else ["image", index]
+    n = tf.strings.length(data)
+    tf.debugging.Assert(n > 0, which + ["is empty (0 bytes)"])
+    tf.debugging.Assert(n <= max_bytes, which + ["has", n, f"bytes; the limit is {max_bytes}"])
+    wh = _header_size(data, which)
+    tf.debugging.Assert(wh[0] * wh[1] <= max_pixels,
+                        which + ["declares", wh[0], "x", wh[1], f"pixels; the limit is {max_pixels} pixels"])
+    tf.debugging.Assert(wh[0] * wh[1] > 0, which + ["declares an empty image:", wh[0], "x", wh[1]])
+    image = tf.io.decode_image(data, channels=0, expand_animations=False)
+    return preprocess_image(image, image_size)
+
+
+def serving_functions(model, image_size=None, max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS) -> dict:
+    """``{signature name: (fn, input_signature)}`` for a kfacemtl model (used by :func:`export_model`)."""
+    from kfacemtl.model import model_tasks
+    tasks = model_tasks(model)
+    h, w = image_size or model.input_shape[1:3]
+
+    def from_float(images):
+        return _task_outputs(tasks, model(images, training=False))
+
+    def from_bytes(images):
+        tf.debugging.Assert(tf.size(images) > 0, ["empty batch: send at least one image"])
+        decoded = tf.map_fn(lambda a: decode_checked(a[0], (h, w), max_bytes, max_pixels, index=a[1]),
+                            (images, tf.range(tf.size(images))),
+                            fn_output_signature=tf.TensorSpec((h, w, 3), tf.float32))
+        return from_float(decoded)
+
+    return {"serving_default": (from_bytes, [tf.TensorSpec([None], tf.string, name="images")]),
+            "serving_float": (from_float, [tf.TensorSpec([None, h, w, 3], tf.float32, name="images")])}
+
+
+def next_version(model_dir) -> int:
+    """1 + the highest numeric version folder under ``model_dir`` (1 when there is none)."""
+    model_dir = Path(model_dir)
+    versions = [int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()] \
+        if model_dir.is_dir() else []
+    return max(versions, default=0) + 1
+
+
+def _versions(model_dir: Path) -> list[int]:
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def _load(model_or_path):
+    """A model object, a ``.keras`` file, or a run directory → (model, run dir or None)."""
+    from kfacemtl.model import load_model
+    if not isinstance(model_or_path, (str, os.PathLike)):
+        return model_or_path, None
+    path = Path(model_or_path)
+    if path.is_dir():
+        if not (path / "model.keras").is_file():
+            raise ExportError(f"{path} is a directory without model.keras; pass a run directory or a .keras file")
+        return load_model(path / "model.keras", compile=False), path
+    if not path.is_file():
+        raise ExportError(f"{path} does not exist; pass a run directory or a .keras file")
+    return load_model(path, compile=False), None
+
+
+def _warmup_records(name: str, image_size, n: int = 4) -> bytes:
+    """A TFRecord of PredictionLog warmup requests (``n`` random PNGs through ``serving_default``)."""
+    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+    rng = np.random.default_rng(0)
+    images = [tf.io.encode_png(rng.integers(0, 256, tuple(image_size) + (3,), dtype=np.uint8)).numpy()
+              for _ in range(n)]
+    out = io.BytesIO()
+    for batch in (images[:1], images):
+        request = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(name=name,
+                                                                          signature_name="serving_default"))
+        request.inputs["images"].CopyFrom(tf.make_tensor_proto(batch, dtype=tf.string))
+        log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+        out.write(_tfrecord(log.SerializeToString()))
+    return out.getvalue()
+
+
+def _tfrecord(payload: bytes) -> bytes:
+    path = f"ram://warmup-{uuid.uuid4().hex}"
+    with tf.io.TFRecordWriter(path) as writer:
+        writer.write(payload)
+    data = tf.io.gfile.GFile(path, "rb").read()
+    tf.io.gfile.remove(path)
+    return data
+
+
+def models_config(name: str, versions: Sequence[int], labels: Mapping[str, int], base_path: str) -> str:
+    """The text ``ModelServerConfig`` for ``tensorflow_model_server --model_config_file``.
+
+    Example:
+        >>> print(models_config("faces", [1, 2], {"stable": 1, "canary": 2}, "/models/faces"))  # doctest: +ELLIPSIS
+        model_config_list {
+          config {
+            name: "faces"
+            base_path: "/models/faces"
+            model_platform: "tensorflow"
+            model_version_policy { specific { versions: 1 versions: 2 } }
+            version_labels { key: "stable" value: 1 }
+            version_labels { key: "canary" value: 2 }
+          }
+        }
+        <BLANKLINE>
+    """
+    policy = " ".join(f"versions: {v}" for v in versions)
+    label_lines = "".join(f'    version_labels {{ key: "{k}" value: {v} }}\n' for k, v in labels.items())
+    return ("model_config_list {\n  config {\n"
+            f'    name: "{name}"\n    base_path: "{base_path}"\n    model_platform: "tensorflow"\n'
+            f"    model_version_policy {{ specific {{ {policy} }} }}\n{label_lines}  }}\n}}\n")
+
+
+BATCHING_PARAMETERS = """\
+# tensorflow_model_server --enable_batching --batching_parameters_file=batching_parameters.txt
+max_batch_size { value: 64 }
+batch_timeout_micros { value: 2000 }
+max_enqueued_batches { value: 256 }
+num_batch_threads { value: 4 }
+allowed_batch_sizes: 8
+allowed_batch_sizes: 16
+allowed_batch_sizes: 32
+allowed_batch_sizes: 64
+"""
+
+
+def model_card(model, name: str, version: int, run_dir: Path | None, max_bytes: int, max_pixels: int) -> dict:
+    """What a user of the export needs to know: tasks, classes, input contract, training, evaluation."""
+    from kfacemtl import __version__
+    from kfacemtl.model import model_tasks
+    import yaml
+    tasks = model_tasks(model)
+    card = {
+        "name": name, "version": version,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "kfacemtl": __version__, "tensorflow": tf.__version__,
+        "input": {
+            "serving_default": f"images: DT_STRING [batch], encoded JPEG or PNG, any size, gray/RGB/RGBA; at most "
+                               f"{max_bytes} bytes and {max_pixels} declared pixels each; decoded, resized "
+                               f"(bilinear, antialiased) to {list(model.input_shape[1:3])} and scaled to [0, 1] "
+                               f"in the graph",
+            "serving_float": f"images: DT_FLOAT [batch, {model.input_shape[1]}, {model.input_shape[2]}, 3] RGB in [0, 1]",
+        },
+        "tasks": [dict(t.to_config(), outputs=output_names(t)) for t in tasks],
+        "training": None, "evaluation": None,
+    }
+    if run_dir is not None:
+        if (run_dir / "config.yaml").is_file():
+            cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+            card["training"] = {k: cfg.get(k) for k in ("sources", "training", "model") if k in cfg}
+        if (run_dir / "report.json").is_file():
+            report = json.loads((run_dir / "report.json").read_text())
+            card["evaluation"] = {"metrics": report.get("evaluation"), "table": report.get("table")}
+    return card
+
+
+def _card_markdown(card: dict) -> str:
+    lines = [f"# {card['name']} version {card['version']}", "",
+             f"Exported {card['created']} by kfacemtl {card['kfacemtl']} (TensorFlow {card['tensorflow']}).", "",
+             "## Input", ""]
+    lines += [f"- `{k}`: {v}" for k, v in card["input"].items()]
+    lines += ["", "## Tasks and outputs", "", "| task | kind | classes / range | outputs |", "|---|---|---|---|"]
+    for t in card["tasks"]:
+        what = ", ".join(t["classes"]) if t["classes"] else f"{t['value_range']} {', '.join(t['value_names'])}"
+        lines.append(f"| {t['name']} | {t['kind']} | {what} | {', '.join('`%s`' % o for o in t['outputs'])} |")
+    if card["training"]:
+        lines += ["", "## Training sources", ""] + [f"- `{s}`" for s in card["training"].get("sources") or []]
+    if card["evaluation"] and card["evaluation"].get("table"):
+        lines += ["", "## Evaluation", "", "```", card["evaluation"]["table"], "```"]
+    return "\n".join(lines) + "\n"
+
+
+def _atomic_write(path: Path, text: str):
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def export_model(model_or_path, base="saved_models", name: str = "kfacemtl", version: int | None = None,
+                 labels: Mapping[str, int] | None = None, serving_base: str = "/models",
+                 max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS, warmup: bool = True) -> Path:
+    """Write a new SavedModel version for TF Serving and return its folder.
+
+    Args:
+        model_or_path: a kfacemtl model, a ``.keras`` file, or a run directory (its config and
+            evaluation go into the model card).
+        base: the folder holding one folder per served model.
+        name: the served model's name (letters, digits, ``-``, ``_``, ``.``).
+        version: the version number; default one more than the highest existing. An existing
+            version is an error: nothing is ever overwritten.
+        labels: version labels for ``models.config``; default ``stable`` = the previous highest
+            version and ``canary`` = this one (only ``stable`` for a first version).
+        serving_base: where ``base`` is mounted inside the serving container (``base_path``
+            in ``models.config`` is ``serving_base/name``).
+        max_bytes, max_pixels: per-image limits of the bytes signature, checked before decoding.
+        warmup: write ``assets.extra/tf_serving_warmup_requests``.
+
+    Returns:
+        ``Path`` of ``base/name/version``.
+
+    Example:
+        >>> # export_model("runs/demo", "saved_models", "faces")            # -> saved_models/faces/1
+        >>> # export_model("runs/demo", "saved_models", "faces", version=7) # -> saved_models/faces/7
+    """
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name or ""):
+        raise ExportError(f"model name {name!r}: use letters, digits, '-', '_' and '.', starting with a letter or digit")
+    model, run_dir = _load(model_or_path)
+    model_dir = Path(base) / name
+    model_dir.mkdir(parents=True, exist_ok=True)
+    if version is None:
+        version = next_version(model_dir)
+    if int(version) < 1:
+        raise ExportError(f"version must be a positive integer, got {version!r}")
+    version = int(version)
+    final = model_dir / str(version)
+    if final.exists():
+        raise ExportError(f"{final} already exists; exports never overwrite a version "
+                          f"(next free version: {next_version(model_dir)})")
+    versions = sorted(set(_versions(model_dir)) | {version})
+    if labels is None:
+        older = [v for v in versions if v < version]
+        labels = {"stable": max(older), "canary": version} if older else {"stable": version}
+    unknown = {k: v for k, v in labels.items() if int(v) not in versions}
+    if unknown:
+        raise ExportError(f"version labels {unknown} name versions that do not exist under {model_dir}")
+    tmp = model_dir / f".tmp-{version}-{uuid.uuid4().hex[:8]}"  # TF Serving only loads numeric folders
+    try:
+        archive = keras.export.ExportArchive()
+        archive.track(model)
+        for sig, (fn, spec) in serving_functions(model, max_bytes=max_bytes, max_pixels=max_pixels).items():
+            archive.add_endpoint(sig, fn, input_signature=spec)
+        archive.write_out(str(tmp), verbose=False)
+        if warmup:
+            (tmp / "assets.extra").mkdir(exist_ok=True)
+            (tmp / "assets.extra" / WARMUP_FILE).write_bytes(_warmup_records(name, model.input_shape[1:3]))
+        card = model_card(model, name, version, run_dir, max_bytes, max_pixels)
+        (tmp / "model_card.json").write_text(json.dumps(card, indent=2, default=str))
+        (tmp / "model_card.md").write_text(_card_markdown(card))
+        if final.exists():
+            raise ExportError(f"{final} appeared while exporting; nothing was overwritten")
+        os.rename(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    _atomic_write(model_dir / "models.config",
+                  models_config(name, versions, labels, f"{serving_base.rstrip('/')}/{name}"))
+    _atomic_write(model_dir / "batching_parameters.txt", BATCHING_PARAMETERS)
+    return final

@@ -1,0 +1,187 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from google.protobuf import text_format
+from tensorflow_serving.apis import prediction_log_pb2
+from tensorflow_serving.config import model_server_config_pb2
+
+from kfacemtl import export as export_mod
+from kfacemtl.export import ExportError, export_model, output_names
+from kfacemtl.model import build_model
+from kfacemtl.pipeline import decode_image
+from kfacemtl.tasks import resolve_tasks
+
+TINY = dict(widths=(8, 16), depths=1, embedding_dim=16, head_units=8)
+
+
+@pytest.fixture(scope="module")
+def model():
+    import keras
+    keras.utils.set_random_seed(1)
+    return build_model(resolve_tasks(None), **TINY)
+
+
+@pytest.fixture(scope="module")
+def exported(model, tmp_path_factory):
+    base = tmp_path_factory.mktemp("saved_models")
+    return export_model(model, base, "faces")
+
+
+def _images(tmp_path):
+    """PNG and JPEG files of several sizes and channel layouts."""
+    rng = np.random.default_rng(0)
+    files = []
+    for i, (shape, fmt) in enumerate([((64, 64, 3), "png"), ((97, 80, 3), "jpeg"), ((50, 70, 1), "png"),
+                                      ((40, 40, 4), "png"), ((120, 90, 1), "jpeg"), ((33, 61, 2), "png")]):
+        arr = rng.integers(0, 256, shape, dtype=np.uint8)
+        data = tf.io.encode_png(arr) if fmt == "png" else tf.io.encode_jpeg(arr)
+        path = tmp_path / f"img{i}.{fmt}"
+        path.write_bytes(data.numpy())
+        files.append(path)
+    return files
+
+
+def test_versions_are_numbered_atomic_and_never_overwritten(model, tmp_path):
+    assert export_model(model, tmp_path, "faces") == tmp_path / "faces" / "1"
+    assert export_model(model, tmp_path, "faces") == tmp_path / "faces" / "2"
+    before = (tmp_path / "faces" / "1" / "saved_model.pb").stat().st_mtime_ns
+    with pytest.raises(ExportError, match="already exists; exports never overwrite"):
+        export_model(model, tmp_path, "faces", version=1)
+    assert (tmp_path / "faces" / "1" / "saved_model.pb").stat().st_mtime_ns == before
+    assert export_model(model, tmp_path, "faces", version=7).name == "7"
+    # models.config is what tensorflow_model_server parses: the real proto, every version, the labels
+    config = text_format.Parse((tmp_path / "faces" / "models.config").read_text(),
+                               model_server_config_pb2.ModelServerConfig())
+    entry = config.model_config_list.config[0]
+    assert entry.name == "faces" and entry.base_path == "/models/faces"
+    assert list(entry.model_version_policy.specific.versions) == [1, 2, 7]
+    assert dict(entry.version_labels) == {"stable": 2, "canary": 7}
+    assert "max_batch_size" in (tmp_path / "faces" / "batching_parameters.txt").read_text()
+    with pytest.raises(ExportError, match="name versions that do not exist"):
+        export_model(model, tmp_path, "faces", labels={"stable": 5})
+    with pytest.raises(ExportError, match="model name"):
+        export_model(model, tmp_path, "../evil")
+    assert sorted(p.name for p in (tmp_path / "faces").iterdir()) == \
+        ["1", "2", "7", "batching_parameters.txt", "models.config"]
+
+
+def test_a_crash_mid_export_leaves_no_version(model, tmp_path, monkeypatch):
+    def boom(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(export_mod, "_warmup_records", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        export_model(model, tmp_path, "faces")
+    assert [p.name for p in (tmp_path / "faces").iterdir()] == []  # no half version, no temp folder
+    monkeypatch.undo()
+    assert export_model(model, tmp_path, "faces").name == "1"
+
+
+def test_float_signature_equals_the_keras_model(model, exported):
+    sig = tf.saved_model.load(str(exported)).signatures["serving_float"]
+    x = np.random.default_rng(0).random((5, 64, 64, 3)).astype("float32")
+    out = sig(images=tf.constant(x))
+    ref = model(x, training=False)
+    for task, r in zip(model.tasks, ref):
+        r = r.numpy()
+        if task.kind == "classification":
+            np.testing.assert_allclose(out[f"{task.name}_probs"].numpy(), r, atol=1e-5)
+            assert out[f"{task.name}_label"].numpy().tolist() == r.argmax(-1).tolist()
+            assert [c.decode() for c in out[f"{task.name}_class"].numpy()] == [task.classes[i] for i in r.argmax(-1)]
+        elif task.kind == "multilabel":
+            np.testing.assert_allclose(out[f"{task.name}_probs"].numpy(), r, atol=1e-5)
+            active = [",".join(n for n, p in zip(task.classes, row) if p >= 0.5) for row in r]
+            assert [a.decode() for a in out[f"{task.name}_active"].numpy()] == active
+        else:
+            value = out[task.name].numpy()
+            np.testing.assert_allclose(value, r[:, 0] if task.dim == 1 else r, atol=1e-4)
+        assert set(output_names(task)) <= set(out)
+
+
+def test_bytes_signature_matches_the_training_preprocessing(model, exported, tmp_path):
+    files = _images(tmp_path)
+    sig = tf.saved_model.load(str(exported)).signatures["serving_default"]
+    out = sig(images=tf.constant([f.read_bytes() for f in files]))
+    decoded = tf.stack([decode_image(f.read_bytes()) for f in files])  # what the training pipeline feeds
+    ref = model(decoded, training=False)
+    # stated bound: the same TF ops run in both, so outputs agree to float rounding (1e-5)
+    for task, r in zip(model.tasks, ref):
+        key = task.name if task.kind == "regression" else f"{task.name}_probs"
+        got = out[key].numpy()
+        want = r.numpy()[:, 0] if task.kind == "regression" and task.dim == 1 else r.numpy()
+        np.testing.assert_allclose(got, want, atol=1e-5 * max(1.0, np.abs(want).max()), err_msg=task.name)
+
+
+@pytest.mark.parametrize("payload, message", [
+    ([b"\xff\xd8\xff\xe0 not really a jpeg"], "Invalid JPEG data"),
+    ([], "empty batch"),
+    ([b""], "is empty (0 bytes)"),
+    ([b"just some text, not an image\n"], "is not a JPEG or PNG"),
+    # a PNG header declaring 20000 x 20000 pixels: refused before any decoding
+    ([b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + (20000).to_bytes(4, "big") * 2 + b"\x08\x02\x00\x00\x00"],
+     "declares 20000 x 20000 pixels"),
+])
+def test_bad_input_is_an_error_for_that_request(exported, payload, message):
+    sig = tf.saved_model.load(str(exported)).signatures["serving_default"]
+    with pytest.raises(tf.errors.InvalidArgumentError) as err:
+        sig(images=tf.constant(payload, dtype=tf.string))
+    assert message in err.value.message.replace("] [", " ")
+    good = tf.io.encode_png(np.zeros((8, 8, 3), np.uint8))
+    assert sig(images=tf.stack([good]))["age"].shape == (1,)  # the model still answers
+
+
+def test_byte_limit_is_checked_before_decoding(model, tmp_path):
+    path = export_model(model, tmp_path, "small", max_bytes=500)
+    sig = tf.saved_model.load(str(path)).signatures["serving_default"]
+    big = tf.io.encode_png(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="the limit is 500"):
+        sig(images=tf.stack([big]))
+
+
+def test_saved_model_cli_lists_the_signatures(exported):
+    cli = Path(sys.executable).parent / "saved_model_cli"
+    assert cli.is_file(), "saved_model_cli comes with tensorflow"
+    run = subprocess.run([str(cli), "show", "--dir", str(exported), "--all"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    text = run.stdout
+    assert "signature_def['serving_default']" in text and "signature_def['serving_float']" in text
+    assert "inputs['images'] tensor_info:\n        dtype: DT_STRING" in text
+    for name in ("age", "gender_probs", "expression_class", "action_units_active", "valence_arousal"):
+        assert f"outputs['{name}']" in text, name
+
+
+def test_warmup_requests_are_valid_prediction_logs(exported):
+    path = exported / "assets.extra" / export_mod.WARMUP_FILE
+    records = list(tf.data.TFRecordDataset(str(path)).as_numpy_iterator())
+    assert len(records) == 2
+    sig = tf.saved_model.load(str(exported)).signatures["serving_default"]
+    for raw in records:
+        log = prediction_log_pb2.PredictionLog.FromString(raw)
+        req = log.predict_log.request
+        assert req.model_spec.name == "faces" and req.model_spec.signature_name == "serving_default"
+        images = tf.make_ndarray(req.inputs["images"])
+        assert sig(images=tf.constant(images))["age"].shape == (len(images),)
+
+
+def test_model_card_from_a_run_directory(tmp_path):
+    from kfacemtl.training import train_run
+    cfg = {"tasks": ["gender", "expression"], "sources": ["synthetic:lab?n=32", "synthetic:portraits?n=32"],
+           "eval_sources": ["synthetic:street?split=test&n=16"],
+           "model": {"widths": [8, 16], "depths": [1, 1], "embedding_dim": 16, "head_units": 8},
+           "training": {"epochs": 1, "steps_per_epoch": 2, "batch_size": 16}}
+    train_run(cfg, tmp_path / "run", verbose=0)
+    path = export_model(tmp_path / "run", tmp_path / "sm", "faces")
+    card = json.loads((path / "model_card.json").read_text())
+    assert [t["name"] for t in card["tasks"]] == ["gender", "expression"]
+    assert card["tasks"][1]["classes"][3] == "happy" and "expression_class" in card["tasks"][1]["outputs"]
+    assert card["training"]["sources"] == cfg["sources"]
+    assert card["evaluation"]["metrics"]["street-test"]["gender"]["n"] == 16
+    md = (path / "model_card.md").read_text()
+    assert "| expression | classification |" in md and "street-test" in md and "DT_STRING" in md
+    with pytest.raises(ExportError, match="without model.keras"):
+        export_model(tmp_path, tmp_path / "sm", "faces")
