@@ -1,4 +1,4 @@
-"""The ``kfacemtl`` command line: ``train``, ``evaluate``, ``demo``, ``export`` and ``predict``.
+"""The ``kfacemtl`` command line: ``train``, ``evaluate``, ``demo``, ``export``, ``predict``, ``explain``.
 
 Example:
     $ kfacemtl demo --out runs/demo
@@ -7,6 +7,7 @@ Example:
     $ kfacemtl export runs/exp1 --base saved_models --name faces
     $ kfacemtl predict --saved-model saved_models/faces/1 face1.jpg face2.png
     $ kfacemtl predict --server localhost:8500 --model faces --label stable face1.jpg --json out.json
+    $ kfacemtl explain runs/exp1 face1.jpg face2.jpg --head expression --method all --out saliency/
 """
 
 from __future__ import annotations
@@ -103,6 +104,20 @@ def _cmd_predict(args):
         print(format_results(results, names))
 
 
+def _cmd_explain(args):
+    from kfacemtl.explain import METHODS, explain_files
+    from kfacemtl.model import load_model
+    path = Path(args.model)
+    path = path / "model.keras" if path.is_dir() else path
+    if not path.is_file():
+        raise KfacemtlError(f"model file {str(path)!r} does not exist")
+    methods = list(METHODS) if args.method == "all" else [args.method]
+    written = explain_files(load_model(path, compile=False), args.images, args.out, heads=args.head,
+                            target=args.target, methods=methods, layer=args.layer)
+    grids = [p for p in written if p.name.startswith("grid_")]
+    print(f"wrote {len(written)} PNGs to {args.out}; grids: {', '.join(str(g) for g in grids)}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kfacemtl", description="Multi-task face analysis with Keras 3: "
                                      "one network, many partially labelled datasets.")
@@ -152,6 +167,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--saved-model", help="BASE/NAME/VERSION: run the export locally, no server")
     p.add_argument("--json", help="write the per-image results here instead of printing a table")
     p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("explain", help="saliency maps per head (tf-keras-vis): image, map and overlay PNGs, grids")
+    p.add_argument("model", help="a .keras file or a run directory")
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--head", action="append", help="the head to explain (repeat; default every head)")
+    p.add_argument("--class", dest="target", help="class name or index, AU name, or value name (valence); "
+                                                  "default each image's predicted class (regression: the value)")
+    p.add_argument("--method", default="gradcam++", choices=["saliency", "gradcam++", "scorecam", "all"])
+    p.add_argument("--layer", help="feature-map layer of the CAM methods (default: after the last conv)")
+    p.add_argument("--out", required=True, help="folder for the PNGs")
+    p.set_defaults(func=_cmd_explain)
     return parser
 
 

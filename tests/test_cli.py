@@ -70,3 +70,18 @@ def test_export_then_predict_locally_and_through_a_server(tmp_path, capsys):
         assert "c.yaml: is not a JPEG or PNG" in capsys.readouterr().err
     assert main(["predict", str(img)]) == 2
     assert "either --server" in capsys.readouterr().err
+
+
+def test_explain_writes_pngs_and_names_bad_heads(tmp_path, capsys):
+    import numpy as np
+
+    from conftest import write_png
+    (tmp_path / "c.yaml").write_text(CONFIG)
+    assert main(["train", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "run")]) == 0
+    imgs = [str(write_png(tmp_path / f"f{i}.png", np.full((40, 50, 3), 60 * i, "uint8"))) for i in range(2)]
+    assert main(["explain", str(tmp_path / "run"), *imgs, "--head", "expression", "--class", "happy",
+                 "--method", "all", "--out", str(tmp_path / "sal")]) == 0
+    assert "grid_expression.png" in capsys.readouterr().out
+    assert (tmp_path / "sal" / "f1_expression_scorecam_overlay.png").is_file()
+    assert main(["explain", str(tmp_path / "run"), *imgs, "--head", "age", "--out", str(tmp_path / "sal")]) == 2
+    assert "unknown head 'age'; the model's heads are ['expression', 'gender']" in capsys.readouterr().err

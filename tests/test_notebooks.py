@@ -11,7 +11,9 @@ SMALL = "TRAIN_FACES = 256\nTEST_FACES = 64\nEPOCHS = 1\nSTEPS_PER_EPOCH = 5\n"
 EXPECT = {"01_quickstart.ipynb": ["street-test", "expression acc"],
           "03_export_and_serve.ipynb": ["street-test", "saved_models/faces/1", "DT_STRING",
                                         "['serving_default', 'serving_float']", "same expressions: True",
-                                        "InvalidInputError", "notes.png: is not a JPEG or PNG"]}
+                                        "InvalidInputError", "notes.png: is not a JPEG or PNG"],
+          "04_saliency.ipynb": ["street-test", "head           method", "expression     gradcam++",
+                                "age            scorecam"]}
 
 
 @pytest.mark.slow
