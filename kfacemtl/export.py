@@ -150,16 +150,17 @@ def serving_functions(model, image_size=None, max_bytes: int = MAX_BYTES, max_pi
             "serving_float": (from_float, [tf.TensorSpec([None, h, w, 3], tf.float32, name="images")])}
 
 
+def list_versions(model_dir) -> list[int]:
+    """The numeric version folders under ``model_dir``, sorted."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        return []
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+
+
 def next_version(model_dir) -> int:
     """1 + the highest numeric version folder under ``model_dir`` (1 when there is none)."""
-    model_dir = Path(model_dir)
-    versions = [int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()] \
-        if model_dir.is_dir() else []
-    return max(versions, default=0) + 1
-
-
-def _versions(model_dir: Path) -> list[int]:
-    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+    return max(list_versions(model_dir), default=0) + 1
 
 
 def _load(model_or_path):
@@ -331,7 +332,7 @@ def export_model(model_or_path, base="saved_models", name: str = "kfacemtl", ver
     if final.exists():
         raise ExportError(f"{final} already exists; exports never overwrite a version "
                           f"(next free version: {next_version(model_dir)})")
-    versions = sorted(set(_versions(model_dir)) | {version})
+    versions = sorted(set(list_versions(model_dir)) | {version})
     if labels is None:
         older = [v for v in versions if v < version]
         labels = {"stable": max(older), "canary": version} if older else {"stable": version}

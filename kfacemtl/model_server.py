@@ -31,6 +31,8 @@ from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, prediction_service_pb2_grpc
 from tensorflow_serving.config import model_server_config_pb2
 
+from kfacemtl.export import list_versions
+
 
 class _Error(Exception):
     def __init__(self, code: grpc.StatusCode, message: str):
@@ -59,9 +61,7 @@ class ModelRepository:
         return {}
 
     def resolve(self, name: str, version: int | None = None, label: str | None = None) -> int:
-        folder = self.base / name
-        versions = sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit()) \
-            if name and folder.is_dir() else []
+        versions = list_versions(self.base / name) if name else []
         if not versions:
             raise _Error(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: Latest({name})")
         if label:
