@@ -89,16 +89,13 @@ def _task_outputs(tasks: Sequence[Task], outputs) -> dict:
     return result
 
 
-def _header_size(data, which):
+def _header_size(data, is_png, which):
     """``(width, height)`` declared by a JPEG or PNG header, read without decoding."""
-    is_png = tf.equal(tf.strings.substr(data, 0, 8), b"\x89PNG\r\n\x1a\n")
-    is_jpeg = tf.equal(tf.strings.substr(data, 0, 3), b"\xff\xd8\xff")
-    tf.debugging.Assert(is_png | is_jpeg, which + ["is not a JPEG or PNG (bad magic bytes); first bytes:",
-                                                   tf.strings.substr(data, 0, 8)])
 
     def png():
-        tf.debugging.Assert(tf.strings.length(data) >= 24, which + ["is a PNG shorter than its header"])
-        wh = tf.cast(tf.io.decode_raw(tf.strings.substr(data, 16, 8), tf.uint8), tf.int64)
+        check = tf.debugging.Assert(tf.strings.length(data) >= 24, which + ["is a PNG shorter than its header"])
+        with tf.control_dependencies([check]):
+            wh = tf.cast(tf.io.decode_raw(tf.strings.substr(data, 16, 8), tf.uint8), tf.int64)
         w = ((wh[0] * 256 + wh[1]) * 256 + wh[2]) * 256 + wh[3]
         h = ((wh[4] * 256 + wh[5]) * 256 + wh[6]) * 256 + wh[7]
         return tf.stack([w, h])
@@ -114,19 +111,30 @@ def decode_checked(data, image_size=(64, 64), max_bytes: int = MAX_BYTES, max_pi
                    index=None):
     """One encoded JPEG/PNG → float32 ``image_size`` RGB in [0, 1], refusing oversized input.
 
-    The byte length and the size the header declares are checked before decoding; bad input
-    raises ``tf.errors.InvalidArgumentError`` whose message names the image (``index`` in
-    the batch) and what was wrong, e.g. ``assertion failed: [image] [2] [is empty (0 bytes)]``.
+    The byte length, the format and the size the header declares are checked, in that order,
+    before decoding (control dependencies make the order deterministic); bad input raises
+    ``tf.errors.InvalidArgumentError`` whose message names the image (``index`` in the batch)
+    and what was wrong, e.g. ``assertion failed: [image] [2] [is empty (0 bytes)]``.
     """
     which = ["image"] if index is None else ["image", index]
     n = tf.strings.length(data)
-    tf.debugging.Assert(n > 0, which + ["is empty (0 bytes)"])
-    tf.debugging.Assert(n <= max_bytes, which + ["has", n, f"bytes; the limit is {max_bytes}"])
-    wh = _header_size(data, which)
-    tf.debugging.Assert(wh[0] * wh[1] <= max_pixels,
-                        which + ["declares", wh[0], "x", wh[1], f"pixels; the limit is {max_pixels} pixels"])
-    tf.debugging.Assert(wh[0] * wh[1] > 0, which + ["declares an empty image:", wh[0], "x", wh[1]])
-    image = tf.io.decode_image(data, channels=0, expand_animations=False)
+    is_png = tf.equal(tf.strings.substr(data, 0, 8), b"\x89PNG\r\n\x1a\n")
+    is_jpeg = tf.equal(tf.strings.substr(data, 0, 3), b"\xff\xd8\xff")
+    checks = [tf.debugging.Assert(n > 0, which + ["is empty (0 bytes)"])]
+    with tf.control_dependencies(checks):
+        checks.append(tf.debugging.Assert(n <= max_bytes, which + ["has", n, f"bytes; the limit is {max_bytes}"]))
+    with tf.control_dependencies(checks):
+        checks.append(tf.debugging.Assert(is_png | is_jpeg, which + [
+            "is not a JPEG or PNG (bad magic bytes); first bytes:", tf.strings.substr(data, 0, 8)]))
+    with tf.control_dependencies(checks):
+        wh = _header_size(data, is_png, which)
+    pixels = wh[0] * wh[1]
+    checks.append(tf.debugging.Assert(pixels <= max_pixels, which + [
+        "declares", wh[0], "x", wh[1], f"pixels; the limit is {max_pixels} pixels"]))
+    with tf.control_dependencies(checks):
+        checks.append(tf.debugging.Assert(pixels > 0, which + ["declares an empty image:", wh[0], "x", wh[1]]))
+    with tf.control_dependencies(checks):
+        image = tf.io.decode_image(data, channels=0, expand_animations=False)
     return preprocess_image(image, image_size)
 
 
