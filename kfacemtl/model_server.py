@@ -32,6 +32,7 @@ from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, predict
 from tensorflow_serving.config import model_server_config_pb2
 
 from kfacemtl.export import list_versions
+from kfacemtl.serving import GRPC_OPTIONS
 
 
 class _Error(Exception):
@@ -249,9 +250,7 @@ class LocalModelServer:
 
     def __init__(self, base, grpc_port: int = 0, rest_port: int = 0, workers: int = 4):
         self.repo = ModelRepository(base)
-        options = [("grpc.max_send_message_length", 256 * 2 ** 20),
-                   ("grpc.max_receive_message_length", 256 * 2 ** 20)]
-        self._grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=options)
+        self._grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=GRPC_OPTIONS)
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(_PredictionService(self.repo), self._grpc)
         self.grpc_port = self._grpc.add_insecure_port(f"127.0.0.1:{grpc_port}")
         self._http = ThreadingHTTPServer(("127.0.0.1", rest_port), _rest_handler(self.repo))

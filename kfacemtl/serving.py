@@ -32,6 +32,8 @@ import numpy as np
 from kfacemtl.errors import KfacemtlError
 
 DEFAULT_SIGNATURE = "serving_default"
+# messages of up to 256 MiB (a batch of photos); gRPC's own default is 4 MiB
+GRPC_OPTIONS = [("grpc.max_send_message_length", 256 * 2 ** 20), ("grpc.max_receive_message_length", 256 * 2 ** 20)]
 _SUFFIXES = ("_probs", "_label", "_class", "_active")
 
 
@@ -244,9 +246,7 @@ class Client(_Predictor):
         if self._stub is None:
             import grpc
             from tensorflow_serving.apis import prediction_service_pb2_grpc
-            options = [("grpc.max_send_message_length", 256 * 2 ** 20),
-                       ("grpc.max_receive_message_length", 256 * 2 ** 20)]
-            self._channel = grpc.insecure_channel(self.target, options=options)
+            self._channel = grpc.insecure_channel(self.target, options=GRPC_OPTIONS)
             self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
         return self._stub
 
@@ -257,7 +257,7 @@ class Client(_Predictor):
         elif self.label:
             spec.version_label = self.label
 
-    def _call(self, fn, names=()):
+    def _call(self, fn):
         """Run ``fn`` with retries on UNAVAILABLE; map gRPC/HTTP failures to ServingError."""
         delay = self.backoff
         for attempt in range(self.retries + 1):
