@@ -62,7 +62,8 @@ class ModelRepository:
         return {}
 
     def resolve(self, name: str, version: int | None = None, label: str | None = None) -> int:
-        versions = list_versions(self.base / name) if name else []
+        ok = bool(name) and name[0].isalnum() and "/" not in name  # a served name, never a path
+        versions = list_versions(self.base / name) if ok else []
         if not versions:
             raise _Error(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: Latest({name})")
         if label:
