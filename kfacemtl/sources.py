@@ -8,6 +8,8 @@ and on the command line as ``FORMAT:PATH``, with options as ``?key=value&key=val
 - ``csv:FILE`` — a manifest with a ``path`` column and one column per task; an empty cell
   is a missing label; vector labels (action units, valence/arousal) are space-separated.
 - ``folder:DIR`` — one sub-folder per class of one task (option ``task``).
+- ``utkface:DIR`` — UTKFace's file-name labels (options ``split``, ``test_fraction``, ``seed``, ``strict``).
+- ``fer2013:FILE_OR_DIR`` — ``fer2013.csv`` or the ``train/``, ``test/`` class folders (option ``usage``).
 
 Example:
     >>> from kfacemtl.sources import make_source
@@ -19,9 +21,12 @@ Example:
 from __future__ import annotations
 
 import abc
+import hashlib
 import inspect
 import os
+import re
 import urllib.parse
+import warnings
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -315,7 +320,214 @@ class FolderSource(Source):
         return values, np.ones(len(self), dtype=bool)
 
 
-SOURCE_FORMATS = {cls.format: cls for cls in (SyntheticSource, CsvSource, FolderSource)}
+def split_rows(groups: Sequence, strata: Sequence, split: str, test_fraction: float = 0.2, seed: int = 0,
+               where: str = "split") -> np.ndarray:
+    """Indices of the rows on one side of a deterministic, stratified, group-wise split.
+
+    Every group (a person, a subject, a file) lands wholly on one side; within each stratum
+    (e.g. gender × race) the groups are ordered by a seeded hash of their name and the first
+    ``test_fraction`` go to ``test``. Adding files never moves an existing group across.
+
+    Args:
+        groups: a group name per row.
+        strata: a stratum per row (the stratum of a group is that of its first row).
+        split: ``train``, ``test`` or ``all``.
+
+    Example:
+        >>> rows = split_rows(["a", "b", "c", "d", "e"], [0, 0, 0, 0, 0], "test", 0.4)
+        >>> len(rows)
+        2
+    """
+    if split not in ("train", "test", "all"):
+        raise ConfigError(f"{where}", f"expected train, test or all, got {split!r}")
+    if not 0 < float(test_fraction) < 1:
+        raise ConfigError("test_fraction", f"expected a number in (0, 1), got {test_fraction!r}")
+    groups = [str(g) for g in groups]
+    if split == "all":
+        return np.arange(len(groups))
+    first = {}
+    for g, s in zip(groups, strata):
+        first.setdefault(g, s)
+    by_stratum = {}
+    for g, s in first.items():
+        by_stratum.setdefault(s, []).append(g)
+    test = set()
+    for members in by_stratum.values():
+        members.sort(key=lambda g: hashlib.sha256(f"{seed}/{g}".encode()).hexdigest())
+        test.update(members[:int(round(float(test_fraction) * len(members)))])
+    keep = [(g in test) == (split == "test") for g in groups]
+    return np.flatnonzero(keep)
+
+
+class UTKFaceSource(Source):
+    """UTKFace: labels in the file name ``<age>_<gender>_<race>_<datetime>.jpg[.chip.jpg]``.
+
+    Age in years, gender 0 male / 1 female, race 0..4 (white, black, asian, indian, others).
+    Malformed names (a missing field, a value out of range) are skipped with a warning giving
+    their count and the first few in lenient mode (default), and are an error in strict mode.
+    Each face is its own identity (UTKFace has no person ids): the split is by face, stratified
+    by gender × race.
+
+    Args:
+        path: the folder of images (``UTKFace/``).
+        split: ``train``, ``test`` or ``all``; ``test_fraction`` and ``seed`` define it.
+        strict: malformed file names are an error.
+
+    Example:
+        >>> # make_source("utkface:data/utkface/UTKFace?split=train")
+    """
+
+    format = "utkface"
+    _NAME = re.compile(r"^(\d+)_(\d+)_(\d+)_(\d+)\.jpg(\.chip\.jpg)?$", re.IGNORECASE)
+
+    def __init__(self, path: str, split: str = "all", test_fraction: float = 0.2, seed: int = 0,
+                 strict: bool = False, domain: str = "utkface", name: str | None = None):
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise SourceError(f"utkface: {str(self.path)!r} is not a folder")
+        strict = str(strict).lower() in ("1", "true", "yes") if isinstance(strict, str) else bool(strict)
+        rows, bad = [], []
+        for f in sorted(self.path.iterdir()):
+            if not f.is_file() or f.suffix.lower() not in IMAGE_EXTENSIONS:
+                continue
+            m = self._NAME.match(f.name)
+            if not m or not (0 <= int(m.group(1)) <= 120 and int(m.group(2)) in (0, 1) and int(m.group(3)) <= 4):
+                bad.append(f.name)
+                continue
+            rows.append((str(f), int(m.group(1)), int(m.group(2)), int(m.group(3))))
+        if bad:
+            msg = (f"utkface: {len(bad)} file name(s) in {str(self.path)!r} do not follow "
+                   f"<age 0-120>_<gender 0|1>_<race 0-4>_<datetime>.jpg[.chip.jpg], e.g. {bad[:3]}")
+            if strict:
+                raise SourceError(msg)
+            warnings.warn(msg + "; skipped", stacklevel=2)
+        if not rows:
+            raise SourceError(f"utkface: {str(self.path)!r} has no images named like UTKFace's")
+        keep = split_rows([r[0] for r in rows], [(r[2], r[3]) for r in rows], split, test_fraction, seed,
+                          where="utkface.split")
+        rows = [rows[i] for i in keep]
+        super().__init__(name or f"utkface-{split}", domain, ("age", "gender", "race"))
+        self._paths = np.array([r[0] for r in rows])
+        self._labels = {"age": np.array([r[1] for r in rows], "float64")[:, None],
+                        "gender": np.array([r[2] for r in rows], "float64"),
+                        "race": np.array([r[3] for r in rows], "float64")}
+        self.skipped = bad
+
+    def __len__(self):
+        return len(self._paths)
+
+    def paths(self):
+        return self._paths
+
+    def raw_labels(self, task):
+        return self._labels[task.name], np.ones(len(self), dtype=bool)
+
+
+class FER2013Source(Source):
+    """FER2013: the original ``fer2013.csv`` (``emotion,pixels,Usage``) or the image-folder layout.
+
+    - ``PATH`` a CSV file: 48×48 grayscale pixel strings, kept in memory; ``usage`` selects
+      ``Training``, ``PublicTest``, ``PrivateTest`` or ``all``.
+    - ``PATH`` a folder with ``train/<class>/`` and ``test/<class>/``: ``usage`` ``Training``
+      reads ``train/``, ``PublicTest`` reads ``test/`` (the Kaggle layout's test folder holds
+      PublicTest), ``all`` both.
+
+    Expression in FER2013 order: 0..6 angry, disgust, fear, happy, sad, surprise, neutral.
+
+    Example:
+        >>> # make_source("fer2013:data/fer2013?usage=Training")
+        >>> # make_source("fer2013:fer2013.csv?usage=PublicTest")
+    """
+
+    format = "fer2013"
+    USAGES = ("Training", "PublicTest", "PrivateTest", "all")
+
+    def __init__(self, path: str, usage: str = "Training", domain: str = "fer2013", name: str | None = None):
+        from kfacemtl.tasks import EXPRESSION_CLASSES
+        self.path = Path(path)
+        if usage not in self.USAGES:
+            raise ConfigError("fer2013.usage", f"expected one of {self.USAGES}, got {usage!r}")
+        self._images, self._paths = None, None
+        if self.path.is_file():
+            self._read_csv(usage)
+        elif self.path.is_dir():
+            folders = {"Training": ["train"], "PublicTest": ["test"], "all": ["train", "test"]}.get(usage)
+            if folders is None:
+                raise ConfigError("fer2013.usage", f"the image-folder layout has no {usage} split "
+                                                   f"(train/ is Training, test/ is PublicTest)")
+            paths, labels = [], []
+            for folder in folders:
+                root = self.path / folder
+                if not root.is_dir():
+                    raise SourceError(f"fer2013: {str(root)!r} is missing (expected train/<class>/ and test/<class>/)")
+                for sub in sorted(p for p in root.iterdir() if p.is_dir()):
+                    if sub.name.lower() not in EXPRESSION_CLASSES:
+                        raise LabelError(f"fer2013: {str(sub)!r} is not an expression class "
+                                         f"(classes: {', '.join(EXPRESSION_CLASSES)})")
+                    for f in sorted(sub.iterdir()):
+                        if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS:
+                            paths.append(str(f))
+                            labels.append(EXPRESSION_CLASSES.index(sub.name.lower()))
+            if not paths:
+                raise SourceError(f"fer2013: no images under {str(self.path)!r} for usage {usage}")
+            self._paths, self._expr = np.array(paths), np.array(labels, "float64")
+        else:
+            raise SourceError(f"fer2013: {str(self.path)!r} is neither fer2013.csv nor a folder")
+        super().__init__(name or f"fer2013-{usage}", domain, ("expression",))
+
+    def _read_csv(self, usage):
+        try:
+            table = pd.read_csv(self.path, dtype=str, keep_default_na=False)
+        except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
+            raise SourceError(f"fer2013: cannot read {str(self.path)!r}: {e}") from None
+        missing = {"emotion", "pixels"} - set(table.columns)
+        if missing:
+            raise SourceError(f"fer2013: {str(self.path)!r} lacks column(s) {sorted(missing)} "
+                              f"(expected emotion,pixels,Usage)")
+        if usage != "all":
+            if "Usage" not in table.columns:
+                raise SourceError(f"fer2013: {str(self.path)!r} has no Usage column; use usage=all")
+            table = table[table["Usage"] == usage]
+        if len(table) == 0:
+            raise SourceError(f"fer2013: {str(self.path)!r} has no rows with Usage {usage}")
+        images = np.zeros((len(table), 48, 48, 1), np.uint8)
+        for i, (row, cell) in enumerate(zip(table.index, table["pixels"])):
+            try:
+                px = np.array(cell.split(), dtype=np.int64)
+            except ValueError:
+                raise SourceError(f"fer2013: {str(self.path)!r} row {row + 2}: pixels are not integers") from None
+            if px.size != 48 * 48 or px.min() < 0 or px.max() > 255:
+                raise SourceError(f"fer2013: {str(self.path)!r} row {row + 2}: expected 2304 values in 0..255, "
+                                  f"got {px.size} in {px.min()}..{px.max()}")
+            images[i, ..., 0] = px.reshape(48, 48)
+        self._images = images
+        self._csv_rows = [str(r + 2) for r in table.index]
+        try:
+            self._expr = table["emotion"].astype("float64").to_numpy()
+        except ValueError:
+            self._expr = np.array([float(v) if v.strip().lstrip("-").isdigit() else np.nan
+                                   for v in table["emotion"]])
+
+    def __len__(self):
+        return len(self._expr)
+
+    def images(self):
+        return self._images
+
+    def paths(self):
+        return self._paths
+
+    def row_names(self):
+        if self._images is not None:
+            return [f"{r} of {self.path}" for r in self._csv_rows]
+        return super().row_names()
+
+    def raw_labels(self, task):
+        return self._expr, np.ones(len(self), dtype=bool)
+
+
+SOURCE_FORMATS = {cls.format: cls for cls in (SyntheticSource, CsvSource, FolderSource, UTKFaceSource,
+                                              FER2013Source)}
 
 
 def parse_spec(spec: str) -> tuple[str, str, dict]:

@@ -1,9 +1,12 @@
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from conftest import write_png
 from kfacemtl.errors import ConfigError, LabelError, SourceError
-from kfacemtl.sources import CsvSource, FolderSource, make_source, parse_spec
+from kfacemtl.sources import CsvSource, FolderSource, make_source, parse_spec, split_rows
 from kfacemtl.tasks import resolve_tasks
 
 TASKS = resolve_tasks(["age", "gender", "expression", "action_units", "valence_arousal"])
@@ -80,3 +83,100 @@ def test_specs_and_options():
         make_source("just-a-path")
     with pytest.raises(SourceError, match="unknown domain 'mars'"):
         make_source("synthetic:mars")
+
+
+# --- real dataset formats: fixtures written in each format by the test, then the real folders when present ---
+
+REAL_DATA = Path(os.environ.get("KFACEMTL_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+def _utkface_fixture(folder):
+    names = ["25_0_0_20170116000000001.jpg.chip.jpg", "31_1_1_20170116000000002.jpg.chip.jpg",
+             "8_1_2_20170116000000003.jpg", "70_0_3_20170116000000004.jpg.chip.jpg",
+             "44_1_4_20170116000000005.jpg.chip.jpg", "19_0_0_20170116000000006.jpg.chip.jpg",
+             "39_1_20170116174525125.jpg.chip.jpg",  # race missing: malformed, as in the real UTKFace
+             "61_3_0_20170116000000007.jpg.chip.jpg"]  # gender 3: out of range
+    for i, n in enumerate(names):
+        write_png(folder / n, np.full((64, 64, 3), 20 * i, "uint8"))
+    return folder
+
+
+def test_utkface_names_splits_and_malformed_files(tmp_path):
+    folder = _utkface_fixture(tmp_path / "UTKFace")
+    with pytest.warns(UserWarning, match=r"2 file name\(s\) .* do not follow .*39_1_20170116174525125"):
+        src = make_source(f"utkface:{folder}")
+    assert len(src) == 6 and src.tasks == ("age", "gender", "race")
+    labels, weights = src.labels(resolve_tasks(["age", "gender", "race", "expression"]))
+    i = [Path(p).name for p in src.paths()].index("8_1_2_20170116000000003.jpg")
+    assert labels["age"][i, 0] == 8 and labels["gender"][i] == 1 and labels["race"][i] == 2
+    assert weights["expression"].sum() == 0
+    with pytest.raises(SourceError, match="2 file name"):
+        make_source(f"utkface:{folder}?strict=true")
+    with pytest.warns(UserWarning):
+        train = make_source(f"utkface:{folder}?split=train&test_fraction=0.5")
+    with pytest.warns(UserWarning):
+        test = make_source(f"utkface:{folder}?split=test&test_fraction=0.5")
+    assert len(train) + len(test) == 6 and not set(train.paths()) & set(test.paths())
+    with pytest.warns(UserWarning):
+        again = make_source(f"utkface:{folder}?split=test&test_fraction=0.5")
+    assert list(again.paths()) == list(test.paths())  # deterministic
+
+
+def test_split_rows_is_stratified_and_keeps_groups_together():
+    groups = [f"p{i // 2}" for i in range(400)]  # 200 people, two images each
+    strata = [i // 2 % 4 for i in range(400)]
+    test = split_rows(groups, strata, "test", 0.2, seed=3)
+    train = split_rows(groups, strata, "train", 0.2, seed=3)
+    assert len(test) + len(train) == 400
+    assert not {groups[i] for i in test} & {groups[i] for i in train}
+    per_stratum = np.bincount([strata[i] for i in test], minlength=4)
+    assert per_stratum.tolist() == [20, 20, 20, 20]  # a fifth of each stratum's 50 people, 2 images each
+    with pytest.raises(ConfigError, match="expected train, test or all"):
+        split_rows(groups, strata, "val")
+
+
+def test_fer2013_csv_and_folder_layouts(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = ["emotion,pixels,Usage"]
+    for emotion, usage in ((3, "Training"), (0, "Training"), (6, "PublicTest")):
+        rows.append(f"{emotion},{' '.join(map(str, rng.integers(0, 256, 2304)))},{usage}")
+    (tmp_path / "fer2013.csv").write_text("\n".join(rows) + "\n")
+    src = make_source(f"fer2013:{tmp_path / 'fer2013.csv'}?usage=Training")
+    assert len(src) == 2 and src.images().shape == (2, 48, 48, 1)
+    assert src.labels(resolve_tasks(["expression"]))[0]["expression"].tolist() == [3, 0]
+    assert len(make_source(f"fer2013:{tmp_path / 'fer2013.csv'}?usage=all")) == 3
+    (tmp_path / "bad.csv").write_text("emotion,pixels,Usage\n9," + " ".join(["1"] * 2304) + ",Training\n")
+    with pytest.raises(LabelError, match=r"row 2 of .*bad.csv.*label 9.0 is not a class id in \[0, 6\]"):
+        make_source(f"fer2013:{tmp_path / 'bad.csv'}").labels(resolve_tasks(["expression"]))
+    (tmp_path / "short.csv").write_text("emotion,pixels,Usage\n1,1 2 3,Training\n")
+    with pytest.raises(SourceError, match="row 2: expected 2304 values"):
+        make_source(f"fer2013:{tmp_path / 'short.csv'}")
+    for split, cls in (("train", "happy"), ("train", "sad"), ("test", "neutral")):
+        write_png(tmp_path / "kaggle" / split / cls / f"{split}_{cls}.jpg", np.zeros((48, 48, 1), "uint8"))
+    train = make_source(f"fer2013:{tmp_path / 'kaggle'}?usage=Training")
+    assert sorted(train.labels(resolve_tasks(["expression"]))[0]["expression"].tolist()) == [3, 4]
+    assert len(make_source(f"fer2013:{tmp_path / 'kaggle'}?usage=PublicTest")) == 1
+    with pytest.raises(ConfigError, match="no PrivateTest split"):
+        make_source(f"fer2013:{tmp_path / 'kaggle'}?usage=PrivateTest")
+    with pytest.raises(ConfigError, match="expected one of"):
+        make_source(f"fer2013:{tmp_path / 'kaggle'}?usage=Val")
+
+
+@pytest.mark.skipif(not (REAL_DATA / "utkface" / "UTKFace").is_dir(), reason=f"no real UTKFace under {REAL_DATA}")
+def test_real_utkface_folder():
+    with pytest.warns(UserWarning, match="1 file name"):  # the real folder has one malformed name
+        test = make_source(f"utkface:{REAL_DATA / 'utkface' / 'UTKFace'}?split=test")
+    with pytest.warns(UserWarning):
+        train = make_source(f"utkface:{REAL_DATA / 'utkface' / 'UTKFace'}?split=train")
+    assert len(train) + len(test) == 18976 and abs(len(test) / 18976 - 0.2) < 0.01
+    labels, _ = test.labels(resolve_tasks(["age", "gender", "race"]))
+    assert 1 <= labels["age"].min() and labels["age"].max() <= 116 and set(labels["race"].tolist()) == set(range(5))
+
+
+@pytest.mark.skipif(not (REAL_DATA / "fer2013" / "train").is_dir(), reason=f"no real FER2013 under {REAL_DATA}")
+def test_real_fer2013_folders():
+    train = make_source(f"fer2013:{REAL_DATA / 'fer2013'}?usage=Training")
+    test = make_source(f"fer2013:{REAL_DATA / 'fer2013'}?usage=PublicTest")
+    assert (len(train), len(test)) == (28709, 3589)
+    counts = np.bincount(test.labels(resolve_tasks(["expression"]))[0]["expression"], minlength=7)
+    assert counts.min() > 0 and counts.argmax() == 3  # happy is FER2013's largest class
