@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
-from pathlib import Path
 
 from kfacemtl.config import DEMO_EPOCHS, DEMO_STEPS
 from kfacemtl.errors import KfacemtlError
@@ -34,11 +32,9 @@ def _cmd_train(args):
 
 def _cmd_evaluate(args):
     from kfacemtl.evaluation import evaluate_sources, format_table, to_json
-    from kfacemtl.model import load_model, model_tasks
+    from kfacemtl.model import load_model, model_file, model_tasks
     from kfacemtl.training import build_sources
-    if not Path(args.model).is_file():
-        raise KfacemtlError(f"model file {args.model!r} does not exist")
-    model = load_model(args.model, compile=False)
+    model = load_model(model_file(args.model), compile=False)
     tasks = model_tasks(model)
     results = evaluate_sources(model, build_sources(args.source, "--source"), tasks, batch_size=args.batch_size)
     print(format_table(results, tasks))
@@ -62,12 +58,8 @@ def _cmd_demo(args):
 
 
 def _write_json(path, text: str):
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, out)
-    print(f"wrote {out}")
+    from kfacemtl.files import atomic_write_text
+    print(f"wrote {atomic_write_text(path, text)}")
 
 
 def _cmd_export(args):
@@ -86,7 +78,7 @@ def _cmd_export(args):
 
 
 def _cmd_predict(args):
-    from kfacemtl.serving import Client, LocalPredictor, ServingError, format_results, read_images
+    from kfacemtl.serving import Client, LocalPredictor, ServingError, format_results
     if bool(args.server) == bool(args.saved_model):
         raise ServingError("give either --server HOST:PORT (with --model) or --saved-model DIR")
     if args.server:
@@ -96,7 +88,7 @@ def _cmd_predict(args):
                            protocol="rest" if args.rest else "grpc", timeout=args.timeout)
     else:
         predictor = LocalPredictor(args.saved_model)
-    _, names = read_images(args.images)
+    names = [str(p) for p in args.images]  # the names read_images gives files; each file is read once, by predict
     results = predictor.predict(args.images)
     if args.json:
         _write_json(args.json, json.dumps([dict(r, image=n) for n, r in zip(names, results)], indent=2))
@@ -106,11 +98,8 @@ def _cmd_predict(args):
 
 def _cmd_explain(args):
     from kfacemtl.explain import METHODS, explain_files
-    from kfacemtl.model import load_model
-    path = Path(args.model)
-    path = path / "model.keras" if path.is_dir() else path
-    if not path.is_file():
-        raise KfacemtlError(f"model file {str(path)!r} does not exist")
+    from kfacemtl.model import load_model, model_file
+    path = model_file(args.model)
     methods = list(METHODS) if args.method == "all" else [args.method]
     written = explain_files(load_model(path, compile=False), args.images, args.out, heads=args.head,
                             target=args.target, methods=methods, layer=args.layer)
@@ -129,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("evaluate", help="per-source, per-task metrics of a saved model")
-    p.add_argument("model", help="a .keras file written by kfacemtl")
+    p.add_argument("model", help="a .keras file written by kfacemtl, or a run directory")
     p.add_argument("--source", action="append", required=True,
                    help="FORMAT:PATH[?key=value&...], e.g. 'synthetic:street?split=test&n=1000', "
                         "'csv:faces.csv', 'folder:fer/test?task=expression'; repeat for several")

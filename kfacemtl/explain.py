@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -24,6 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from kfacemtl.errors import ConfigError
+from kfacemtl.files import atomic_write
 
 METHODS = ("saliency", "gradcam++", "scorecam")
 
@@ -211,11 +211,8 @@ def save_maps(images, maps, out_dir, names: Sequence[str], head: str, method: st
     for image, heat, name in zip(images, maps, names):
         stem = f"{Path(name).stem}_{head}_{tag}"
         for kind, arr in (("image", image), ("map", _colormap(heat)), ("overlay", overlay(image, heat))):
-            path = out_dir / f"{stem}_{kind}.png"
-            tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
-            plt.imsave(tmp, np.clip(arr, 0, 1))
-            os.replace(tmp, path)
-            paths.append(path)
+            paths.append(atomic_write(out_dir / f"{stem}_{kind}.png",
+                                      lambda tmp, arr=arr: plt.imsave(tmp, np.clip(arr, 0, 1))))
     return paths
 
 
@@ -241,13 +238,10 @@ def save_grid(images, maps_by_method: dict, path, names: Sequence[str] | None = 
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    try:
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100))
+    finally:
+        plt.close(fig)
 
 
 def load_images(paths: Sequence, image_size) -> np.ndarray:

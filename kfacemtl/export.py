@@ -36,6 +36,7 @@ import numpy as np
 import tensorflow as tf
 
 from kfacemtl.errors import KfacemtlError
+from kfacemtl.files import atomic_write_text
 from kfacemtl.pipeline import preprocess_image
 from kfacemtl.tasks import Task
 
@@ -173,17 +174,14 @@ def next_version(model_dir) -> int:
 
 def _load(model_or_path):
     """A model object, a ``.keras`` file, or a run directory → (model, run dir or None)."""
-    from kfacemtl.model import load_model
+    from kfacemtl.model import load_model, model_file
     if not isinstance(model_or_path, (str, os.PathLike)):
         return model_or_path, None
-    path = Path(model_or_path)
-    if path.is_dir():
-        if not (path / "model.keras").is_file():
-            raise ExportError(f"{path} is a directory without model.keras; pass a run directory or a .keras file")
-        return load_model(path / "model.keras", compile=False), path
-    if not path.is_file():
-        raise ExportError(f"{path} does not exist; pass a run directory or a .keras file")
-    return load_model(path, compile=False), None
+    try:
+        path = model_file(model_or_path)
+    except KfacemtlError as e:
+        raise ExportError(str(e)) from None
+    return load_model(path, compile=False), (path.parent if Path(model_or_path).is_dir() else None)
 
 
 def _warmup_records(name: str, image_size, n: int = 4) -> bytes:
@@ -294,12 +292,6 @@ def _card_markdown(card: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _atomic_write(path: Path, text: str):
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def export_model(model_or_path, base="saved_models", name: str = "kfacemtl", version: int | None = None,
                  labels: Mapping[str, int] | None = None, serving_base: str = "/models",
                  max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS, warmup: bool = True) -> Path:
@@ -366,7 +358,7 @@ def export_model(model_or_path, base="saved_models", name: str = "kfacemtl", ver
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    _atomic_write(model_dir / "models.config",
+    atomic_write_text(model_dir / "models.config",
                   models_config(name, versions, labels, f"{serving_base.rstrip('/')}/{name}"))
-    _atomic_write(model_dir / "batching_parameters.txt", BATCHING_PARAMETERS)
+    atomic_write_text(model_dir / "batching_parameters.txt", BATCHING_PARAMETERS)
     return final

@@ -20,11 +20,12 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Sequence
 
 import keras
 
-from kfacemtl.errors import ConfigError
+from kfacemtl.errors import ConfigError, KfacemtlError
 from kfacemtl.tasks import Task
 
 
@@ -218,6 +219,25 @@ def build_model(tasks: Sequence[Task], input_shape=(64, 64, 3), widths=(32, 64, 
         outputs.append(TaskOutput(task, name=task.name)(h))
     model = MultiTaskModel(inputs=inputs, outputs=outputs, name=name)
     return model
+
+
+def model_file(path) -> Path:
+    """The ``.keras`` file that ``path`` names: the file itself, or a run directory's ``model.keras``.
+
+    Raises:
+        KfacemtlError: ``path`` does not exist, or is a directory without ``model.keras``.
+
+    Example:
+        >>> # model_file("runs/demo")  ->  Path("runs/demo/model.keras")
+    """
+    path = Path(path)
+    if path.is_dir():
+        if not (path / "model.keras").is_file():
+            raise KfacemtlError(f"{path} is a directory without model.keras; pass a run directory or a .keras file")
+        return path / "model.keras"
+    if not path.is_file():
+        raise KfacemtlError(f"model file {str(path)!r} does not exist; pass a run directory or a .keras file")
+    return path
 
 
 def load_model(path, compile: bool = True) -> MultiTaskModel:

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kfacemtl.files import atomic_write
 from kfacemtl.tasks import ACTION_UNITS, EXPRESSION_CLASSES, RACE_CLASSES
 
 SIZE = 64
@@ -531,10 +532,7 @@ def load_split(domain: str, n: int, split: str = "train", seed: int = 0, cache_d
         except (OSError, ValueError, KeyError):
             pass  # a damaged cache file is simply rendered again
     images, labels = generate(domain, n, split=split, seed=seed)
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}.npz")
-    np.savez(tmp, images=images, **labels)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: np.savez(tmp, images=images, **labels))
     return images, labels
 
 

@@ -25,7 +25,6 @@ Example:
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -34,6 +33,7 @@ import keras
 
 from kfacemtl.config import DEMO_EPOCHS, DEMO_STEPS, dump_config, resolve_config
 from kfacemtl.errors import ConfigError
+from kfacemtl.files import atomic_write, atomic_write_text
 from kfacemtl.losses import task_loss
 from kfacemtl.model import build_model, count_flops, load_model, model_tasks
 from kfacemtl.pipeline import make_dataset, steps_per_epoch
@@ -108,12 +108,6 @@ def check_sources_match_tasks(sources: Sequence[Source], tasks: Sequence[Task]):
                                          f"of the model {sorted(names)}")
 
 
-def _atomic_write_text(path: Path, text: str):
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _config_without_epochs(cfg):
     c = json.loads(json.dumps(cfg))
     c["training"].pop("epochs", None)
@@ -135,7 +129,7 @@ def prepare_run_dir(out_dir: Path, cfg: dict, resume: bool):
         raise ConfigError("--out", f"{str(out_dir)!r} is not empty; pass --resume to continue that run, "
                                    "or choose a new folder")
     out_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(config_path, dump_config(cfg))
+    atomic_write_text(config_path, dump_config(cfg))
 
 
 def train_run(config: Mapping, out_dir, resume: bool = False, verbose="auto") -> dict:
@@ -182,9 +176,7 @@ def train_run(config: Mapping, out_dir, resume: bool = False, verbose="auto") ->
     history = model.fit(ds, epochs=tr["epochs"], initial_epoch=initial_epoch, steps_per_epoch=steps,
                         callbacks=callbacks, verbose=verbose)
     train_seconds = time.time() - start
-    tmp = out_dir / f".model.tmp{os.getpid()}.keras"
-    model.save(tmp)
-    os.replace(tmp, out_dir / "model.keras")
+    atomic_write(out_dir / "model.keras", model.save)
 
     results = evaluate_sources(model, eval_sources, tasks, image_size=image_size) if eval_sources else {}
     plots = [str(plot_history(out_dir / "history.csv", out_dir / "plots" / "loss.png").relative_to(out_dir))]
@@ -209,7 +201,7 @@ def train_run(config: Mapping, out_dir, resume: bool = False, verbose="auto") ->
         "table": format_table(results, tasks) if results else "",
         "plots": plots,
     }
-    _atomic_write_text(out_dir / "report.json", json.dumps(report, indent=2))
+    atomic_write_text(out_dir / "report.json", json.dumps(report, indent=2))
     return report
 
 

@@ -20,3 +20,16 @@ def write_png(path, array):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(tf.io.encode_png(np.asarray(array, dtype="uint8")).numpy())
     return path
+
+
+TINY = dict(widths=(8, 16), depths=1, embedding_dim=16, head_units=8)  # a backbone that builds and runs in ms
+
+
+def tiny_model(tasks=None, seed=0):
+    """A small untrained kfacemtl model over ``tasks`` (default every built-in face task)."""
+    import keras
+
+    from kfacemtl.model import build_model
+    from kfacemtl.tasks import resolve_tasks
+    keras.utils.set_random_seed(seed)
+    return build_model(resolve_tasks(tasks), **TINY)

@@ -2,6 +2,8 @@ import keras
 import numpy as np
 import pytest
 
+from conftest import tiny_model
+
 from kfacemtl import synthetic
 from kfacemtl.errors import ConfigError, SourceError
 from kfacemtl.explain import METHODS, explain, explain_files, last_conv_layer, region_ratio, resolve_target
@@ -11,13 +13,9 @@ from kfacemtl.sources import make_source
 from kfacemtl.tasks import get_task, resolve_tasks
 from kfacemtl.training import compile_model
 
-TINY = dict(widths=(8, 16), depths=1, embedding_dim=16, head_units=8)
-
-
 @pytest.fixture(scope="module")
 def model():
-    keras.utils.set_random_seed(0)
-    return build_model(resolve_tasks(None), **TINY)
+    return tiny_model(seed=0)
 
 
 @pytest.fixture(scope="module")

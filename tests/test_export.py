@@ -10,20 +10,15 @@ from google.protobuf import text_format
 from tensorflow_serving.apis import prediction_log_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
+from conftest import tiny_model
 from kfacemtl import export as export_mod
 from kfacemtl.export import ExportError, export_model, output_names
-from kfacemtl.model import build_model
 from kfacemtl.pipeline import decode_image
-from kfacemtl.tasks import resolve_tasks
-
-TINY = dict(widths=(8, 16), depths=1, embedding_dim=16, head_units=8)
 
 
 @pytest.fixture(scope="module")
 def model():
-    import keras
-    keras.utils.set_random_seed(1)
-    return build_model(resolve_tasks(None), **TINY)
+    return tiny_model(seed=1)
 
 
 @pytest.fixture(scope="module")

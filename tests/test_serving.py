@@ -14,24 +14,18 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import tiny_model
 from kfacemtl.export import export_model, models_config
-from kfacemtl.model import build_model
 from kfacemtl.model_server import LocalModelServer
 from kfacemtl.serving import (Client, InvalidInputError, LocalPredictor, ModelNotFoundError, ServerUnavailableError,
                               ServingError, format_results, group_outputs)
-from kfacemtl.tasks import resolve_tasks
-
-TINY = dict(widths=(8, 16), depths=1, embedding_dim=16, head_units=8)
-
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     """Two versions of model 'faces' with different weights (stable = 1, canary = 2)."""
-    import keras
     base = tmp_path_factory.mktemp("saved_models")
     for seed in (1, 2):
-        keras.utils.set_random_seed(seed)
-        export_model(build_model(resolve_tasks(None), **TINY), base, "faces")
+        export_model(tiny_model(seed=seed), base, "faces")
     return base
 
 
