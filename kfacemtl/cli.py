@@ -50,8 +50,8 @@ def _cmd_demo(args):
           f"{len(cfg['eval_sources'])} test splits; cached after the first run) ...", flush=True)
     start = time.time()
     report = train_run(cfg, args.out, resume=args.resume, verbose=1)
-    print(f"\nTest splits (every ground truth; street was never labelled). "
-          f"acc = accuracy, MAE in years, (n) = samples:\n")
+    print("\nTest splits (every ground truth; street was never labelled). "
+          "acc = accuracy, MAE in years, (n) = samples:\n")
     print(report["table"])
     print(f"\n{time.time() - start:.0f} s in all. The run lives in {args.out}: model.keras, history.csv, "
           f"report.json, plots/, logs/ (TensorBoard).")

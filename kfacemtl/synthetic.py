@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from kfacemtl.files import atomic_write
-from kfacemtl.tasks import ACTION_UNITS, EXPRESSION_CLASSES, RACE_CLASSES
+from kfacemtl.tasks import ACTION_UNITS, EXPRESSION_CLASSES
 
 SIZE = 64
 ZOOM = 1.4  # face units → image units
