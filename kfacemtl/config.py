@@ -12,7 +12,8 @@ A config has five sections:
       - synthetic:street?split=test&n=1000
     model: {widths: [32, 64, 128, 256], depths: [1, 2, 2, 1], embedding_dim: 256}
     training: {epochs: 8, batch_size: 64, optimizer: adam, learning_rate: 0.001,
-               mixing: proportional, loss_normalization: mean_with_sample_weight}
+               mixing: proportional, loss_normalization: mean_with_sample_weight,
+               loss_weights: {expression: 2.0}}   # static task weights (default 1 each)
 
 Example:
     >>> from kfacemtl.config import resolve_config
@@ -53,8 +54,10 @@ DEFAULTS: dict[str, Any] = {
         "steps_per_epoch": None,
         "optimizer": "adam",
         "learning_rate": 1e-3,
+        "lr_schedule": "constant",
         "weight_decay": 0.0,
         "loss_normalization": "mean_with_sample_weight",
+        "loss_weights": None,
         "label_smoothing": 0.0,
         "mixing": "proportional",
         "augment": True,
@@ -62,7 +65,8 @@ DEFAULTS: dict[str, Any] = {
     },
 }
 OPTIMIZERS = ("adam", "adamw", "sgd")
-_FREE_FORM = {"tasks", "sources", "eval_sources", "training.mixing", "training.steps_per_epoch"}
+LR_SCHEDULES = ("constant", "cosine")
+_FREE_FORM = {"tasks", "sources", "eval_sources", "training.mixing", "training.steps_per_epoch", "training.loss_weights"}
 
 
 def _check(value, default, path):
@@ -121,11 +125,20 @@ def resolve_config(config: Mapping | None) -> dict:
         raise ConfigError("training.steps_per_epoch", f"expected a positive integer or null, got {tr['steps_per_epoch']!r}")
     if not tr["learning_rate"] > 0:
         raise ConfigError("training.learning_rate", f"expected a positive number, got {tr['learning_rate']}")
+    if tr["lr_schedule"] not in LR_SCHEDULES:
+        raise ConfigError("training.lr_schedule", f"expected one of {LR_SCHEDULES}, got {tr['lr_schedule']!r}")
     if tr["optimizer"] not in OPTIMIZERS:
         raise ConfigError("training.optimizer", f"expected one of {OPTIMIZERS}, got {tr['optimizer']!r}")
     from kfacemtl.losses import NORMALIZATIONS
     if tr["loss_normalization"] not in NORMALIZATIONS:
         raise ConfigError("training.loss_normalization", f"expected one of {NORMALIZATIONS}, got {tr['loss_normalization']!r}")
+    weights = tr["loss_weights"]
+    if weights is not None:
+        if not isinstance(weights, Mapping):
+            raise ConfigError("training.loss_weights", f"expected a mapping {{task: weight}}, got {weights!r}")
+        for task, w in weights.items():
+            if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w < float("inf"):
+                raise ConfigError(f"training.loss_weights.{task}", f"expected a number >= 0, got {w!r}")
     for key in ("sources", "eval_sources"):
         if not isinstance(cfg[key], list):
             raise ConfigError(key, f"expected a list of FORMAT:PATH specs, got {cfg[key]!r}")

@@ -108,9 +108,14 @@ def mixing_weights(sources: Sequence[Source], mixing: str | Mapping[str, float] 
     return w / w.sum()
 
 
-def source_dataset(source: Source, tasks: Sequence[Task]) -> tf.data.Dataset:
-    """One source → unbatched ``(raw image or encoded bytes' path, labels, weights)`` elements,
-    before decoding. Labels are validated here, before anything reaches a loss."""
+def source_dataset(source: Source, tasks: Sequence[Task], shuffle_seed: int | None = None) -> tf.data.Dataset:
+    """One source → unbatched ``(raw image or image path, labels, weights)`` elements, before decoding.
+
+    Labels are validated here, before anything reaches a loss. With ``shuffle_seed`` the
+    dataset is infinite: each pass is a fresh random permutation of all rows (a shuffle
+    buffer smaller than the source would keep the order of class folders or of UTKFace's
+    age-sorted file names).
+    """
     labels, weights = source.labels(tasks)
     images = source.images()
     if images is not None:
@@ -122,7 +127,11 @@ def source_dataset(source: Source, tasks: Sequence[Task]) -> tf.data.Dataset:
         first = source.paths()
     if len(first) == 0:
         raise SourceError(f"source {source.name}: it has no samples")
-    return tf.data.Dataset.from_tensor_slices((first, labels, weights))
+    if shuffle_seed is None:
+        return tf.data.Dataset.from_tensor_slices((first, labels, weights))
+    table = tf.nest.map_structure(tf.constant, (first, labels, weights))
+    order = tf.data.Dataset.range(len(first)).shuffle(len(first), seed=shuffle_seed, reshuffle_each_iteration=True)
+    return order.repeat().map(lambda i: tf.nest.map_structure(lambda t: tf.gather(t, i), table))
 
 
 def _loader(source: Source, image_size):
@@ -133,7 +142,7 @@ def _loader(source: Source, image_size):
 
 def make_dataset(sources: Sequence[Source], tasks: Sequence[Task], batch_size: int = 64, image_size=(64, 64),
                  training: bool = True, mixing: str | Mapping[str, float] = "proportional", augment: bool = True,
-                 shuffle_buffer: int = 4096, seed: int = 0, drop_remainder: bool | None = None) -> tf.data.Dataset:
+                 seed: int = 0, drop_remainder: bool | None = None) -> tf.data.Dataset:
     """The batched dataset for ``model.fit`` / ``model.evaluate``.
 
     Args:
@@ -141,11 +150,11 @@ def make_dataset(sources: Sequence[Source], tasks: Sequence[Task], batch_size: i
         tasks: every task of the model (in model order); tasks a source lacks get weight 0.
         batch_size: samples per batch.
         image_size: ``(height, width)`` of the model's input.
-        training: shuffle, repeat forever, mix sources by ``mixing`` and augment; else one
-            pass over the sources in order, no augmentation.
+        training: shuffle (a full permutation of each source per pass), repeat forever, mix
+            sources by ``mixing`` and augment; else one pass over the sources in order, no
+            augmentation.
         mixing: ``proportional``, ``balanced`` or ``{source_name: weight}`` (training only).
         augment: apply :func:`augment_image` (training only).
-        shuffle_buffer: per-source shuffle buffer.
         seed: seed for shuffling, mixing and augmentation.
 
     Returns:
@@ -161,10 +170,8 @@ def make_dataset(sources: Sequence[Source], tasks: Sequence[Task], batch_size: i
     auto = tf.data.AUTOTUNE
     parts = []
     for i, src in enumerate(sources):
-        ds = source_dataset(src, tasks)
+        ds = source_dataset(src, tasks, shuffle_seed=seed + i if training else None)
         load = _loader(src, image_size)
-        if training:
-            ds = ds.shuffle(min(len(src), shuffle_buffer), seed=seed + i, reshuffle_each_iteration=True).repeat()
         ds = ds.map(lambda x, y, w: (load(x), y, w), num_parallel_calls=auto, deterministic=not training)
         parts.append(ds)
     if training:

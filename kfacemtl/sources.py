@@ -10,6 +10,10 @@ and on the command line as ``FORMAT:PATH``, with options as ``?key=value&key=val
 - ``folder:DIR`` — one sub-folder per class of one task (option ``task``).
 - ``utkface:DIR`` — UTKFace's file-name labels (options ``split``, ``test_fraction``, ``seed``, ``strict``).
 - ``fer2013:FILE_OR_DIR`` — ``fer2013.csv`` or the ``train/``, ``test/`` class folders (option ``usage``).
+- ``ckplus:DIR`` — CK+48 expression folders, subject-wise splits (options ``split``, ``contempt``).
+- ``rafdb:DIR`` — RAF-DB basic's ``list_patition_label.txt`` and aligned images (``split``, ``images``).
+- ``affectnet:FILE`` — AffectNet's CSV: expression, valence, arousal (``root``, ``contempt``).
+- ``celeba:DIR`` — CelebA attributes: gender from ``Male``, more as tasks (``split``, ``attributes``).
 
 Example:
     >>> from kfacemtl.sources import make_source
@@ -35,7 +39,7 @@ import pandas as pd
 
 from kfacemtl import synthetic
 from kfacemtl.errors import ConfigError, LabelError, SourceError
-from kfacemtl.tasks import Task
+from kfacemtl.tasks import EXPRESSION_CLASSES, EXPRESSION_CLASSES_WITH_CONTEMPT, Task
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 
@@ -320,6 +324,44 @@ class FolderSource(Source):
         return values, np.ones(len(self), dtype=bool)
 
 
+def _flag(value) -> bool:
+    """A boolean option that may arrive as text from a query string."""
+    return value.strip().lower() in ("1", "true", "yes", "on") if isinstance(value, str) else bool(value)
+
+
+class FileTableSource(Source):
+    """Base of file-based sources whose labels are all read when the source is built.
+
+    Subclasses parse their format and call ``super().__init__(name, domain, paths, labels, present)``
+    with ``labels = {task: values}`` and, for tasks some rows lack, ``present = {task: mask}``.
+    Every row of a task without a mask is labelled (a NaN there is reported, never trained on).
+    """
+
+    def __init__(self, name: str, domain: str, paths: Sequence[str], labels: Mapping[str, np.ndarray],
+                 present: Mapping[str, np.ndarray] | None = None):
+        super().__init__(name, domain, tuple(labels))
+        self._paths = np.array([str(p) for p in paths])
+        self._labels = {t: np.asarray(v, "float64") for t, v in labels.items()}
+        present = present or {}
+        self._present = {t: np.asarray(present.get(t, np.ones(len(v), bool)), bool) for t, v in self._labels.items()}
+
+    def __len__(self):
+        return len(self._paths)
+
+    def paths(self):
+        return self._paths
+
+    def raw_labels(self, task):
+        values, present = self._labels[task.name], self._present[task.name]
+        if task.name == "expression" and len(task.classes) <= CONTEMPT:
+            n = int(np.sum(present & (values == CONTEMPT)))
+            if n:
+                raise LabelError(f"source {self.name}: {n} image(s) are labelled contempt, a class the model's "
+                                 "expression task lacks; declare it (tasks: {expression: {contempt: true}}) "
+                                 "or leave them out with the source option contempt=drop")
+        return values, present
+
+
 def split_rows(groups: Sequence, strata: Sequence, split: str, test_fraction: float = 0.2, seed: int = 0,
                where: str = "split") -> np.ndarray:
     """Indices of the rows on one side of a deterministic, stratified, group-wise split.
@@ -359,7 +401,7 @@ def split_rows(groups: Sequence, strata: Sequence, split: str, test_fraction: fl
     return np.flatnonzero(keep)
 
 
-class UTKFaceSource(Source):
+class UTKFaceSource(FileTableSource):
     """UTKFace: labels in the file name ``<age>_<gender>_<race>_<datetime>.jpg[.chip.jpg]``.
 
     Age in years, gender 0 male / 1 female, race 0..4 (white, black, asian, indian, others).
@@ -385,7 +427,7 @@ class UTKFaceSource(Source):
         self.path = Path(path)
         if not self.path.is_dir():
             raise SourceError(f"utkface: {str(self.path)!r} is not a folder")
-        strict = str(strict).lower() in ("1", "true", "yes") if isinstance(strict, str) else bool(strict)
+        strict = _flag(strict)
         rows, bad = [], []
         for f in sorted(self.path.iterdir()):
             if not f.is_file() or f.suffix.lower() not in IMAGE_EXTENSIONS:
@@ -406,21 +448,11 @@ class UTKFaceSource(Source):
         keep = split_rows([r[0] for r in rows], [(r[2], r[3]) for r in rows], split, test_fraction, seed,
                           where="utkface.split")
         rows = [rows[i] for i in keep]
-        super().__init__(name or f"utkface-{split}", domain, ("age", "gender", "race"))
-        self._paths = np.array([r[0] for r in rows])
-        self._labels = {"age": np.array([r[1] for r in rows], "float64")[:, None],
-                        "gender": np.array([r[2] for r in rows], "float64"),
-                        "race": np.array([r[3] for r in rows], "float64")}
+        super().__init__(name or f"utkface-{split}", domain, [r[0] for r in rows],
+                         {"age": np.array([r[1] for r in rows], "float64")[:, None],
+                          "gender": np.array([r[2] for r in rows], "float64"),
+                          "race": np.array([r[3] for r in rows], "float64")})
         self.skipped = bad
-
-    def __len__(self):
-        return len(self._paths)
-
-    def paths(self):
-        return self._paths
-
-    def raw_labels(self, task):
-        return self._labels[task.name], np.ones(len(self), dtype=bool)
 
 
 class FER2013Source(Source):
@@ -443,7 +475,6 @@ class FER2013Source(Source):
     USAGES = ("Training", "PublicTest", "PrivateTest", "all")
 
     def __init__(self, path: str, usage: str = "Training", domain: str = "fer2013", name: str | None = None):
-        from kfacemtl.tasks import EXPRESSION_CLASSES
         self.path = Path(path)
         if usage not in self.USAGES:
             raise ConfigError("fer2013.usage", f"expected one of {self.USAGES}, got {usage!r}")
@@ -526,8 +557,316 @@ class FER2013Source(Source):
         return self._expr, np.ones(len(self), dtype=bool)
 
 
+# Expression names used by datasets, mapped onto the expression task's classes (FER2013 order, contempt 7).
+EXPRESSION_ALIASES = {
+    "angry": "angry", "anger": "angry", "disgust": "disgust", "disgusted": "disgust", "fear": "fear",
+    "fearful": "fear", "happy": "happy", "happiness": "happy", "sad": "sad", "sadness": "sad",
+    "surprise": "surprise", "surprised": "surprise", "neutral": "neutral", "contempt": "contempt",
+}
+CONTEMPT = EXPRESSION_CLASSES_WITH_CONTEMPT.index("contempt")
+
+
+def _expression_id(name: str) -> int | None:
+    """Class id (FER2013 order, contempt 7) of a dataset's expression name, or None."""
+    canonical = EXPRESSION_ALIASES.get(name.strip().lower())
+    return None if canonical is None else EXPRESSION_CLASSES_WITH_CONTEMPT.index(canonical)
+
+
+def _contempt_option(value, where: str) -> str:
+    if value not in ("keep", "drop"):
+        raise ConfigError(where, f"expected keep (needs the expression task's contempt class) or drop, got {value!r}")
+    return value
+
+
+def _first_existing(*candidates: Path) -> Path | None:
+    return next((c for c in candidates if c.exists()), None)
+
+
+def _missing_files(paths: Sequence[str], where: str, what: str = "image file"):
+    """Raise a SourceError naming the first few listed files that do not exist."""
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise SourceError(f"{where}: {len(missing)} {what}(s) listed do not exist, e.g. {missing[:3]}")
+
+
+class CKPlusSource(FileTableSource):
+    """CK+ in the CK+48 layout: ``DIR/<expression>/S005_001_00000011.png``.
+
+    Folders anger, contempt, disgust, fear, happy (or happiness), sadness, surprise (and
+    neutral when present) map onto the expression task's classes. The subject id (``S005``)
+    is read from the file name, so the split is subject-wise: a person's images all land on
+    one side, stratified by expression.
+
+    Args:
+        path: the folder holding one sub-folder per expression.
+        split: ``train``, ``test`` or ``all`` (default), with ``test_fraction`` and ``seed``.
+        contempt: ``keep`` (default: the model's expression task needs the contempt class,
+            ``get_task("expression", contempt=True)``) or ``drop`` (contempt images are left out).
+
+    Example:
+        >>> # make_source("ckplus:data/CK+48?split=test&contempt=drop")
+    """
+
+    format = "ckplus"
+    _SUBJECT = re.compile(r"^(S\d+)_", re.IGNORECASE)
+
+    def __init__(self, path: str, split: str = "all", test_fraction: float = 0.2, seed: int = 0,
+                 contempt: str = "keep", domain: str = "ckplus", name: str | None = None):
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise SourceError(f"ckplus: {str(self.path)!r} is not a folder")
+        contempt = _contempt_option(contempt, "ckplus.contempt")
+        rows = []
+        for sub in sorted(p for p in self.path.iterdir() if p.is_dir()):
+            label = _expression_id(sub.name)
+            if label is None:
+                raise LabelError(f"ckplus: {str(sub)!r} is not an expression folder "
+                                 f"(expected one of {', '.join(sorted(EXPRESSION_ALIASES))})")
+            if label == CONTEMPT and contempt == "drop":
+                continue
+            for f in sorted(sub.iterdir()):
+                if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS:
+                    m = self._SUBJECT.match(f.name)
+                    rows.append((str(f), label, m.group(1).upper() if m else f.stem))
+        if not rows:
+            raise SourceError(f"ckplus: no images in expression folders under {str(self.path)!r}")
+        self.unnamed = sum(1 for r in rows if not self._SUBJECT.match(Path(r[0]).name))
+        if self.unnamed:
+            warnings.warn(f"ckplus: {self.unnamed} file(s) under {str(self.path)!r} have no subject id "
+                          "(S<number>_...); each is split as its own subject", stacklevel=2)
+        keep = split_rows([r[2] for r in rows], [r[1] for r in rows], split, test_fraction, seed, where="ckplus.split")
+        rows = [rows[i] for i in keep]
+        super().__init__(name or f"ckplus-{split}", domain, [r[0] for r in rows],
+                         {"expression": np.array([r[1] for r in rows], "float64")})
+        self.subjects = np.array([r[2] for r in rows])
+
+
+class RAFDBSource(FileTableSource):
+    """RAF-DB (basic): ``EmoLabel/list_patition_label.txt`` (``train_00001.jpg 5``) and its images.
+
+    RAF-DB's labels 1..7 (surprise, fear, disgust, happiness, sadness, anger, neutral) are
+    mapped onto the expression task's FER2013 order. The split is RAF-DB's own, from the file
+    names (``train_``, ``test_``); RAF-DB publishes no identities.
+
+    Args:
+        path: the RAF-DB basic folder (holding ``EmoLabel/`` and ``Image/``) or the label file.
+        split: ``train``, ``test`` or ``all``.
+        images: ``aligned`` (default: ``Image/aligned/<name>_aligned.jpg``) or ``original``
+            (``Image/original/<name>``).
+
+    Example:
+        >>> # make_source("rafdb:data/RAF-DB/basic?split=test")
+    """
+
+    format = "rafdb"
+    LABELS = ("surprise", "fear", "disgust", "happy", "sad", "angry", "neutral")  # RAF-DB ids 1..7
+    LABEL_FILE = "list_patition_label.txt"  # sic: RAF-DB's spelling
+
+    def __init__(self, path: str, split: str = "all", images: str = "aligned", domain: str = "rafdb",
+                 name: str | None = None):
+        path = Path(path)
+        label_file = path if path.is_file() else _first_existing(path / "EmoLabel" / self.LABEL_FILE,
+                                                                 path / self.LABEL_FILE)
+        if label_file is None:
+            raise SourceError(f"rafdb: no {self.LABEL_FILE} in {str(path)!r} or {str(path / 'EmoLabel')!r}")
+        if split not in ("train", "test", "all"):
+            raise ConfigError("rafdb.split", f"expected train, test or all, got {split!r}")
+        if images not in ("aligned", "original"):
+            raise ConfigError("rafdb.images", f"expected aligned or original, got {images!r}")
+        root = label_file.parent.parent if label_file.parent.name == "EmoLabel" else label_file.parent
+        image_dir = _first_existing(root / "Image" / images, root / images)
+        if image_dir is None:
+            raise SourceError(f"rafdb: no {images} image folder ({str(root / 'Image' / images)!r})")
+        paths, labels = [], []
+        for n, line in enumerate(label_file.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            parts = line.split()
+            where = f"rafdb: {str(label_file)!r} line {n}"
+            if len(parts) != 2 or not parts[1].isdigit():
+                raise SourceError(f"{where}: expected '<file name> <label 1-7>', got {line.strip()!r}")
+            if not 1 <= int(parts[1]) <= 7:
+                raise LabelError(f"{where}: label {parts[1]} is not a RAF-DB expression id 1-7")
+            if split != "all" and not parts[0].startswith(split + "_"):
+                continue
+            stem, ext = os.path.splitext(parts[0])
+            paths.append(str(image_dir / (f"{stem}_aligned{ext}" if images == "aligned" else parts[0])))
+            labels.append(EXPRESSION_CLASSES.index(self.LABELS[int(parts[1]) - 1]))
+        if not paths:
+            raise SourceError(f"rafdb: {str(label_file)!r} lists no {split} images")
+        _missing_files(paths, f"rafdb: {str(image_dir)!r}")
+        super().__init__(name or f"rafdb-{split}", domain, paths, {"expression": np.array(labels, "float64")})
+
+
+class AffectNetSource(FileTableSource):
+    """AffectNet's annotation CSV (``training.csv``, ``validation.csv``): expression, valence, arousal.
+
+    Columns ``subDirectory_filePath`` (or ``path``), ``expression`` (AffectNet's ids: 0 neutral,
+    1 happy, 2 sad, 3 surprise, 4 fear, 5 disgust, 6 anger, 7 contempt; 8 none, 9 uncertain
+    and 10 no-face), ``valence`` and ``arousal`` in [-1, 1] (-2: not annotated). Expression ids
+    8 and 9 and valence/arousal -2 are missing labels; no-face rows are left out. Images are
+    read whole: use the cropped face images (or crop them with the ``face_*`` columns first).
+
+    Args:
+        path: the CSV file.
+        root: the folder image paths are relative to (default: ``Manually_Annotated_Images``
+            beside the CSV when it exists, else the CSV's folder).
+        contempt: ``keep`` (the expression task needs the contempt class) or ``drop``
+            (contempt becomes a missing expression label; the row still trains valence/arousal).
+
+    Example:
+        >>> # make_source("affectnet:data/affectnet/validation.csv?contempt=drop")
+    """
+
+    format = "affectnet"
+    LABELS = ("neutral", "happy", "sad", "surprise", "fear", "disgust", "angry", "contempt")  # AffectNet ids 0..7
+
+    def __init__(self, path: str, root: str | None = None, contempt: str = "keep", domain: str = "affectnet",
+                 name: str | None = None):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise SourceError(f"affectnet: annotation file {str(self.path)!r} does not exist")
+        contempt = _contempt_option(contempt, "affectnet.contempt")
+        try:
+            table = pd.read_csv(self.path, dtype=str, keep_default_na=False)
+        except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
+            raise SourceError(f"affectnet: cannot read {str(self.path)!r}: {e}") from None
+        path_col = next((c for c in ("subDirectory_filePath", "path") if c in table.columns), None)
+        missing = {"expression", "valence", "arousal"} - set(table.columns)
+        if path_col is None or missing:
+            raise SourceError(f"affectnet: {str(self.path)!r} lacks column(s) "
+                              f"{sorted(missing | ({'subDirectory_filePath'} if path_col is None else set()))}")
+        root = Path(root) if root else (_first_existing(self.path.parent / "Manually_Annotated_Images")
+                                        or self.path.parent)
+        numbers = {}
+        for col in ("expression", "valence", "arousal"):
+            values = pd.to_numeric(table[col], errors="coerce").to_numpy("float64")
+            bad = np.flatnonzero(np.isnan(values))
+            if bad.size:
+                raise LabelError(f"affectnet: {str(self.path)!r} row {bad[0] + 2}: {col} "
+                                 f"{table[col].iloc[bad[0]]!r} is not a number")
+            numbers[col] = values
+        expr = numbers["expression"]
+        bad = np.flatnonzero((expr != np.round(expr)) | (expr < 0) | (expr > 10))
+        if bad.size:
+            raise LabelError(f"affectnet: {str(self.path)!r} row {bad[0] + 2}: expression {expr[bad[0]]!r} "
+                             "is not an AffectNet id 0-10")
+        keep = expr != 10  # no face
+        expr_present = expr <= (7 if contempt == "keep" else 6)
+        va = np.stack([numbers["valence"], numbers["arousal"]], axis=1)
+        va_present = (va != -2).all(axis=1)
+        mapping = np.array([EXPRESSION_CLASSES_WITH_CONTEMPT.index(c) for c in self.LABELS] + [0, 0, 0], "float64")
+        keep &= expr_present | va_present
+        rows = np.flatnonzero(keep)
+        if not rows.size:
+            raise SourceError(f"affectnet: {str(self.path)!r} has no labelled face rows")
+        paths = [str(root / table[path_col].iloc[i]) for i in rows]
+        _missing_files(paths, f"affectnet: {str(self.path)!r} (images under {str(root)!r})")
+        self._csv_rows = [str(i + 2) for i in rows]
+        super().__init__(name or self.path.stem, domain, paths,
+                         {"expression": mapping[expr[rows].astype(int)], "valence_arousal": va[rows]},
+                         {"expression": expr_present[rows], "valence_arousal": va_present[rows]})
+
+    def row_names(self):
+        return [f"{r} of {self.path} ({p})" for r, p in zip(self._csv_rows, self._paths)]
+
+
+def celeba_attribute_task(attribute: str) -> Task:
+    """The binary task a CelebA attribute becomes: lower-case name, classes ``no``, ``yes``.
+
+    Example:
+        >>> celeba_attribute_task("Eyeglasses").classes
+        ('no', 'yes')
+
+    In a config: ``tasks: {eyeglasses: {kind: classification, classes: [no, yes]}}``.
+    """
+    return Task(attribute.lower(), "classification", classes=("no", "yes"))
+
+
+class CelebASource(FileTableSource):
+    """CelebA: ``list_attr_celeba.txt`` and ``img_align_celeba/``; gender from the ``Male`` attribute.
+
+    Gender is 0 male / 1 female (``Male`` = 1 / -1). Other attributes become binary tasks
+    (``attributes=Smiling,Eyeglasses`` → tasks ``smiling``, ``eyeglasses``; see
+    :func:`celeba_attribute_task`). The split is CelebA's own ``list_eval_partition.txt``
+    (identity-disjoint) when present, else a group-wise split by ``identity_CelebA.txt``
+    (or by file when that is absent too), stratified by gender.
+
+    Args:
+        path: the CelebA folder (files may sit in it or in ``Anno/``, ``Eval/``, ``Img/``).
+        split: ``train``, ``valid``, ``test`` or ``all``.
+        attributes: comma-separated attribute names to expose as tasks besides gender.
+
+    Example:
+        >>> # make_source("celeba:data/celeba?split=valid&attributes=Smiling")
+    """
+
+    format = "celeba"
+    PARTITIONS = {"train": 0, "valid": 1, "test": 2}
+
+    def __init__(self, path: str, split: str = "all", attributes: str | Sequence[str] = (),
+                 test_fraction: float = 0.1, seed: int = 0, domain: str = "celeba", name: str | None = None):
+        root = Path(path)
+        if not root.is_dir():
+            raise SourceError(f"celeba: {str(root)!r} is not a folder")
+        if split not in (*self.PARTITIONS, "all"):
+            raise ConfigError("celeba.split", f"expected train, valid, test or all, got {split!r}")
+        attr_file = _first_existing(root / "list_attr_celeba.txt", root / "Anno" / "list_attr_celeba.txt")
+        image_dir = _first_existing(root / "img_align_celeba", root / "Img" / "img_align_celeba")
+        if attr_file is None or image_dir is None:
+            raise SourceError(f"celeba: {str(root)!r} needs list_attr_celeba.txt and img_align_celeba/ "
+                              "(in it or in Anno/ and Img/)")
+        if isinstance(attributes, str):
+            attributes = [a for a in attributes.split(",") if a]
+        names, files, values = self._read_attributes(attr_file)
+        unknown = [a for a in attributes if a not in names]
+        if unknown or "Male" not in names:
+            raise ConfigError("celeba.attributes", f"{unknown or ['Male']} not in {str(attr_file)!r} "
+                                                   f"(attributes: {', '.join(names)})")
+        gender = (values[:, names.index("Male")] == -1).astype("float64")  # Male 1 → 0 male, -1 → 1 female
+        rows = np.arange(len(files))
+        partition_file = _first_existing(root / "list_eval_partition.txt", root / "Eval" / "list_eval_partition.txt")
+        if split != "all" and partition_file is not None:
+            part = dict(line.split()[:2] for line in partition_file.read_text().splitlines() if line.strip())
+            rows = np.array([i for i, f in enumerate(files) if part.get(f) == str(self.PARTITIONS[split])], int)
+        elif split != "all":
+            if split == "valid":
+                raise ConfigError("celeba.split", f"no list_eval_partition.txt in {str(root)!r}: "
+                                                  "only train / test (split by identity) are available")
+            id_file = _first_existing(root / "identity_CelebA.txt", root / "Anno" / "identity_CelebA.txt")
+            ids = dict(line.split()[:2] for line in id_file.read_text().splitlines() if line.strip()) if id_file else {}
+            rows = split_rows([ids.get(f, f) for f in files], gender, split, test_fraction, seed, where="celeba.split")
+        if not len(rows):
+            raise SourceError(f"celeba: no images in the {split} split of {str(root)!r}")
+        paths = [str(image_dir / files[i]) for i in rows]
+        _missing_files(paths, f"celeba: {str(image_dir)!r}")
+        labels = {"gender": gender[rows]}
+        for a in attributes:
+            labels[a.lower()] = (values[rows, names.index(a)] == 1).astype("float64")
+        super().__init__(name or f"celeba-{split}", domain, paths, labels)
+
+    @staticmethod
+    def _read_attributes(attr_file: Path):
+        lines = [line for line in attr_file.read_text().splitlines() if line.strip()]
+        if len(lines) < 3:
+            raise SourceError(f"celeba: {str(attr_file)!r} is too short (count, attribute names, then rows)")
+        names = lines[1].split()
+        files, values = [], []
+        for n, line in enumerate(lines[2:], 3):
+            parts = line.split()
+            if len(parts) != len(names) + 1 or any(v not in ("1", "-1") for v in parts[1:]):
+                raise LabelError(f"celeba: {str(attr_file)!r} line {n}: expected a file name and "
+                                 f"{len(names)} values of 1 or -1, got {line.strip()[:80]!r}")
+            files.append(parts[0])
+            values.append([int(v) for v in parts[1:]])
+        if lines[0].strip().isdigit() and int(lines[0]) != len(files):
+            warnings.warn(f"celeba: {str(attr_file)!r} announces {lines[0].strip()} rows but has {len(files)}",
+                          stacklevel=3)
+        return names, files, np.array(values, "int8")
+
+
 SOURCE_FORMATS = {cls.format: cls for cls in (SyntheticSource, CsvSource, FolderSource, UTKFaceSource,
-                                              FER2013Source)}
+                                              FER2013Source, CKPlusSource, RAFDBSource, AffectNetSource, CelebASource)}
 
 
 def parse_spec(spec: str) -> tuple[str, str, dict]:

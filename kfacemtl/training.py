@@ -61,6 +61,26 @@ def make_optimizer(name: str = "adam", learning_rate: float = 1e-3, weight_decay
     raise ConfigError("training.optimizer", f"expected adam, adamw or sgd, got {name!r}")
 
 
+def learning_rate_schedule(learning_rate: float, schedule: str = "constant", total_steps: int | None = None):
+    """The optimizer's learning rate: a number (``constant``) or a Keras schedule.
+
+    ``cosine`` decays from ``learning_rate`` to 1 % of it over ``total_steps`` (then stays there),
+    so the weights a run ends with are not those of one noisy step at full learning rate.
+
+    Example:
+        >>> sched = learning_rate_schedule(1e-3, "cosine", total_steps=100)
+        >>> round(float(sched(0)), 6), round(float(sched(100)), 6)
+        (0.001, 1e-05)
+    """
+    if schedule == "constant":
+        return float(learning_rate)
+    if schedule == "cosine":
+        if not total_steps or total_steps < 1:
+            raise ConfigError("training.lr_schedule", "cosine needs the run's total number of steps")
+        return keras.optimizers.schedules.CosineDecay(float(learning_rate), int(total_steps), alpha=0.01)
+    raise ConfigError("training.lr_schedule", f"expected constant or cosine, got {schedule!r}")
+
+
 def compile_model(model, optimizer="adam", learning_rate: float = 1e-3, weight_decay: float = 0.0,
                   loss_normalization: str = "mean_with_sample_weight", label_smoothing: float = 0.0,
                   loss_weights: Mapping[str, float] | None = None, jit_compile=False):
@@ -84,7 +104,7 @@ def compile_model(model, optimizer="adam", learning_rate: float = 1e-3, weight_d
     if loss_weights:
         unknown = set(loss_weights) - {t.name for t in tasks}
         if unknown:
-            raise ConfigError(f"loss_weights.{sorted(unknown)[0]}", f"not a task of the model {[t.name for t in tasks]}")
+            raise ConfigError(f"training.loss_weights.{sorted(unknown)[0]}", f"not a task of the model {[t.name for t in tasks]}")
         weights = [float(loss_weights.get(t.name, 1.0)) for t in tasks]
     model.compile(optimizer=optimizer,
                   loss=[task_loss(t, loss_normalization, label_smoothing) for t in tasks],
@@ -152,8 +172,10 @@ def train_run(config: Mapping, out_dir, resume: bool = False, verbose="auto") ->
     keras.utils.set_random_seed(tr["seed"])
     initial_epoch = 0
     finished = out_dir / "model.keras"
+    steps = tr["steps_per_epoch"] or steps_per_epoch(sources, tr["batch_size"])
     if resume and finished.exists() and (out_dir / "report.json").exists():
-        # A finished run asked for more epochs: continue from its model (optimizer state included).
+        # A finished run asked for more epochs: continue from its model (optimizer state included;
+        # a cosine schedule stays at its floor past the original run's steps).
         report = json.loads((out_dir / "report.json").read_text())
         initial_epoch = int(report.get("epochs_done", 0))
         if initial_epoch >= tr["epochs"]:
@@ -161,12 +183,12 @@ def train_run(config: Mapping, out_dir, resume: bool = False, verbose="auto") ->
         model = load_model(finished)
     else:
         model = build_model(tasks, **mc)  # every model key is an argument of build_model
-        compile_model(model, tr["optimizer"], tr["learning_rate"], tr["weight_decay"], tr["loss_normalization"],
-                      tr["label_smoothing"])
+        lr = learning_rate_schedule(tr["learning_rate"], tr["lr_schedule"], tr["epochs"] * steps)
+        compile_model(model, tr["optimizer"], lr, tr["weight_decay"], tr["loss_normalization"],
+                      tr["label_smoothing"], loss_weights=tr["loss_weights"])
     image_size = tuple(mc["input_shape"][:2])
     ds = make_dataset(sources, tasks, batch_size=tr["batch_size"], image_size=image_size, training=True,
                       mixing=tr["mixing"], augment=tr["augment"], seed=tr["seed"])
-    steps = tr["steps_per_epoch"] or steps_per_epoch(sources, tr["batch_size"])
     callbacks = [
         keras.callbacks.BackupAndRestore(str(out_dir / "backup")),
         keras.callbacks.CSVLogger(str(out_dir / "history.csv"), append=resume),

@@ -15,6 +15,8 @@ BASE = {"sources": ["synthetic:lab?n=8"]}
     ({"training": {"optimizer": "adagrad"}}, r"'training.optimizer'"),
     ({"training": {"loss_normalization": "mean"}}, r"'training.loss_normalization'"),
     ({"training": {"augment": "yes"}}, r"'training.augment': expected true or false"),
+    ({"training": {"loss_weights": [1, 2]}}, r"'training.loss_weights': expected a mapping"),
+    ({"training": {"loss_weights": {"age": -1}}}, r"'training.loss_weights.age': expected a number >= 0"),
 ])
 def test_bad_keys_and_values_name_the_key_path(cfg, match):
     with pytest.raises(ConfigError, match=match):
@@ -37,3 +39,22 @@ def test_defaults_and_files(tmp_path):
         load_config(tmp_path / "evil.yaml")
     (tmp_path / "ok.yaml").write_text("sources: ['synthetic:lab?n=8']\ntraining: {epochs: 2}\n")
     assert load_config(tmp_path / "ok.yaml")["training"]["epochs"] == 2
+
+
+def test_the_real_data_config_resolves_and_loss_weights_reach_the_model():
+    from pathlib import Path
+
+    from kfacemtl.tasks import resolve_tasks
+    from kfacemtl.training import compile_model
+    from conftest import tiny_model
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "real_mtl.yaml")
+    tasks = resolve_tasks(cfg["tasks"])
+    assert [t.name for t in tasks] == ["age", "gender", "race", "expression"] and len(tasks[3].classes) == 8
+    import numpy as np
+    model = compile_model(tiny_model(["age", "expression"]), loss_weights={"expression": 3.0})
+    x = np.random.default_rng(0).random((8, 64, 64, 3), "float32")
+    y = {"age": np.full((8, 1), 30.0, "float32"), "expression": np.arange(8) % 7}
+    m = model.evaluate(x, y, batch_size=8, verbose=0, return_dict=True)
+    assert m["loss"] == pytest.approx(m["age_loss"] + 3.0 * m["expression_loss"], rel=1e-4)
+    with pytest.raises(ConfigError, match=r"'training.loss_weights.race': not a task of the model"):
+        compile_model(tiny_model(["age", "expression"]), loss_weights={"race": 2.0})

@@ -5,7 +5,7 @@ import tensorflow as tf
 from conftest import write_png
 from kfacemtl.errors import ConfigError
 from kfacemtl.pipeline import decode_image, make_dataset, mixing_weights
-from kfacemtl.sources import CsvSource, make_source
+from kfacemtl.sources import CsvSource, Source, make_source
 from kfacemtl.tasks import resolve_tasks
 
 TASKS = resolve_tasks(None)
@@ -59,5 +59,35 @@ def test_files_gray_rgba_any_size_become_rgb_model_size(tmp_path):
 def test_augmentation_changes_training_images_only():
     src = [make_source("synthetic:lab?n=16")]
     plain = next(iter(make_dataset(src, TASKS, batch_size=16, training=False)))[0].numpy()
-    aug = next(iter(make_dataset(src, TASKS, batch_size=16, training=True, shuffle_buffer=1)))[0].numpy()
+    aug = next(iter(make_dataset(src, TASKS, batch_size=16, training=True)))[0].numpy()
     assert not np.allclose(np.sort(plain.ravel()), np.sort(aug.ravel()))
+
+
+class _SortedSource(Source):
+    """In-memory rows sorted by class, like class folders or UTKFace's age-ordered file names."""
+
+    def __init__(self, n):
+        super().__init__("sorted", "sorted", ("gender", "age"))
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def images(self):
+        return np.zeros((self.n, 4, 4, 1), "uint8")
+
+    def raw_labels(self, task):
+        if task.name == "gender":
+            return (np.arange(self.n) >= self.n // 2).astype("float64"), np.ones(self.n, bool)
+        return (np.arange(self.n) / self.n * 100)[:, None], np.ones(self.n, bool)
+
+
+def test_training_order_is_a_full_permutation_of_each_source():
+    tasks = resolve_tasks(["gender", "age"])
+    src = _SortedSource(10000)  # more rows than a shuffle buffer of a few thousand would mix
+    batches = iter(make_dataset([src], tasks, batch_size=5000, image_size=(4, 4), training=True, augment=False))
+    first = next(batches)[1]
+    assert 2000 < int(first["gender"].numpy().sum()) < 3000  # both halves of the sorted rows from the start
+    second = next(batches)[1]
+    ages = np.concatenate([first["age"].numpy()[:, 0], second["age"].numpy()[:, 0]])
+    assert len(np.unique(np.round(ages, 3))) == 10000  # one pass = every row exactly once

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import write_png
 from kfacemtl.errors import ConfigError, LabelError, SourceError
-from kfacemtl.sources import CsvSource, FolderSource, make_source, parse_spec, split_rows
+from kfacemtl.sources import CsvSource, FolderSource, celeba_attribute_task, make_source, parse_spec, split_rows
 from kfacemtl.tasks import resolve_tasks
 
 TASKS = resolve_tasks(["age", "gender", "expression", "action_units", "valence_arousal"])
@@ -180,3 +180,159 @@ def test_real_fer2013_folders():
     assert (len(train), len(test)) == (28709, 3589)
     counts = np.bincount(test.labels(resolve_tasks(["expression"]))[0]["expression"], minlength=7)
     assert counts.min() > 0 and counts.argmax() == 3  # happy is FER2013's largest class
+
+
+def _ckplus_fixture(folder):
+    for cls, subjects in (("anger", ["S005", "S010"]), ("contempt", ["S005"]), ("happy", ["S010", "S022", "S037"]),
+                          ("sadness", ["S022", "S037", "S042"]), ("surprise", ["S042", "S005"])):
+        for k, subject in enumerate(subjects):
+            write_png(folder / cls / f"{subject}_00{k + 1}_0000001{k}.png", np.full((48, 48, 1), 30 * k, "uint8"))
+    return folder
+
+
+def test_ckplus_folders_subject_wise_splits_and_contempt(tmp_path):
+    folder = _ckplus_fixture(tmp_path / "CK+48")
+    with_contempt = resolve_tasks({"expression": {"contempt": True}})
+    src = make_source(f"ckplus:{folder}")
+    assert len(src) == 11 and src.tasks == ("expression",) and sorted(set(src.subjects)) == [
+        "S005", "S010", "S022", "S037", "S042"]
+    labels = src.labels(with_contempt)[0]["expression"]
+    names = [Path(p).parent.name for p in src.paths()]
+    expected = {"anger": 0, "contempt": 7, "happy": 3, "sadness": 4, "surprise": 5}
+    assert [expected[n] for n in names] == labels.tolist()
+    with pytest.raises(LabelError, match="1 image.* labelled contempt.*contempt=drop"):
+        src.labels(resolve_tasks(["expression"]))
+    dropped = make_source(f"ckplus:{folder}?contempt=drop")
+    assert len(dropped) == 10 and 7 not in dropped.labels(resolve_tasks(["expression"]))[0]["expression"]
+    train = make_source(f"ckplus:{folder}?split=train&test_fraction=0.4")
+    test = make_source(f"ckplus:{folder}?split=test&test_fraction=0.4")
+    assert len(train) + len(test) == 11 and len(test) > 0 and len(train) > 0
+    assert not set(train.subjects) & set(test.subjects)  # one person never on both sides
+    write_png(folder / "happy" / "IMG_0001.png", np.zeros((8, 8, 1), "uint8"))
+    with pytest.warns(UserWarning, match=r"1 file\(s\) .* have no subject id"):
+        assert len(make_source(f"ckplus:{folder}")) == 12
+    write_png(folder / "bored" / "S001_001_00000001.png", np.zeros((8, 8, 1), "uint8"))
+    with pytest.raises(LabelError, match="bored.* is not an expression folder"):
+        make_source(f"ckplus:{folder}")
+    with pytest.raises(ConfigError, match="ckplus.contempt"):
+        make_source(f"ckplus:{folder}?contempt=maybe")
+
+
+def _rafdb_fixture(root):
+    lines = ["train_00001.jpg 4", "train_00002.jpg 1", "train_00003.jpg 6", "test_0001.jpg 7", "test_0002.jpg 5"]
+    (root / "EmoLabel").mkdir(parents=True)
+    (root / "EmoLabel" / "list_patition_label.txt").write_text("\n".join(lines) + "\n")
+    for line in lines:
+        stem = line.split(".")[0]
+        write_png(root / "Image" / "aligned" / f"{stem}_aligned.jpg", np.full((100, 100, 3), 90, "uint8"))
+    return root
+
+
+def test_rafdb_label_file_splits_and_errors(tmp_path):
+    root = _rafdb_fixture(tmp_path / "basic")
+    tasks = resolve_tasks(["expression"])
+    train = make_source(f"rafdb:{root}?split=train")
+    assert len(train) == 3 and train.paths()[0].endswith("Image/aligned/train_00001_aligned.jpg")
+    # RAF-DB 4 happiness, 1 surprise, 6 anger -> FER2013 order 3, 5, 0
+    assert train.labels(tasks)[0]["expression"].tolist() == [3, 5, 0]
+    test = make_source(f"rafdb:{root / 'EmoLabel' / 'list_patition_label.txt'}?split=test")
+    assert test.labels(tasks)[0]["expression"].tolist() == [6, 4]  # neutral, sadness
+    assert len(make_source(f"rafdb:{root}")) == 5
+    with pytest.raises(SourceError, match="no original image folder"):
+        make_source(f"rafdb:{root}?images=original")
+    (root / "Image" / "aligned" / "test_0002_aligned.jpg").unlink()
+    with pytest.raises(SourceError, match=r"1 image file\(s\) listed do not exist.*test_0002_aligned.jpg"):
+        make_source(f"rafdb:{root}")
+    (root / "EmoLabel" / "list_patition_label.txt").write_text("train_00001.jpg 4\ntrain_00002.jpg 9\n")
+    with pytest.raises(LabelError, match="line 2: label 9 is not a RAF-DB expression id"):
+        make_source(f"rafdb:{root}")
+
+
+def test_affectnet_csv_masks_missing_labels(tmp_path):
+    header = "subDirectory_filePath,face_x,face_y,face_width,face_height,facial_landmarks,expression,valence,arousal"
+    rows = [("1/a.jpg", 1, 0.8, 0.3),    # happy
+            ("1/b.jpg", 7, -0.4, 0.1),   # contempt
+            ("2/c.jpg", 8, 0.1, -0.2),   # no expression: valence/arousal only
+            ("2/d.jpg", 10, -2, -2),     # no face: left out
+            ("2/e.jpg", 6, -2, -2)]      # anger, valence/arousal not annotated
+    for r in rows:
+        write_png(tmp_path / "Manually_Annotated_Images" / r[0], np.full((32, 32, 3), 50, "uint8"))
+    csv = tmp_path / "validation.csv"
+    csv.write_text(header + "\n" + "\n".join(f"{p},0,0,32,32,,{e},{v},{a}" for p, e, v, a in rows) + "\n")
+    tasks = resolve_tasks({"expression": {"contempt": True}, "valence_arousal": None})
+    src = make_source(f"affectnet:{csv}")
+    assert len(src) == 4 and src.paths()[0].endswith("Manually_Annotated_Images/1/a.jpg")
+    labels, weights = src.labels(tasks)
+    assert weights["expression"].tolist() == [1, 1, 0, 1] and labels["expression"].tolist() == [3, 7, 0, 0]
+    assert weights["valence_arousal"].tolist() == [1, 1, 1, 0]
+    np.testing.assert_allclose(labels["valence_arousal"][2], [0.1, -0.2])
+    dropped = make_source(f"affectnet:{csv}?contempt=drop")
+    assert dropped.labels(resolve_tasks(["expression", "valence_arousal"]))[1]["expression"].tolist() == [1, 0, 0, 1]
+    csv.write_text(header + "\n1/a.jpg,0,0,32,32,,happy,0.1,0.1\n")
+    with pytest.raises(LabelError, match="row 2: expression 'happy' is not a number"):
+        make_source(f"affectnet:{csv}")
+    csv.write_text(header + "\n1/a.jpg,0,0,32,32,,1,1.5,0.1\n")
+    with pytest.raises(LabelError, match=r"row 2 of .*validation.csv.*valence_arousal.*outside the range"):
+        make_source(f"affectnet:{csv}").labels(tasks)
+    csv.write_text(header + "\n9/zz.jpg,0,0,32,32,,1,0.5,0.1\n")
+    with pytest.raises(SourceError, match="do not exist.*9/zz.jpg"):
+        make_source(f"affectnet:{csv}")
+
+
+def _celeba_fixture(root, partition=True):
+    files = [f"{i:06d}.jpg" for i in range(1, 7)]
+    male = [1, -1, -1, 1, -1, 1]
+    smiling = [1, 1, -1, -1, 1, -1]
+    rows = [f"{f} -1 {m:>2} {s:>2}" for f, m, s in zip(files, male, smiling)]
+    root.mkdir(parents=True)
+    (root / "list_attr_celeba.txt").write_text(f"{len(files)}\n5_o_Clock_Shadow Male Smiling\n" + "\n".join(rows) + "\n")
+    if partition:
+        (root / "list_eval_partition.txt").write_text("".join(f"{f} {p}\n" for f, p in zip(files, [0, 0, 0, 1, 2, 2])))
+    (root / "identity_CelebA.txt").write_text("".join(f"{f} {i // 2}\n" for i, f in enumerate(files)))
+    for f in files:
+        write_png(root / "img_align_celeba" / f, np.full((218, 178, 3), 120, "uint8"))
+    return root
+
+
+def test_celeba_gender_attributes_and_partitions(tmp_path):
+    root = _celeba_fixture(tmp_path / "celeba")
+    smiling = celeba_attribute_task("Smiling")
+    src = make_source(f"celeba:{root}?attributes=Smiling")
+    assert src.tasks == ("gender", "smiling") and len(src) == 6
+    labels, _ = src.labels(resolve_tasks(["gender"]) + [smiling])
+    assert labels["gender"].tolist() == [0, 1, 1, 0, 1, 0] and labels["smiling"].tolist() == [1, 1, 0, 0, 1, 0]
+    assert [len(make_source(f"celeba:{root}?split={s}")) for s in ("train", "valid", "test")] == [3, 1, 2]
+    with pytest.raises(ConfigError, match=r"\['Wings'\] not in .*attributes: 5_o_Clock_Shadow, Male, Smiling"):
+        make_source(f"celeba:{root}?attributes=Wings")
+    # without CelebA's partition file: split by identity (two images per person)
+    bare = _celeba_fixture(tmp_path / "bare", partition=False)
+    train = make_source(f"celeba:{bare}?split=train&test_fraction=0.5")
+    test = make_source(f"celeba:{bare}?split=test&test_fraction=0.5")
+    ids = lambda s: {int(Path(p).stem) - 1 >> 1 for p in s.paths()}  # noqa: E731  (identity = index // 2)
+    assert len(train) + len(test) == 6 and not ids(train) & ids(test)
+    (bare / "list_attr_celeba.txt").write_text("1\nMale Smiling\n000001.jpg 1 0\n")
+    with pytest.raises(LabelError, match="line 3: expected a file name and 2 values of 1 or -1"):
+        make_source(f"celeba:{bare}")
+
+
+def test_every_adapter_feeds_the_pipeline(tmp_path):
+    from kfacemtl.pipeline import make_dataset
+    tasks = resolve_tasks({"gender": None, "expression": {"contempt": True}})
+    sources = [make_source(f"ckplus:{_ckplus_fixture(tmp_path / 'ck')}"),
+               make_source(f"rafdb:{_rafdb_fixture(tmp_path / 'raf')}"),
+               make_source(f"celeba:{_celeba_fixture(tmp_path / 'celeba')}")]
+    images, labels, weights = next(iter(make_dataset(sources, tasks, batch_size=64, image_size=(32, 32),
+                                                     training=False)))
+    assert images.shape == (22, 32, 32, 3) and float(weights["gender"].numpy().sum()) == 6
+    assert float(weights["expression"].numpy().sum()) == 16
+
+
+@pytest.mark.skipif(not (REAL_DATA / "lfw_expressions" / "labels.csv").is_file(),
+                    reason=f"no LFW expressions under {REAL_DATA}")
+def test_real_lfw_expressions_manifest_needs_contempt():
+    src = make_source(f"csv:{REAL_DATA / 'lfw_expressions' / 'labels.csv'}?domain=lfw")
+    assert len(src) == 1624 and src.tasks == ("expression",)
+    labels, _ = src.labels(resolve_tasks({"expression": {"contempt": True}}))
+    assert np.bincount(labels["expression"], minlength=8)[7] == 9
+    with pytest.raises(LabelError, match=r"label 7.0 is not a class id in \[0, 6\]"):
+        src.labels(resolve_tasks(["expression"]))

@@ -118,3 +118,19 @@ def test_sources_must_label_a_task_of_the_model(tmp_path):
     with pytest.raises(ConfigError, match="none of which is a task"):
         train_run(cfg, tmp_path / "r", verbose=0)
     assert resolve_config(_cfg())["training"]["epochs"] == 2
+
+
+def test_cosine_schedule_decays_over_the_run_and_is_saved(tmp_path):
+    from kfacemtl.model import load_model
+    from kfacemtl.training import learning_rate_schedule
+    sched = learning_rate_schedule(1e-3, "cosine", total_steps=6)
+    assert float(sched(0)) == pytest.approx(1e-3) and float(sched(3)) == pytest.approx(0.505e-3, rel=1e-3)
+    assert float(sched(100)) == pytest.approx(1e-5)
+    assert learning_rate_schedule(1e-3) == 1e-3
+    with pytest.raises(ConfigError, match="training.lr_schedule"):
+        resolve_config({**_cfg(lr_schedule="step")})
+    out = tmp_path / "run"
+    train_run(_cfg(epochs=1, lr_schedule="cosine"), out, verbose=0)
+    model = load_model(out / "model.keras")  # the schedule is saved with the optimizer
+    assert int(model.optimizer.iterations) == 3
+    assert float(model.optimizer.learning_rate) == pytest.approx(1e-5, rel=1e-3)  # the run's 3 steps decayed it fully

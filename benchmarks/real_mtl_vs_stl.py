@@ -1,0 +1,200 @@
+"""Multi-task versus single-task on real faces (UTKFace + FER2013, tested also on LFW expressions).
+
+Trains, with one backbone and one budget:
+
+  (a) the multi-task model of ``configs/real_mtl.yaml``: age, gender and race from UTKFace's
+      training split plus expression from FER2013 Training, batches mixed half and half;
+  (b) one single-task model per task, on only that task's training source(s).
+
+How the budget is matched: (a) runs S optimizer steps of batch B; in every step each task
+gets, on average, B x (the mixing share of the sources labelling it) labelled faces (here
+B/2 = 32: UTKFace rows carry age, gender and race, FER2013 rows expression). Each
+single-task model runs the same S steps with batches of exactly that many faces of its
+task, so every task gets the same number of optimizer steps and labelled faces in (a) and
+(b); same backbone, optimizer, learning rate, augmentation and seed. What (a) adds is only
+the other tasks' labels and faces, through the shared backbone.
+
+Then evaluates every model on the held-out UTKFace split (by face), FER2013 PublicTest and
+LFW expressions, and prints per task and test set: single-task, multi-task, the delta
+(positive = multi-task better) with its paired 95 % interval, and the training wall times.
+A benchmark measures and prints; it asserts nothing.
+
+    python benchmarks/real_mtl_vs_stl.py [--data ../shared/data] [--out runs/real_mtl_vs_stl]
+                                         [--steps 3000] [--config configs/real_mtl.yaml]
+
+Rerunning with the same ``--out`` resumes interrupted runs and reuses finished ones.
+"""
+
+import argparse
+import copy
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+from kfacemtl.config import load_config  # noqa: E402
+from kfacemtl.evaluation import headline_metric  # noqa: E402
+from kfacemtl.files import atomic_write_text  # noqa: E402
+from kfacemtl.model import load_model, model_tasks  # noqa: E402
+from kfacemtl.pipeline import make_dataset, mixing_weights  # noqa: E402
+from kfacemtl.training import build_sources, train_run  # noqa: E402
+
+DATA_PREFIX = "../shared/data"  # how configs/real_mtl.yaml names the data folder
+
+
+def with_data_root(cfg: dict, data: str) -> dict:
+    """The config with ``../shared/data`` in every source spec replaced by ``data``."""
+    cfg = copy.deepcopy(cfg)
+    for key in ("sources", "eval_sources"):
+        cfg[key] = [s.replace(f":{DATA_PREFIX}", f":{data}", 1) if isinstance(s, str) else s for s in cfg[key]]
+    return cfg
+
+
+def single_task_configs(cfg: dict, sources) -> dict:
+    """One config per task: only the sources labelling it, batch = the task's share of (a)'s batch."""
+    tasks = cfg["tasks"]
+    names = list(tasks) if isinstance(tasks, dict) else list(tasks)
+    share = mixing_weights(sources, cfg["training"]["mixing"])
+    out = {}
+    for name in names:
+        keep = [i for i, s in enumerate(sources) if name in s.tasks]
+        if not keep:
+            raise SystemExit(f"task {name!r}: no training source labels it")
+        stl = copy.deepcopy(cfg)
+        stl["tasks"] = {name: tasks[name]} if isinstance(tasks, dict) else [name]
+        stl["sources"] = [cfg["sources"][i] for i in keep]
+        stl["training"]["batch_size"] = max(1, int(round(cfg["training"]["batch_size"] * share[keep].sum())))
+        stl["training"]["mixing"] = "proportional"
+        if stl["training"]["loss_weights"]:
+            stl["training"]["loss_weights"] = {k: v for k, v in stl["training"]["loss_weights"].items() if k == name}
+        out[name] = stl
+    return out
+
+
+def train(cfg: dict, out_dir: Path) -> dict:
+    """train_run into ``out_dir``, resuming it when it holds an unfinished run."""
+    resume = (out_dir / "config.yaml").exists()
+    return train_run(cfg, out_dir, resume=resume, verbose=2)
+
+
+def predictions(model, source, image_size):
+    """``{task: (labels, predictions)}`` on the rows of ``source`` that label each task of the model."""
+    tasks = model_tasks(model)
+    ds = make_dataset([source], tasks, batch_size=256, image_size=image_size, training=False)
+    preds = model.predict(ds.map(lambda x, y, w: x), verbose=0)
+    preds = dict(zip(model.output_names, preds if isinstance(preds, (list, tuple)) else [preds]))
+    labels, weights = source.labels(tasks)
+    return {t.name: (labels[t.name][weights[t.name] > 0], preds[t.name][weights[t.name] > 0])
+            for t in tasks if weights[t.name].any()}
+
+
+def per_face_score(task, y, p) -> np.ndarray:
+    """Per-face score whose mean is the headline metric: correct (0/1) or absolute error."""
+    if task.kind == "classification":
+        return (np.argmax(p, axis=1) == y).astype("float64")
+    return np.abs(p - y).mean(axis=1)
+
+
+def compare(stl_score: np.ndarray, mtl_score: np.ndarray, lower_is_better: bool) -> tuple[float, float]:
+    """Delta (positive = multi-task better) and the half-width of its paired 95 % interval."""
+    diff = (stl_score - mtl_score) if lower_is_better else (mtl_score - stl_score)
+    return float(diff.mean()), float(1.96 * diff.std(ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else math.nan
+
+
+def format_rows(rows: list[dict]) -> str:
+    header = ["task", "test set", "metric", "n", "single-task", "multi-task", "delta (MTL better > 0)", "verdict"]
+    lines = [[r["task"], r["test_set"], r["metric"], str(r["n"]), f"{r['stl']:.4f}", f"{r['mtl']:.4f}",
+              f"{r['delta']:+.4f} ± {r['ci95']:.4f}", r["verdict"]] for r in rows]
+    widths = [max(len(x[i]) for x in [header] + lines) for i in range(len(header))]
+    fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(x) for x in lines])
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default=os.environ.get("KFACEMTL_DATA", str(ROOT.parent / "shared" / "data")),
+                    help="the folder holding utkface/, fer2013/ and lfw_expressions/ (default ../shared/data)")
+    ap.add_argument("--config", default=str(ROOT / "configs" / "real_mtl.yaml"), help="the multi-task config (a)")
+    ap.add_argument("--out", default=str(ROOT / "runs" / "real_mtl_vs_stl"),
+                    help="where the runs go; rerunning with the same folder resumes")
+    ap.add_argument("--steps", type=int, help="total optimizer steps (default: the config's epochs x steps_per_epoch)")
+    args = ap.parse_args(argv)
+
+    data = Path(args.data)
+    needed = [data / "utkface" / "UTKFace", data / "fer2013" / "train", data / "lfw_expressions" / "labels.csv"]
+    if not all(p.exists() for p in needed):
+        print(f"real data not found under {data} (needs {', '.join(str(p.relative_to(data)) for p in needed)}); "
+              "pass --data or set KFACEMTL_DATA. Nothing to do.")
+        return 0
+    cfg = with_data_root(load_config(args.config), str(data))
+    if args.steps:
+        tr = cfg["training"]
+        tr["epochs"] = max(1, min(tr["epochs"], args.steps))
+        tr["steps_per_epoch"] = max(1, args.steps // tr["epochs"])
+    eval_specs, cfg["eval_sources"] = cfg["eval_sources"], []  # evaluated below, face by face
+    out = Path(args.out)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # UTKFace's one malformed file name, reported once per build
+        sources = build_sources(cfg["sources"])
+        eval_sources = build_sources(eval_specs, "eval_sources")
+    steps = cfg["training"]["epochs"] * cfg["training"]["steps_per_epoch"]
+    runs = {"multi-task": cfg, **{f"single-task {t}": c for t, c in single_task_configs(cfg, sources).items()}}
+    print(f"{len(runs)} runs of {steps} steps; multi-task batch {cfg['training']['batch_size']}; "
+          + ", ".join(f"{n.split()[-1]} batch {c['training']['batch_size']}" for n, c in runs.items() if n != "multi-task"))
+    start = time.time()
+    seconds, models = {}, {}
+    for name, run_cfg in runs.items():
+        folder = out / name.replace(" ", "_")
+        print(f"\n== {name}: {', '.join(run_cfg['sources'])} -> {folder}", flush=True)
+        t = time.time()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            report = train(run_cfg, folder)
+        seconds[name] = (report.get("train_seconds_this_session", 0.0), time.time() - t)
+        models[name] = load_model(folder / "model.keras")
+
+    image_size = tuple(cfg["model"]["input_shape"][:2])
+    preds = {name: {s.name: predictions(m, s, image_size) for s in eval_sources} for name, m in models.items()}
+    rows = []
+    mtl = models["multi-task"]
+    for task in model_tasks(mtl):
+        stl_name = f"single-task {task.name}"
+        for src in eval_sources:
+            if task.name not in preds["multi-task"][src.name]:
+                continue
+            y, p_mtl = preds["multi-task"][src.name][task.name]
+            _, p_stl = preds[stl_name][src.name][task.name]
+            s_mtl, s_stl = per_face_score(task, y, p_mtl), per_face_score(task, y, p_stl)
+            metric = headline_metric(task)
+            lower = metric == "mae"
+            delta, ci = compare(s_stl, s_mtl, lower)
+            verdict = "MTL better" if delta - ci > 0 else "STL better" if delta + ci < 0 else "no clear difference"
+            rows.append({"task": task.name, "test_set": src.name, "metric": "MAE (years)" if lower else "accuracy",
+                         "n": int(len(y)), "stl": float(s_stl.mean()), "mtl": float(s_mtl.mean()),
+                         "delta": delta, "ci95": ci, "verdict": verdict})
+    table = format_rows(rows)
+    wall = ["", "run                       steps  batch  train s (this session)  wall s"]
+    for name, run_cfg in runs.items():
+        wall.append(f"{name:<25} {steps:>6} {run_cfg['training']['batch_size']:>6} {seconds[name][0]:>23.0f} "
+                    f"{seconds[name][1]:>7.0f}")
+    single = sum(v[0] for n, v in seconds.items() if n != "multi-task")
+    wall.append(f"training time: multi-task {seconds['multi-task'][0]:.0f} s, all single-task models {single:.0f} s; "
+                f"benchmark wall time {time.time() - start:.0f} s")
+    text = table + "\n" + "\n".join(wall)
+    print("\n" + text)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "results.txt", text + "\n")
+    atomic_write_text(out / "results.json", json.dumps({"rows": rows, "steps": steps, "seconds": seconds}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

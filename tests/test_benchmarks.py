@@ -1,0 +1,58 @@
+"""The real-face benchmark script runs end to end on data written in the real layouts (tiny model, few steps)."""
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from conftest import write_png
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+def _real_layout(data):
+    rng = np.random.default_rng(0)
+    for i in range(40):
+        age, gender, race = 10 + i, i % 2, i % 5
+        write_png(data / "utkface" / "UTKFace" / f"{age}_{gender}_{race}_2017011600000{i:04d}.jpg.chip.jpg",
+                  rng.integers(0, 255, (64, 64, 3)))
+    for split, n in (("train", 6), ("test", 2)):
+        for cls in ("angry", "happy", "neutral"):
+            for k in range(n):
+                write_png(data / "fer2013" / split / cls / f"{split}_{k}.jpg", rng.integers(0, 255, (48, 48, 1)))
+    rows = ["path,expression,expression_name,identity_guess"]
+    for k, (e, name) in enumerate(((3, "happy"), (6, "neutral"), (7, "contempt"))):
+        write_png(data / "lfw_expressions" / "images" / f"p_{k}.jpg", rng.integers(0, 255, (90, 90, 1)))
+        rows.append(f"images/p_{k}.jpg,{e},{name},p")
+    (data / "lfw_expressions" / "labels.csv").write_text("\n".join(rows) + "\n")
+
+
+def test_real_mtl_vs_stl_runs_matches_budgets_and_resumes(tmp_path, capsys):
+    import real_mtl_vs_stl
+    _real_layout(tmp_path / "data")
+    cfg = yaml.safe_load((ROOT / "configs" / "real_mtl.yaml").read_text())
+    cfg["model"].update(input_shape=[24, 24, 3], widths=[8, 16], depths=[1, 1], embedding_dim=16, head_units=8)
+    cfg["training"].update(epochs=1, steps_per_epoch=2)
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    args = ["--data", str(tmp_path / "data"), "--config", str(tmp_path / "tiny.yaml"), "--out", str(tmp_path / "runs")]
+    assert real_mtl_vs_stl.main(args) == 0
+    out = capsys.readouterr().out
+    assert "age batch 32, gender batch 32, race batch 32, expression batch 32" in out  # half of 64 each
+    result = json.loads((tmp_path / "runs" / "results.json").read_text())
+    pairs = [(r["task"], r["test_set"], r["n"]) for r in result["rows"]]
+    # 40 faces in 10 gender x race strata of 4: one face of each stratum is held out
+    assert pairs == [("age", "utkface-test", 10), ("gender", "utkface-test", 10), ("race", "utkface-test", 10),
+                     ("expression", "fer2013-PublicTest", 6), ("expression", "lfw-expressions", 3)]
+    for r in result["rows"]:
+        assert np.isfinite([r["stl"], r["mtl"], r["delta"]]).all()
+    stl = yaml.safe_load((tmp_path / "runs" / "single-task_expression" / "config.yaml").read_text())
+    assert stl["training"]["batch_size"] == 32 and stl["sources"] == [cfg["sources"][1].replace(
+        "../shared/data", str(tmp_path / "data"))]
+    before = (tmp_path / "runs" / "multi-task" / "model.keras").stat().st_mtime
+    assert real_mtl_vs_stl.main(args) == 0  # finished runs are reused, not retrained
+    assert (tmp_path / "runs" / "multi-task" / "model.keras").stat().st_mtime == before
+    shutil.rmtree(tmp_path / "data" / "fer2013")
+    assert real_mtl_vs_stl.main(args) == 0 and "real data not found" in capsys.readouterr().out
