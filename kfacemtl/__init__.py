@@ -18,6 +18,7 @@ import os as _os
 _os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from kfacemtl.callbacks import DynamicLearningRate, lr_range_test  # noqa: E402
 from kfacemtl.errors import ConfigError, KfacemtlError, LabelError, SourceError  # noqa: E402
 from kfacemtl.evaluation import evaluate_sources, format_table  # noqa: E402
 from kfacemtl.export import export_model  # noqa: E402
@@ -26,7 +27,7 @@ from kfacemtl.model import MultiTaskModel, TaskOutput, VGGBackbone, build_model,
 from kfacemtl.pipeline import make_dataset, steps_per_epoch  # noqa: E402
 from kfacemtl.sources import CsvSource, FolderSource, Source, SyntheticSource, make_source  # noqa: E402
 from kfacemtl.tasks import Task, get_task, resolve_tasks  # noqa: E402
-from kfacemtl.training import compile_model, train_run  # noqa: E402
+from kfacemtl.training import compile_model, learning_rate_schedule, train_run  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = [
@@ -34,5 +35,5 @@ __all__ = [
     "MaskedTaskLoss", "task_loss", "MultiTaskModel", "TaskOutput", "VGGBackbone", "build_model", "load_model",
     "model_tasks", "make_dataset", "steps_per_epoch", "CsvSource", "FolderSource", "Source", "SyntheticSource",
     "make_source", "Task", "get_task", "resolve_tasks", "compile_model", "train_run",
-    "export_model",
+    "export_model", "DynamicLearningRate", "lr_range_test", "learning_rate_schedule",
 ]

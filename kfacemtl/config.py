@@ -65,7 +65,7 @@ DEFAULTS: dict[str, Any] = {
     },
 }
 OPTIMIZERS = ("adam", "adamw", "sgd")
-LR_SCHEDULES = ("constant", "cosine")
+LR_SCHEDULES = ("constant", "cosine", "dynamic")
 _FREE_FORM = {"tasks", "sources", "eval_sources", "training.mixing", "training.steps_per_epoch", "training.loss_weights"}
 
 

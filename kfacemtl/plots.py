@@ -69,3 +69,20 @@ def plot_confusion(cm, class_names: Sequence[str], title: str, out_png) -> Path:
     fig.savefig(out, dpi=90)
     plt.close(fig)
     return out
+
+
+def plot_lr_range(result: dict, out_png) -> Path:
+    """Smoothed loss against learning rate (log axis) from :func:`~kfacemtl.callbacks.lr_range_test`."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(result["learning_rates"], result["losses"])
+    ax.axvline(result["suggestion"], color="tab:red", linestyle="--",
+               label=f"suggested {result['suggestion']:.2g} (steepest fall)")
+    ax.set(xscale="log", xlabel="learning rate", ylabel="smoothed training loss", title="LR range test")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out

@@ -31,6 +31,7 @@ from typing import Mapping, Sequence
 
 import keras
 
+from kfacemtl.callbacks import DynamicLearningRate
 from kfacemtl.config import DEMO_EPOCHS, DEMO_STEPS, dump_config, resolve_config
 from kfacemtl.errors import ConfigError
 from kfacemtl.files import atomic_write, atomic_write_text
@@ -66,19 +67,21 @@ def learning_rate_schedule(learning_rate: float, schedule: str = "constant", tot
 
     ``cosine`` decays from ``learning_rate`` to 1 % of it over ``total_steps`` (then stays there),
     so the weights a run ends with are not those of one noisy step at full learning rate.
+    ``dynamic`` starts at ``learning_rate``; :class:`~kfacemtl.callbacks.DynamicLearningRate`
+    then adapts it during training (``train_run`` adds the callback).
 
     Example:
         >>> sched = learning_rate_schedule(1e-3, "cosine", total_steps=100)
         >>> round(float(sched(0)), 6), round(float(sched(100)), 6)
         (0.001, 1e-05)
     """
-    if schedule == "constant":
+    if schedule in ("constant", "dynamic"):
         return float(learning_rate)
     if schedule == "cosine":
         if not total_steps or total_steps < 1:
             raise ConfigError("training.lr_schedule", "cosine needs the run's total number of steps")
         return keras.optimizers.schedules.CosineDecay(float(learning_rate), int(total_steps), alpha=0.01)
-    raise ConfigError("training.lr_schedule", f"expected constant or cosine, got {schedule!r}")
+    raise ConfigError("training.lr_schedule", f"expected constant, cosine or dynamic, got {schedule!r}")
 
 
 def compile_model(model, optimizer="adam", learning_rate: float = 1e-3, weight_decay: float = 0.0,
@@ -194,6 +197,8 @@ def train_run(config: Mapping, out_dir, resume: bool = False, verbose="auto") ->
         keras.callbacks.CSVLogger(str(out_dir / "history.csv"), append=resume),
         keras.callbacks.TensorBoard(str(out_dir / "logs"), write_graph=False, profile_batch=0),
     ]
+    if tr["lr_schedule"] == "dynamic":
+        callbacks.insert(0, DynamicLearningRate())  # before the loggers, so they see the epoch's learning rate
     start = time.time()
     history = model.fit(ds, epochs=tr["epochs"], initial_epoch=initial_epoch, steps_per_epoch=steps,
                         callbacks=callbacks, verbose=verbose)

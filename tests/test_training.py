@@ -134,3 +134,12 @@ def test_cosine_schedule_decays_over_the_run_and_is_saved(tmp_path):
     model = load_model(out / "model.keras")  # the schedule is saved with the optimizer
     assert int(model.optimizer.iterations) == 3
     assert float(model.optimizer.learning_rate) == pytest.approx(1e-5, rel=1e-3)  # the run's 3 steps decayed it fully
+
+
+def test_dynamic_learning_rate_runs_in_train_run_and_is_logged(tmp_path):
+    out = tmp_path / "run"
+    train_run(_cfg(epochs=2, lr_schedule="dynamic"), out, verbose=0)
+    header, *rows = (out / "history.csv").read_text().splitlines()
+    column = header.split(",").index("learning_rate")
+    rates = [float(r.split(",")[column]) for r in rows]
+    assert len(rates) == 2 and all(1e-6 <= r <= 1e-2 for r in rates)  # within [initial / 1000, 10 x initial]

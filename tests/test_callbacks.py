@@ -1,0 +1,92 @@
+import math
+
+import keras
+import numpy as np
+import pytest
+
+from kfacemtl.callbacks import DynamicLearningRate, lr_range_test
+from kfacemtl.errors import ConfigError
+
+
+def _regression_model(lr=0.01):
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.Adam(lr), loss="mse")
+    return model
+
+
+def _drive(cb, model, losses):
+    """Feed a scripted sequence of batch losses to the callback as fit does: running means over the epoch."""
+    cb.set_model(model)
+    cb.on_train_begin()
+    cb.on_epoch_begin(0)
+    lrs = []
+    for i, mean in enumerate(np.cumsum(losses) / np.arange(1, len(losses) + 1)):
+        cb.on_train_batch_end(i, {"loss": float(mean)})
+        lrs.append(float(model.optimizer.learning_rate.numpy()))
+    return lrs
+
+
+def test_steady_progress_grows_the_learning_rate_within_bounds():
+    model = _regression_model(0.01)
+    cb = DynamicLearningRate(window=10, grow_after=2)
+    lrs = _drive(cb, model, [10 * 0.97 ** i for i in range(400)])  # a steady 3 % fall per batch
+    assert lrs[-1] == pytest.approx(0.1)  # grown to the upper bound, 10 x the initial rate, and no further
+    assert all(e[1] == "steady progress" for e in cb.events) and max(lrs) <= 0.1 + 1e-9
+
+
+def test_a_plateau_shrinks_it_and_never_below_the_floor():
+    model = _regression_model(0.01)
+    cb = DynamicLearningRate(window=10, patience=3)
+    rng = np.random.default_rng(0)
+    lrs = _drive(cb, model, list(1.0 + 0.01 * rng.standard_normal(3000)))  # flat, noisy
+    assert cb.events and all(e[1] == "plateau" for e in cb.events)
+    assert lrs[-1] == pytest.approx(1e-5) and min(lrs) >= 1e-5 - 1e-12  # floor: initial / 1000
+
+
+def test_a_nan_restores_the_best_weights_and_backs_off():
+    model = _regression_model(0.01)
+    cb = DynamicLearningRate(window=5)
+    cb.set_model(model)
+    cb.on_train_begin()
+    cb.on_epoch_begin(0)
+    for i in range(10):  # two windows of falling loss: the best snapshot is taken at batch 10
+        cb.on_train_batch_end(i, {"loss": 1.0 - 0.01 * i})
+    best = [w.copy() for w in model.get_weights()]
+    model.set_weights([np.full_like(w, np.nan) for w in best])  # a blow-up wrecks the weights
+    cb.on_train_batch_end(10, {"loss": float("nan")})
+    for w, b in zip(model.get_weights(), best):
+        np.testing.assert_array_equal(w, b)
+    assert cb.events[-1][1].startswith("divergence") and float(model.optimizer.learning_rate.numpy()) == \
+        pytest.approx(0.0025)
+    cb.on_train_batch_end(11, {"loss": 0.9})  # the running means were reset: training goes on
+    assert math.isfinite(float(model.optimizer.learning_rate.numpy()))
+
+
+def test_fit_logs_the_learning_rate_and_a_schedule_is_refused():
+    model = _regression_model(0.01)
+    x = np.random.default_rng(0).random((64, 4), "float32")
+    history = model.fit(x, x.sum(1), batch_size=8, epochs=2, verbose=0, callbacks=[DynamicLearningRate(window=4)])
+    assert len(history.history["learning_rate"]) == 2
+    sched = keras.optimizers.schedules.CosineDecay(0.01, 10)
+    model.compile(optimizer=keras.optimizers.Adam(sched), loss="mse")
+    with pytest.raises(ConfigError, match="needs the optimizer's learning rate as a number"):
+        model.fit(x, x.sum(1), epochs=1, verbose=0, callbacks=[DynamicLearningRate()])
+
+
+def test_lr_range_test_suggests_a_rate_and_restores_the_model(tmp_path):
+    import tensorflow as tf
+    model = _regression_model(0.003)
+    rng = np.random.default_rng(0)
+    x = rng.random((512, 4), "float32")
+    ds = tf.data.Dataset.from_tensor_slices((x, x @ np.array([1.0, -2.0, 0.5, 3.0], "float32"))).repeat().batch(32)
+    before = [w.copy() for w in model.get_weights()]
+    result = lr_range_test(model, ds, start=1e-5, end=10.0, steps=60, plot=tmp_path / "lr.png")
+    assert 1e-5 <= result["suggestion"] <= 10.0 and len(result["losses"]) == len(result["learning_rates"])
+    assert min(result["losses"]) < result["losses"][0]  # the loss fell somewhere along the sweep
+    for w, b in zip(model.get_weights(), before):
+        np.testing.assert_array_equal(w, b)
+    assert float(model.optimizer.learning_rate.numpy()) == pytest.approx(0.003)
+    assert (tmp_path / "lr.png").stat().st_size > 1000
+    with pytest.raises(ConfigError, match="steps >= 5"):
+        lr_range_test(model, ds, steps=2)
