@@ -20,6 +20,15 @@ def _pyplot():
     return plt
 
 
+def _save(fig, out_png) -> Path:
+    """Lay out, write atomically (a temporary file renamed into place) and close a figure."""
+    from kfacemtl.files import atomic_write
+    fig.tight_layout()
+    out = atomic_write(Path(out_png), lambda tmp: fig.savefig(tmp, dpi=90))
+    _pyplot().close(fig)
+    return Path(out)
+
+
 def read_history(path) -> pd.DataFrame:
     """``history.csv`` as a table, one row per epoch (a resumed epoch's last row wins)."""
     df = pd.read_csv(path)
@@ -40,12 +49,7 @@ def plot_history(history_csv, out_png) -> Path:
             axes[1].plot(df["epoch"] + 1, df[c], marker=".", label=c.replace("_loss", ""))
     axes[1].set(title="per-task loss (mean over labelled samples)", xlabel="epoch")
     axes[1].legend(fontsize=8)
-    fig.tight_layout()
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
-    return out
+    return _save(fig, out_png)
 
 
 def plot_confusion(cm, class_names: Sequence[str], title: str, out_png) -> Path:
@@ -63,12 +67,7 @@ def plot_confusion(cm, class_names: Sequence[str], title: str, out_png) -> Path:
             ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7,
                     color="white" if norm[i, j] > 0.5 else "black")
     ax.set(xlabel="predicted", ylabel="true", title=title)
-    fig.tight_layout()
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
-    return out
+    return _save(fig, out_png)
 
 
 def plot_lr_range(result: dict, out_png) -> Path:
@@ -80,9 +79,4 @@ def plot_lr_range(result: dict, out_png) -> Path:
                label=f"suggested {result['suggestion']:.2g} (steepest fall)")
     ax.set(xscale="log", xlabel="learning rate", ylabel="smoothed training loss", title="LR range test")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
-    return out
+    return _save(fig, out_png)
