@@ -28,6 +28,7 @@ from kfacemtl.pipeline import make_dataset, steps_per_epoch  # noqa: E402
 from kfacemtl.sources import CsvSource, FolderSource, Source, SyntheticSource, make_source  # noqa: E402
 from kfacemtl.tasks import Task, get_task, resolve_tasks  # noqa: E402
 from kfacemtl.training import compile_model, learning_rate_schedule, train_run  # noqa: E402
+from kfacemtl.weighting import TaskWeighting, make_weighting  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = [
@@ -35,5 +36,6 @@ __all__ = [
     "MaskedTaskLoss", "task_loss", "MultiTaskModel", "TaskOutput", "VGGBackbone", "build_model", "load_model",
     "model_tasks", "make_dataset", "steps_per_epoch", "CsvSource", "FolderSource", "Source", "SyntheticSource",
     "make_source", "Task", "get_task", "resolve_tasks", "compile_model", "train_run",
-    "export_model", "DynamicLearningRate", "lr_range_test", "learning_rate_schedule",
+    "export_model", "DynamicLearningRate", "lr_range_test", "learning_rate_schedule", "TaskWeighting",
+    "make_weighting",
 ]

@@ -1,4 +1,4 @@
-"""Training callbacks: a learning rate that tunes itself, and the LR range test.
+"""Training callbacks: a learning rate that tunes itself, the LR range test, and task weighting's epoch work.
 
 :class:`DynamicLearningRate` needs no schedule from the user. Every ``window`` batches it
 compares the smoothed training loss with that of the previous window:
@@ -24,10 +24,13 @@ from __future__ import annotations
 
 import math
 
+from pathlib import Path
+
 import keras
 import numpy as np
 
 from kfacemtl.errors import ConfigError
+from kfacemtl.files import atomic_write
 
 
 def _lr_variable(model):
@@ -225,3 +228,39 @@ def _xyw(batch):
     """``(x, y, sample_weight)`` of a dataset element, for ``train_on_batch``."""
     x, y, w = keras.utils.unpack_x_y_sample_weight(batch)
     return x, y, w
+
+
+class TaskWeightingCallback(keras.callbacks.Callback):
+    """The epoch work of a model's task weighting (:meth:`~kfacemtl.model.MultiTaskModel.set_weighting`).
+
+    Resets the logged per-task weights (``weight_<task>``) at each epoch, gives the strategy the
+    epoch's mean loss per task (DWA needs it), and keeps the strategy's state in ``state_path``
+    (written atomically each epoch, read when training starts) so a resumed run continues it.
+
+    Example:
+        >>> cb = TaskWeightingCallback("runs/exp1/weighting.npz")
+    """
+
+    def __init__(self, state_path=None):
+        super().__init__()
+        self.state_path = Path(state_path) if state_path else None
+
+    def on_train_begin(self, logs=None):
+        weighting = getattr(self.model, "weighting", None)
+        if weighting is not None and self.state_path is not None and self.state_path.exists():
+            with np.load(self.state_path) as state:
+                weighting.set_state({k: state[k] for k in state.files})
+
+    def on_epoch_begin(self, epoch, logs=None):
+        for tracker in self.model.__dict__.get("weight_trackers", []):
+            tracker.reset_state()
+
+    def on_epoch_end(self, epoch, logs=None):
+        weighting = getattr(self.model, "weighting", None)
+        if weighting is None:
+            return
+        logs = logs or {}
+        weighting.on_epoch_end(epoch, {t: float(logs[f"{t}_loss"]) for t in weighting.task_names
+                                       if f"{t}_loss" in logs})
+        if self.state_path is not None:
+            atomic_write(self.state_path, lambda tmp: np.savez(tmp, **weighting.get_state()))

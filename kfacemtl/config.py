@@ -58,6 +58,8 @@ DEFAULTS: dict[str, Any] = {
         "weight_decay": 0.0,
         "loss_normalization": "mean_with_sample_weight",
         "loss_weights": None,
+        "weighting": "equal",
+        "weighting_options": None,
         "label_smoothing": 0.0,
         "mixing": "proportional",
         "augment": True,
@@ -66,7 +68,8 @@ DEFAULTS: dict[str, Any] = {
 }
 OPTIMIZERS = ("adam", "adamw", "sgd")
 LR_SCHEDULES = ("constant", "cosine", "dynamic")
-_FREE_FORM = {"tasks", "sources", "eval_sources", "training.mixing", "training.steps_per_epoch", "training.loss_weights"}
+_FREE_FORM = {"tasks", "sources", "eval_sources", "training.mixing", "training.steps_per_epoch", "training.loss_weights",
+              "training.weighting_options"}
 
 
 def _check(value, default, path):
@@ -139,6 +142,14 @@ def resolve_config(config: Mapping | None) -> dict:
         for task, w in weights.items():
             if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w < float("inf"):
                 raise ConfigError(f"training.loss_weights.{task}", f"expected a number >= 0, got {w!r}")
+    from kfacemtl.weighting import WEIGHTINGS
+    if tr["weighting"] not in WEIGHTINGS:
+        raise ConfigError("training.weighting", f"expected one of {sorted(WEIGHTINGS)}, got {tr['weighting']!r}")
+    if tr["weighting_options"] is not None and not isinstance(tr["weighting_options"], Mapping):
+        raise ConfigError("training.weighting_options", f"expected a mapping of options, got {tr['weighting_options']!r}")
+    if weights and tr["weighting"] not in ("equal", "static"):
+        raise ConfigError("training.loss_weights", f"static weights cannot be combined with weighting: "
+                                                   f"{tr['weighting']} (it sets the weights itself)")
     for key in ("sources", "eval_sources"):
         if not isinstance(cfg[key], list):
             raise ConfigError(key, f"expected a list of FORMAT:PATH specs, got {cfg[key]!r}")

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Sequence
 
 import keras
+from keras import ops
 
 from kfacemtl.errors import ConfigError, KfacemtlError
 from kfacemtl.tasks import Task
@@ -154,8 +155,60 @@ class MultiTaskModel(keras.Model):
             sw = tuple(sw[n] for n in names)
         return keras.utils.pack_x_y_sample_weight(x, y, sw)
 
+    def set_weighting(self, weighting):
+        """Train on a weighted sum of the task losses chosen by a :class:`~kfacemtl.weighting.TaskWeighting`
+        (None: Keras's own sum with the compiled ``loss_weights``).
+
+        The strategy and its optimizer are training state, not part of the saved model (a
+        ``.keras`` file or an export holds the network alone); ``train_run`` keeps their state
+        in the run directory so a resumed run continues them. Call after ``compile``.
+        """
+        self.__dict__["_weighting"] = weighting  # untracked: never saved with the network
+        if weighting is None:
+            return
+        embedding = self.get_layer("embedding").output
+        self.__dict__["_with_features"] = keras.Model(self.inputs, list(self.outputs) + [embedding])
+        weighting.build(int(embedding.shape[-1]))
+        optimizer = weighting.make_optimizer() if weighting.variables else None
+        if optimizer is not None:
+            optimizer.build(weighting.variables)
+        self.__dict__["_weighting_optimizer"] = optimizer
+        self.__dict__["weight_trackers"] = [keras.metrics.Mean(name=f"weight_{t}") for t in weighting.task_names]
+
+    @property
+    def weighting(self):
+        """The task-weighting strategy in use, or None."""
+        return self.__dict__.get("_weighting")
+
     def train_step(self, data):
-        return super().train_step(self._by_task(data))
+        if self.weighting is None:
+            return super().train_step(self._by_task(data))
+        import tensorflow as tf
+
+        x, y, sw = keras.utils.unpack_x_y_sample_weight(self._by_task(data))
+        batch = ops.shape(x)[0]
+        if sw is None:
+            sw = tuple(ops.ones((batch,)) for _ in self.output_names)
+        weighting, optimizer = self.weighting, self.__dict__["_weighting_optimizer"]
+        with tf.GradientTape(persistent=True) as tape:
+            *y_pred, features = self.__dict__["_with_features"](x, training=True)
+            losses = ops.stack([fn(t, p, w) for fn, t, p, w in zip(self.loss, y, y_pred, sw)])
+            present = ops.stack([ops.cast(ops.sum(w) > 0, "float32") for w in sw])
+            total, weights, aux = weighting.combine(losses, present, features)
+            if self.losses:
+                total = total + ops.sum(self.losses)
+        variables = self.trainable_variables
+        self.optimizer.apply_gradients(zip(tape.gradient(total, variables), variables))
+        if optimizer is not None and aux is not None:
+            optimizer.apply_gradients(zip(tape.gradient(aux, weighting.variables), weighting.variables))
+        del tape
+        self.compute_loss(x, y, y_pred, sw)  # updates the per-task loss trackers (<task>_loss in the logs)
+        self._loss_tracker.update_state(total, sample_weight=batch)
+        for k, tracker in enumerate(self.__dict__["weight_trackers"]):
+            tracker.update_state(weights[k], sample_weight=present[k])  # batches without the task don't count
+        logs = self.compute_metrics(x, y, y_pred, sample_weight=sw)
+        logs.update({tracker.name: tracker.result() for tracker in self.__dict__["weight_trackers"]})
+        return logs
 
     def test_step(self, data):
         return super().test_step(self._by_task(data))

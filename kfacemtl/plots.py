@@ -80,3 +80,18 @@ def plot_lr_range(result: dict, out_png) -> Path:
     ax.set(xscale="log", xlabel="learning rate", ylabel="smoothed training loss", title="LR range test")
     ax.legend(fontsize=8)
     return _save(fig, out_png)
+
+
+def plot_task_weights(history_csv, out_png) -> Path | None:
+    """Each task's mean weight per epoch (the ``weight_<task>`` columns); None when there are none."""
+    df = read_history(history_csv)
+    cols = [c for c in df.columns if c.startswith("weight_")]
+    if not cols:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for c in cols:
+        ax.plot(df["epoch"] + 1, df[c], marker=".", label=c[len("weight_"):])
+    ax.set(title="task weights (mean over the epoch's batches with the task)", xlabel="epoch", ylabel="weight")
+    ax.legend(fontsize=8)
+    return _save(fig, out_png)

@@ -9,7 +9,8 @@ directory::
     RUN_DIR/history.csv    one row per epoch
     RUN_DIR/logs/          TensorBoard
     RUN_DIR/report.json    sources, timing, evaluation table
-    RUN_DIR/plots/*.png    loss curves; a confusion matrix per classification task per eval source
+    RUN_DIR/plots/*.png    loss curves; task weights; a confusion matrix per classification task per eval source
+    RUN_DIR/weighting.npz  the task-weighting strategy's state (when one is used), for --resume
     RUN_DIR/backup/        the last finished epoch while training runs (for --resume)
 
 Example:
@@ -31,7 +32,7 @@ from typing import Mapping, Sequence
 
 import keras
 
-from kfacemtl.callbacks import DynamicLearningRate
+from kfacemtl.callbacks import DynamicLearningRate, TaskWeightingCallback
 from kfacemtl.config import DEMO_EPOCHS, DEMO_STEPS, dump_config, resolve_config
 from kfacemtl.errors import ConfigError
 from kfacemtl.files import atomic_write, atomic_write_text
@@ -40,6 +41,7 @@ from kfacemtl.model import build_model, count_flops, load_model, model_tasks
 from kfacemtl.pipeline import make_dataset, steps_per_epoch
 from kfacemtl.sources import Source, make_source
 from kfacemtl.tasks import Task, resolve_tasks
+from kfacemtl.weighting import make_weighting
 
 
 def task_metrics_for(task: Task) -> list:
@@ -86,7 +88,8 @@ def learning_rate_schedule(learning_rate: float, schedule: str = "constant", tot
 
 def compile_model(model, optimizer="adam", learning_rate: float = 1e-3, weight_decay: float = 0.0,
                   loss_normalization: str = "mean_with_sample_weight", label_smoothing: float = 0.0,
-                  loss_weights: Mapping[str, float] | None = None, jit_compile=False):
+                  loss_weights: Mapping[str, float] | None = None, weighting=None,
+                  weighting_options: Mapping | None = None, jit_compile=False):
     """Wire masked per-task losses, loss weights and weighted metrics into ``model.compile``.
 
     Args:
@@ -94,7 +97,10 @@ def compile_model(model, optimizer="adam", learning_rate: float = 1e-3, weight_d
         optimizer: a name (``adam``, ``adamw``, ``sgd``) or a Keras optimizer.
         loss_normalization: ``mean_with_sample_weight`` (mean over labelled rows, default)
             or ``sum_over_batch_size`` (Keras's default; a sparsely labelled task learns slower).
-        loss_weights: ``{task: weight}`` (default 1 for every task).
+        loss_weights: ``{task: weight}`` (default 1 for every task): static weights.
+        weighting: a task-weighting strategy, by name (``equal``, ``static``, ``uncertainty``,
+            ``dwa``, ``dynamic``; see :mod:`kfacemtl.weighting`) or an instance; ``weighting_options``
+            are its arguments. ``equal`` (and ``static`` with ``loss_weights``) use Keras's own sum.
         jit_compile: XLA; off by default (it was slower on the 2-core CPUs measured).
 
     Returns:
@@ -114,6 +120,10 @@ def compile_model(model, optimizer="adam", learning_rate: float = 1e-3, weight_d
                   loss_weights=weights,
                   weighted_metrics=[task_metrics_for(t) for t in tasks],
                   jit_compile=jit_compile)
+    if weighting not in (None, "equal") and not (weighting == "static" and loss_weights):
+        if loss_weights:
+            raise ConfigError("training.loss_weights", f"static weights cannot be combined with weighting: {weighting}")
+        model.set_weighting(make_weighting(weighting, [t.name for t in tasks], **dict(weighting_options or {})))
     return model
 
 
@@ -162,7 +172,7 @@ def train_run(config: Mapping, out_dir, resume: bool = False, verbose="auto") ->
     ``BackupAndRestore``); the config must match the original except ``training.epochs``.
     """
     from kfacemtl.evaluation import evaluate_sources, format_table
-    from kfacemtl.plots import plot_confusion, plot_history
+    from kfacemtl.plots import plot_confusion, plot_history, plot_task_weights
 
     cfg = resolve_config(config)
     out_dir = Path(out_dir)
@@ -184,11 +194,14 @@ def train_run(config: Mapping, out_dir, resume: bool = False, verbose="auto") ->
         if initial_epoch >= tr["epochs"]:
             return report  # already finished: nothing to redo
         model = load_model(finished)
+        if tr["weighting"] not in ("equal", "static"):  # training state, not saved with the network
+            model.set_weighting(make_weighting(tr["weighting"], [t.name for t in tasks], **(tr["weighting_options"] or {})))
     else:
         model = build_model(tasks, **mc)  # every model key is an argument of build_model
         lr = learning_rate_schedule(tr["learning_rate"], tr["lr_schedule"], tr["epochs"] * steps)
         compile_model(model, tr["optimizer"], lr, tr["weight_decay"], tr["loss_normalization"],
-                      tr["label_smoothing"], loss_weights=tr["loss_weights"])
+                      tr["label_smoothing"], loss_weights=tr["loss_weights"], weighting=tr["weighting"],
+                      weighting_options=tr["weighting_options"])
     image_size = tuple(mc["input_shape"][:2])
     ds = make_dataset(sources, tasks, batch_size=tr["batch_size"], image_size=image_size, training=True,
                       mixing=tr["mixing"], augment=tr["augment"], seed=tr["seed"])
@@ -199,6 +212,8 @@ def train_run(config: Mapping, out_dir, resume: bool = False, verbose="auto") ->
     ]
     if tr["lr_schedule"] == "dynamic":
         callbacks.insert(0, DynamicLearningRate())  # before the loggers, so they see the epoch's learning rate
+    if model.weighting is not None:
+        callbacks.insert(0, TaskWeightingCallback(out_dir / "weighting.npz"))
     start = time.time()
     history = model.fit(ds, epochs=tr["epochs"], initial_epoch=initial_epoch, steps_per_epoch=steps,
                         callbacks=callbacks, verbose=verbose)
@@ -207,6 +222,9 @@ def train_run(config: Mapping, out_dir, resume: bool = False, verbose="auto") ->
 
     results = evaluate_sources(model, eval_sources, tasks, image_size=image_size) if eval_sources else {}
     plots = [str(plot_history(out_dir / "history.csv", out_dir / "plots" / "loss.png").relative_to(out_dir))]
+    weights_png = plot_task_weights(out_dir / "history.csv", out_dir / "plots" / "task_weights.png")
+    if weights_png is not None:
+        plots.append(str(weights_png.relative_to(out_dir)))
     for src_name, entry in results.items():
         for task in tasks:
             if task.kind == "classification" and task.name in entry:

@@ -1,0 +1,247 @@
+"""Task weighting: how the per-task losses become the one loss the network trains on.
+
+Every strategy is one small class behind :class:`TaskWeighting`, chosen by name
+(``training.weighting`` in a config, ``compile_model(weighting=...)`` in Python):
+
+- ``equal``: every task weight 1 (the default; Keras's own loss sum).
+- ``static``: the weights you give (``{"expression": 2.0}``; 1 for the others).
+- ``uncertainty`` (Kendall, Gal & Cipolla 2018): a learned log-variance ``s_t`` per task;
+  the loss is ``Σ exp(-s_t)·L_t + s_t``, so noisy tasks are down-weighted.
+- ``dwa`` (Liu, Johns & Davison 2019, dynamic weight average): ``w_t = T·softmax(r_t / τ)``
+  with ``r_t`` the ratio of the task's last two epoch losses: a task whose loss falls
+  slowly gets more weight (1 each for the first two epochs).
+- ``dynamic`` (Ming et al. 2019, arXiv 1911.03281, as in their public code): a weight unit
+  ``w = softmax(Dense_T(l2_normalize(shared features)))``, averaged over the batch. The
+  network trains on ``Σ w_t·L_t`` with ``w`` held constant; the weight unit alone trains on
+  ``Σ w_t / (L_t + 0.01)`` with its own optimizer, so harder tasks (larger loss) get more
+  weight. Weights are scaled to sum to the number of tasks present, so ``equal`` is 1 each.
+
+Masked losses: a task with no labelled row in the batch has loss exactly 0 (see
+:mod:`kfacemtl.losses`); it gets weight 0 and its parameters get no gradient.
+
+Example:
+    >>> w = make_weighting("static", ["age", "expression"], weights={"expression": 2.0})
+    >>> import numpy as np
+    >>> total, weights, aux = w.combine(np.array([1.0, 0.5], "float32"), np.array([1.0, 1.0], "float32"), None)
+    >>> float(total), [float(v) for v in weights]
+    (2.0, [1.0, 2.0])
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import keras
+import numpy as np
+from keras import ops
+
+from kfacemtl.errors import ConfigError
+
+
+class TaskWeighting:
+    """The interface: ``combine(losses, present, features) -> (total, weights, aux_loss)``.
+
+    ``losses`` and ``present`` are ``(T,)`` tensors in task order (present: 1 when the batch
+    labels the task); ``features`` is the shared embedding ``(batch, D)``. ``total`` is what the
+    network's gradient follows; ``aux_loss`` (or None) is what the strategy's own
+    :attr:`variables` follow, with :meth:`make_optimizer`. :meth:`on_epoch_end` sees the
+    epoch's mean loss per task; :meth:`get_state` / :meth:`set_state` let a run resume.
+    """
+
+    name = ""
+
+    def __init__(self, task_names: Sequence[str]):
+        self.task_names = list(task_names)
+        self.variables: list = []
+
+    def build(self, feature_dim: int):
+        """Create variables once the shared feature width is known."""
+
+    def combine(self, losses, present, features):
+        raise NotImplementedError
+
+    def make_optimizer(self):
+        """The optimizer of :attr:`variables` (when there are any)."""
+        return keras.optimizers.Adam(1e-3)
+
+    def on_epoch_end(self, epoch: int, task_losses: Mapping[str, float]):
+        """Called with the epoch's mean loss of each task."""
+
+    def get_state(self) -> dict:
+        return {f"v{i}": np.asarray(v.numpy()) for i, v in enumerate(self.variables)}
+
+    def set_state(self, state: Mapping):
+        for i, v in enumerate(self.variables):
+            if f"v{i}" in state and tuple(state[f"v{i}"].shape) == tuple(v.shape):
+                v.assign(state[f"v{i}"])
+
+    def describe(self) -> dict:
+        return {"name": self.name}
+
+
+class EqualWeighting(TaskWeighting):
+    """Every task weight 1.
+
+    Example:
+        >>> EqualWeighting(["age", "gender"]).name
+        'equal'
+    """
+
+    name = "equal"
+
+    def combine(self, losses, present, features):
+        weights = ops.cast(present, "float32")
+        return ops.sum(weights * losses), weights, None
+
+
+class StaticWeighting(TaskWeighting):
+    """Fixed weights per task (1 for tasks not named).
+
+    Example:
+        >>> StaticWeighting(["age", "gender"], {"gender": 3.0}).fixed.tolist()
+        [1.0, 3.0]
+    """
+
+    name = "static"
+
+    def __init__(self, task_names, weights: Mapping[str, float] | None = None):
+        super().__init__(task_names)
+        weights = dict(weights or {})
+        unknown = set(weights) - set(self.task_names)
+        if unknown:
+            raise ConfigError(f"training.weighting_options.weights.{sorted(unknown)[0]}",
+                              f"not a task of the model {self.task_names}")
+        self.fixed = np.array([float(weights.get(t, 1.0)) for t in self.task_names], "float32")
+
+    def combine(self, losses, present, features):
+        weights = ops.cast(present, "float32") * self.fixed
+        return ops.sum(weights * losses), weights, None
+
+
+class UncertaintyWeighting(TaskWeighting):
+    """Kendall, Gal & Cipolla (2018): ``Σ exp(-s_t)·L_t + s_t`` with learned ``s_t`` (log variance).
+
+    Example:
+        >>> UncertaintyWeighting(["age", "gender"]).variables[0].shape
+        (2,)
+    """
+
+    name = "uncertainty"
+
+    def __init__(self, task_names, learning_rate: float = 1e-3):
+        super().__init__(task_names)
+        self.learning_rate = float(learning_rate)
+        self.log_vars = keras.Variable(np.zeros(len(self.task_names), "float32"), name="log_variances")
+        self.variables = [self.log_vars]
+
+    def make_optimizer(self):
+        return keras.optimizers.Adam(self.learning_rate)
+
+    def combine(self, losses, present, features):
+        present = ops.cast(present, "float32")
+        weights = present * ops.exp(-self.log_vars)
+        total = ops.sum(weights * losses + present * self.log_vars)
+        return total, weights, total
+
+
+class DWAWeighting(TaskWeighting):
+    """Liu, Johns & Davison (2019): ``w_t = T·softmax(r_t / τ)``, ``r_t = L_t(e-1) / L_t(e-2)``.
+
+    Example:
+        >>> w = DWAWeighting(["a", "b"], temperature=2.0)
+        >>> w.on_epoch_end(0, {"a": 1.0, "b": 1.0}); w.on_epoch_end(1, {"a": 0.5, "b": 1.0})
+        >>> [round(float(v), 3) for v in w.current.numpy()]   # b fell slower: more weight
+        [0.755, 1.245]
+    """
+
+    name = "dwa"
+
+    def __init__(self, task_names, temperature: float = 2.0):
+        super().__init__(task_names)
+        if not float(temperature) > 0:
+            raise ConfigError("training.weighting_options.temperature", f"expected > 0, got {temperature!r}")
+        self.temperature = float(temperature)
+        self.current = keras.Variable(np.ones(len(self.task_names), "float32"), trainable=False, name="dwa_weights")
+        self.history: list[np.ndarray] = []
+
+    def combine(self, losses, present, features):
+        weights = ops.cast(present, "float32") * self.current
+        return ops.sum(weights * losses), weights, None
+
+    def on_epoch_end(self, epoch, task_losses):
+        self.history = (self.history + [np.array([float(task_losses.get(t, np.nan)) for t in self.task_names])])[-2:]
+        if len(self.history) == 2:
+            ratio = self.history[1] / np.maximum(self.history[0], 1e-12)
+            ratio = np.where(np.isfinite(ratio), ratio, 1.0)
+            z = np.exp((ratio - ratio.max()) / self.temperature)
+            self.current.assign((len(z) * z / z.sum()).astype("float32"))
+
+    def get_state(self):
+        return {"current": self.current.numpy(), "history": np.array(self.history)}
+
+    def set_state(self, state):
+        if "current" in state and state["current"].shape == (len(self.task_names),):
+            self.current.assign(state["current"])
+            self.history = list(state.get("history", []))
+
+
+class DynamicWeighting(TaskWeighting):
+    """Ming et al. (2019): a learned weight unit on the shared features (see the module docstring).
+
+    Args:
+        learning_rate: the weight unit's own learning rate.
+        epsilon: ``L_t + epsilon`` in the weight unit's loss.
+
+    Example:
+        >>> w = DynamicWeighting(["age", "gender"]); w.build(16)
+        >>> w.unit.kernel.shape
+        (16, 2)
+    """
+
+    name = "dynamic"
+
+    def __init__(self, task_names, learning_rate: float = 1e-3, epsilon: float = 0.01):
+        super().__init__(task_names)
+        self.learning_rate, self.epsilon = float(learning_rate), float(epsilon)
+        self.unit = None
+
+    def build(self, feature_dim):
+        if self.unit is None:
+            self.unit = keras.layers.Dense(len(self.task_names), name="task_weight_unit")
+            self.unit.build((None, int(feature_dim)))
+            self.variables = list(self.unit.trainable_variables)
+
+    def make_optimizer(self):
+        return keras.optimizers.Adam(self.learning_rate)
+
+    def combine(self, losses, present, features):
+        present = ops.cast(present, "float32")
+        features = ops.stop_gradient(features)
+        norm = features / ops.maximum(ops.sqrt(ops.sum(ops.square(features), axis=-1, keepdims=True)), 1e-12)
+        logits = self.unit(norm) + (present - 1.0) * 1e9  # absent tasks: no weight
+        unit_weights = ops.mean(ops.softmax(logits, axis=-1), axis=0) * present
+        scaled = unit_weights * ops.sum(present)  # sums to the number of tasks present
+        total = ops.sum(ops.stop_gradient(scaled) * losses)
+        aux = ops.sum(unit_weights / (ops.stop_gradient(losses) + self.epsilon) * present)
+        return total, scaled, aux
+
+
+WEIGHTINGS = {cls.name: cls for cls in (EqualWeighting, StaticWeighting, UncertaintyWeighting, DWAWeighting,
+                                        DynamicWeighting)}
+
+
+def make_weighting(name: str | TaskWeighting, task_names: Sequence[str], **options) -> TaskWeighting:
+    """A weighting strategy by name, with its options.
+
+    Example:
+        >>> make_weighting("dwa", ["age", "gender"], temperature=1.0).temperature
+        1.0
+    """
+    if isinstance(name, TaskWeighting):
+        return name
+    if name not in WEIGHTINGS:
+        raise ConfigError("training.weighting", f"expected one of {sorted(WEIGHTINGS)}, got {name!r}")
+    try:
+        return WEIGHTINGS[name](task_names, **options)
+    except TypeError as e:
+        raise ConfigError("training.weighting_options", f"not options of {name!r}: {e}") from None
