@@ -122,7 +122,7 @@ class UncertaintyWeighting(TaskWeighting):
     """Kendall, Gal & Cipolla (2018): ``Σ exp(-s_t)·L_t + s_t`` with learned ``s_t`` (log variance).
 
     Example:
-        >>> UncertaintyWeighting(["age", "gender"]).variables[0].shape
+        >>> tuple(UncertaintyWeighting(["age", "gender"]).variables[0].shape)
         (2,)
     """
 
@@ -151,7 +151,7 @@ class DWAWeighting(TaskWeighting):
         >>> w = DWAWeighting(["a", "b"], temperature=2.0)
         >>> w.on_epoch_end(0, {"a": 1.0, "b": 1.0}); w.on_epoch_end(1, {"a": 0.5, "b": 1.0})
         >>> [round(float(v), 3) for v in w.current.numpy()]   # b fell slower: more weight
-        [0.755, 1.245]
+        [0.876, 1.124]
     """
 
     name = "dwa"
@@ -194,7 +194,7 @@ class DynamicWeighting(TaskWeighting):
 
     Example:
         >>> w = DynamicWeighting(["age", "gender"]); w.build(16)
-        >>> w.unit.kernel.shape
+        >>> tuple(w.unit.kernel.shape)
         (16, 2)
     """
 
