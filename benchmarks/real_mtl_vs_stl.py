@@ -61,10 +61,9 @@ def with_data_root(cfg: dict, data: str) -> dict:
 def single_task_configs(cfg: dict, sources) -> dict:
     """One config per task: only the sources labelling it, batch = the task's share of (a)'s batch."""
     tasks = cfg["tasks"]
-    names = list(tasks) if isinstance(tasks, dict) else list(tasks)
     share = mixing_weights(sources, cfg["training"]["mixing"])
     out = {}
-    for name in names:
+    for name in tasks:  # task names, whether the config lists them or maps them to overrides
         keep = [i for i, s in enumerate(sources) if name in s.tasks]
         if not keep:
             raise SystemExit(f"task {name!r}: no training source labels it")

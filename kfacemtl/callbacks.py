@@ -33,6 +33,18 @@ from kfacemtl.errors import ConfigError
 from kfacemtl.files import atomic_write
 
 
+def _snapshot(model) -> tuple[list, list]:
+    """Copies of the model's weights and its optimizer's state."""
+    return [v.numpy().copy() for v in model.weights], [v.numpy().copy() for v in model.optimizer.variables]
+
+
+def _restore(model, snapshot):
+    """Put back what :func:`_snapshot` copied."""
+    for variables, values in zip((model.weights, model.optimizer.variables), snapshot):
+        for v, value in zip(variables, values):
+            v.assign(value)
+
+
 def _lr_variable(model):
     """The optimizer's learning-rate variable (a schedule has none to set)."""
     lr = model.optimizer.learning_rate
@@ -112,16 +124,11 @@ class DynamicLearningRate(keras.callbacks.Callback):
 
     def _save_best(self, loss):
         self._best = loss
-        self._snapshot = ([v.numpy().copy() for v in self.model.weights],
-                          [v.numpy().copy() for v in self.model.optimizer.variables])
+        self._snapshot = _snapshot(self.model)
 
     def _restore_best(self):
-        if self._snapshot is None:
-            return
-        for v, value in zip(self.model.weights, self._snapshot[0]):
-            v.assign(value)
-        for v, value in zip(self.model.optimizer.variables, self._snapshot[1]):
-            v.assign(value)
+        if self._snapshot is not None:
+            _restore(self.model, self._snapshot)
 
     # -- the rule --------------------------------------------------------------------------------
     def on_train_batch_end(self, batch, logs=None):
@@ -186,8 +193,7 @@ def lr_range_test(model, dataset, start: float = 1e-6, end: float = 1.0, steps: 
     if steps < 5 or not 0 < start < end:
         raise ConfigError("lr_range_test", f"expected steps >= 5 and 0 < start < end, got {steps}, {start}, {end}")
     lr_var = _lr_variable(model)
-    weights = [v.numpy().copy() for v in model.weights]
-    opt_state = [v.numpy().copy() for v in model.optimizer.variables]
+    saved = _snapshot(model)
     original_lr = float(lr_var.numpy())
     rates = start * (end / start) ** (np.arange(steps) / (steps - 1))
     lrs, losses, ema, best = [], [], 0.0, math.inf
@@ -196,7 +202,7 @@ def lr_range_test(model, dataset, start: float = 1e-6, end: float = 1.0, steps: 
         for i, rate in enumerate(rates):
             lr_var.assign(float(rate))
             model.reset_metrics()  # so the logged loss is this batch's, not a running mean
-            logs = model.train_on_batch(*_xyw(next(iterator)), return_dict=True)
+            logs = model.train_on_batch(*keras.utils.unpack_x_y_sample_weight(next(iterator)), return_dict=True)
             loss = float(logs["loss"])
             if not math.isfinite(loss):
                 break
@@ -208,10 +214,7 @@ def lr_range_test(model, dataset, start: float = 1e-6, end: float = 1.0, steps: 
             if smoothed > stop_factor * best:
                 break
     finally:
-        for v, value in zip(model.weights, weights):
-            v.assign(value)
-        for v, value in zip(model.optimizer.variables, opt_state):
-            v.assign(value)
+        _restore(model, saved)
         lr_var.assign(original_lr)
     if len(lrs) < 3:
         raise ValueError(f"the LR range test diverged after {len(lrs)} steps; lower `start`")
@@ -222,12 +225,6 @@ def lr_range_test(model, dataset, start: float = 1e-6, end: float = 1.0, steps: 
         from kfacemtl.plots import plot_lr_range
         plot_lr_range(result, plot)
     return result
-
-
-def _xyw(batch):
-    """``(x, y, sample_weight)`` of a dataset element, for ``train_on_batch``."""
-    x, y, w = keras.utils.unpack_x_y_sample_weight(batch)
-    return x, y, w
 
 
 class TaskWeightingCallback(keras.callbacks.Callback):

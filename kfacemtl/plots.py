@@ -24,9 +24,9 @@ def _save(fig, out_png) -> Path:
     """Lay out, write atomically (a temporary file renamed into place) and close a figure."""
     from kfacemtl.files import atomic_write
     fig.tight_layout()
-    out = atomic_write(Path(out_png), lambda tmp: fig.savefig(tmp, dpi=90))
+    out = atomic_write(out_png, lambda tmp: fig.savefig(tmp, dpi=90))
     _pyplot().close(fig)
-    return Path(out)
+    return out
 
 
 def read_history(path) -> pd.DataFrame:

@@ -193,6 +193,14 @@ def _parse_cell(cell, task: Task, where: str):
     return vals
 
 
+def _read_table(path: Path, fmt: str, **options) -> pd.DataFrame:
+    """A CSV as text cells; an unreadable file is a SourceError naming the format and the file."""
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False, **options)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
+        raise SourceError(f"{fmt}: cannot read {str(path)!r}: {e}") from None
+
+
 class CsvSource(Source):
     """A CSV manifest: a ``path`` column (relative to the CSV's folder or ``root``) plus task columns.
 
@@ -219,10 +227,7 @@ class CsvSource(Source):
         self.path = Path(path)
         if not self.path.is_file():
             raise SourceError(f"csv: manifest file {str(self.path)!r} does not exist")
-        try:
-            self.table = pd.read_csv(self.path, dtype=str, keep_default_na=False, na_values=[""])
-        except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
-            raise SourceError(f"csv: cannot read {str(self.path)!r}: {e}") from None
+        self.table = _read_table(self.path, "csv", na_values=[""])
         if "path" not in self.table.columns:
             raise SourceError(f"csv: {str(self.path)!r} has no 'path' column (columns: {list(self.table.columns)})")
         if tasks is None:
@@ -507,10 +512,7 @@ class FER2013Source(Source):
         super().__init__(name or f"fer2013-{usage}", domain, ("expression",))
 
     def _read_csv(self, usage):
-        try:
-            table = pd.read_csv(self.path, dtype=str, keep_default_na=False)
-        except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
-            raise SourceError(f"fer2013: cannot read {str(self.path)!r}: {e}") from None
+        table = _read_table(self.path, "fer2013")
         missing = {"emotion", "pixels"} - set(table.columns)
         if missing:
             raise SourceError(f"fer2013: {str(self.path)!r} lacks column(s) {sorted(missing)} "
@@ -727,10 +729,7 @@ class AffectNetSource(FileTableSource):
         if not self.path.is_file():
             raise SourceError(f"affectnet: annotation file {str(self.path)!r} does not exist")
         contempt = _contempt_option(contempt, "affectnet.contempt")
-        try:
-            table = pd.read_csv(self.path, dtype=str, keep_default_na=False)
-        except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
-            raise SourceError(f"affectnet: cannot read {str(self.path)!r}: {e}") from None
+        table = _read_table(self.path, "affectnet")
         path_col = next((c for c in ("subDirectory_filePath", "path") if c in table.columns), None)
         missing = {"expression", "valence", "arousal"} - set(table.columns)
         if path_col is None or missing:

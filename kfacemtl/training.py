@@ -120,11 +120,20 @@ def compile_model(model, optimizer="adam", learning_rate: float = 1e-3, weight_d
                   loss_weights=weights,
                   weighted_metrics=[task_metrics_for(t) for t in tasks],
                   jit_compile=jit_compile)
-    if weighting not in (None, "equal") and not (weighting == "static" and loss_weights):
-        if loss_weights:
-            raise ConfigError("training.loss_weights", f"static weights cannot be combined with weighting: {weighting}")
-        model.set_weighting(make_weighting(weighting, [t.name for t in tasks], **dict(weighting_options or {})))
+    attach_weighting(model, weighting, weighting_options, loss_weights)
     return model
+
+
+def attach_weighting(model, weighting=None, weighting_options: Mapping | None = None,
+                     loss_weights: Mapping[str, float] | None = None):
+    """Give a compiled model its task-weighting strategy (none for ``equal``, or ``static`` with
+    ``loss_weights``: Keras's own weighted sum does those). Also used when a saved model resumes,
+    since the strategy is training state that ``model.keras`` does not hold."""
+    if weighting in (None, "equal") or (weighting == "static" and loss_weights):
+        return
+    if loss_weights:
+        raise ConfigError("training.loss_weights", f"static weights cannot be combined with weighting: {weighting}")
+    model.set_weighting(make_weighting(weighting, [t.name for t in model_tasks(model)], **dict(weighting_options or {})))
 
 
 def build_sources(specs: Sequence, key: str = "sources") -> list[Source]:
@@ -194,8 +203,7 @@ def train_run(config: Mapping, out_dir, resume: bool = False, verbose="auto") ->
         if initial_epoch >= tr["epochs"]:
             return report  # already finished: nothing to redo
         model = load_model(finished)
-        if tr["weighting"] not in ("equal", "static"):  # training state, not saved with the network
-            model.set_weighting(make_weighting(tr["weighting"], [t.name for t in tasks], **(tr["weighting_options"] or {})))
+        attach_weighting(model, tr["weighting"], tr["weighting_options"], tr["loss_weights"])
     else:
         model = build_model(tasks, **mc)  # every model key is an argument of build_model
         lr = learning_rate_schedule(tr["learning_rate"], tr["lr_schedule"], tr["epochs"] * steps)
