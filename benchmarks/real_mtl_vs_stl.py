@@ -72,7 +72,7 @@ def single_task_configs(cfg: dict, sources) -> dict:
         stl["sources"] = [cfg["sources"][i] for i in keep]
         stl["training"]["batch_size"] = max(1, int(round(cfg["training"]["batch_size"] * share[keep].sum())))
         stl["training"]["mixing"] = "proportional"
-        if stl["training"]["loss_weights"]:
+        if stl["training"].get("loss_weights"):
             stl["training"]["loss_weights"] = {k: v for k, v in stl["training"]["loss_weights"].items() if k == name}
         out[name] = stl
     return out

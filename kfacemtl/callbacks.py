@@ -11,6 +11,13 @@ compares the smoothed training loss with that of the previous window:
   is a divergence: the weights and optimizer state of the best window are restored and the
   learning rate is cut by ``backoff``.
 
+When the run's length is known (``fit`` with ``epochs`` and ``steps_per_epoch``), the last
+``anneal`` fraction of the steps (default 0.2) is a final anneal: the learning rate reached
+so far decays along a half cosine to 1 % of itself (divergences are still caught). In a short
+run the loss never stops falling, so the plateau rule alone would end at a large step size;
+small final steps average out the batch noise in the weights, which a schedule gets from its
+decay.
+
 The learning rate stays within ``[min_lr, max_lr]`` (by default 1/1000 and 10 × the initial
 one) and is never NaN. It is logged as ``learning_rate`` in every epoch's logs (so in
 ``history.csv`` and TensorBoard).
@@ -65,6 +72,8 @@ class DynamicLearningRate(keras.callbacks.Callback):
         shrink, patience: factor and number of stalled windows in a row before shrinking.
         blowup: smoothed loss above ``blowup`` × the best one is a divergence.
         backoff: factor applied after a divergence.
+        anneal: the final fraction of the run's steps spent decaying the learning rate to 1 %
+            of the value it had reached (0: none; needs ``epochs`` and ``steps_per_epoch``).
         min_lr, max_lr: bounds (default: initial / 1000 and initial × 10).
         verbose: print each change.
 
@@ -76,8 +85,11 @@ class DynamicLearningRate(keras.callbacks.Callback):
 
     def __init__(self, window: int = 50, smoothing: float = 0.9, tolerance: float = 0.01, grow: float = 1.2,
                  grow_after: int = 2, shrink: float = 0.5, patience: int = 3, blowup: float = 2.0,
-                 backoff: float = 0.25, min_lr: float | None = None, max_lr: float | None = None, verbose: int = 0):
+                 backoff: float = 0.25, anneal: float = 0.2, min_lr: float | None = None, max_lr: float | None = None,
+                 verbose: int = 0):
         super().__init__()
+        if not 0 <= anneal < 1:
+            raise ConfigError("dynamic_lr.anneal", f"expected a fraction in [0, 1), got {anneal!r}")
         if int(window) < 1:
             raise ConfigError("dynamic_lr.window", f"expected a positive number of batches, got {window!r}")
         if not (0 <= smoothing < 1 and 0 < shrink < 1 and grow > 1 and 0 < backoff < 1 and blowup > 1):
@@ -86,6 +98,7 @@ class DynamicLearningRate(keras.callbacks.Callback):
         self.window, self.smoothing, self.tolerance = int(window), float(smoothing), float(tolerance)
         self.grow, self.grow_after, self.shrink, self.patience = float(grow), int(grow_after), float(shrink), int(patience)
         self.blowup, self.backoff, self.min_lr, self.max_lr = float(blowup), float(backoff), min_lr, max_lr
+        self.anneal = float(anneal)
         self.verbose = verbose
         self.events: list[tuple[int, str, float]] = []  # (batch, what, new learning rate)
 
@@ -99,9 +112,32 @@ class DynamicLearningRate(keras.callbacks.Callback):
         self._previous = None  # smoothed loss at the end of the previous window
         self._best, self._snapshot = math.inf, None
         self._improving = self._stalled = 0
+        params = self.params or {}
+        epochs, steps = params.get("epochs"), params.get("steps")
+        self._steps_per_epoch = steps
+        self._total = epochs * steps if epochs and steps else None
+        self._anneal_from = None  # (first step, learning rate then) once the final anneal starts
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch_batches, self._epoch_mean = 0, 0.0
+        self._epoch = epoch
+
+    def _annealing(self, batch: int) -> bool:
+        """Set the learning rate of the final anneal for this step; False before it starts."""
+        if not self._total or not self.anneal:
+            return False
+        step = getattr(self, "_epoch", 0) * self._steps_per_epoch + batch + 1  # counts a resumed run's epochs
+        start = int(round(self._total * (1 - self.anneal)))
+        if step < start:
+            return False
+        if self._anneal_from is None:
+            self._anneal_from = (start, float(self.model.optimizer.learning_rate.numpy()))
+            self.events.append((self._batches, "final anneal", self._anneal_from[1]))
+        first, lr = self._anneal_from
+        progress = min(1.0, (step - first) / max(1, self._total - first))
+        value = lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress)))
+        self.model.optimizer.learning_rate.assign(float(np.clip(value, self.low, self.high)))
+        return True
 
     def _batch_loss(self, logs):
         """The batch's own loss: Keras logs the running mean of the epoch's batch losses."""
@@ -143,10 +179,12 @@ class DynamicLearningRate(keras.callbacks.Callback):
             self.model.reset_metrics()  # a NaN in the epoch's running means would poison every later batch
             self._epoch_batches, self._epoch_mean = 0, 0.0
             self._set_lr(lr * self.backoff, "divergence: best weights restored")
+            if self._anneal_from is not None:  # the anneal continues from the reduced rate
+                self._anneal_from = (self._anneal_from[0], self._anneal_from[1] * self.backoff)
             return
         self._ema = self.smoothing * self._ema + (1 - self.smoothing) * loss
         self._n += 1
-        if self._batches % self.window:
+        if self._annealing(batch) or self._batches % self.window:
             return
         current = self._smoothed()
         if current < self._best:

@@ -31,6 +31,7 @@ from kfacemtl.tasks import Task
 
 
 POOLINGS = ("flatten", "avg")
+SHARED_LAYER = "embedding_dense"  # the last shared layer with weights (GradNorm balances gradients on it)
 
 
 @dataclasses.dataclass
@@ -94,7 +95,7 @@ class VGGBackbone:
             x = keras.layers.Flatten(name="flatten")(x)
         else:
             x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
-        x = keras.layers.Dense(self.embedding_dim, use_bias=False, name="embedding_dense")(x)
+        x = keras.layers.Dense(self.embedding_dim, use_bias=False, name=SHARED_LAYER)(x)
         x = keras.layers.BatchNormalization(name="embedding_bn")(x)
         x = keras.layers.ReLU(name="embedding")(x)
         if self.dropout:
@@ -192,9 +193,18 @@ class MultiTaskModel(keras.Model):
         weighting, optimizer = self.weighting, self.__dict__["_weighting_optimizer"]
         with tf.GradientTape(persistent=True) as tape:
             *y_pred, features = self.__dict__["_with_features"](x, training=True)
-            losses = ops.stack([fn(t, p, w) for fn, t, p, w in zip(self.loss, y, y_pred, sw)])
+            task_losses = [fn(t, p, w) for fn, t, p, w in zip(self.loss, y, y_pred, sw)]
+            losses = ops.stack(task_losses)
             present = ops.stack([ops.cast(ops.sum(w) > 0, "float32") for w in sw])
-            total, weights, aux = weighting.combine(losses, present, features)
+            extra = {}
+            if weighting.needs_gradient_norms:  # GradNorm: each task's gradient norm on the last shared layer
+                with tape.stop_recording():
+                    shared = self.get_layer(SHARED_LAYER).kernel
+                    extra["grad_norms"] = ops.stack([
+                        ops.sqrt(ops.sum(ops.square(tape.gradient(loss, shared,
+                                                                  unconnected_gradients="zero"))))
+                        for loss in task_losses])
+            total, weights, aux = weighting.combine(losses, present, features, **extra)
             if self.losses:
                 total = total + ops.sum(self.losses)
         variables = self.trainable_variables

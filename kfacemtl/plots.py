@@ -95,3 +95,23 @@ def plot_task_weights(history_csv, out_png) -> Path | None:
     ax.set(title="task weights (mean over the epoch's batches with the task)", xlabel="epoch", ylabel="weight")
     ax.legend(fontsize=8)
     return _save(fig, out_png)
+
+
+def plot_relative_change(results: Sequence[dict], out_png, title: str = "") -> Path:
+    """Mean relative change against single-task models per variant (bars: mean over seeds, whiskers: std).
+
+    ``results`` are dicts with ``variant`` and ``relative_change`` (a fraction), one per run, as
+    written by ``benchmarks/ablation_weighting_lr.py``.
+    """
+    plt = _pyplot()
+    variants = list(dict.fromkeys(r["variant"] for r in results))
+    values = [[100 * r["relative_change"] for r in results if r["variant"] == v] for v in variants]
+    means = [float(np.mean(v)) for v in values]
+    stds = [float(np.std(v, ddof=1)) if len(v) > 1 else 0.0 for v in values]
+    fig, ax = plt.subplots(figsize=(7, 0.8 + 0.45 * len(variants)))
+    ax.barh(range(len(variants)), means, xerr=stds, color=["tab:green" if m >= 0 else "tab:red" for m in means])
+    ax.set_yticks(range(len(variants)), variants, fontsize=8)
+    ax.invert_yaxis()
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set(xlabel="mean relative change vs single-task (%, higher is better)", title=title)
+    return _save(fig, out_png)

@@ -90,3 +90,38 @@ def test_lr_range_test_suggests_a_rate_and_restores_the_model(tmp_path):
     assert (tmp_path / "lr.png").stat().st_size > 1000
     with pytest.raises(ConfigError, match="steps >= 5"):
         lr_range_test(model, ds, steps=2)
+
+
+def test_the_last_fifth_of_a_known_run_anneals_to_a_hundredth_and_divergence_still_backs_off():
+    model = _regression_model(0.01)
+    cb = DynamicLearningRate(window=10, grow_after=2)
+    cb.set_params({"epochs": 2, "steps": 100})
+    cb.set_model(model)
+    cb.on_train_begin()
+    lrs, losses = [], [10 * 0.97 ** i for i in range(200)]  # steady progress: the rule alone would keep growing
+    for epoch in range(2):
+        cb.on_epoch_begin(epoch)
+        epoch_losses = np.array(losses[epoch * 100:(epoch + 1) * 100])
+        means = np.cumsum(epoch_losses) / np.arange(1, 101)
+        if epoch == 1:  # a blow-up in the middle of the anneal; the callback resets the running means after it
+            means[90] = math.nan
+            means[91:] = np.cumsum(epoch_losses[91:]) / np.arange(1, 10)
+        for i, mean in enumerate(means):
+            cb.on_train_batch_end(i, {"loss": float(mean)})
+            lrs.append(float(model.optimizer.learning_rate.numpy()))
+    start = [e for e in cb.events if e[1] == "final anneal"]
+    assert len(start) == 1 and start[0][0] == 160  # the last 20 % of 200 steps
+    peak = start[0][2]
+    assert peak > 0.01 and lrs[159] == pytest.approx(peak)  # grown before the anneal
+    assert all(b <= a + 1e-12 for a, b in zip(lrs[160:189], lrs[161:190]))  # decays monotonically
+    assert lrs[190] < 0.25 * lrs[189] + 1e-12  # the NaN at step 191 cut it by the back-off, and the anneal goes on from there
+    assert lrs[-1] == pytest.approx(0.25 * peak * 0.01, rel=0.05)
+
+
+def test_without_a_known_length_there_is_no_anneal():
+    model = _regression_model(0.01)
+    cb = DynamicLearningRate(window=10)
+    _drive(cb, model, [10 * 0.97 ** i for i in range(200)])
+    assert not [e for e in cb.events if e[1] == "final anneal"]
+    with pytest.raises(ConfigError, match="anneal"):
+        DynamicLearningRate(anneal=1.0)

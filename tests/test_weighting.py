@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from kfacemtl.errors import ConfigError
-from kfacemtl.weighting import DWAWeighting, DynamicWeighting, UncertaintyWeighting, make_weighting
+from kfacemtl.weighting import DWAWeighting, DynamicWeighting, GradNormWeighting, UncertaintyWeighting, make_weighting
 
 NAMES = ["age", "gender", "expression"]
 LOSSES = np.array([2.0, 0.5, 1.0], "float32")
@@ -71,6 +71,51 @@ def test_dynamic_weight_unit_moves_weight_to_the_harder_task_and_ignores_absent_
     assert np.all(np.isfinite(kernel_grad))
 
 
+def test_dynamic_weights_are_bounded_by_the_normalised_logits():
+    w = DynamicWeighting(NAMES + ["race"])
+    w.build(4)
+    w.unit.kernel.assign(np.zeros((4, 4), "float32"))
+    w.unit.bias.assign([30.0, 0.0, 0.0, 0.0])  # unnormalised, the unit would give age everything
+    _, weights, _ = w.combine(np.ones(4, "float32"), np.ones(4, "float32"), tf.ones((2, 4)))
+    e = math.exp(1.0)
+    assert _numbers(weights) == pytest.approx([4 * e / (e + 3)] + [4 / (e + 3)] * 3, rel=1e-5)
+    for _ in range(3):  # however the unit trains, no task's weight leaves about [0.38, 2.06] of the 4
+        w.unit.bias.assign(np.random.default_rng(_).normal(0, 50, 4).astype("float32"))
+        _, weights, _ = w.combine(np.ones(4, "float32"), np.ones(4, "float32"), tf.ones((2, 4)))
+        assert 0.37 < float(np.min(weights)) and float(np.max(weights)) < 2.07
+
+
+def test_gradnorm_raises_the_weight_of_the_task_with_the_small_gradient_and_renormalises():
+    w = GradNormWeighting(NAMES, alpha=0.0, learning_rate=0.05)
+    opt = w.make_optimizer()
+    norms = np.array([4.0, 1.0, 2.0], "float32")
+    for _ in range(40):  # alpha 0: the weighted gradient norms w_t * g_t are pulled to their mean
+        with tf.GradientTape() as tape:
+            _, weights, aux = w.combine(LOSSES, ALL, None, grad_norms=norms)
+        opt.apply_gradients(zip(tape.gradient(aux, w.variables), w.variables))
+    weights = w.weights.numpy()
+    assert weights[1] > weights[2] > weights[0] and float(weights.sum()) == pytest.approx(3.0, rel=1e-5)
+    spread = np.std(weights * norms) / np.mean(weights * norms)  # the optimum is w ~ 1/g: (0.43, 1.71, 0.86)
+    assert spread < 0.5 * np.std(norms) / np.mean(norms)
+    assert _numbers(w.initial.numpy()) == _numbers(LOSSES)  # the first batch's losses are the reference
+
+
+def test_gradnorm_targets_follow_the_relative_training_rate_and_skip_absent_tasks():
+    w = GradNormWeighting(NAMES, alpha=1.0)
+    w.combine(LOSSES * NO_GENDER, NO_GENDER, None, grad_norms=np.ones(3, "float32"))
+    assert _numbers(w.initial.numpy()) == [2.0, 0.0, 1.0]  # gender has no reference until it is labelled
+    # age fell to half its first loss, expression not at all: r = (0.5, 1) / 0.75
+    with tf.GradientTape() as tape:
+        _, weights, aux = w.combine(np.array([1.0, 0.0, 1.0], "float32"), NO_GENDER, None,
+                                    grad_norms=np.ones(3, "float32"))
+    assert _numbers(weights) == [1.0, 0.0, 1.0]
+    assert float(aux) == pytest.approx(abs(1 - 2 / 3) + abs(1 - 4 / 3), rel=1e-5)
+    grad = tape.gradient(aux, w.weights).numpy()
+    assert grad[1] == 0 and grad[0] > 0 > grad[2]  # age trains faster: less weight; expression more
+    with pytest.raises(ValueError, match="grad_norms"):
+        w.combine(LOSSES, ALL, None)
+
+
 def test_config_choices_are_checked():
     from kfacemtl.config import resolve_config
     base = {"sources": ["synthetic:lab?n=8"]}
@@ -82,7 +127,7 @@ def test_config_choices_are_checked():
         make_weighting("dwa", NAMES, speed=3)
 
 
-@pytest.mark.parametrize("name", ["dynamic", "uncertainty", "dwa"])
+@pytest.mark.parametrize("name", ["dynamic", "uncertainty", "dwa", "gradnorm"])
 def test_train_run_logs_plots_and_resumes_the_weighting(tmp_path, name):
     from kfacemtl.model import load_model
     from kfacemtl.training import train_run
@@ -103,6 +148,10 @@ def test_train_run_logs_plots_and_resumes_the_weighting(tmp_path, name):
     assert set(resumed) == set(saved)
     if name == "dwa":  # the fourth epoch's weights come from epochs 2 and 3, restored from the file
         assert resumed["history"].shape == (2, 2)
+    if name == "gradnorm":  # the weights moved, stayed normalised, and the reference losses were kept
+        assert float(resumed["weights"].sum()) == pytest.approx(2.0, rel=1e-4)
+        assert not np.allclose(resumed["weights"], 1.0) and (resumed["initial"] > 0).all()
+        assert np.array_equal(resumed["initial"], saved["initial"])
 
 
 def test_the_callback_restores_a_saved_state_and_resets_the_logged_weights(tmp_path):
