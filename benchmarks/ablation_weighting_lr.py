@@ -50,7 +50,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import numpy as np  # noqa: E402
 
 from kfacemtl.config import load_config, resolve_config  # noqa: E402
-from kfacemtl.evaluation import evaluate_sources, headline_metric  # noqa: E402
+from kfacemtl.evaluation import evaluate_sources, headline_metric, to_json  # noqa: E402
 from kfacemtl.files import atomic_write_text  # noqa: E402
 from kfacemtl.model import load_model  # noqa: E402
 from kfacemtl.tasks import resolve_tasks  # noqa: E402
@@ -121,23 +121,20 @@ def run(cfg: dict, folder: Path) -> dict:
         return train_run(cfg, folder, resume=config_path.exists(), verbose=0)
 
 
-def scores(cfg: dict, report: dict, folder: Path) -> dict:
-    """``{(task, test set): headline metric}`` on every eval source of ``cfg`` labelling the task."""
+def scores(cfg: dict, report: dict, folder: Path, eval_sources) -> dict:
+    """``{(task, test set): headline metric}`` on every one of ``eval_sources`` (the sources of
+    ``cfg["eval_sources"]``) that labels a task of ``cfg``."""
     tasks = resolve_tasks(cfg["tasks"])
     cache = folder / "ablation_scores.json"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        eval_sources = build_sources(cfg["eval_sources"], "eval_sources")
     evaluation = report.get("evaluation", {})
     if not all(s.name in evaluation for s in eval_sources):
         if cache.exists():
             evaluation = json.loads(cache.read_text())
         else:
             model = load_model(folder / "model.keras")
-            results = evaluate_sources(model, eval_sources, tasks, image_size=tuple(cfg["model"]["input_shape"][:2]))
-            evaluation = {s: {t: {k: v for k, v in m.items() if k != "confusion"} for t, m in e.items()}
-                          for s, e in results.items()}
-            atomic_write_text(cache, json.dumps(evaluation, indent=2))
+            text = to_json(evaluate_sources(model, eval_sources, tasks, image_size=tuple(cfg["model"]["input_shape"][:2])))
+            atomic_write_text(cache, text)
+            evaluation = json.loads(text)
     return {(t.name, s.name): float(evaluation[s.name][t.name][headline_metric(t)])
             for s in eval_sources for t in tasks if t.name in evaluation.get(s.name, {})}
 
@@ -145,8 +142,7 @@ def scores(cfg: dict, report: dict, folder: Path) -> dict:
 def relative_change(mtl: dict, stl: dict, tasks) -> float:
     """Mean over (task, test set) of (multi - single) / |single|, sign flipped for MAE (positive = better)."""
     sign = {t.name: -1.0 if headline_metric(t) == "mae" else 1.0 for t in tasks}
-    changes = [sign[task] * (mtl[key] - stl[key]) / max(abs(stl[key]), 1e-6)
-               for key in mtl if key in stl for task in [key[0]]]
+    changes = [sign[key[0]] * (mtl[key] - stl[key]) / max(abs(stl[key]), 1e-6) for key in mtl if key in stl]
     return float(np.mean(changes))
 
 
@@ -158,17 +154,18 @@ def run_setting(name: str, configs_by_seed: dict, variants: list, out: Path) -> 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             sources = build_sources(cfg["sources"])
+            eval_sources = build_sources(cfg["eval_sources"], "eval_sources")  # shared by every run of the seed
         stl = {}
         for task, stl_cfg in single_task_configs(cfg, sources).items():
             folder = out / name / f"seed{seed}" / f"single-task_{task}"
             print(f"[{name} seed {seed}] single-task {task}", flush=True)
-            stl.update(scores(stl_cfg, run(stl_cfg, folder), folder))
+            stl.update(scores(stl_cfg, run(stl_cfg, folder), folder, eval_sources))
         for variant in variants:
             folder = out / name / f"seed{seed}" / variant.replace(", ", "_").replace(" ", "_")
             print(f"[{name} seed {seed}] {variant}", flush=True)
             vcfg = with_variant(cfg, VARIANTS[variant])
             report = run(vcfg, folder)
-            mtl = scores(vcfg, report, folder)
+            mtl = scores(vcfg, report, folder, eval_sources)
             results.append({"setting": name, "seed": seed, "variant": variant,
                             "per_task": _per_task(mtl, tasks), "per_pair": _per_pair(mtl),
                             "relative_change": relative_change(mtl, stl, tasks),

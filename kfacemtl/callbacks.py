@@ -115,7 +115,8 @@ class DynamicLearningRate(keras.callbacks.Callback):
         params = self.params or {}
         epochs, steps = params.get("epochs"), params.get("steps")
         self._steps_per_epoch = steps
-        self._total = epochs * steps if epochs and steps else None
+        self._total = epochs * steps if epochs and steps and self.anneal else None  # None: no final anneal
+        self._anneal_start = int(round(self._total * (1 - self.anneal))) if self._total else None
         self._anneal_from = None  # (first step, learning rate then) once the final anneal starts
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -124,19 +125,17 @@ class DynamicLearningRate(keras.callbacks.Callback):
 
     def _annealing(self, batch: int) -> bool:
         """Set the learning rate of the final anneal for this step; False before it starts."""
-        if not self._total or not self.anneal:
+        if self._total is None:
             return False
         step = getattr(self, "_epoch", 0) * self._steps_per_epoch + batch + 1  # counts a resumed run's epochs
-        start = int(round(self._total * (1 - self.anneal)))
-        if step < start:
+        if step < self._anneal_start:
             return False
         if self._anneal_from is None:
-            self._anneal_from = (start, float(self.model.optimizer.learning_rate.numpy()))
+            self._anneal_from = (self._anneal_start, float(self.model.optimizer.learning_rate.numpy()))
             self.events.append((self._batches, "final anneal", self._anneal_from[1]))
         first, lr = self._anneal_from
         progress = min(1.0, (step - first) / max(1, self._total - first))
-        value = lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress)))
-        self.model.optimizer.learning_rate.assign(float(np.clip(value, self.low, self.high)))
+        self._assign(lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress))))
         return True
 
     def _batch_loss(self, logs):
@@ -151,9 +150,14 @@ class DynamicLearningRate(keras.callbacks.Callback):
     def _smoothed(self):
         return self._ema / (1 - self.smoothing ** self._n) if self._n else math.nan
 
-    def _set_lr(self, value, what):
+    def _assign(self, value) -> float:
+        """Set the learning rate, kept within the bounds; returns the value set."""
         value = float(np.clip(value, self.low, self.high))
         self.model.optimizer.learning_rate.assign(value)
+        return value
+
+    def _set_lr(self, value, what):
+        value = self._assign(value)
         self.events.append((self._batches, what, value))
         if self.verbose:
             print(f"\nDynamicLearningRate: {what} at batch {self._batches}: learning rate {value:.3g}")

@@ -99,7 +99,7 @@ def compile_model(model, optimizer="adam", learning_rate: float = 1e-3, weight_d
             or ``sum_over_batch_size`` (Keras's default; a sparsely labelled task learns slower).
         loss_weights: ``{task: weight}`` (default 1 for every task): static weights.
         weighting: a task-weighting strategy, by name (``equal``, ``static``, ``uncertainty``,
-            ``dwa``, ``dynamic``; see :mod:`kfacemtl.weighting`) or an instance; ``weighting_options``
+            ``dwa``, ``dynamic``, ``gradnorm``; see :mod:`kfacemtl.weighting`) or an instance; ``weighting_options``
             are its arguments. ``equal`` (and ``static`` with ``loss_weights``) use Keras's own sum.
         jit_compile: XLA; off by default (it was slower on the 2-core CPUs measured).
 
