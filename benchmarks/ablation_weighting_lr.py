@@ -106,7 +106,7 @@ def _comparable(cfg: dict) -> dict:
     return json.loads(json.dumps(c))
 
 
-def run(cfg: dict, folder: Path) -> dict:
+def run(cfg: dict, folder: Path, extra_callbacks=()) -> dict:
     """A finished run's report (reused when its config matches), else train (resuming a partial run)."""
     import yaml
     report_path, config_path = folder / "report.json", folder / "config.yaml"
@@ -118,7 +118,7 @@ def run(cfg: dict, folder: Path) -> dict:
             return report
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        return train_run(cfg, folder, resume=config_path.exists(), verbose=0)
+        return train_run(cfg, folder, resume=config_path.exists(), verbose=0, extra_callbacks=extra_callbacks)
 
 
 def scores(cfg: dict, report: dict, folder: Path, eval_sources) -> dict:

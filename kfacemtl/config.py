@@ -1,6 +1,6 @@
 """Run configuration: YAML (loaded safely), strict keys, defaults, errors that name the key path.
 
-A config has five sections:
+A config has these sections (``unlabelled_sources`` and ``distillation`` are optional):
 
 .. code-block:: yaml
 
@@ -14,6 +14,9 @@ A config has five sections:
     training: {epochs: 8, batch_size: 64, optimizer: adam, learning_rate: 0.001,
                mixing: proportional, loss_normalization: mean_with_sample_weight,
                loss_weights: {expression: 2.0}}   # static task weights (default 1 each)
+    unlabelled_sources: [synthetic:street?n=6000]  # pseudo-labelled by distillation
+    distillation: {rounds: 3, epochs_per_round: 2, soft: false, thresholds: {expression: 0.8},
+                   pseudo_weight: 0.5, reinit: false}   # rounds: 0 (the default) turns it off
 
 Example:
     >>> from kfacemtl.config import resolve_config
@@ -38,6 +41,7 @@ DEFAULTS: dict[str, Any] = {
     "tasks": ["age", "gender", "race", "expression", "action_units", "valence_arousal"],
     "sources": [],
     "eval_sources": [],
+    "unlabelled_sources": [],
     "model": {
         "input_shape": [64, 64, 3],
         "widths": [32, 64, 128, 256],
@@ -65,11 +69,22 @@ DEFAULTS: dict[str, Any] = {
         "augment": True,
         "seed": 0,
     },
+    "distillation": {
+        "rounds": 0,
+        "epochs_per_round": 1,
+        "soft": False,
+        "thresholds": None,
+        "balance": False,
+        "pseudo_weight": 0.5,
+        "reinit": False,
+        "teachers": None,
+        "batch_size": 128,
+    },
 }
 OPTIMIZERS = ("adam", "adamw", "sgd")
 LR_SCHEDULES = ("constant", "cosine", "dynamic")
-_FREE_FORM = {"tasks", "sources", "eval_sources", "training.mixing", "training.steps_per_epoch", "training.loss_weights",
-              "training.weighting_options"}
+_FREE_FORM = {"tasks", "sources", "eval_sources", "unlabelled_sources", "training.mixing", "training.steps_per_epoch",
+              "training.loss_weights", "training.weighting_options", "distillation.thresholds", "distillation.teachers"}
 
 
 def _check(value, default, path):
@@ -150,7 +165,8 @@ def resolve_config(config: Mapping | None) -> dict:
     if weights and tr["weighting"] not in ("equal", "static"):
         raise ConfigError("training.loss_weights", f"static weights cannot be combined with weighting: "
                                                    f"{tr['weighting']} (it sets the weights itself)")
-    for key in ("sources", "eval_sources"):
+    _check_distillation(cfg)
+    for key in ("sources", "eval_sources", "unlabelled_sources"):
         if not isinstance(cfg[key], list):
             raise ConfigError(key, f"expected a list of FORMAT:PATH specs, got {cfg[key]!r}")
     if not cfg["sources"]:
@@ -158,6 +174,29 @@ def resolve_config(config: Mapping | None) -> dict:
     if not isinstance(cfg["tasks"], (list, Mapping)):
         raise ConfigError("tasks", f"expected a list of task names or a mapping, got {cfg['tasks']!r}")
     return cfg
+
+
+def _check_distillation(cfg: dict):
+    d, epochs = cfg["distillation"], cfg["training"]["epochs"]
+    if d["rounds"] < 0 or d["epochs_per_round"] < 1 or d["batch_size"] < 1:
+        raise ConfigError("distillation", "expected rounds >= 0 (0: off), epochs_per_round >= 1 and batch_size >= 1")
+    if not 0 < d["pseudo_weight"] <= 1:
+        raise ConfigError("distillation.pseudo_weight", f"expected a weight in (0, 1], got {d['pseudo_weight']}")
+    if d["rounds"] and epochs != d["epochs_per_round"] * (d["rounds"] + 1):
+        raise ConfigError("training.epochs", f"with distillation, training runs epochs_per_round × (rounds + 1) = "
+                                             f"{d['epochs_per_round'] * (d['rounds'] + 1)} epochs (one round on real "
+                                             f"labels, then {d['rounds']} with pseudo-labels), got {epochs}")
+    if cfg["unlabelled_sources"] and not d["rounds"]:
+        raise ConfigError("unlabelled_sources", "unlabelled sources are only used by distillation; "
+                                                "set distillation.rounds >= 1")
+    if d["thresholds"] is not None and not isinstance(d["thresholds"], Mapping):
+        raise ConfigError("distillation.thresholds", f"expected a mapping {{task: value}}, got {d['thresholds']!r}")
+    for task, value in (d["thresholds"] or {}).items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+            raise ConfigError(f"distillation.thresholds.{task}", f"expected a number >= 0, got {value!r}")
+    teachers = d["teachers"]
+    if teachers is not None and not isinstance(teachers, (str, Mapping)):
+        raise ConfigError("distillation.teachers", f"expected a model path or {{task: model path}}, got {teachers!r}")
 
 
 def load_config(path) -> dict:

@@ -33,7 +33,7 @@ class MaskedTaskLoss(keras.losses.Loss):
 
     Args:
         kind: the task kind: ``classification``, ``multilabel`` or ``regression``.
-        loss: ``crossentropy`` (probabilities in, class ids as labels), ``binary_crossentropy``,
+        loss: ``crossentropy`` (probabilities in; class ids or class distributions as labels), ``binary_crossentropy``,
             ``huber``, ``mse`` or ``mae``.
         scale: regression errors are divided by this first.
         normalization: ``mean_with_sample_weight`` or ``sum_over_batch_size``.
@@ -59,7 +59,10 @@ class MaskedTaskLoss(keras.losses.Loss):
         """Unweighted loss of every row, shape (batch,)."""
         if self.loss_name == "crossentropy":
             n = ops.shape(y_pred)[-1]
-            y = ops.one_hot(ops.cast(ops.reshape(y_true, (-1,)), "int32"), n)
+            if is_distribution(y_true, y_pred):  # soft targets (e.g. distillation's pseudo-labels)
+                y = ops.cast(y_true, y_pred.dtype)
+            else:
+                y = ops.one_hot(ops.cast(ops.reshape(y_true, (-1,)), "int32"), n)
             if self.label_smoothing:
                 y = y * (1 - self.label_smoothing) + self.label_smoothing / ops.cast(n, y.dtype)
             return -ops.sum(y * ops.log(ops.clip(y_pred, _EPS, 1.0)), axis=-1)
@@ -106,6 +109,31 @@ class MaskedTaskLoss(keras.losses.Loss):
         config.update(kind=self.kind, loss=self.loss_name, scale=self.scale,
                       normalization=self.normalization, label_smoothing=self.label_smoothing)
         return config
+
+
+def is_distribution(y_true, y_pred) -> bool:
+    """Whether classification labels are class distributions ``(batch, classes)`` rather than class ids."""
+    return len(y_true.shape) == len(y_pred.shape) and y_true.shape[-1] == y_pred.shape[-1] \
+        and y_pred.shape[-1] is not None and y_pred.shape[-1] > 1
+
+
+@keras.saving.register_keras_serializable(package="kfacemtl")
+def class_accuracy(y_true, y_pred):
+    """Per-row accuracy of class probabilities against class ids or class distributions (their argmax).
+
+    Example:
+        >>> import numpy as np
+        >>> class_accuracy(np.array([1, 0]), np.array([[0.2, 0.8], [0.3, 0.7]])).numpy().tolist()
+        [1.0, 0.0]
+        >>> class_accuracy(np.array([[0.1, 0.9]]), np.array([[0.2, 0.8]])).numpy().tolist()
+        [1.0]
+    """
+    y_pred = ops.convert_to_tensor(y_pred)
+    y_true = ops.convert_to_tensor(y_true)
+    if is_distribution(y_true, y_pred):
+        y_true = ops.argmax(y_true, axis=-1)
+    y_true = ops.cast(ops.reshape(y_true, (-1,)), "int32")
+    return ops.cast(ops.equal(ops.cast(ops.argmax(y_pred, axis=-1), "int32"), y_true), "float32")
 
 
 def task_loss(task, normalization: str = "mean_with_sample_weight", label_smoothing: float = 0.0) -> MaskedTaskLoss:

@@ -108,13 +108,16 @@ def mixing_weights(sources: Sequence[Source], mixing: str | Mapping[str, float] 
     return w / w.sum()
 
 
-def source_dataset(source: Source, tasks: Sequence[Task], shuffle_seed: int | None = None) -> tf.data.Dataset:
+def source_dataset(source: Source, tasks: Sequence[Task], shuffle_seed: int | None = None,
+                   pseudo_labels=None) -> tf.data.Dataset:
     """One source → unbatched ``(raw image or image path, labels, weights)`` elements, before decoding.
 
     Labels are validated here, before anything reaches a loss. With ``shuffle_seed`` the
     dataset is infinite: each pass is a fresh random permutation of all rows (a shuffle
     buffer smaller than the source would keep the order of class folders or of UTKFace's
-    age-sorted file names).
+    age-sorted file names). ``pseudo_labels`` (a :class:`~kfacemtl.distillation.PseudoLabels`,
+    shuffled datasets only) fills rows' missing labels from its variables, read by row id at
+    every pass.
     """
     labels, weights = source.labels(tasks)
     images = source.images()
@@ -131,7 +134,17 @@ def source_dataset(source: Source, tasks: Sequence[Task], shuffle_seed: int | No
         return tf.data.Dataset.from_tensor_slices((first, labels, weights))
     table = tf.nest.map_structure(tf.constant, (first, labels, weights))
     order = tf.data.Dataset.range(len(first)).shuffle(len(first), seed=shuffle_seed, reshuffle_each_iteration=True)
-    return order.repeat().map(lambda i: tf.nest.map_structure(lambda t: tf.gather(t, i), table))
+
+    def row(i):
+        x, y, w = tf.nest.map_structure(lambda t: tf.gather(t, i), table)
+        if pseudo_labels is not None:
+            if source.name in pseudo_labels:
+                y, w = pseudo_labels.merge(source.name, i, y, w)
+            elif pseudo_labels.soft:  # every source's batches need the same label structure
+                y = {t.name: tf.one_hot(tf.cast(y[t.name], tf.int32), len(t.classes))
+                     if t.kind == "classification" else y[t.name] for t in tasks}
+        return x, y, w
+    return order.repeat().map(row)
 
 
 def _loader(source: Source, image_size):
@@ -142,7 +155,7 @@ def _loader(source: Source, image_size):
 
 def make_dataset(sources: Sequence[Source], tasks: Sequence[Task], batch_size: int = 64, image_size=(64, 64),
                  training: bool = True, mixing: str | Mapping[str, float] = "proportional", augment: bool = True,
-                 seed: int = 0, drop_remainder: bool | None = None) -> tf.data.Dataset:
+                 seed: int = 0, drop_remainder: bool | None = None, pseudo_labels=None) -> tf.data.Dataset:
     """The batched dataset for ``model.fit`` / ``model.evaluate``.
 
     Args:
@@ -156,6 +169,8 @@ def make_dataset(sources: Sequence[Source], tasks: Sequence[Task], batch_size: i
         mixing: ``proportional``, ``balanced`` or ``{source_name: weight}`` (training only).
         augment: apply :func:`augment_image` (training only).
         seed: seed for shuffling, mixing and augmentation.
+        pseudo_labels: a :class:`~kfacemtl.distillation.PseudoLabels` whose pseudo-labels fill
+            missing labels (training only; a real label always wins).
 
     Returns:
         A ``tf.data.Dataset`` of ``(images, {task: label}, {task: weight})``. With
@@ -170,7 +185,8 @@ def make_dataset(sources: Sequence[Source], tasks: Sequence[Task], batch_size: i
     auto = tf.data.AUTOTUNE
     parts = []
     for i, src in enumerate(sources):
-        ds = source_dataset(src, tasks, shuffle_seed=seed + i if training else None)
+        ds = source_dataset(src, tasks, shuffle_seed=seed + i if training else None,
+                            pseudo_labels=pseudo_labels if training else None)
         load = _loader(src, image_size)
         ds = ds.map(lambda x, y, w: (load(x), y, w), num_parallel_calls=auto, deterministic=not training)
         parts.append(ds)

@@ -115,3 +115,36 @@ def plot_relative_change(results: Sequence[dict], out_png, title: str = "") -> P
     ax.axvline(0, color="black", linewidth=0.8)
     ax.set(xlabel="mean relative change vs single-task (%, higher is better)", title=title)
     return _save(fig, out_png)
+
+
+def plot_distillation(log: Sequence[dict], tasks, out_png) -> Path:
+    """Per distillation round and task: the share of candidates accepted as pseudo-labels and,
+    where ground truth exists, their accuracy (classification, action units) or MAE (regression)."""
+    plt = _pyplot()
+    kinds = {t.name: t.kind for t in tasks}
+    panels = [("accepted share of candidates", None)]
+    if any(k != "regression" for k in kinds.values()):
+        panels.append(("accuracy of accepted pseudo-labels", False))
+    if any(k == "regression" for k in kinds.values()):
+        panels.append(("MAE of accepted pseudo-labels", True))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
+    rounds = [e["round"] for e in log]
+    for ax, (title, regression) in zip(axes[0], panels):
+        for task, kind in kinds.items():
+            if regression is not None and (kind == "regression") != regression:
+                continue
+            ys = []
+            for e in log:
+                stats = [s[task] for s in e["sources"].values() if task in s]
+                if regression is None:
+                    cand = sum(s["candidates"] for s in stats)
+                    ys.append(sum(s["accepted"] for s in stats) / cand if cand else np.nan)
+                else:
+                    scored = [s for s in stats if "quality_accepted" in s]
+                    n = sum(s["accepted"] for s in scored)
+                    ys.append(sum(s["quality_accepted"] * s["accepted"] for s in scored) / n if n else np.nan)
+            ax.plot(rounds, ys, marker="o", label=task)
+        ax.set(xlabel="round", title=title)
+        ax.set_xticks(rounds)
+        ax.legend(fontsize=7)
+    return _save(fig, out_png)

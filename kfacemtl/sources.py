@@ -8,6 +8,7 @@ and on the command line as ``FORMAT:PATH``, with options as ``?key=value&key=val
 - ``csv:FILE`` — a manifest with a ``path`` column and one column per task; an empty cell
   is a missing label; vector labels (action units, valence/arousal) are space-separated.
 - ``folder:DIR`` — one sub-folder per class of one task (option ``task``).
+- ``images:DIR`` — unlabelled images (recursively), pseudo-labelled by distillation (option ``limit``).
 - ``utkface:DIR`` — UTKFace's file-name labels (options ``split``, ``test_fraction``, ``seed``, ``strict``).
 - ``fer2013:FILE_OR_DIR`` — ``fer2013.csv`` or the ``train/``, ``test/`` class folders (option ``usage``).
 - ``ckplus:DIR`` — CK+48 expression folders, subject-wise splits (options ``split``, ``contempt``).
@@ -327,6 +328,77 @@ class FolderSource(Source):
                                  f"(classes: {', '.join(classes)})")
         values = np.array([ids[f] for f in self._folders], dtype="float64")
         return values, np.ones(len(self), dtype=bool)
+
+
+class ImagesSource(Source):
+    """Unlabelled images: every image file under ``DIR`` (recursively), for distillation's
+    pseudo-labelling of domains without labels.
+
+    Args:
+        path: the folder.
+        domain: the domain name (default: the folder's name).
+        limit: use only the first ``limit`` files (sorted by path); 0 = all.
+
+    Example:
+        >>> # images:data/street_cams  →  ImagesSource("data/street_cams"); no task is labelled
+    """
+
+    format = "images"
+
+    def __init__(self, path: str, domain: str | None = None, name: str | None = None, limit: int = 0):
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise SourceError(f"images: {str(self.path)!r} is not a folder")
+        super().__init__(name or self.path.name, domain or self.path.name, ())
+        files = sorted(str(f) for f in self.path.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file())
+        if int(limit) < 0:
+            raise SourceError(f"images: limit must be >= 0, got {limit!r}")
+        files = files[:int(limit)] if int(limit) else files
+        if not files:
+            raise SourceError(f"images: {str(self.path)!r} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+        self._paths = np.array(files)
+
+    def __len__(self):
+        return len(self._paths)
+
+    def paths(self):
+        return self._paths
+
+    def raw_labels(self, task):
+        raise LabelError(f"images: {str(self.path)!r} is unlabelled; it has no '{task.name}' labels")
+
+
+class WithoutLabels(Source):
+    """Another source's images with its labels hidden from training (``unlabelled_sources``).
+
+    The hidden labels (:attr:`hidden`) are never trained on; distillation uses them only to
+    score its pseudo-labels (e.g. a target domain's held-out labels).
+
+    Example:
+        >>> src = WithoutLabels(make_source("synthetic:lab?n=4"))
+        >>> src.tasks, src.hidden.tasks[:1], len(src)
+        ((), ('expression',), 4)
+    """
+
+    def __init__(self, source: Source):
+        super().__init__(source.name, source.domain, ())
+        self.hidden = source
+        self.format = source.format
+
+    def __len__(self):
+        return len(self.hidden)
+
+    def images(self):
+        return self.hidden.images()
+
+    def paths(self):
+        return self.hidden.paths()
+
+    def row_names(self):
+        return self.hidden.row_names()
+
+    def raw_labels(self, task):
+        raise LabelError(f"source {self.name}: its labels are hidden (an unlabelled source)")
 
 
 def _flag(value) -> bool:
@@ -864,7 +936,7 @@ class CelebASource(FileTableSource):
         return names, files, np.array(values, "int8")
 
 
-SOURCE_FORMATS = {cls.format: cls for cls in (SyntheticSource, CsvSource, FolderSource, UTKFaceSource,
+SOURCE_FORMATS = {cls.format: cls for cls in (SyntheticSource, CsvSource, FolderSource, ImagesSource, UTKFaceSource,
                                               FER2013Source, CKPlusSource, RAFDBSource, AffectNetSource, CelebASource)}
 
 

@@ -36,10 +36,10 @@ from kfacemtl.callbacks import DynamicLearningRate, TaskWeightingCallback
 from kfacemtl.config import DEMO_EPOCHS, DEMO_STEPS, dump_config, resolve_config
 from kfacemtl.errors import ConfigError
 from kfacemtl.files import atomic_write, atomic_write_text
-from kfacemtl.losses import task_loss
-from kfacemtl.model import build_model, count_flops, load_model, model_tasks
+from kfacemtl.losses import class_accuracy, task_loss
+from kfacemtl.model import build_model, count_flops, load_model, model_file, model_tasks
 from kfacemtl.pipeline import make_dataset, steps_per_epoch
-from kfacemtl.sources import Source, make_source
+from kfacemtl.sources import Source, WithoutLabels, make_source
 from kfacemtl.tasks import Task, resolve_tasks
 from kfacemtl.weighting import make_weighting
 
@@ -47,7 +47,7 @@ from kfacemtl.weighting import make_weighting
 def task_metrics_for(task: Task) -> list:
     """Keras metrics of a task, used as ``weighted_metrics`` so masked rows don't count."""
     if task.kind == "classification":
-        return [keras.metrics.SparseCategoricalAccuracy(name="acc")]
+        return [keras.metrics.MeanMetricWrapper(class_accuracy, name="acc")]  # class ids or distributions
     if task.kind == "multilabel":
         return [keras.metrics.BinaryAccuracy(name="acc")]
     return [keras.metrics.MeanAbsoluteError(name="mae")]
@@ -141,6 +141,27 @@ def build_sources(specs: Sequence, key: str = "sources") -> list[Source]:
     return [make_source(spec, key_path=f"{key}[{i}]") for i, spec in enumerate(specs)]
 
 
+def make_distillation(cfg: dict, sources: Sequence[Source], tasks: Sequence[Task], out_dir, verbose: int = 1):
+    """The :class:`~kfacemtl.distillation.DataDistillation` of a config's ``distillation`` section (None when off).
+
+    ``teachers`` is a ``.keras`` file or run directory (one fixed teacher) or ``{task: path}``
+    (e.g. single-task teachers); by default the model being trained teaches itself.
+    """
+    from kfacemtl.distillation import DataDistillation
+    d = cfg["distillation"]
+    if not d["rounds"]:
+        return None
+    teachers = d["teachers"]
+    if isinstance(teachers, str):
+        teachers = load_model(model_file(teachers), compile=False)
+    elif teachers is not None:
+        teachers = {task: load_model(model_file(path), compile=False) for task, path in teachers.items()}
+    return DataDistillation(sources, tasks, rounds=d["rounds"], epochs_per_round=d["epochs_per_round"],
+                            teacher=teachers, soft=d["soft"], thresholds=d["thresholds"], balance=d["balance"],
+                            pseudo_weight=d["pseudo_weight"], reinit=d["reinit"], batch_size=d["batch_size"],
+                            state_dir=out_dir, verbose=verbose)
+
+
 def check_sources_match_tasks(sources: Sequence[Source], tasks: Sequence[Task]):
     """Every source must label at least one task of the model (else it only costs time)."""
     names = {t.name for t in tasks}
@@ -174,11 +195,12 @@ def prepare_run_dir(out_dir: Path, cfg: dict, resume: bool):
     atomic_write_text(config_path, dump_config(cfg))
 
 
-def train_run(config: Mapping, out_dir, resume: bool = False, verbose="auto") -> dict:
+def train_run(config: Mapping, out_dir, resume: bool = False, verbose="auto", extra_callbacks: Sequence = ()) -> dict:
     """Train from a config into ``out_dir``; returns the report (also written as report.json).
 
     ``resume=True`` continues an interrupted run from its last finished epoch (Keras
     ``BackupAndRestore``); the config must match the original except ``training.epochs``.
+    ``extra_callbacks`` are more Keras callbacks, run after the package's own.
     """
     from kfacemtl.evaluation import evaluate_sources, format_table
     from kfacemtl.plots import plot_confusion, plot_history, plot_task_weights
@@ -189,6 +211,7 @@ def train_run(config: Mapping, out_dir, resume: bool = False, verbose="auto") ->
     tr, mc = cfg["training"], cfg["model"]
     sources = build_sources(cfg["sources"])
     check_sources_match_tasks(sources, tasks)
+    sources += [WithoutLabels(s) for s in build_sources(cfg["unlabelled_sources"], "unlabelled_sources")]
     eval_sources = build_sources(cfg["eval_sources"], "eval_sources")
     prepare_run_dir(out_dir, cfg, resume)
     keras.utils.set_random_seed(tr["seed"])
@@ -211,8 +234,10 @@ def train_run(config: Mapping, out_dir, resume: bool = False, verbose="auto") ->
                       tr["label_smoothing"], loss_weights=tr["loss_weights"], weighting=tr["weighting"],
                       weighting_options=tr["weighting_options"])
     image_size = tuple(mc["input_shape"][:2])
+    distillation = make_distillation(cfg, sources, tasks, out_dir, verbose=int(verbose != 0))
     ds = make_dataset(sources, tasks, batch_size=tr["batch_size"], image_size=image_size, training=True,
-                      mixing=tr["mixing"], augment=tr["augment"], seed=tr["seed"])
+                      mixing=tr["mixing"], augment=tr["augment"], seed=tr["seed"],
+                      pseudo_labels=distillation.pseudo_labels if distillation else None)
     callbacks = [
         keras.callbacks.BackupAndRestore(str(out_dir / "backup")),
         keras.callbacks.CSVLogger(str(out_dir / "history.csv"), append=resume),
@@ -222,9 +247,11 @@ def train_run(config: Mapping, out_dir, resume: bool = False, verbose="auto") ->
         callbacks.insert(0, DynamicLearningRate())  # before the loggers, so they see the epoch's learning rate
     if model.weighting is not None:
         callbacks.insert(0, TaskWeightingCallback(out_dir / "weighting.npz"))
+    if distillation is not None:
+        callbacks.insert(0, distillation)  # first: it records the initial weights and adds pseudo_<task> to the logs
     start = time.time()
     history = model.fit(ds, epochs=tr["epochs"], initial_epoch=initial_epoch, steps_per_epoch=steps,
-                        callbacks=callbacks, verbose=verbose)
+                        callbacks=callbacks + list(extra_callbacks), verbose=verbose)
     train_seconds = time.time() - start
     atomic_write(out_dir / "model.keras", model.save)
 
@@ -252,6 +279,7 @@ def train_run(config: Mapping, out_dir, resume: bool = False, verbose="auto") ->
         "evaluation": {s: {t: {k: v for k, v in m.items() if k != "confusion"} for t, m in e.items()}
                        for s, e in results.items()},
         "table": format_table(results, tasks) if results else "",
+        "distillation": distillation.log if distillation else None,
         "plots": plots,
     }
     atomic_write_text(out_dir / "report.json", json.dumps(report, indent=2))

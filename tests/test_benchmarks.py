@@ -110,3 +110,39 @@ def test_ablation_real_setting_evaluates_runs_whose_report_has_no_test_sets(tmp_
     second = json.loads((tmp_path / "runs" / "results.json").read_text())
     assert second[0]["per_task"] == pytest.approx(first[0]["per_task"])
     assert "real: seeds 0" in capsys.readouterr().out
+
+
+def test_distillation_benchmark_synthetic_and_real(tmp_path, monkeypatch, capsys):
+    import distillation as bench
+    monkeypatch.setattr(bench, "SYNTHETIC_MODEL", TINY_MODEL)
+    args = ["--settings", "synthetic", "--seeds", "0", "--rounds", "1", "--epochs-per-round", "1",
+            "--synthetic-steps-per-epoch", "2", "--synthetic-faces", "48", "--synthetic-test-faces", "24",
+            "--out", str(tmp_path / "runs")]
+    assert bench.main(args) == 0
+    out = capsys.readouterr().out
+    assert "pseudo-labels on street-train" in out and "student on street-test after each round" in out
+    assert "transform ensemble cost (T = 6" in out
+    result = json.loads((tmp_path / "runs" / "results.json").read_text())["synthetic"]
+    runs = result["per_seed"]["0"]
+    assert set(runs) == set(bench.VARIANTS)
+    assert runs["no distillation"]["rounds"] == [] and [e["round"] for e in runs["multi-task teacher"]["rounds"]] == [1]
+    assert set(runs["multi-task teacher"]["student"]) == {"0", "1"}  # evaluated after each round
+    street = runs["single-task teachers"]["rounds"][0]["sources"]["street-train"]
+    assert street["age"]["candidates"] == 48 and "quality_candidates" in street["age"]
+    seed0 = tmp_path / "runs" / "synthetic" / "seed0"
+    teachers = yaml.safe_load((seed0 / "single_task_teachers" / "config.yaml").read_text())["distillation"]["teachers"]
+    assert teachers == {t: str(seed0 / f"teacher_{t}") for t in ("age", "gender", "race", "expression")}
+    assert result["cost"]["ensemble_images_per_s"] > 0
+    # the real setting on data in the real layouts; LFW is the unlabelled target, scored by its hidden labels
+    _real_layout(tmp_path / "data")
+    cfg = yaml.safe_load((ROOT / "configs" / "real_mtl.yaml").read_text())
+    cfg["model"].update(TINY_MODEL)
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    args = ["--settings", "real", "--rounds", "1", "--real-epochs-per-round", "1", "--real-steps-per-epoch", "2",
+            "--data", str(tmp_path / "data"), "--config", str(tmp_path / "tiny.yaml"), "--out", str(tmp_path / "real")]
+    assert bench.main(args) == 0
+    real = json.loads((tmp_path / "real" / "results.json").read_text())["real"]["per_seed"]["0"]
+    lfw = real["multi-task teacher"]["rounds"][0]["sources"]["lfw-unlabelled"]
+    assert lfw["expression"]["candidates"] == 3
+    assert set(real["no distillation"]["student"]["1"]["lfw-expressions"]) == {"expression"}
+    assert isinstance(real["fer_agreement"], dict)

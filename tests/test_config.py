@@ -58,3 +58,10 @@ def test_the_real_data_config_resolves_and_loss_weights_reach_the_model():
     assert m["loss"] == pytest.approx(m["age_loss"] + 3.0 * m["expression_loss"], rel=1e-4)
     with pytest.raises(ConfigError, match=r"'training.loss_weights.race': not a task of the model"):
         compile_model(tiny_model(["age", "expression"]), loss_weights={"race": 2.0})
+
+
+def test_the_real_distillation_config_resolves():
+    from pathlib import Path
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "real_distillation.yaml")
+    d = cfg["distillation"]
+    assert cfg["training"]["epochs"] == d["epochs_per_round"] * (d["rounds"] + 1) and cfg["unlabelled_sources"]

@@ -1,0 +1,338 @@
+"""Data distillation: no distillation vs single-task teachers vs the multi-task teacher.
+
+Three ways to train the same multi-task student for the same steps (rounds × epochs per round):
+
+  (a) no distillation          labelled sources only
+  (b) single-task teachers     one single-task model per task (trained first, on the sources that
+                               label its task, as the matched baselines of real_mtl_vs_stl.py, for
+                               the steps the multi-task teacher has trained at the first round
+                               boundary) pseudo-labels its task at every round
+  (c) multi-task teacher       the student itself at each round boundary (Distill-2MD-MTL's rounds)
+
+(b) and (c) also train on the unlabelled target domain, pseudo-labelled with the same ensemble of
+transforms, thresholds and pseudo-label weight (kfacemtl.distillation's defaults).
+
+Settings:
+  synthetic  the demo's four labelled domains (age, gender, race, expression; 32x32 input) with the
+             street domain as the unlabelled target (its training split has no labels; its ground
+             truth only scores the pseudo-labels; street test scores the student), over --seeds
+  real       configs/real_mtl.yaml (UTKFace + FER2013 labelled) with the LFW expressions images as the
+             unlabelled target (an unlabelled source: its labels only score the pseudo-labels; the
+             student is scored on the same faces, transductively): expression on LFW; and where the single-task
+             and multi-task teachers both pseudo-label a FER2013 face's age, gender or race, how
+             often they agree (FER2013 has no such labels to score against)
+
+Printed per setting: the pseudo-labels of each round (share of candidates accepted and accuracy of
+the accepted ones; MAE for age) on the target domain, the student's metric on the target test set
+after each round (round 0: before any pseudo-label), and the cost of the transform ensemble
+(pseudo-labelling images/s against plain batched inference images/s divided by T, in the same run:
+the ensemble alone on in-memory images, and a whole round through the pipeline).
+Also written to --out: results.txt and results.json. A benchmark measures and prints; it asserts
+nothing.
+
+    python benchmarks/distillation.py [--settings synthetic real] [--seeds 0 1 2] [--rounds 2]
+        [--epochs-per-round 2] [--out runs/distillation]
+
+Finished runs in --out are reused (their config must match); interrupted ones resume.
+"""
+
+import argparse
+import copy
+import json
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from ablation_weighting_lr import SYNTHETIC_MODEL, _cell, real_config, run  # noqa: E402
+from kfacemtl.distillation import EnsembleTeacher  # noqa: E402
+from kfacemtl.evaluation import evaluate_sources, headline_metric  # noqa: E402
+from kfacemtl.files import atomic_write_text  # noqa: E402
+from kfacemtl.model import load_model  # noqa: E402
+from kfacemtl.pipeline import make_dataset  # noqa: E402
+from kfacemtl.sources import CsvSource  # noqa: E402
+from kfacemtl.tasks import resolve_tasks  # noqa: E402
+from kfacemtl.training import build_sources, demo_config  # noqa: E402
+from real_mtl_vs_stl import single_task_configs  # noqa: E402
+
+VARIANTS = ("no distillation", "single-task teachers", "multi-task teacher")
+SHORT = {"age": "age", "gender": "gender", "race": "race", "expression": "expr"}
+
+
+class RoundEvaluation(keras.callbacks.Callback):
+    """Evaluate the student on ``sources`` at the end of every round (every ``every`` epochs) into a JSON file."""
+
+    def __init__(self, every: int, sources, tasks, path: Path):
+        super().__init__()
+        self.every, self.sources, self.tasks, self.path = every, sources, tasks, Path(path)
+        self.results = json.loads(self.path.read_text()) if self.path.exists() else {}
+
+    def on_epoch_end(self, epoch, logs=None):
+        if (epoch + 1) % self.every:
+            return
+        evaluation = evaluate_sources(self.model, self.sources, self.tasks)
+        self.results[str((epoch + 1) // self.every - 1)] = {
+            s: {t: float(m[headline_metric(next(x for x in self.tasks if x.name == t))]) for t, m in e.items()}
+            for s, e in evaluation.items()}
+        atomic_write_text(self.path, json.dumps(self.results, indent=2))
+
+
+def with_rounds(cfg: dict, rounds: int, epochs_per_round: int) -> dict:
+    cfg = copy.deepcopy(cfg)
+    cfg["training"]["epochs"] = epochs_per_round * (rounds + 1)
+    return cfg
+
+
+def variant_config(base: dict, variant: str, unlabelled: list, rounds: int, epochs_per_round: int,
+                   teachers: dict | None = None) -> dict:
+    cfg = with_rounds(base, rounds, epochs_per_round)
+    if variant == "no distillation":
+        return cfg
+    cfg["unlabelled_sources"] = list(unlabelled)
+    cfg["distillation"] = {"rounds": rounds, "epochs_per_round": epochs_per_round}
+    if variant == "single-task teachers":
+        cfg["distillation"]["teachers"] = {task: str(path) for task, path in teachers.items()}
+    return cfg
+
+
+def synthetic_base(seed: int, steps_per_epoch: int, faces: int, test_faces: int) -> dict:
+    cfg = demo_config(train_faces=faces, test_faces=test_faces, epochs=1, steps_per_epoch=steps_per_epoch, seed=seed)
+    cfg["tasks"] = ["age", "gender", "race", "expression"]
+    cfg["model"] = dict(SYNTHETIC_MODEL)
+    cfg["training"]["lr_schedule"] = "cosine"
+    return cfg
+
+
+def run_variants(name: str, seed: int, base: dict, unlabelled: list, target_test, rounds: int, epochs_per_round: int,
+                 out: Path, ground_truth_note: str = "") -> dict:
+    """Train the single-task teachers and the three students of one seed; returns their round logs and scores."""
+    tasks = resolve_tasks(base["tasks"])
+    folder = out / name / f"seed{seed}"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        sources = build_sources(base["sources"])
+    teachers = {}
+    # the teachers get the steps the multi-task teacher has at the first round boundary
+    for task, stl_cfg in single_task_configs(with_rounds(base, 0, epochs_per_round), sources).items():
+        teachers[task] = folder / f"teacher_{task}"
+        print(f"[{name} seed {seed}] single-task teacher {task}", flush=True)
+        run(stl_cfg, teachers[task])
+    result = {}
+    for variant in VARIANTS:
+        vfolder = folder / variant.replace(" ", "_").replace("-", "_")
+        print(f"[{name} seed {seed}] {variant}", flush=True)
+        cfg = variant_config(base, variant, unlabelled, rounds, epochs_per_round, teachers)
+        callback = RoundEvaluation(epochs_per_round, [target_test], tasks, vfolder / "round_evaluation.json")
+        run(cfg, vfolder, extra_callbacks=[callback])
+        log_path = vfolder / "distillation.json"
+        result[variant] = {
+            "student": json.loads((vfolder / "round_evaluation.json").read_text()),
+            "rounds": json.loads(log_path.read_text())["rounds"] if log_path.exists() else [],
+            "folder": str(vfolder),
+        }
+    return result
+
+
+def ensemble_cost(model, images: np.ndarray, batch_size: int = 128, repeats: int = 3) -> dict:
+    """Images/s of plain batched inference and of the transform ensemble on the same in-memory batches."""
+    batch_size = min(batch_size, len(images))
+    teacher = EnsembleTeacher(model)
+    plain = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    batches = [tf.constant(images[i:i + batch_size]) for i in range(0, len(images) - batch_size + 1, batch_size)]
+
+    def rate(fn):
+        fn(batches[0])  # trace and warm up
+        best = 0.0
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for b in batches:
+                out = fn(b)
+            tf.nest.map_structure(lambda t: t.numpy() if hasattr(t, "numpy") else t, out)
+            best = max(best, len(batches) * batch_size / (time.perf_counter() - start))
+        return best
+    plain_rate, ensemble_rate = rate(plain), rate(teacher)
+    return {"T": teacher.T, "batch": batch_size, "plain_images_per_s": plain_rate,
+            "ensemble_images_per_s": ensemble_rate, "ratio_vs_plain_over_T": ensemble_rate / (plain_rate / teacher.T)}
+
+
+def round_cost(model, source, tasks, batch_size: int = 128) -> dict:
+    """Images/s of a whole pseudo-labelling round (pipeline, ensemble, selection) on ``source`` against plain
+    batched inference through the same pipeline, both timed on a second pass (the first traces)."""
+    from kfacemtl.distillation import DataDistillation
+    from kfacemtl.sources import WithoutLabels
+    ds = make_dataset([source], tasks, batch_size=batch_size, image_size=tuple(model.input_shape[1:3]), training=False)
+    plain = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    for _ in range(2):
+        start = time.perf_counter()
+        n = sum(int(tf.nest.flatten(plain(x))[0].shape[0]) for x, _, _ in ds)
+        plain_rate = n / (time.perf_counter() - start)
+    rounds = DataDistillation([WithoutLabels(source)], tasks, rounds=2, batch_size=batch_size, verbose=0)
+    round_rate = max(rounds.run_round(model)["images_per_second"] for _ in range(2))
+    return {"T": len(rounds.transforms), "plain_images_per_s": plain_rate, "round_images_per_s": round_rate,
+            "ratio_vs_plain_over_T": round_rate / (plain_rate / len(rounds.transforms))}
+
+
+def _target_stats(entry: dict, target: str, task) -> tuple:
+    """(share accepted, quality of accepted) of a task's pseudo-labels on the target source in one round."""
+    s = entry["sources"].get(target, {}).get(task)
+    if not s or not s["candidates"]:
+        return np.nan, np.nan
+    return s["accepted"] / s["candidates"], s.get("quality_accepted", np.nan)
+
+
+def format_tables(name: str, per_seed: dict, tasks, target: str, target_test: str, rounds: int) -> str:
+    seeds = sorted(per_seed)
+    title = f"{name}: seeds {', '.join(map(str, seeds))}" + (" (mean ± std)" if len(seeds) > 1 else "")
+    kinds = {t.name: t.kind for t in tasks}
+
+    def table(header, rows):
+        widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+        fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+        return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
+
+    def cell(values, digits=3):
+        values = [v for v in values if np.isfinite(v)]
+        return _cell(values, digits) if values else "-"
+
+    shown = [t.name for t in tasks if any(np.isfinite(_target_stats(e, target, t.name)[0])
+                                          for s in seeds for v in VARIANTS[1:] for e in per_seed[s][v]["rounds"])]
+    rows = []
+    for v in VARIANTS[1:]:
+        for r in range(1, rounds + 1):
+            row = [v, str(r)]
+            for t in shown:
+                stats = [_target_stats(next(e for e in per_seed[s][v]["rounds"] if e["round"] == r), target, t)
+                         for s in seeds]
+                row += [cell([q for _, q in stats]), cell([100 * a for a, _ in stats], 1)]
+            rows.append(row)
+    header = ["teacher", "round"] + [h for t in shown for h in
+                                     (f"{SHORT.get(t, t)} {'MAE' if kinds[t] == 'regression' else 'acc'}", "accepted %")]
+    pseudo = f"pseudo-labels on {target} (accepted share of its rows; accuracy of the accepted, MAE for age)\n" \
+        + table(header, rows)
+    rows = []
+    student_tasks = [t.name for t in tasks if any(t.name in per_seed[s][VARIANTS[0]]["student"]["0"].get(target_test, {})
+                                                  for s in seeds)]
+    for v in VARIANTS:
+        for r in range(rounds + 1):
+            rows.append([v, str(r)] + [cell([per_seed[s][v]["student"][str(r)][target_test][t] for s in seeds])
+                                       for t in student_tasks])
+    header = ["student", "round"] + [f"{SHORT.get(t, t)} {headline_metric(next(x for x in tasks if x.name == t))}"
+                                     for t in student_tasks]
+    student = f"student on {target_test} after each round (round 0: before any pseudo-label)\n" + table(header, rows)
+    return "\n\n".join([title, pseudo, student])
+
+
+def format_cost(cost: dict, whole: dict) -> str:
+    return (f"transform ensemble cost (T = {cost['T']}, batches of {cost['batch']}, in-memory images): plain inference "
+            f"{cost['plain_images_per_s']:.0f} images/s, ensemble {cost['ensemble_images_per_s']:.0f} images/s = "
+            f"{cost['ratio_vs_plain_over_T']:.2f} x (plain / T)\n"
+            f"a whole round (the same images through the pipeline, ensemble and selection): plain inference through the "
+            f"pipeline {whole['plain_images_per_s']:.0f} images/s, round {whole['round_images_per_s']:.0f} images/s = "
+            f"{whole['ratio_vs_plain_over_T']:.2f} x (plain / T)")
+
+
+def agreement(folder_b: str, folder_c: str, source: str, tasks) -> dict:
+    """Where both teachers accepted a pseudo-label of ``source``: class agreement (or mean |difference|) per task."""
+    b, c = np.load(Path(folder_b) / "pseudo_labels.npz"), np.load(Path(folder_c) / "pseudo_labels.npz")
+    out = {}
+    for t in tasks:
+        key = f"{source}/{t.name}"
+        if f"weights/{key}" not in b or f"weights/{key}" not in c:
+            continue
+        both = (b[f"weights/{key}"] > 0) & (c[f"weights/{key}"] > 0)
+        if not both.any():
+            continue
+        vb, vc = b[f"values/{key}"][both], c[f"values/{key}"][both]
+        value = float(np.mean(vb.argmax(-1) == vc.argmax(-1))) if t.kind == "classification" \
+            else float(np.mean(np.abs(vb - vc)))
+        out[t.name] = {"rows": int(both.sum()), "agreement" if t.kind == "classification" else "mean_abs_diff": value}
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--settings", nargs="+", default=["synthetic", "real"], choices=["synthetic", "real"])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="synthetic seeds")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--epochs-per-round", type=int, default=3)
+    ap.add_argument("--synthetic-steps-per-epoch", type=int, default=150)
+    ap.add_argument("--synthetic-faces", type=int, default=3000, help="training faces per domain (street too)")
+    ap.add_argument("--synthetic-test-faces", type=int, default=500)
+    ap.add_argument("--real-seeds", nargs="+", type=int, default=[0])
+    ap.add_argument("--real-epochs-per-round", type=int, default=3)
+    ap.add_argument("--real-steps-per-epoch", type=int, default=300)
+    ap.add_argument("--data", default=os.environ.get("KFACEMTL_DATA", str(ROOT.parent / "shared" / "data")))
+    ap.add_argument("--config", default=str(ROOT / "configs" / "real_mtl.yaml"))
+    ap.add_argument("--out", default=str(ROOT / "runs" / "distillation"))
+    args = ap.parse_args(argv)
+    out, start, texts, results = Path(args.out), time.time(), [], {}
+    for setting in args.settings:
+        if setting == "synthetic":
+            per_seed, cost, whole = {}, None, None
+            for seed in args.seeds:
+                base = synthetic_base(seed, args.synthetic_steps_per_epoch, args.synthetic_faces,
+                                      args.synthetic_test_faces)
+                unlabelled = [f"synthetic:street?n={args.synthetic_faces}&seed={seed}"]
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", UserWarning)
+                    test = build_sources([f"synthetic:street?split=test&n={args.synthetic_test_faces}&seed={seed}"])[0]
+                per_seed[seed] = run_variants("synthetic", seed, base, unlabelled, test, args.rounds,
+                                              args.epochs_per_round, out)
+                if cost is None:
+                    student = load_model(Path(per_seed[seed]["multi-task teacher"]["folder"]) / "model.keras")
+                    ds = make_dataset([test], resolve_tasks(base["tasks"]), batch_size=512,
+                                      image_size=tuple(base["model"]["input_shape"][:2]), training=False)
+                    cost = ensemble_cost(student, np.concatenate([x.numpy() for x, _, _ in ds]))
+                    whole = round_cost(student, test, resolve_tasks(base["tasks"]))
+            tasks = resolve_tasks(base["tasks"])
+            text = format_tables("synthetic", per_seed, tasks, "street-train", test.name, args.rounds)
+            text += "\n\n" + format_cost(cost, whole)
+            results["synthetic"] = {"per_seed": per_seed, "cost": cost, "round_cost": whole}
+        else:
+            data = Path(args.data)
+            labels = data / "lfw_expressions" / "labels.csv"
+            if not all(p.exists() for p in (data / "utkface" / "UTKFace", data / "fer2013" / "train", labels)):
+                print(f"real data not found under {data}; the real setting is skipped (pass --data).")
+                continue
+            per_seed = {}
+            for seed in args.real_seeds:
+                base = real_config(str(data), args.config, seed)
+                base["training"]["steps_per_epoch"] = args.real_steps_per_epoch
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", UserWarning)
+                    lfw = CsvSource(str(labels), domain="lfw", name="lfw-expressions")
+                unlabelled = [f"csv:{labels}?name=lfw-unlabelled&domain=lfw"]  # trained on without its labels
+                per_seed[seed] = run_variants("real", seed, base, unlabelled, lfw, args.rounds,
+                                              args.real_epochs_per_round, out)
+                runs = per_seed[seed]
+                per_seed[seed]["fer_agreement"] = agreement(
+                    runs["single-task teachers"]["folder"], runs["multi-task teacher"]["folder"], "fer2013-Training",
+                    resolve_tasks(base["tasks"]))
+            tasks = resolve_tasks(base["tasks"])
+            text = format_tables("real", per_seed, tasks, "lfw-unlabelled", "lfw-expressions", args.rounds)
+            text += "\n\nsingle-task vs multi-task teacher on FER2013 faces (last round, rows both accepted): " + \
+                json.dumps({s: per_seed[s]["fer_agreement"] for s in per_seed})
+            results["real"] = {"per_seed": per_seed}
+        texts.append(text)
+        print("\n" + text + "\n", flush=True)
+    if not texts:
+        return 0
+    wall = f"benchmark wall time {time.time() - start:.0f} s (a reused run takes none)"
+    print(wall)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "results.txt", "\n\n".join(texts) + "\n\n" + wall + "\n")
+    atomic_write_text(out / "results.json", json.dumps(results, indent=2, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

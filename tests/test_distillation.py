@@ -1,0 +1,307 @@
+"""Data distillation: the transform ensemble, selection, pseudo-labels in the pipeline, rounds in fit."""
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from conftest import TINY, tiny_model, write_png
+from kfacemtl.distillation import (DataDistillation, EnsembleTeacher, PseudoLabels, distill, select,
+                                   transform_batch, transform_boxes)
+from kfacemtl.errors import ConfigError
+from kfacemtl.losses import MaskedTaskLoss, class_accuracy
+from kfacemtl.pipeline import make_dataset
+from kfacemtl.sources import CsvSource, ImagesSource, SyntheticSource, WithoutLabels, make_source
+from kfacemtl.tasks import get_task, resolve_tasks
+from kfacemtl.training import compile_model, train_run
+
+
+def _images(b=3, size=16, seed=0):
+    return np.random.default_rng(seed).random((b, size, size, 3)).astype("float32")
+
+
+def test_transform_batch_identity_flip_zoom_and_shift():
+    x = _images()
+    out = transform_batch(x, transform_boxes([(False, 1.0, 0.0, 0.0), (True, 1.0, 0.0, 0.0),
+                                              (False, 2.0, 0.0, 0.0), (False, 1.0, 4 / 15, 0.0)])).numpy()
+    assert out.shape == (12, 16, 16, 3)  # transform-major: T blocks of B
+    np.testing.assert_allclose(out[0:3], x, atol=1e-6)
+    np.testing.assert_allclose(out[3:6], x[:, :, ::-1], atol=1e-6)
+    # x2 zoom: the box [0.25, 0.75] of a 16-pixel side samples pixel coordinates 3.75 ... 11.25, bilinearly
+    centre = out[6:9]
+    coords = np.linspace(0.25 * 15, 0.75 * 15, 16)
+    lo, frac = np.floor(coords).astype(int), coords - np.floor(coords)
+    rows = x[:, lo] * (1 - frac)[None, :, None, None] + x[:, lo + 1] * frac[None, :, None, None]
+    expected = rows[:, :, lo] * (1 - frac)[None, None, :, None] + rows[:, :, lo + 1] * frac[None, None, :, None]
+    np.testing.assert_allclose(centre, expected, atol=1e-5)
+    # content shifted right by 4 pixels (box coordinates span W - 1 pixels): fill (0), then the image's left part
+    shifted = out[9:12]
+    assert np.all(shifted[:, :, :4] == 0)
+    np.testing.assert_allclose(shifted[:, :, 4:], x[:, :, :12], atol=1e-5)
+
+
+def test_bad_transforms_name_the_key():
+    with pytest.raises(ConfigError, match=r"transforms\[1\]"):
+        transform_boxes([(False, 1.0, 0.0, 0.0), (False, 10.0, 0.0, 0.0)])
+
+
+def test_ensemble_is_the_mean_of_per_transform_predictions():
+    model = tiny_model(["age", "gender", "action_units"])
+    transforms = [(False, 1.0, 0.0, 0.0), (True, 1.0, 0.0, 0.0), (False, 1.2, 0.05, -0.05)]
+    x = _images(size=64)
+    out = EnsembleTeacher(model, transforms)(x)
+    per_transform = [model(transform_batch(x, transform_boxes([t])), training=False) for t in transforms]
+    for k, task in enumerate(model.output_names):
+        stack = np.stack([p[k].numpy() for p in per_transform])
+        np.testing.assert_allclose(out[task][0], stack.mean(0), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(out[task][1], stack.std(0).mean(-1), rtol=1e-4, atol=1e-5)
+
+
+def test_select_thresholds_by_kind_and_class_balance():
+    gender, age, aus = get_task("gender"), get_task("age"), get_task("action_units")
+    probs = np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8], [0.05, 0.95]])
+    cand = np.array([True, True, True, False])  # the last row has a real label: never pseudo-labelled
+    assert select(gender, probs, np.zeros(4), cand, 0.7).tolist() == [True, False, True, False]
+    assert select(age, np.zeros((3, 1)), np.array([1.0, 7.0, 3.0]), np.ones(3, bool), 6.0).tolist() == [True, False, True]
+    p = np.array([[0.95] * 14, [0.5] * 14])
+    assert select(aus, p, np.zeros(2), np.ones(2, bool), 0.8).tolist() == [True, False]
+    # balance: 5 confident rows of class 0, one of class 1 and one of class 2 -> class 0 capped at the median (1),
+    # keeping its most confident row
+    expr = get_task("expression")
+    probs = np.full((7, 7), 0.01)
+    for i, (c, conf) in enumerate([(0, 0.8), (0, 0.95), (0, 0.9), (0, 0.85), (0, 0.82), (1, 0.9), (2, 0.9)]):
+        probs[i, c] = conf
+    kept = select(expr, probs, np.zeros(7), np.ones(7, bool), 0.7, balance=True)
+    assert kept.tolist() == [False, True, False, False, False, True, True]
+
+
+def test_pseudo_labels_fill_missing_labels_real_labels_win_and_updates_need_no_rebuild():
+    tasks = resolve_tasks(["gender", "expression"])
+    portraits = make_source("synthetic:portraits?n=8")  # gender labelled, expression missing
+    store = PseudoLabels([portraits], tasks)
+    ds = make_dataset([portraits], tasks, batch_size=8, image_size=(16, 16), augment=False, pseudo_labels=store)
+    it = iter(ds)
+    _, y, w = next(it)
+    assert np.all(w["expression"].numpy() == 0)
+    real_gender = dict(zip(range(8), portraits.labels(tasks)[0]["gender"]))
+    store.assign("portraits-train", "expression", np.eye(7)[np.arange(8) % 7], np.full(8, 0.5))
+    store.assign("portraits-train", "gender", np.eye(2)[1 - portraits.labels(tasks)[0]["gender"]], np.full(8, 0.5))
+    for _ in range(20):  # the same iterator: it reads the variables anew once its prefetched rows are used
+        _, y, w = next(it)
+    np.testing.assert_array_equal(w["expression"].numpy(), 0.5)
+    np.testing.assert_array_equal(w["gender"].numpy(), 1.0)  # real labels win over (contrary) pseudo-labels
+    assert sorted(y["gender"].numpy().tolist()) == sorted(real_gender.values())
+    assert sorted(y["expression"].numpy().tolist()) == sorted((np.arange(8) % 7).tolist())
+
+
+def test_soft_pseudo_labels_give_distributions_for_every_source():
+    tasks = resolve_tasks(["gender", "expression"])
+    lab, street = make_source("synthetic:lab?n=4"), make_source("synthetic:street?n=4")
+    store = PseudoLabels([street], tasks, soft=True)  # lab is not in the store: still one-hot
+    soft = np.array([[0.1, 0.9]] * 4)
+    store.assign("street-train", "gender", soft, np.full(4, 0.25))
+    ds = make_dataset([lab, street], tasks, batch_size=16, image_size=(16, 16), pseudo_labels=store)
+    _, y, w = next(iter(ds))
+    assert y["gender"].shape == (16, 2) and y["expression"].shape == (16, 7)
+    rows = w["gender"].numpy() > 0
+    np.testing.assert_allclose(y["gender"].numpy()[rows], soft[:1].repeat(rows.sum(), 0), atol=1e-6)
+    labelled = w["expression"].numpy() > 0
+    np.testing.assert_array_equal(y["expression"].numpy()[labelled].sum(-1), 1.0)  # lab's real labels, one-hot
+
+
+def test_loss_and_accuracy_accept_class_distributions():
+    loss = MaskedTaskLoss("classification", "crossentropy")
+    p = np.array([[0.7, 0.3], [0.2, 0.8]], "float32")
+    target = np.array([[0.6, 0.4], [0.0, 1.0]], "float32")
+    expected = -(0.6 * np.log(0.7) + 0.4 * np.log(0.3))  # the second row is masked
+    assert float(loss(target, p, np.array([1.0, 0.0]))) == pytest.approx(expected, rel=1e-5)
+    assert float(loss(np.array([1, 1]), p, np.array([0.0, 1.0]))) == pytest.approx(-np.log(0.8), rel=1e-5)
+    assert class_accuracy(target, p).numpy().tolist() == [1.0, 1.0]
+    assert class_accuracy(np.array([1, 0]), p).numpy().tolist() == [0.0, 0.0]
+
+
+def _fit_with_rounds(tmp_path, tasks, sources, **options):
+    keras.utils.set_random_seed(0)
+    model = tiny_model(tasks)
+    compile_model(model)
+    d = DataDistillation(sources, model.tasks, verbose=0, state_dir=tmp_path, **options)
+    ds = make_dataset(sources, model.tasks, batch_size=16, image_size=(64, 64), pseudo_labels=d.pseudo_labels)
+    history = model.fit(ds, epochs=d.total_epochs, steps_per_epoch=2, callbacks=[d], verbose=0)
+    return model, d, history
+
+
+def test_rounds_run_at_round_boundaries_and_log_counts_and_quality(tmp_path):
+    tasks = ["age", "gender", "expression"]
+    sources = [make_source("synthetic:portraits?n=24"), make_source("synthetic:lab?n=24"),
+               make_source("synthetic:street?n=24")]
+    # thresholds every prediction passes, so each round pseudo-labels every missing label
+    model, d, history = _fit_with_rounds(tmp_path, tasks, sources, rounds=2, epochs_per_round=2,
+                                         thresholds={"gender": 0.0, "expression": 0.0, "age": 1e9})
+    assert d.total_epochs == 6 and [e["round"] for e in d.log] == [1, 2]
+    street = d.log[-1]["sources"]["street-train"]
+    assert {t: s["accepted"] for t, s in street.items()} == {"age": 24, "gender": 24, "expression": 24}
+    truth = sources[2].ground_truth()["gender"]
+    accepted = d.pseudo_labels.values["street-train"]["gender"].numpy().argmax(-1)
+    assert street["gender"]["quality_accepted"] == pytest.approx(np.mean(accepted == truth))
+    portraits = d.log[-1]["sources"]["portraits-train"]
+    assert set(portraits) == {"expression"}  # its age and gender are real labels: nothing to fill
+    assert history.history["pseudo_gender"] == [0, 0, 48, 48, 48, 48]  # lab + street, from round 1 (epoch 2) on
+    saved = json.loads((tmp_path / "distillation.json").read_text())["rounds"]
+    assert [e["round"] for e in saved] == [1, 2] and (tmp_path / "plots" / "distillation.png").exists()
+    with np.load(tmp_path / "pseudo_labels.npz") as z:
+        np.testing.assert_array_equal(z["weights/street-train/gender"], 0.5)  # the default pseudo-label weight
+
+
+def test_pseudo_label_accuracy_is_scored_against_ground_truth(tmp_path):
+    """An oracle teacher (a model whose gender head copies the truth is hard to build; a constant one is
+    easy): a teacher that always says class 1 scores exactly the share of class 1 in the ground truth."""
+    tasks = resolve_tasks(["gender"])
+    street = make_source("synthetic:street?n=40")
+    teacher = tiny_model(["gender"])
+    out = teacher.get_layer("gender")
+    out.set_weights([np.zeros_like(out.get_weights()[0]), np.array([-5.0, 5.0], "float32")])
+    d = DataDistillation([street], tasks, rounds=1, teacher=teacher, verbose=0)
+    entry = d.run_round(tiny_model(["gender"]))
+    truth = street.ground_truth()["gender"]
+    assert entry["sources"]["street-train"]["gender"]["quality_accepted"] == pytest.approx(np.mean(truth == 1))
+
+
+def test_single_task_teachers_only_label_their_task_and_stay_fixed(tmp_path):
+    tasks = resolve_tasks(["gender", "expression"])
+    sources = [make_source("synthetic:street?n=16"), make_source("synthetic:portraits?n=8")]
+    gender_teacher = tiny_model(["gender"], seed=3)
+    before = [w.copy() for w in gender_teacher.get_weights()]
+    d = DataDistillation(sources, tasks, rounds=1, teacher={"gender": gender_teacher},
+                         thresholds={"gender": 0.0}, verbose=0)
+    entry = d.run_round(tiny_model(["gender", "expression"]))
+    assert set(entry["sources"]["street-train"]) == {"gender"}
+    assert "portraits-train" not in entry["sources"]  # every face there has a real gender label: not even predicted
+    assert d.pseudo_labels.counts()["street-train"] == {"gender": 16, "expression": 0}
+    assert all(np.array_equal(a, b) for a, b in zip(before, gender_teacher.get_weights()))
+    with pytest.raises(ConfigError, match="teachers.age"):
+        DataDistillation(sources, tasks, teacher={"age": gender_teacher})
+    from kfacemtl.model import build_model
+    small = build_model(resolve_tasks(["gender"]), input_shape=(32, 32, 3), **TINY)
+    with pytest.raises(ConfigError, match=r"takes \(32, 32\) images, the student \(64, 64\)"):
+        DataDistillation(sources, tasks, teacher={"gender": small}).run_round(tiny_model(["gender", "expression"]))
+
+
+def test_reinit_puts_the_student_back_to_its_initial_weights(tmp_path):
+    tasks = ["gender"]
+    sources = [make_source("synthetic:portraits?n=16"), make_source("synthetic:street?n=16")]
+    seen = []
+
+    class Spy(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            seen.append([w.copy() for w in self.model.get_weights()])
+
+    keras.utils.set_random_seed(0)
+    model = tiny_model(tasks)
+    compile_model(model)
+    initial = [w.copy() for w in model.get_weights()]
+    d = DataDistillation(sources, model.tasks, rounds=1, epochs_per_round=1, reinit=True, verbose=0)
+    ds = make_dataset(sources, model.tasks, batch_size=8, image_size=(64, 64), pseudo_labels=d.pseudo_labels)
+    model.fit(ds, epochs=2, steps_per_epoch=2, callbacks=[d, Spy()], verbose=0)
+    assert all(np.array_equal(a, b) for a, b in zip(initial, seen[1]))  # epoch 1 began from the initial weights
+    assert int(model.optimizer.iterations.numpy()) == 2  # and a fresh optimizer state
+
+
+def test_a_resumed_run_keeps_its_rounds(tmp_path):
+    tasks = ["gender"]
+    sources = [make_source("synthetic:portraits?n=16"), make_source("synthetic:street?n=16")]
+    _, d, _ = _fit_with_rounds(tmp_path, tasks, sources, rounds=1, epochs_per_round=1, thresholds={"gender": 0.0})
+    stamp = (tmp_path / "pseudo_labels.npz").stat().st_mtime_ns
+    _, again, _ = _fit_with_rounds(tmp_path, tasks, sources, rounds=1, epochs_per_round=1, thresholds={"gender": 0.0})
+    assert (tmp_path / "pseudo_labels.npz").stat().st_mtime_ns == stamp  # round 1 was not redone
+    assert again.pseudo_labels.counts() == d.pseudo_labels.counts() == {"portraits-train": {"gender": 0},
+                                                                        "street-train": {"gender": 16}}
+
+
+def test_the_round_loop_function(tmp_path):
+    keras.utils.set_random_seed(0)
+    model = tiny_model(["gender"])
+    compile_model(model)
+    sources = [make_source("synthetic:portraits?n=16"), make_source("synthetic:street?n=16")]
+    rounds = distill(model, sources, rounds=2, epochs_per_round=1, steps_per_epoch=2, batch_size=8, verbose=0,
+                     thresholds={"gender": 0.0})
+    assert [e["round"] for e in rounds.log] == [1, 2]
+    assert int(model.optimizer.iterations.numpy()) == 6  # three rounds of one epoch of 2 steps
+
+
+def test_unlabelled_file_sources_are_streamed_and_hidden_labels_only_score(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = ["path,gender"]
+    for k in range(6):
+        write_png(tmp_path / "faces" / "a" / f"{k}.png", rng.integers(0, 255, (40, 40, 3)))
+        rows.append(f"faces/a/{k}.png,{k % 2}")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    images = ImagesSource(str(tmp_path / "faces"))
+    assert len(images) == 6 and images.tasks == () and images.paths()[0].endswith("0.png")
+    hidden = WithoutLabels(CsvSource(str(tmp_path / "labels.csv"), name="target"))
+    tasks = resolve_tasks(["gender"])
+    assert hidden.labels(tasks)[1]["gender"].sum() == 0  # nothing to train on
+    d = DataDistillation([images, hidden], tasks, rounds=1, thresholds={"gender": 0.0}, batch_size=4, verbose=0)
+    entry = d.run_round(tiny_model(["gender"]))
+    assert entry["sources"]["faces"]["gender"]["accepted"] == 6 and "quality_accepted" not in entry["sources"]["faces"]["gender"]
+    assert entry["sources"]["target"]["gender"]["scored"] == 6
+
+
+def test_train_run_with_distillation_from_config(tmp_path):
+    cfg = {"tasks": ["gender", "expression"],
+           "sources": ["synthetic:portraits?n=32", "synthetic:lab?n=32"],
+           "unlabelled_sources": ["synthetic:street?n=32&split=test"],  # a test split: labelled, but hidden
+           "eval_sources": ["synthetic:street?split=test&n=16"],
+           "model": {"input_shape": [32, 32, 3], "widths": [8, 16], "depths": [1, 1], "embedding_dim": 16},
+           "training": {"epochs": 4, "steps_per_epoch": 2, "batch_size": 16},
+           "distillation": {"rounds": 1, "epochs_per_round": 2, "thresholds": {"gender": 0.0, "expression": 0.0},
+                            "soft": True}}
+    report = train_run(cfg, tmp_path / "run", verbose=0)
+    (entry,) = report["distillation"]
+    assert entry["sources"]["street-test"]["gender"]["accepted"] == 32  # its labels were hidden: all candidates
+    assert 0 <= entry["sources"]["street-test"]["gender"]["quality_accepted"] <= 1
+    for name in ("distillation.json", "pseudo_labels.npz", "plots/distillation.png"):
+        assert (tmp_path / "run" / name).exists()
+    history = (tmp_path / "run" / "history.csv").read_text().splitlines()
+    assert "pseudo_gender" in history[0] and len(history) == 5
+    # the teacher of another run, loaded from its run directory
+    cfg2 = json.loads(json.dumps(cfg))
+    cfg2["distillation"].update(teachers={"gender": str(tmp_path / "run")}, soft=False)
+    report = train_run(cfg2, tmp_path / "run2", verbose=0)
+    assert set(report["distillation"][0]["sources"]["street-test"]) == {"gender"}
+
+
+@pytest.mark.parametrize("change, key", [
+    ({"training": {"epochs": 5}}, "training.epochs"),
+    ({"distillation": {"rounds": 0}}, "unlabelled_sources"),
+    ({"distillation": {"rounds": 1, "epochs_per_round": 2, "pseudo_weight": 1.5}}, "distillation.pseudo_weight"),
+    ({"distillation": {"rounds": 1, "epochs_per_round": 2, "thresholds": {"gender": -1}}}, "distillation.thresholds.gender"),
+    ({"distillation": {"rounds": 1, "epochs_per_round": 2, "rouns": 3}}, "distillation.rouns"),
+])
+def test_distillation_config_errors_name_the_key(change, key):
+    from kfacemtl.config import resolve_config
+    cfg = {"sources": ["synthetic:lab?n=8"], "unlabelled_sources": ["synthetic:street?n=8"],
+           "training": {"epochs": 4}, "distillation": {"rounds": 1, "epochs_per_round": 2}}
+    for section, values in change.items():
+        cfg[section] = {**cfg[section], **values}
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        resolve_config(cfg)
+
+
+def test_unknown_threshold_task_is_an_error():
+    with pytest.raises(ConfigError, match="thresholds.age"):
+        DataDistillation([SyntheticSource("street", n=4)], resolve_tasks(["gender"]), thresholds={"age": 3.0})
+
+
+def test_the_ensemble_is_one_model_call_on_all_transformed_images():
+    model = tiny_model(["gender"])
+    batches = []
+    original = model.call
+
+    def counting(inputs, *args, **kwargs):
+        batches.append(inputs)
+        return original(inputs, *args, **kwargs)
+    model.call = counting
+    teacher = EnsembleTeacher(model)
+    teacher(_images(b=5, size=64))
+    assert len(batches) == 1  # traced once: one call on the T*B images
+    assert transform_batch(_images(b=5, size=64), teacher.boxes).shape[0] == teacher.T * 5
