@@ -31,7 +31,7 @@ Also written to --out: results.txt and results.json. A benchmark measures and pr
 nothing.
 
     python benchmarks/distillation.py [--settings synthetic real] [--seeds 0 1 2] [--rounds 2]
-        [--epochs-per-round 2] [--out runs/distillation]
+        [--epochs-per-round 3] [--thresholds gender=0.9 ...] [--out runs/distillation]
 
 Finished runs in --out are reused (their config must match); interrupted ones resume.
 """
@@ -93,12 +93,14 @@ def with_rounds(cfg: dict, rounds: int, epochs_per_round: int) -> dict:
 
 
 def variant_config(base: dict, variant: str, unlabelled: list, rounds: int, epochs_per_round: int,
-                   teachers: dict | None = None) -> dict:
+                   teachers: dict | None = None, thresholds: dict | None = None) -> dict:
     cfg = with_rounds(base, rounds, epochs_per_round)
     if variant == "no distillation":
         return cfg
     cfg["unlabelled_sources"] = list(unlabelled)
     cfg["distillation"] = {"rounds": rounds, "epochs_per_round": epochs_per_round}
+    if thresholds:
+        cfg["distillation"]["thresholds"] = dict(thresholds)
     if variant == "single-task teachers":
         cfg["distillation"]["teachers"] = {task: str(path) for task, path in teachers.items()}
     return cfg
@@ -113,7 +115,7 @@ def synthetic_base(seed: int, steps_per_epoch: int, faces: int, test_faces: int)
 
 
 def run_variants(name: str, seed: int, base: dict, unlabelled: list, target_test, rounds: int, epochs_per_round: int,
-                 out: Path, ground_truth_note: str = "") -> dict:
+                 out: Path, thresholds: dict | None = None) -> dict:
     """Train the single-task teachers and the three students of one seed; returns their round logs and scores."""
     tasks = resolve_tasks(base["tasks"])
     folder = out / name / f"seed{seed}"
@@ -130,7 +132,7 @@ def run_variants(name: str, seed: int, base: dict, unlabelled: list, target_test
     for variant in VARIANTS:
         vfolder = folder / variant.replace(" ", "_").replace("-", "_")
         print(f"[{name} seed {seed}] {variant}", flush=True)
-        cfg = variant_config(base, variant, unlabelled, rounds, epochs_per_round, teachers)
+        cfg = variant_config(base, variant, unlabelled, rounds, epochs_per_round, teachers, thresholds)
         callback = RoundEvaluation(epochs_per_round, [target_test], tasks, vfolder / "round_evaluation.json")
         run(cfg, vfolder, extra_callbacks=[callback])
         log_path = vfolder / "distillation.json"
@@ -272,8 +274,14 @@ def main(argv=None):
     ap.add_argument("--real-steps-per-epoch", type=int, default=300)
     ap.add_argument("--data", default=os.environ.get("KFACEMTL_DATA", str(ROOT.parent / "shared" / "data")))
     ap.add_argument("--config", default=str(ROOT / "configs" / "real_mtl.yaml"))
+    ap.add_argument("--thresholds", nargs="+", default=[], metavar="TASK=VALUE",
+                    help="distillation thresholds other than the package's defaults, e.g. gender=0.9")
     ap.add_argument("--out", default=str(ROOT / "runs" / "distillation"))
     args = ap.parse_args(argv)
+    try:
+        thresholds = {k: float(v) for k, v in (t.split("=", 1) for t in args.thresholds)}
+    except ValueError:
+        ap.error(f"--thresholds: expected TASK=VALUE pairs, got {args.thresholds}")
     out, start, texts, results = Path(args.out), time.time(), [], {}
     for setting in args.settings:
         if setting == "synthetic":
@@ -286,7 +294,7 @@ def main(argv=None):
                     warnings.simplefilter("ignore", UserWarning)
                     test = build_sources([f"synthetic:street?split=test&n={args.synthetic_test_faces}&seed={seed}"])[0]
                 per_seed[seed] = run_variants("synthetic", seed, base, unlabelled, test, args.rounds,
-                                              args.epochs_per_round, out)
+                                              args.epochs_per_round, out, thresholds)
                 if cost is None:
                     student = load_model(Path(per_seed[seed]["multi-task teacher"]["folder"]) / "model.keras")
                     ds = make_dataset([test], resolve_tasks(base["tasks"]), batch_size=512,
@@ -312,7 +320,7 @@ def main(argv=None):
                     lfw = CsvSource(str(labels), domain="lfw", name="lfw-expressions")
                 unlabelled = [f"csv:{labels}?name=lfw-unlabelled&domain=lfw"]  # trained on without its labels
                 per_seed[seed] = run_variants("real", seed, base, unlabelled, lfw, args.rounds,
-                                              args.real_epochs_per_round, out)
+                                              args.real_epochs_per_round, out, thresholds)
                 runs = per_seed[seed]
                 per_seed[seed]["fer_agreement"] = agreement(
                     runs["single-task teachers"]["folder"], runs["multi-task teacher"]["folder"], "fer2013-Training",

@@ -117,7 +117,7 @@ def test_distillation_benchmark_synthetic_and_real(tmp_path, monkeypatch, capsys
     monkeypatch.setattr(bench, "SYNTHETIC_MODEL", TINY_MODEL)
     args = ["--settings", "synthetic", "--seeds", "0", "--rounds", "1", "--epochs-per-round", "1",
             "--synthetic-steps-per-epoch", "2", "--synthetic-faces", "48", "--synthetic-test-faces", "24",
-            "--out", str(tmp_path / "runs")]
+            "--thresholds", "gender=0.5", "--out", str(tmp_path / "runs")]
     assert bench.main(args) == 0
     out = capsys.readouterr().out
     assert "pseudo-labels on street-train" in out and "student on street-test after each round" in out
@@ -132,6 +132,8 @@ def test_distillation_benchmark_synthetic_and_real(tmp_path, monkeypatch, capsys
     seed0 = tmp_path / "runs" / "synthetic" / "seed0"
     teachers = yaml.safe_load((seed0 / "single_task_teachers" / "config.yaml").read_text())["distillation"]["teachers"]
     assert teachers == {t: str(seed0 / f"teacher_{t}") for t in ("age", "gender", "race", "expression")}
+    distill = yaml.safe_load((seed0 / "multi_task_teacher" / "config.yaml").read_text())["distillation"]
+    assert distill["thresholds"] == {"gender": 0.5} and distill["rounds"] == 1
     assert result["cost"]["ensemble_images_per_s"] > 0
     # the real setting on data in the real layouts; LFW is the unlabelled target, scored by its hidden labels
     _real_layout(tmp_path / "data")
