@@ -50,7 +50,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import numpy as np  # noqa: E402
 
 from kfacemtl.config import load_config, resolve_config  # noqa: E402
-from kfacemtl.evaluation import evaluate_sources, headline_metric, to_json  # noqa: E402
+from kfacemtl.evaluation import evaluate_sources, headline_metric, text_table, to_json  # noqa: E402
 from kfacemtl.files import atomic_write_text  # noqa: E402
 from kfacemtl.model import load_model  # noqa: E402
 from kfacemtl.tasks import resolve_tasks  # noqa: E402
@@ -215,10 +215,8 @@ def format_table(results: list, by: str = "task") -> str:
                      + [_cell([100 * r["relative_change"] for r in rs], 2)]
                      + ([_cell([100 * (r["relative_change"] - equal[r["seed"]]) for r in rs], 2)] if paired else [])
                      + [_cell([r["train_seconds"] for r in rs], 0)])
-    widths = [max(len(x[i]) for x in [header] + lines) for i in range(len(header))]
-    fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
     title = f"{results[0]['setting']}: seeds {', '.join(map(str, seeds))}" + (" (mean ± std)" if len(seeds) > 1 else "")
-    return "\n".join([title, fmt(header), fmt(["-" * w for w in widths])] + [fmt(x) for x in lines])
+    return title + "\n" + text_table(header, lines)
 
 
 def main(argv=None):

@@ -55,7 +55,7 @@ import tensorflow as tf  # noqa: E402
 
 from ablation_weighting_lr import SYNTHETIC_MODEL, _cell, real_config, run  # noqa: E402
 from kfacemtl.distillation import EnsembleTeacher  # noqa: E402
-from kfacemtl.evaluation import evaluate_sources, headline_metric  # noqa: E402
+from kfacemtl.evaluation import evaluate_sources, headline_metric, text_table  # noqa: E402
 from kfacemtl.files import atomic_write_text  # noqa: E402
 from kfacemtl.model import load_model  # noqa: E402
 from kfacemtl.pipeline import make_dataset  # noqa: E402
@@ -80,9 +80,9 @@ class RoundEvaluation(keras.callbacks.Callback):
         if (epoch + 1) % self.every:
             return
         evaluation = evaluate_sources(self.model, self.sources, self.tasks)
+        by_name = {t.name: t for t in self.tasks}
         self.results[str((epoch + 1) // self.every - 1)] = {
-            s: {t: float(m[headline_metric(next(x for x in self.tasks if x.name == t))]) for t, m in e.items()}
-            for s, e in evaluation.items()}
+            s: {t: float(m[headline_metric(by_name[t])]) for t, m in e.items()} for s, e in evaluation.items()}
         atomic_write_text(self.path, json.dumps(self.results, indent=2))
 
 
@@ -194,12 +194,7 @@ def _target_stats(entry: dict, target: str, task) -> tuple:
 def format_tables(name: str, per_seed: dict, tasks, target: str, target_test: str, rounds: int) -> str:
     seeds = sorted(per_seed)
     title = f"{name}: seeds {', '.join(map(str, seeds))}" + (" (mean ± std)" if len(seeds) > 1 else "")
-    kinds = {t.name: t.kind for t in tasks}
-
-    def table(header, rows):
-        widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
-        fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
-        return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
+    by_name = {t.name: t for t in tasks}
 
     def cell(values, digits=3):
         values = [v for v in values if np.isfinite(v)]
@@ -217,9 +212,9 @@ def format_tables(name: str, per_seed: dict, tasks, target: str, target_test: st
                 row += [cell([q for _, q in stats]), cell([100 * a for a, _ in stats], 1)]
             rows.append(row)
     header = ["teacher", "round"] + [h for t in shown for h in
-                                     (f"{SHORT.get(t, t)} {'MAE' if kinds[t] == 'regression' else 'acc'}", "accepted %")]
+                                     (f"{SHORT.get(t, t)} {'MAE' if by_name[t].kind == 'regression' else 'acc'}", "accepted %")]
     pseudo = f"pseudo-labels on {target} (accepted share of its rows; accuracy of the accepted, MAE for age)\n" \
-        + table(header, rows)
+        + text_table(header, rows)
     rows = []
     student_tasks = [t.name for t in tasks if any(t.name in per_seed[s][VARIANTS[0]]["student"]["0"].get(target_test, {})
                                                   for s in seeds)]
@@ -227,9 +222,8 @@ def format_tables(name: str, per_seed: dict, tasks, target: str, target_test: st
         for r in range(rounds + 1):
             rows.append([v, str(r)] + [cell([per_seed[s][v]["student"][str(r)][target_test][t] for s in seeds])
                                        for t in student_tasks])
-    header = ["student", "round"] + [f"{SHORT.get(t, t)} {headline_metric(next(x for x in tasks if x.name == t))}"
-                                     for t in student_tasks]
-    student = f"student on {target_test} after each round (round 0: before any pseudo-label)\n" + table(header, rows)
+    header = ["student", "round"] + [f"{SHORT.get(t, t)} {headline_metric(by_name[t])}" for t in student_tasks]
+    student = f"student on {target_test} after each round (round 0: before any pseudo-label)\n" + text_table(header, rows)
     return "\n\n".join([title, pseudo, student])
 
 

@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 
 from kfacemtl.config import load_config  # noqa: E402
-from kfacemtl.evaluation import headline_metric  # noqa: E402
+from kfacemtl.evaluation import headline_metric, text_table  # noqa: E402
 from kfacemtl.files import atomic_write_text  # noqa: E402
 from kfacemtl.model import load_model, model_tasks  # noqa: E402
 from kfacemtl.pipeline import make_dataset, mixing_weights  # noqa: E402
@@ -112,9 +112,7 @@ def format_rows(rows: list[dict]) -> str:
     header = ["task", "test set", "metric", "n", "single-task", "multi-task", "delta (MTL better > 0)", "verdict"]
     lines = [[r["task"], r["test_set"], r["metric"], str(r["n"]), f"{r['stl']:.4f}", f"{r['mtl']:.4f}",
               f"{r['delta']:+.4f} ± {r['ci95']:.4f}", r["verdict"]] for r in rows]
-    widths = [max(len(x[i]) for x in [header] + lines) for i in range(len(header))]
-    fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
-    return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(x) for x in lines])
+    return text_table(header, lines)
 
 
 def main(argv=None):

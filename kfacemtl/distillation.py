@@ -135,9 +135,6 @@ class PseudoLabels:
                 self.weights[name][t.name] = tf.Variable(np.zeros(n, "float32"), trainable=False,
                                                          name=f"pseudo_weight_{t.name}")
 
-    def __contains__(self, source_name: str) -> bool:
-        return source_name in self._sizes
-
     def assign(self, source_name: str, task_name: str, values, weights):
         """Replace one (source, task)'s pseudo-labels: ``values`` in the stored shape, ``weights`` ``(n,)``."""
         values, weights = np.asarray(values, "float32"), np.asarray(weights, "float32")
@@ -148,19 +145,26 @@ class PseudoLabels:
 
     @tf.autograph.experimental.do_not_convert  # plain TF ops: no control flow to convert
     def merge(self, source_name: str, i, labels: dict, weights: dict) -> tuple[dict, dict]:
-        """TF ops: row ``i``'s labels with its pseudo-labels filled in where the real label is missing."""
+        """TF ops: row ``i``'s labels with its pseudo-labels filled in where the real label is missing.
+
+        In soft mode class ids become one-hot distributions, also for a source the store does not
+        hold (every source's batches need the same label structure).
+        """
         labels, weights = dict(labels), dict(weights)
+        held = source_name in self._sizes
         for t in self.tasks:
-            real_w = weights[t.name]
+            real, real_w = labels[t.name], weights[t.name]
+            soft = self.soft and t.kind == "classification"
+            if soft:
+                real = tf.one_hot(tf.cast(real, tf.int32), len(t.classes))
+            if not held:
+                labels[t.name] = real
+                continue
             pseudo_w = tf.gather(self.weights[source_name][t.name], i)
             value = tf.gather(self.values[source_name][t.name], i)
+            if t.kind == "classification" and not soft:
+                value = tf.cast(tf.argmax(value, axis=-1), real.dtype)
             use = (real_w <= 0) & (pseudo_w > 0)
-            real = labels[t.name]
-            if t.kind == "classification":
-                if self.soft:
-                    real = tf.one_hot(tf.cast(real, tf.int32), len(t.classes))
-                else:
-                    value = tf.cast(tf.argmax(value, axis=-1), real.dtype)
             labels[t.name] = tf.where(use, value, real)
             weights[t.name] = tf.where(use, pseudo_w, real_w)
         return labels, weights

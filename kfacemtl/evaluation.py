@@ -174,11 +174,24 @@ def format_table(results: dict, tasks: Sequence[Task]) -> str:
             m = entry.get(t.name)
             row.append("-" if m is None else f"{m[headline_metric(t)]:.3f} ({m['n']})")
         rows.append(row)
+    return text_table(header, rows)
+
+
+def text_table(header: Sequence, rows: Sequence[Sequence]) -> str:
+    """Left-aligned columns two spaces apart under a header and a dashed rule (cells shown with ``str``).
+
+    Example:
+        >>> print(text_table(["task", "n"], [["age", 12], ["gender", 3]]))
+        task    n
+        ------  --
+        age     12
+        gender  3
+    """
+    rows = [[str(c) for c in r] for r in rows]
+    header = [str(c) for c in header]
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(header, widths)).rstrip(),
-             "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    return "\n".join(lines)
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 
 def to_json(results: dict, drop_confusion: bool = True) -> str:

@@ -138,11 +138,7 @@ def source_dataset(source: Source, tasks: Sequence[Task], shuffle_seed: int | No
     def row(i):
         x, y, w = tf.nest.map_structure(lambda t: tf.gather(t, i), table)
         if pseudo_labels is not None:
-            if source.name in pseudo_labels:
-                y, w = pseudo_labels.merge(source.name, i, y, w)
-            elif pseudo_labels.soft:  # every source's batches need the same label structure
-                y = {t.name: tf.one_hot(tf.cast(y[t.name], tf.int32), len(t.classes))
-                     if t.kind == "classification" else y[t.name] for t in tasks}
+            y, w = pseudo_labels.merge(source.name, i, y, w)
         return x, y, w
     return order.repeat().map(row)
 

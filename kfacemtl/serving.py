@@ -396,10 +396,8 @@ def format_results(results: Sequence[dict], names: Sequence[str]) -> str:
     tasks = list(results[0])
     rows = [[os.path.basename(n) if os.sep in n else n] + [_short(r[t]) for t in tasks]
             for n, r in zip(names, results)]
-    header = ["image"] + tasks
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
-    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
+    from kfacemtl.evaluation import text_table
+    return text_table(["image"] + tasks, rows)
 
 
 def _short(value) -> str:
