@@ -19,6 +19,7 @@ _os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from kfacemtl.callbacks import DynamicLearningRate, lr_range_test  # noqa: E402
+from kfacemtl.coupling import CoAnnotation, DistributionMatching, Relatedness  # noqa: E402
 from kfacemtl.distillation import DataDistillation, PseudoLabels, distill  # noqa: E402
 from kfacemtl.errors import ConfigError, KfacemtlError, LabelError, SourceError  # noqa: E402
 from kfacemtl.evaluation import evaluate_sources, format_table  # noqa: E402
@@ -40,4 +41,5 @@ __all__ = [
     "make_source", "Task", "get_task", "resolve_tasks", "compile_model", "train_run",
     "export_model", "DynamicLearningRate", "lr_range_test", "learning_rate_schedule", "TaskWeighting",
     "make_weighting", "DataDistillation", "PseudoLabels", "distill", "ImagesSource", "WithoutLabels",
+    "CoAnnotation", "DistributionMatching", "Relatedness",
 ]

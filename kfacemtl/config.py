@@ -1,6 +1,6 @@
 """Run configuration: YAML (loaded safely), strict keys, defaults, errors that name the key path.
 
-A config has these sections (``unlabelled_sources`` and ``distillation`` are optional):
+A config has these sections (``unlabelled_sources``, ``distillation`` and ``coupling`` are optional):
 
 .. code-block:: yaml
 
@@ -17,6 +17,9 @@ A config has these sections (``unlabelled_sources`` and ``distillation`` are opt
     unlabelled_sources: [synthetic:street?n=6000]  # pseudo-labelled by distillation
     distillation: {rounds: 3, epochs_per_round: 2, soft: false, thresholds: {expression: 0.8},
                    pseudo_weight: 0.5, reinit: false}   # rounds: 0 (the default) turns it off
+    coupling: {coannotation: true, distribution_matching: true,   # both off by default
+               relations: [{source: expression, target: action_units, table: du2014}],  # or estimate, or a mapping
+               coannotation_weight: 0.5, matching_weight: 1.0, inverse: true, stop_gradient: false}
 
 Example:
     >>> from kfacemtl.config import resolve_config
@@ -80,11 +83,21 @@ DEFAULTS: dict[str, Any] = {
         "teachers": None,
         "batch_size": 128,
     },
+    "coupling": {
+        "coannotation": False,
+        "distribution_matching": False,
+        "relations": None,
+        "coannotation_weight": 0.5,
+        "matching_weight": 1.0,
+        "inverse": True,
+        "stop_gradient": False,
+    },
 }
 OPTIMIZERS = ("adam", "adamw", "sgd")
 LR_SCHEDULES = ("constant", "cosine", "dynamic")
 _FREE_FORM = {"tasks", "sources", "eval_sources", "unlabelled_sources", "training.mixing", "training.steps_per_epoch",
-              "training.loss_weights", "training.weighting_options", "distillation.thresholds", "distillation.teachers"}
+              "training.loss_weights", "training.weighting_options", "distillation.thresholds", "distillation.teachers",
+              "coupling.relations"}
 
 
 def _check(value, default, path):
@@ -166,6 +179,13 @@ def resolve_config(config: Mapping | None) -> dict:
         raise ConfigError("training.loss_weights", f"static weights cannot be combined with weighting: "
                                                    f"{tr['weighting']} (it sets the weights itself)")
     _check_distillation(cfg)
+    c = cfg["coupling"]
+    if not 0 < c["coannotation_weight"] <= 1:
+        raise ConfigError("coupling.coannotation_weight", f"expected a weight in (0, 1], got {c['coannotation_weight']}")
+    if not c["matching_weight"] > 0:
+        raise ConfigError("coupling.matching_weight", f"expected a number > 0, got {c['matching_weight']}")
+    if c["relations"] is not None and not isinstance(c["relations"], list):
+        raise ConfigError("coupling.relations", f"expected a list of {{source, target, table}}, got {c['relations']!r}")
     for key in ("sources", "eval_sources", "unlabelled_sources"):
         if not isinstance(cfg[key], list):
             raise ConfigError(key, f"expected a list of FORMAT:PATH specs, got {cfg[key]!r}")

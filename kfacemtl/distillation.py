@@ -148,22 +148,26 @@ class PseudoLabels:
         """TF ops: row ``i``'s labels with its pseudo-labels filled in where the real label is missing.
 
         In soft mode class ids become one-hot distributions, also for a source the store does not
-        hold (every source's batches need the same label structure).
+        hold (every source's batches need the same label structure); labels that are class
+        distributions already (co-annotation) get the pseudo-labels' distributions.
         """
         labels, weights = dict(labels), dict(weights)
         held = source_name in self._sizes
         for t in self.tasks:
             real, real_w = labels[t.name], weights[t.name]
-            soft = self.soft and t.kind == "classification"
-            if soft:
+            # class distributions already (co-annotation made them) or to be (soft mode)
+            dist = t.kind == "classification" and real.shape.rank == 1
+            soft = t.kind == "classification" and (self.soft or dist)
+            if soft and not dist:
                 real = tf.one_hot(tf.cast(real, tf.int32), len(t.classes))
             if not held:
                 labels[t.name] = real
                 continue
             pseudo_w = tf.gather(self.weights[source_name][t.name], i)
             value = tf.gather(self.values[source_name][t.name], i)
-            if t.kind == "classification" and not soft:
-                value = tf.cast(tf.argmax(value, axis=-1), real.dtype)
+            if t.kind == "classification" and not self.soft:  # hard pseudo-labels: the top class
+                value = tf.argmax(value, axis=-1)
+                value = tf.one_hot(value, len(t.classes)) if dist else tf.cast(value, real.dtype)
             use = (real_w <= 0) & (pseudo_w > 0)
             labels[t.name] = tf.where(use, value, real)
             weights[t.name] = tf.where(use, pseudo_w, real_w)

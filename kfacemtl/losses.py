@@ -136,6 +136,20 @@ def class_accuracy(y_true, y_pred):
     return ops.cast(ops.equal(ops.cast(ops.argmax(y_pred, axis=-1), "int32"), y_true), "float32")
 
 
+@keras.saving.register_keras_serializable(package="kfacemtl")
+def label_accuracy(y_true, y_pred):
+    """Per-row share of labels right at 0.5, of probabilities against 0/1 or soft labels (co-annotation's).
+
+    Example:
+        >>> import numpy as np
+        >>> label_accuracy(np.array([[1.0, 0.0], [0.8, 0.3]]), np.array([[0.9, 0.6], [0.7, 0.1]])).numpy().tolist()
+        [0.5, 1.0]
+    """
+    y_pred = ops.convert_to_tensor(y_pred)
+    y_true = ops.reshape(ops.convert_to_tensor(y_true, y_pred.dtype), ops.shape(y_pred))
+    return ops.mean(ops.cast(ops.equal(y_true > 0.5, y_pred > 0.5), "float32"), axis=-1)
+
+
 def task_loss(task, normalization: str = "mean_with_sample_weight", label_smoothing: float = 0.0) -> MaskedTaskLoss:
     """The masked loss of a :class:`~kfacemtl.tasks.Task`.
 

@@ -150,6 +150,8 @@ class MultiTaskModel(keras.Model):
     def _by_task(self, data):
         x, y, sw = keras.utils.unpack_x_y_sample_weight(data)
         names = self.output_names
+        from kfacemtl.coupling import REAL  # co-annotated batches: which labels are real, for distribution matching
+        self.__dict__["_real_weights"] = {k: v for k, v in sw.items() if k.startswith(REAL)} if isinstance(sw, dict) else {}
         if isinstance(y, dict):
             y = tuple(y[n] for n in names)
         if isinstance(sw, dict):
@@ -181,9 +183,47 @@ class MultiTaskModel(keras.Model):
         """The task-weighting strategy in use, or None."""
         return self.__dict__.get("_weighting")
 
+    def set_matching(self, matching):
+        """Add the terms of a :class:`~kfacemtl.coupling.DistributionMatching` to the training loss (None: off).
+
+        Like the weighting, training state that a saved model does not hold; each term is logged as
+        ``match_<task>`` (its epoch mean). Works with every task weighting (the terms are added to its total).
+        """
+        self.__dict__["_matching"] = matching
+        self.__dict__["match_trackers"] = [keras.metrics.Mean(name=n) for n in matching.term_names] if matching else []
+
+    @property
+    def matching(self):
+        """The distribution matching in use, or None."""
+        return self.__dict__.get("_matching")
+
+    def _matching_loss(self, y_pred, sample_weight):
+        names = self.output_names
+        weights = dict(zip(names, sample_weight), **self.__dict__.get("_real_weights", {}))
+        total, terms = self.matching.total(dict(zip(names, y_pred)), weights)
+        for tracker in self.__dict__["match_trackers"]:
+            tracker.update_state(terms[tracker.name])
+        return total
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        loss = super().compute_loss(x, y, y_pred, sample_weight, training)
+        if training and self.matching is not None and sample_weight is not None:
+            loss = loss + self._matching_loss(y_pred, sample_weight)
+        return loss
+
+    def reset_metrics(self):
+        super().reset_metrics()
+        for tracker in self.__dict__.get("match_trackers", []):
+            tracker.reset_state()
+
+    def _with_matching_logs(self, logs):
+        logs = dict(logs)
+        logs.update({tracker.name: tracker.result() for tracker in self.__dict__.get("match_trackers", [])})
+        return logs
+
     def train_step(self, data):
         if self.weighting is None:
-            return super().train_step(self._by_task(data))
+            return self._with_matching_logs(super().train_step(self._by_task(data)))
         import tensorflow as tf
 
         x, y, sw = keras.utils.unpack_x_y_sample_weight(self._by_task(data))
@@ -207,18 +247,20 @@ class MultiTaskModel(keras.Model):
             total, weights, aux = weighting.combine(losses, present, features, **extra)
             if self.losses:
                 total = total + ops.sum(self.losses)
+            if self.matching is not None:
+                total = total + self._matching_loss(y_pred, sw)
         variables = self.trainable_variables
         self.optimizer.apply_gradients(zip(tape.gradient(total, variables), variables))
         if optimizer is not None and aux is not None:
             optimizer.apply_gradients(zip(tape.gradient(aux, weighting.variables), weighting.variables))
         del tape
-        self.compute_loss(x, y, y_pred, sw)  # updates the per-task loss trackers (<task>_loss in the logs)
+        self.compute_loss(x, y, y_pred, sw, training=False)  # updates the per-task loss trackers (<task>_loss in the logs)
         self._loss_tracker.update_state(total, sample_weight=batch)
         for k, tracker in enumerate(self.__dict__["weight_trackers"]):
             tracker.update_state(weights[k], sample_weight=present[k])  # batches without the task don't count
         logs = self.compute_metrics(x, y, y_pred, sample_weight=sw)
         logs.update({tracker.name: tracker.result() for tracker in self.__dict__["weight_trackers"]})
-        return logs
+        return self._with_matching_logs(logs)
 
     def test_step(self, data):
         return super().test_step(self._by_task(data))

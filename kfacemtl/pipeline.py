@@ -109,7 +109,7 @@ def mixing_weights(sources: Sequence[Source], mixing: str | Mapping[str, float] 
 
 
 def source_dataset(source: Source, tasks: Sequence[Task], shuffle_seed: int | None = None,
-                   pseudo_labels=None) -> tf.data.Dataset:
+                   pseudo_labels=None, coannotation=None) -> tf.data.Dataset:
     """One source → unbatched ``(raw image or image path, labels, weights)`` elements, before decoding.
 
     Labels are validated here, before anything reaches a loss. With ``shuffle_seed`` the
@@ -117,9 +117,12 @@ def source_dataset(source: Source, tasks: Sequence[Task], shuffle_seed: int | No
     buffer smaller than the source would keep the order of class folders or of UTKFace's
     age-sorted file names). ``pseudo_labels`` (a :class:`~kfacemtl.distillation.PseudoLabels`,
     shuffled datasets only) fills rows' missing labels from its variables, read by row id at
-    every pass.
+    every pass; a :class:`~kfacemtl.coupling.CoAnnotation` fills them first from the related
+    task's real label (a pseudo-label then fills only what is still missing).
     """
     labels, weights = source.labels(tasks)
+    if coannotation is not None:
+        labels, weights = coannotation.apply(labels, weights)
     images = source.images()
     if images is not None:
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
@@ -151,7 +154,8 @@ def _loader(source: Source, image_size):
 
 def make_dataset(sources: Sequence[Source], tasks: Sequence[Task], batch_size: int = 64, image_size=(64, 64),
                  training: bool = True, mixing: str | Mapping[str, float] = "proportional", augment: bool = True,
-                 seed: int = 0, drop_remainder: bool | None = None, pseudo_labels=None) -> tf.data.Dataset:
+                 seed: int = 0, drop_remainder: bool | None = None, pseudo_labels=None,
+                 coannotation=None) -> tf.data.Dataset:
     """The batched dataset for ``model.fit`` / ``model.evaluate``.
 
     Args:
@@ -167,6 +171,8 @@ def make_dataset(sources: Sequence[Source], tasks: Sequence[Task], batch_size: i
         seed: seed for shuffling, mixing and augmentation.
         pseudo_labels: a :class:`~kfacemtl.distillation.PseudoLabels` whose pseudo-labels fill
             missing labels (training only; a real label always wins).
+        coannotation: a :class:`~kfacemtl.coupling.CoAnnotation` that fills missing labels from
+            related tasks' real labels (training only).
 
     Returns:
         A ``tf.data.Dataset`` of ``(images, {task: label}, {task: weight})``. With
@@ -182,7 +188,8 @@ def make_dataset(sources: Sequence[Source], tasks: Sequence[Task], batch_size: i
     parts = []
     for i, src in enumerate(sources):
         ds = source_dataset(src, tasks, shuffle_seed=seed + i if training else None,
-                            pseudo_labels=pseudo_labels if training else None)
+                            pseudo_labels=pseudo_labels if training else None,
+                            coannotation=coannotation if training else None)
         load = _loader(src, image_size)
         ds = ds.map(lambda x, y, w: (load(x), y, w), num_parallel_calls=auto, deterministic=not training)
         parts.append(ds)

@@ -39,7 +39,7 @@ def plot_history(history_csv, out_png) -> Path:
     """Total loss and each task's loss against epochs."""
     plt = _pyplot()
     df = read_history(history_csv)
-    cols = [c for c in df.columns if c.endswith("loss") and not c.startswith("val_")]
+    cols = [c for c in df.columns if (c.endswith("loss") or c.startswith("match_")) and not c.startswith("val_")]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     if "loss" in df:
         axes[0].plot(df["epoch"] + 1, df["loss"], marker="o", label="total")
@@ -147,4 +147,24 @@ def plot_distillation(log: Sequence[dict], tasks, out_png) -> Path:
         ax.set(xlabel="round", title=title)
         ax.set_xticks(rounds)
         ax.legend(fontsize=7)
+    return _save(fig, out_png)
+
+
+def plot_relatedness(relation, out_png) -> Path:
+    """A :class:`~kfacemtl.coupling.Relatedness` as a heat map: one row per class, its value per label."""
+    plt = _pyplot()
+    m, t = relation.matrix, relation.target
+    names = list(t.classes if t.kind == "multilabel" else t.value_names)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * len(names), 1.2 + 0.45 * len(m)))
+    shown = np.where(relation.known[:, None], m, np.nan)
+    ax.imshow(shown, cmap="Blues" if t.kind == "multilabel" else "coolwarm", aspect="auto",
+              vmin=0 if t.kind == "multilabel" else t.value_range[0], vmax=1 if t.kind == "multilabel" else t.value_range[1])
+    for i in range(len(m)):
+        for j in range(len(names)):
+            text = "-" if not relation.known[i] else "" if t.kind == "multilabel" and m[i, j] == 0 else f"{m[i, j]:.2f}"
+            ax.text(j, i, text, ha="center", va="center", fontsize=7,
+                    color="white" if relation.known[i] and t.kind == "multilabel" and m[i, j] > 0.6 else "black")
+    ax.set_xticks(range(len(names)), names, rotation=60, fontsize=8)
+    ax.set_yticks(range(len(m)), relation.source.classes, fontsize=8)
+    ax.set_title(f"{relation.source.name} -> {t.name}: {relation.origin}", fontsize=8)
     return _save(fig, out_png)

@@ -34,9 +34,10 @@ import keras
 
 from kfacemtl.callbacks import DynamicLearningRate, TaskWeightingCallback
 from kfacemtl.config import DEMO_EPOCHS, DEMO_STEPS, dump_config, resolve_config
+from kfacemtl.coupling import make_coupling
 from kfacemtl.errors import ConfigError
 from kfacemtl.files import atomic_write, atomic_write_text
-from kfacemtl.losses import class_accuracy, task_loss
+from kfacemtl.losses import class_accuracy, label_accuracy, task_loss
 from kfacemtl.model import build_model, count_flops, load_model, model_file, model_tasks
 from kfacemtl.pipeline import make_dataset, steps_per_epoch
 from kfacemtl.sources import Source, WithoutLabels, make_source
@@ -49,7 +50,7 @@ def task_metrics_for(task: Task) -> list:
     if task.kind == "classification":
         return [keras.metrics.MeanMetricWrapper(class_accuracy, name="acc")]  # class ids or distributions
     if task.kind == "multilabel":
-        return [keras.metrics.BinaryAccuracy(name="acc")]
+        return [keras.metrics.MeanMetricWrapper(label_accuracy, name="acc")]  # 0/1 or soft labels
     return [keras.metrics.MeanAbsoluteError(name="mae")]
 
 
@@ -203,7 +204,7 @@ def train_run(config: Mapping, out_dir, resume: bool = False, verbose="auto", ex
     ``extra_callbacks`` are more Keras callbacks, run after the package's own.
     """
     from kfacemtl.evaluation import evaluate_sources, format_table
-    from kfacemtl.plots import plot_confusion, plot_history, plot_task_weights
+    from kfacemtl.plots import plot_confusion, plot_history, plot_relatedness, plot_task_weights
 
     cfg = resolve_config(config)
     out_dir = Path(out_dir)
@@ -211,6 +212,7 @@ def train_run(config: Mapping, out_dir, resume: bool = False, verbose="auto", ex
     tr, mc = cfg["training"], cfg["model"]
     sources = build_sources(cfg["sources"])
     check_sources_match_tasks(sources, tasks)
+    labelled = list(sources)
     sources += [WithoutLabels(s) for s in build_sources(cfg["unlabelled_sources"], "unlabelled_sources")]
     eval_sources = build_sources(cfg["eval_sources"], "eval_sources")
     prepare_run_dir(out_dir, cfg, resume)
@@ -234,10 +236,12 @@ def train_run(config: Mapping, out_dir, resume: bool = False, verbose="auto", ex
                       tr["label_smoothing"], loss_weights=tr["loss_weights"], weighting=tr["weighting"],
                       weighting_options=tr["weighting_options"])
     image_size = tuple(mc["input_shape"][:2])
+    coannotation, matching, relations = make_coupling(cfg["coupling"], tasks, labelled)
+    model.set_matching(matching)  # training state like the weighting: set again on a resumed model
     distillation = make_distillation(cfg, sources, tasks, out_dir, verbose=int(verbose != 0))
     ds = make_dataset(sources, tasks, batch_size=tr["batch_size"], image_size=image_size, training=True,
                       mixing=tr["mixing"], augment=tr["augment"], seed=tr["seed"],
-                      pseudo_labels=distillation.pseudo_labels if distillation else None)
+                      pseudo_labels=distillation.pseudo_labels if distillation else None, coannotation=coannotation)
     callbacks = [
         keras.callbacks.BackupAndRestore(str(out_dir / "backup")),
         keras.callbacks.CSVLogger(str(out_dir / "history.csv"), append=resume),
@@ -260,6 +264,9 @@ def train_run(config: Mapping, out_dir, resume: bool = False, verbose="auto", ex
     weights_png = plot_task_weights(out_dir / "history.csv", out_dir / "plots" / "task_weights.png")
     if weights_png is not None:
         plots.append(str(weights_png.relative_to(out_dir)))
+    for rel in relations:
+        p = plot_relatedness(rel, out_dir / "plots" / f"relatedness_{rel.source.name}_{rel.target.name}.png")
+        plots.append(str(p.relative_to(out_dir)))
     for src_name, entry in results.items():
         for task in tasks:
             if task.kind == "classification" and task.name in entry:
@@ -280,6 +287,8 @@ def train_run(config: Mapping, out_dir, resume: bool = False, verbose="auto", ex
                        for s, e in results.items()},
         "table": format_table(results, tasks) if results else "",
         "distillation": distillation.log if distillation else None,
+        "coupling": {"coannotation": coannotation is not None, "distribution_matching": matching is not None,
+                     "relations": [r.describe() for r in relations]} if relations else None,
         "plots": plots,
     }
     atomic_write_text(out_dir / "report.json", json.dumps(report, indent=2))

@@ -148,3 +148,28 @@ def test_distillation_benchmark_synthetic_and_real(tmp_path, monkeypatch, capsys
     assert lfw["expression"]["candidates"] == 3
     assert set(real["no distillation"]["student"]["1"]["lfw-expressions"]) == {"expression"}
     assert isinstance(real["fer_agreement"], dict)
+
+
+def test_distribution_matching_benchmark_runs_every_variant_and_its_baselines(tmp_path, monkeypatch, capsys):
+    import distribution_matching as bench
+    monkeypatch.setattr(bench, "SYNTHETIC_MODEL", TINY_MODEL)
+    variants = ["plain MTL", "+ both", "+ both (Du 2014 table)"]
+    args = ["--seeds", "0", "--steps", "4", "--faces", "96", "--test-faces", "16", "--variants", *variants,
+            "--out", str(tmp_path / "runs")]
+    assert bench.main(args) == 0
+    out = capsys.readouterr().out
+    assert "AU F1 w/o AU labels" in out and "expr acc street" in out and "negative transfer" in out
+    assert "implied by the expression head" in out
+    results = json.loads((tmp_path / "runs" / "results.json").read_text())
+    assert [r["variant"] for r in results] == ["single-task"] + variants
+    assert set(results[0]["scores"]) == {f"{t}@{d}" for t in ("expression", "action_units") for d in bench.DOMAINS}
+    assert set(results[1]["implied"]) == set(bench.DOMAINS) and set(results[1]["implied"]["lab"]) == {"head", "implied"}
+    seed0 = tmp_path / "runs" / "seed0"
+    both = yaml.safe_load((seed0 / "both" / "config.yaml").read_text())["coupling"]
+    assert both["coannotation"] and both["distribution_matching"] and both["relations"][0]["table"] == "estimate"
+    assert yaml.safe_load((seed0 / "both_Du_2014_table" / "config.yaml").read_text())[
+        "coupling"]["relations"][0]["table"] == "du2014"
+    assert json.loads((seed0 / "plain_MTL" / "report.json").read_text())["coupling"] is None
+    stl = yaml.safe_load((seed0 / "single-task_action_units" / "config.yaml").read_text())
+    assert [s.split("?")[0] for s in stl["sources"]] == ["synthetic:lab"]  # AUs: the lab domain only
+    assert (tmp_path / "runs" / "distribution_matching.png").stat().st_size > 0

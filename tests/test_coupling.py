@@ -1,0 +1,222 @@
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from kfacemtl.coupling import DU_2014, CoAnnotation, DistributionMatching, Relatedness, make_coupling, make_relations
+from kfacemtl.errors import ConfigError
+from kfacemtl.model import build_model
+from kfacemtl.pipeline import make_dataset
+from kfacemtl.sources import make_source
+from kfacemtl.synthetic import PROTOTYPES
+from kfacemtl.tasks import ACTION_UNITS, EXPRESSION_CLASSES, get_task, resolve_tasks
+from kfacemtl.training import compile_model, train_run
+
+EXPR, AUS, VA = get_task("expression"), get_task("action_units"), get_task("valence_arousal")
+
+
+def aus_of(*names):
+    v = np.zeros(len(ACTION_UNITS), "float32")
+    v[[ACTION_UNITS.index(a) for a in names]] = 1
+    return v
+
+
+def test_du_2014_table_on_the_models_action_units():
+    rel = Relatedness.du_2014(EXPR, AUS)
+    assert rel.dropped == ("AU10", "AU11", "AU24")  # in Du et al.'s table, not among the 14 modelled AUs
+    assert rel.value("fear", "AU20") == 1.0 and rel.value("fear", "AU5") == 0.63 and rel.value("sad", "AU17") == 0.67
+    assert rel.value("angry", "AU23") == 0.29 and rel.value("surprise", "AU5") == 0.66
+    assert np.all(rel.matrix[EXPRESSION_CLASSES.index("neutral")] == 0) and rel.known.all()
+    # every listed value of the table that the model has is in the matrix, nothing else is
+    expected = sum(1 for row in DU_2014.values() for au in row if au in ACTION_UNITS)
+    assert np.count_nonzero(rel.matrix) == expected
+    eight = get_task("expression").__class__("expression", "classification",
+                                               classes=EXPRESSION_CLASSES + ("contempt",))
+    assert Relatedness.du_2014(eight, AUS).known.tolist() == [True] * 7 + [False]  # contempt: not in the table
+
+
+def test_inverse_recovers_each_expression_from_its_prototypical_aus():
+    rel = Relatedness.du_2014(EXPR, AUS)
+    for name, row in DU_2014.items():
+        prototypical = [au for au, p in row.items() if p == 1.0 and au in ACTION_UNITS]
+        p = np.asarray(rel.inverse(aus_of(*prototypical)[None]))[0]
+        assert EXPRESSION_CLASSES[int(np.argmax(p))] == name, (name, p.round(2))
+        assert abs(p.sum() - 1) < 1e-5
+    forward = np.asarray(rel.forward(np.eye(7, dtype="float32")))
+    np.testing.assert_allclose(forward, rel.matrix, atol=1e-6)
+
+
+def test_estimate_from_data_with_both_labels_finds_the_generators_prototypes():
+    lab = make_source("synthetic:lab?n=1500&seed=3")
+    rel = Relatedness.estimate([lab, make_source("synthetic:webcam?n=20")], EXPR, AUS)
+    assert "1500 rows of lab-train" in rel.origin  # webcam labels no AUs: not counted
+    for e, name in enumerate(EXPRESSION_CLASSES):
+        for k, au in enumerate(ACTION_UNITS):
+            # the renderer: a prototypical AU is present 85 % of the time, any AU appears spuriously 4 % of the time
+            truth = 0.85 + 0.15 * 0.04 if au in PROTOTYPES.get(name, ()) else 0.04
+            assert abs(rel.matrix[e, k] - truth) < 0.09, (name, au, rel.matrix[e, k])
+    with pytest.raises(ConfigError, match="rows labelled for both expression and action_units"):
+        Relatedness.estimate([make_source("synthetic:webcam?n=20")], EXPR, AUS)
+    va = Relatedness.estimate([make_source("synthetic:affect?n=600")], EXPR, VA)
+    assert va.value("happy", "valence") > 0.3 > -0.3 > va.value("sad", "valence")
+    with pytest.raises(ValueError, match="only a multilabel target"):
+        va.inverse(np.zeros((1, 2)))
+
+
+def test_coannotation_fills_only_missing_labels_from_real_ones():
+    rel = Relatedness.du_2014(EXPR, AUS)
+    co = CoAnnotation([rel], weight=0.4)
+    happy_aus = aus_of("AU6", "AU12", "AU25")
+    labels = {"expression": np.array([3, 0, 0, 5]), "action_units": np.stack([np.zeros(14), happy_aus,
+                                                                              aus_of("AU1"), np.zeros(14)]).astype("float32")}
+    weights = {"expression": np.array([1, 0, 1, 0], "float32"), "action_units": np.array([0, 1, 1, 0], "float32")}
+    new, w = co.apply(labels, weights)
+    np.testing.assert_allclose(new["action_units"][0], rel.matrix[3])          # expression -> soft AUs
+    assert int(np.argmax(new["expression"][1])) == 3                           # AUs -> soft expression
+    np.testing.assert_array_equal(new["expression"][2], np.eye(7)[0])          # real labels untouched (one-hot)
+    np.testing.assert_array_equal(new["action_units"][2], aus_of("AU1"))
+    np.testing.assert_allclose(w["action_units"], [0.4, 1, 1, 0])
+    np.testing.assert_allclose(w["expression"], [1, 0.4, 1, 0])                # row 3: nothing to read from
+    assert weights["action_units"][0] == 0                                     # the inputs are not modified
+    forward_only, w2 = CoAnnotation([rel], inverse=False).apply(labels, weights)
+    assert forward_only["expression"].shape == (4,) and w2["expression"][1] == 0
+
+
+def test_coannotated_batches_and_pseudo_labels_share_one_label_structure():
+    from kfacemtl.distillation import PseudoLabels
+    tasks = resolve_tasks(["expression", "action_units"])
+    lab, webcam = make_source("synthetic:lab?n=8"), make_source("synthetic:webcam?n=8")
+    co = CoAnnotation(make_relations(None, tasks))
+    store = PseudoLabels([webcam], tasks)
+    store.assign("webcam-train", "expression", np.eye(7)[np.zeros(8, int)], np.full(8, 0.5))  # webcam has real ones
+    ds = make_dataset([lab, webcam], tasks, batch_size=16, image_size=(16, 16), augment=False,
+                      coannotation=co, pseudo_labels=store)
+    _, y, w = next(iter(ds))
+    assert y["expression"].shape == (16, 7) and y["action_units"].shape == (16, 14)
+    assert set(np.round(w["action_units"].numpy(), 3)) == {1.0, 0.5}  # lab's real AUs; webcam's co-annotated
+    assert np.all(w["expression"].numpy() == 1.0)
+    # which AU labels are real travels along, so distribution matching still covers the co-annotated rows
+    np.testing.assert_array_equal(w["real/action_units"].numpy(), w["action_units"].numpy() == 1.0)
+
+
+def test_distribution_matching_loss_is_masked_bce_against_the_implied_distribution():
+    rel = Relatedness.du_2014(EXPR, AUS)
+    dm = DistributionMatching([rel], weight=2.0)
+    rng = np.random.default_rng(0)
+    p_expr = rng.dirichlet(np.ones(7), 4).astype("float32")
+    p_au = rng.uniform(0.05, 0.95, (4, 14)).astype("float32")
+    w = {"expression": np.array([1, 1, 0, 0], "float32"), "action_units": np.array([1, 0, 0, 1], "float32")}
+    terms = dm.terms({"expression": p_expr, "action_units": p_au}, w)
+    q = (p_expr @ rel.matrix)
+    bce = -np.mean(q * np.log(p_au) + (1 - q) * np.log(1 - p_au), axis=1)
+    assert float(terms["match_action_units"]) == pytest.approx(bce[[1, 2]].mean(), rel=1e-4)  # rows without AU labels
+    q_expr = np.asarray(rel.inverse(p_au))
+    ce = -np.sum(q_expr * np.log(p_expr), axis=1)
+    assert float(terms["match_expression"]) == pytest.approx(ce[[2, 3]].mean(), rel=1e-4)
+    total, _ = dm.total({"expression": p_expr, "action_units": p_au}, w)
+    assert float(total) == pytest.approx(2.0 * (bce[[1, 2]].mean() + ce[[2, 3]].mean()), rel=1e-4)
+    all_labelled = {k: np.ones(4, "float32") for k in w}
+    assert float(dm.total({"expression": p_expr, "action_units": p_au}, all_labelled)[0]) == 0.0
+    coannotated = dict(all_labelled, **{"real/action_units": w["action_units"], "real/expression": w["expression"]})
+    assert float(dm.total({"expression": p_expr, "action_units": p_au}, coannotated)[0]) == pytest.approx(float(total))
+
+
+def test_matching_trains_the_heads_on_rows_without_labels():
+    keras.utils.set_random_seed(0)
+    tasks = resolve_tasks(["expression", "action_units"])
+    model = compile_model(build_model(tasks, input_shape=(16, 16, 3), widths=(8,), depths=1, embedding_dim=16,
+                                      head_units=0, dropout=0.0), learning_rate=0.01)
+    model.set_matching(DistributionMatching(make_relations(None, tasks)))
+    x = np.random.default_rng(0).uniform(0, 1, (32, 16, 16, 3)).astype("float32")
+    y = {"expression": np.full(32, 3), "action_units": np.zeros((32, 14), "float32")}
+    sw = {"expression": np.ones(32, "float32"), "action_units": np.zeros(32, "float32")}  # every face happy, no AU label
+    before = [v.numpy().copy() for v in (model.get_layer("expression").kernel, model.get_layer("action_units").kernel)]
+    history = model.fit(x, y, sample_weight=sw, epochs=80, batch_size=32, verbose=0)
+    match = history.history["match_action_units"]
+    assert match[-1] < 0.4 * match[0]  # the AU head learnt the AUs that happy implies, from no AU label at all
+    p_au = model.predict(x[:4], verbose=0)[1]
+    assert np.all(p_au[:, ACTION_UNITS.index("AU12")] > 0.7) and np.all(p_au[:, ACTION_UNITS.index("AU9")] < 0.3)
+    assert "match_expression" in history.history  # logged, though every row has an expression label (term 0)
+    assert np.all(np.asarray(history.history["match_expression"]) == 0)
+    moved = [not np.allclose(b, v.numpy()) for b, v in zip(before, (model.get_layer("expression").kernel,
+                                                                    model.get_layer("action_units").kernel))]
+    assert moved == [True, True]
+
+
+@pytest.mark.parametrize("stop_gradient", [False, True])
+def test_stop_gradient_keeps_the_given_head_out_of_the_matching_gradient(stop_gradient):
+    import tensorflow as tf
+    tasks = resolve_tasks(["expression", "action_units"])
+    model = build_model(tasks, input_shape=(16, 16, 3), widths=(8,), depths=1, embedding_dim=16)
+    dm = DistributionMatching(make_relations(None, tasks), inverse=False, stop_gradient=stop_gradient)
+    x = np.random.default_rng(1).uniform(0, 1, (8, 16, 16, 3)).astype("float32")
+    heads = [model.get_layer("expression").kernel, model.get_layer("action_units").kernel]
+    with tf.GradientTape() as tape:
+        p_expr, p_au = model(x)
+        total, _ = dm.total({"expression": p_expr, "action_units": p_au},
+                            {"expression": np.ones(8, "float32"), "action_units": np.zeros(8, "float32")})
+    g_expr, g_au = tape.gradient(total, heads)
+    assert float(tf.reduce_sum(tf.abs(g_au))) > 0
+    assert (g_expr is None or float(tf.reduce_sum(tf.abs(g_expr))) == 0) == stop_gradient
+
+
+def test_matching_composes_with_a_weighting_strategy():
+    tasks = resolve_tasks(["expression", "action_units"])
+    model = compile_model(build_model(tasks, input_shape=(16, 16, 3), widths=(8,), depths=1, embedding_dim=16),
+                          weighting="dwa")
+    model.set_matching(DistributionMatching(make_relations(None, tasks)))
+    ds = make_dataset([make_source("synthetic:webcam?n=16")], tasks, batch_size=8, image_size=(16, 16))
+    logs = model.fit(ds, epochs=2, steps_per_epoch=2, verbose=0).history
+    assert logs["match_action_units"][-1] > 0 and "weight_expression" in logs and np.isfinite(logs["loss"]).all()
+
+
+def test_config_errors_name_the_key():
+    tasks = resolve_tasks(["expression", "action_units", "gender"])
+    with pytest.raises(ConfigError, match=r"coupling.relations\[0\].target.*'smile' is not a task"):
+        make_relations([{"source": "expression", "target": "smile"}], tasks)
+    with pytest.raises(ConfigError, match="source of a relation must be a classification"):
+        make_relations([{"source": "action_units", "target": "expression"}], tasks)
+    with pytest.raises(ConfigError, match=r"table.happy.AU99.*not a label"):
+        make_relations([{"source": "expression", "target": "action_units", "table": {"happy": {"AU99": 1}}}], tasks)
+    with pytest.raises(ConfigError, match=r"relations\[0\].table.*expected one of"):
+        make_relations([{"source": "expression", "target": "action_units", "table": "ekman"}], tasks)
+    with pytest.raises(ConfigError, match="need a relation"):
+        make_coupling({"coannotation": True, "distribution_matching": False, "relations": [],
+                       "coannotation_weight": 0.5, "matching_weight": 1.0, "inverse": True, "stop_gradient": False},
+                      tasks)
+    from kfacemtl.config import resolve_config
+    with pytest.raises(ConfigError, match="coupling.coannotation_weight"):
+        resolve_config({"sources": ["synthetic:lab?n=4"], "coupling": {"coannotation_weight": 2}})
+    assert [r.name for r in make_relations(None, tasks)] == ["expression->action_units"]
+    va_tasks = resolve_tasks(["expression", "valence_arousal"])
+    assert make_relations(None, va_tasks) == []  # no source labels both: no mapping to estimate
+    rel = make_relations([{"source": "expression", "target": "valence_arousal",
+                           "table": {"happy": [0.8, 0.5], "sad": [-0.6, -0.3]}}], va_tasks)[0]
+    assert rel.known.sum() == 2 and rel.value("sad", "arousal") == -0.3
+
+
+def test_train_run_with_both_couplings_and_distillation(tmp_path):
+    cfg = {
+        "tasks": ["expression", "action_units", "valence_arousal"],
+        "sources": ["synthetic:lab?n=48", "synthetic:webcam?n=48", "synthetic:affect?n=48"],
+        "eval_sources": ["synthetic:webcam?split=test&n=16"],
+        "unlabelled_sources": ["synthetic:street?n=32"],
+        "model": {"input_shape": [16, 16, 3], "widths": [8, 16], "depths": [1, 1], "embedding_dim": 16},
+        "training": {"epochs": 2, "steps_per_epoch": 2, "batch_size": 16, "mixing": "balanced"},
+        "distillation": {"rounds": 1, "epochs_per_round": 1},
+        "coupling": {"coannotation": True, "distribution_matching": True,
+                     "relations": [{"source": "expression", "target": "action_units", "table": "estimate"},
+                                   {"source": "expression", "target": "valence_arousal", "table": "estimate"}]},
+    }
+    report = train_run(cfg, tmp_path / "run", verbose=0)
+    rels = report["coupling"]["relations"]
+    assert [r["target"] for r in rels] == ["action_units", "valence_arousal"]
+    assert "rows of lab-train" in rels[0]["origin"] and "rows of affect-train" in rels[1]["origin"]
+    metrics = report["final_epoch_metrics"]
+    # webcam and affect have no real AU labels (co-annotation gives them soft ones): matched all the same
+    assert metrics["match_action_units"] > 0 and metrics["match_valence_arousal"] > 0 and "match_expression" in metrics
+    assert (tmp_path / "run" / "plots" / "relatedness_expression_action_units.png").stat().st_size > 0
+    assert json.loads((tmp_path / "run" / "report.json").read_text())["distillation"]
+    again = train_run({**cfg, "training": {**cfg["training"], "epochs": 2}}, tmp_path / "run", resume=True, verbose=0)
+    assert again["epochs_done"] == 2
