@@ -12,7 +12,7 @@ knows its tasks (:func:`model_tasks`).
 Example:
     >>> from kfacemtl.model import build_model
     >>> from kfacemtl.tasks import resolve_tasks
-    >>> model = build_model(resolve_tasks(["age", "gender"]), input_shape=(32, 32, 3), widths=(8, 16))
+    >>> model = build_model(resolve_tasks(["age", "gender"]), input_shape=(32, 32, 3), widths=(8, 16), depths=1)
     >>> model.output_names
     ['age', 'gender']
 """

@@ -20,7 +20,7 @@ Example:
     >>> f = sample_factors(8, DOMAINS["lab"], np.random.default_rng(0))
     >>> images, regions = render_faces(f, DOMAINS["lab"], np.random.default_rng(1), regions=True)
     >>> images.shape, images.dtype, sorted(regions)[:3]
-    ((8, 64, 64, 3), dtype('uint8'), ['brows', 'eyes', 'face'])
+    ((8, 64, 64, 3), dtype('uint8'), ['brows', 'cheeks', 'chin'])
 """
 
 from __future__ import annotations
