@@ -70,6 +70,8 @@ DEFAULTS: dict[str, Any] = {
         "label_smoothing": 0.0,
         "mixing": "proportional",
         "augment": True,
+        "cache": "auto",
+        "cache_limit_mb": 4096.0,
         "seed": 0,
     },
     "distillation": {
@@ -158,6 +160,9 @@ def resolve_config(config: Mapping | None) -> dict:
         raise ConfigError("training.learning_rate", f"expected a positive number, got {tr['learning_rate']}")
     if tr["lr_schedule"] not in LR_SCHEDULES:
         raise ConfigError("training.lr_schedule", f"expected one of {LR_SCHEDULES}, got {tr['lr_schedule']!r}")
+    from kfacemtl.pipeline import CACHE_MODES
+    if tr["cache"] not in CACHE_MODES:
+        raise ConfigError("training.cache", f"expected one of {CACHE_MODES}, got {tr['cache']!r}")
     if tr["optimizer"] not in OPTIMIZERS:
         raise ConfigError("training.optimizer", f"expected one of {OPTIMIZERS}, got {tr['optimizer']!r}")
     from kfacemtl.losses import NORMALIZATIONS

@@ -108,6 +108,59 @@ def mixing_weights(sources: Sequence[Source], mixing: str | Mapping[str, float] 
     return w / w.sum()
 
 
+CACHE_MODES = ("auto", "none")
+
+
+class DecodedImages(Source):
+    """A file source whose images are decoded and resized once and then held in memory (uint8), so training
+    repeats neither: the training cache of :func:`make_dataset`.
+
+    Decoding runs in parallel TF ops (:func:`decode_image`, the serving path); the result is rounded to uint8,
+    within 1/510 of the float pixels the files give directly. Labels, names and everything else come from the
+    wrapped source.
+
+    Example:
+        >>> # cached = DecodedImages(make_source("utkface:data/UTKFace"), (48, 48))
+    """
+
+    def __init__(self, source: Source, image_size):
+        super().__init__(source.name, source.domain, source.tasks)
+        self.source, self.image_size = source, tuple(int(v) for v in image_size)
+        to_uint8 = lambda p: tf.cast(tf.round(decode_image(tf.io.read_file(p), self.image_size) * 255), tf.uint8)  # noqa: E731
+        ds = tf.data.Dataset.from_tensor_slices(source.paths()).map(to_uint8, num_parallel_calls=tf.data.AUTOTUNE)
+        self._images = np.concatenate([b.numpy() for b in ds.batch(256).prefetch(tf.data.AUTOTUNE)])
+
+    def __len__(self):
+        return len(self.source)
+
+    def images(self):
+        return self._images
+
+    def raw_labels(self, task):
+        return self.source.raw_labels(task)
+
+    def row_names(self):
+        return self.source.row_names()
+
+    def labels(self, tasks):
+        return self.source.labels(tasks)
+
+    def describe(self) -> dict:
+        return dict(self.source.describe(), cached=f"decoded {self.image_size[0]}x{self.image_size[1]} in memory")
+
+
+def cached_sources(sources: Sequence[Source], image_size, limit_mb: float = 4096) -> list[Source]:
+    """File sources as :class:`DecodedImages` while their decoded images fit in ``limit_mb`` together (in order);
+    in-memory sources, and file sources past the limit, as they are."""
+    out, used = [], 0.0
+    for src in sources:
+        size = len(src) * image_size[0] * image_size[1] * 3 / 2 ** 20
+        if src.images() is None and src.paths() is not None and used + size <= limit_mb:
+            src, used = DecodedImages(src, image_size), used + size
+        out.append(src)
+    return out
+
+
 def source_dataset(source: Source, tasks: Sequence[Task], shuffle_seed: int | None = None,
                    pseudo_labels=None, coannotation=None) -> tf.data.Dataset:
     """One source → unbatched ``(raw image or image path, labels, weights)`` elements, before decoding.
@@ -155,7 +208,7 @@ def _loader(source: Source, image_size):
 def make_dataset(sources: Sequence[Source], tasks: Sequence[Task], batch_size: int = 64, image_size=(64, 64),
                  training: bool = True, mixing: str | Mapping[str, float] = "proportional", augment: bool = True,
                  seed: int = 0, drop_remainder: bool | None = None, pseudo_labels=None,
-                 coannotation=None) -> tf.data.Dataset:
+                 coannotation=None, cache: str = "auto", cache_limit_mb: float = 4096) -> tf.data.Dataset:
     """The batched dataset for ``model.fit`` / ``model.evaluate``.
 
     Args:
@@ -173,6 +226,9 @@ def make_dataset(sources: Sequence[Source], tasks: Sequence[Task], batch_size: i
             missing labels (training only; a real label always wins).
         coannotation: a :class:`~kfacemtl.coupling.CoAnnotation` that fills missing labels from
             related tasks' real labels (training only).
+        cache: ``auto`` (training only): file sources are decoded and resized once and held in memory
+            (:class:`DecodedImages`) while they fit in ``cache_limit_mb``; ``none``: every pass decodes
+            the files again.
 
     Returns:
         A ``tf.data.Dataset`` of ``(images, {task: label}, {task: weight})``. With
@@ -184,6 +240,10 @@ def make_dataset(sources: Sequence[Source], tasks: Sequence[Task], batch_size: i
     if int(batch_size) < 1:
         raise ConfigError("training.batch_size", f"expected a positive integer, got {batch_size!r}")
     image_size = tuple(int(v) for v in image_size)
+    if cache not in CACHE_MODES:
+        raise ConfigError("training.cache", f"expected one of {CACHE_MODES}, got {cache!r}")
+    if training and cache == "auto":
+        sources = cached_sources(sources, image_size, cache_limit_mb)
     auto = tf.data.AUTOTUNE
     parts = []
     for i, src in enumerate(sources):

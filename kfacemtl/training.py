@@ -241,7 +241,8 @@ def train_run(config: Mapping, out_dir, resume: bool = False, verbose="auto", ex
     distillation = make_distillation(cfg, sources, tasks, out_dir, verbose=int(verbose != 0))
     ds = make_dataset(sources, tasks, batch_size=tr["batch_size"], image_size=image_size, training=True,
                       mixing=tr["mixing"], augment=tr["augment"], seed=tr["seed"],
-                      pseudo_labels=distillation.pseudo_labels if distillation else None, coannotation=coannotation)
+                      pseudo_labels=distillation.pseudo_labels if distillation else None, coannotation=coannotation,
+                      cache=tr["cache"], cache_limit_mb=tr["cache_limit_mb"])
     callbacks = [
         keras.callbacks.BackupAndRestore(str(out_dir / "backup")),
         keras.callbacks.CSVLogger(str(out_dir / "history.csv"), append=resume),

@@ -173,3 +173,18 @@ def test_distribution_matching_benchmark_runs_every_variant_and_its_baselines(tm
     stl = yaml.safe_load((seed0 / "single-task_action_units" / "config.yaml").read_text())
     assert [s.split("?")[0] for s in stl["sources"]] == ["synthetic:lab"]  # AUs: the lab domain only
     assert (tmp_path / "runs" / "distribution_matching.png").stat().st_size > 0
+
+
+def test_throughput_benchmark_times_pipeline_cache_and_model_alone(tmp_path, capsys):
+    import throughput as bench
+    args = ["--setting", "synthetic", "--synthetic-faces", "64", "--steps", "3", "--warmup", "1", "--repeats", "1",
+            "--model", json.dumps(TINY_MODEL), "--out", str(tmp_path / "tp")]
+    assert bench.main(args) == 0
+    out = capsys.readouterr().out
+    assert "full pipeline (decoded-image cache)" in out and "model-FLOP utilisation" in out
+    r = json.loads((tmp_path / "tp" / "results.json").read_text())["synthetic"]
+    assert set(r["runs"]) == {"files", "cached", "alone"} and all(len(v) == 1 for v in r["runs"].values())
+    assert r["input_shape"] == TINY_MODEL["input_shape"] and r["forward_flops_per_image"] > 0
+    assert 0 < r["model_flop_utilisation"] < 1 and r["inference_images_per_s"] > 0 and r["peak_rss_mb"] > 0
+    assert bench.main(["--setting", "real", "--data", str(tmp_path / "none")]) == 0  # no real data: a message
+    assert "real data not found" in capsys.readouterr().out

@@ -93,3 +93,27 @@ def test_training_order_is_a_full_permutation_of_each_source():
     # one pass = every row once; training maps run in parallel without keeping order, so a few rows of the next
     # pass may overtake the last ones of this pass (seen once in a full suite run: 9,999 distinct)
     assert len(np.unique(np.round(ages, 3))) >= 9950
+
+
+def test_training_cache_decodes_files_once_into_the_same_images(tmp_path):
+    from kfacemtl.pipeline import DecodedImages, cached_sources
+    rng = np.random.default_rng(0)
+    rows = ["path,gender"]
+    for i in range(6):
+        write_png(tmp_path / f"{i}.png", rng.integers(0, 255, (40 + 7 * i, 33, 1 + 2 * (i % 2))))
+        rows.append(f"{i}.png,{i % 2}")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    src = CsvSource(tmp_path / "m.csv")
+    cached = DecodedImages(src, (24, 24))
+    assert cached.images().shape == (6, 24, 24, 3) and cached.images().dtype == np.uint8 and cached.name == src.name
+    direct = np.stack([decode_image((tmp_path / f"{i}.png").read_bytes(), (24, 24)).numpy() for i in range(6)])
+    np.testing.assert_allclose(cached.images() / 255, direct, atol=1 / 510 + 1e-6)  # rounded to uint8, nothing else
+    assert cached.labels(TASKS)[1]["gender"].tolist() == src.labels(TASKS)[1]["gender"].tolist()
+    synthetic = make_source("synthetic:lab?n=4")
+    kept = cached_sources([synthetic, src, CsvSource(tmp_path / "m.csv")], (24, 24), limit_mb=6 * 24 * 24 * 3 / 2 ** 20)
+    assert [type(s).__name__ for s in kept] == ["SyntheticSource", "DecodedImages", "CsvSource"]  # the limit holds
+    for cache in ("auto", "none"):  # the same labels and weights either way; the cache is for training only
+        _, y, w = next(iter(make_dataset([src], TASKS, batch_size=6, image_size=(24, 24), augment=False, cache=cache)))
+        assert sorted(y["gender"].numpy().tolist()) == [0, 0, 0, 1, 1, 1] and np.all(w["gender"].numpy() == 1)
+    with pytest.raises(ConfigError, match="training.cache"):
+        make_dataset([src], TASKS, cache="disk")

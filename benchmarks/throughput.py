@@ -1,0 +1,227 @@
+"""Training and inference throughput: does the input pipeline keep up with the model, and how busy is the chip?
+
+In one run, on one machine, for the real-data setting (configs/real_mtl.yaml: UTKFace + FER2013 at 48x48, the
+default backbone, batch 64) or the synthetic demo setting (--setting synthetic, no data needed):
+
+  training images/s   model.fit with the full pipeline: file sources decoded and resized once into the in-memory
+                      cache (the default, training.cache: auto), then augmentation, mixing, batching; and with
+                      cache: none (every step decodes its files again)
+  model alone         model.fit on one batch held in memory and repeated (the same train step, no input work)
+  pipeline alone      the input pipeline iterated without a model (what it can feed at most), both ways
+  FLOPs               the model's forward FLOPs per image (2 x multiply-adds of its conv and dense layers); a
+                      training step counts 3x (forward, and a backward of about twice the forward)
+  model-FLOP          achieved training FLOP/s over the peak FLOP/s of a large float32 matmul (2048^3) timed in
+  utilisation         the same run
+  inference images/s  the model on in-memory batches of 64 (training=False)
+  peak memory         the process's peak resident memory (ru_maxrss) at the end
+
+Each training rate is timed in a fresh process (so no other dataset's threads run beside it), --repeats times
+interleaved (files, cache, model alone), medians: one timing on this shared machine can be off by a third. The pipeline keeps up when training with it runs at >= 95 %
+of the model alone. Written to --out: results.txt,
+results.json. A benchmark measures and prints; it asserts nothing.
+
+    python benchmarks/throughput.py [--setting real|synthetic] [--steps 40] [--repeats 3] [--warmup 10]
+        [--out runs/throughput]
+"""
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+import warnings
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import numpy as np  # noqa: E402
+
+from kfacemtl.config import load_config, resolve_config  # noqa: E402
+from kfacemtl.evaluation import text_table  # noqa: E402
+from kfacemtl.files import atomic_write_text  # noqa: E402
+from kfacemtl.model import build_model, count_flops  # noqa: E402
+from kfacemtl.pipeline import make_dataset  # noqa: E402
+from kfacemtl.tasks import resolve_tasks  # noqa: E402
+from kfacemtl.training import build_sources, compile_model, demo_config  # noqa: E402
+from real_mtl_vs_stl import with_data_root  # noqa: E402
+
+def pipeline_rate(ds, steps: int, warmup: int) -> float:
+    """Images per second the input pipeline produces alone."""
+    it = iter(ds)
+    for _ in range(warmup):
+        next(it)
+    start, n = time.perf_counter(), 0
+    for _ in range(steps):
+        n += int(next(it)[0].shape[0])
+    return n / (time.perf_counter() - start)
+
+
+def matmul_peak(n: int = 2048, reps: int = 10) -> float:
+    """FLOP/s of an n x n float32 matmul, the best of ``reps`` timed runs (after one untimed)."""
+    import tensorflow as tf
+    a = tf.random.normal((n, n))
+    b = tf.random.normal((n, n))
+    f = tf.function(lambda a, b: tf.matmul(a, b))
+    f(a, b).numpy()
+    best = float("inf")
+    for _ in range(reps):
+        start = time.perf_counter()
+        f(a, b).numpy()
+        best = min(best, time.perf_counter() - start)
+    return 2 * n ** 3 / best
+
+
+def inference_rate(model, image_shape, batch: int = 64, steps: int = 30) -> float:
+    """Images per second of the model on in-memory batches (training=False), after one untimed batch."""
+    import tensorflow as tf
+    x = tf.random.uniform((batch,) + tuple(image_shape))
+    f = tf.function(lambda x: model(x, training=False))
+    tf.nest.map_structure(lambda t: t.numpy(), f(x))
+    start = time.perf_counter()
+    for _ in range(steps):
+        out = f(x)
+    tf.nest.map_structure(lambda t: t.numpy(), out)
+    return steps * batch / (time.perf_counter() - start)
+
+
+VARIANTS = ("files", "cached", "alone")
+
+
+def _setup(cfg: dict, model_overrides: dict):
+    cfg = resolve_config(cfg)
+    tasks = resolve_tasks(cfg["tasks"])
+    tr, mc = cfg["training"], dict(cfg["model"], **model_overrides)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        sources = build_sources(cfg["sources"])
+    common = dict(batch_size=tr["batch_size"], image_size=tuple(mc["input_shape"][:2]), training=True,
+                  mixing=tr["mixing"], augment=tr["augment"], seed=tr["seed"])
+    return tasks, tr, mc, sources, common
+
+
+def one_variant(cfg: dict, variant: str, steps: int, warmup: int, model_overrides: dict) -> dict:
+    """Training images/s of one variant (in a process of its own, so no other dataset's threads run beside it):
+    ``files`` (cache: none), ``cached`` (cache: auto) or ``alone`` (one batch held in memory, repeated)."""
+    import tensorflow as tf
+    tasks, tr, mc, sources, common = _setup(cfg, model_overrides)
+    start = time.perf_counter()
+    ds = make_dataset(sources, tasks, cache="none" if variant != "cached" else "auto", **common)
+    built = time.perf_counter() - start
+    if variant == "alone":
+        ds = tf.data.Dataset.from_tensors(next(iter(ds))).repeat()
+    model = compile_model(build_model(tasks, **mc), tr["optimizer"], tr["learning_rate"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        model.fit(ds, epochs=1, steps_per_epoch=warmup, verbose=0)  # tracing and the first batches, untimed
+        start = time.perf_counter()
+        model.fit(ds, epochs=1, steps_per_epoch=steps, verbose=0)
+    return {"images_per_s": steps * tr["batch_size"] / (time.perf_counter() - start), "dataset_seconds": built,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def measure(cfg: dict, steps: int, warmup: int, repeats: int = 3, model_overrides: dict | None = None,
+            child_args: list | None = None) -> dict:
+    """Every measure of the table. Training rates: each variant ``repeats`` times in a fresh process (interleaved,
+    so a slow spell of the shared machine hits every variant), medians."""
+    import subprocess
+    import tensorflow as tf
+    model_overrides = model_overrides or {}
+    runs = {v: [] for v in VARIANTS}
+    for _ in range(repeats):
+        for v in VARIANTS:
+            out = subprocess.run([sys.executable, __file__, "--one", v, "--steps", str(steps), "--warmup", str(warmup),
+                                  "--model", json.dumps(model_overrides)] + (child_args or []),
+                                 capture_output=True, text=True, check=True).stdout
+            runs[v].append(json.loads(out.strip().splitlines()[-1]))
+    med = {v: float(np.median([r["images_per_s"] for r in rs])) for v, rs in runs.items()}
+    tasks, tr, mc, sources, common = _setup(cfg, model_overrides)
+    cached, files = (make_dataset(sources, tasks, cache=c, **common) for c in ("auto", "none"))
+    model = build_model(tasks, **mc)
+    flops, peak, full = count_flops(model), matmul_peak(), med["cached"]
+    return {
+        "sources": [s.name for s in sources], "batch_size": tr["batch_size"], "input_shape": list(mc["input_shape"]),
+        "parameters": int(model.count_params()), "steps": steps, "warmup": warmup, "repeats": repeats,
+        "runs": runs, "cache_seconds": float(np.median([r["dataset_seconds"] for r in runs["cached"]])),
+        "train_images_per_s": full, "train_no_cache_images_per_s": med["files"],
+        "model_alone_images_per_s": med["alone"], "pipeline_over_model": full / med["alone"],
+        "no_cache_over_model": med["files"] / med["alone"],
+        "pipeline_alone_images_per_s": pipeline_rate(cached, steps, warmup),
+        "pipeline_no_cache_alone_images_per_s": pipeline_rate(files, steps, warmup), "forward_flops_per_image": flops,
+        "train_flops_per_s": 3 * flops * full, "matmul_peak_flops_per_s": peak,
+        "model_flop_utilisation": 3 * flops * full / peak,
+        "inference_images_per_s": inference_rate(model, mc["input_shape"]),
+        "peak_rss_mb": max(r["peak_rss_mb"] for r in runs["cached"]),
+        "peak_rss_no_cache_mb": max(r["peak_rss_mb"] for r in runs["files"]),
+        "cpu_count": os.cpu_count(), "devices": [d.device_type for d in tf.config.list_physical_devices()],
+    }
+
+
+def format_table(r: dict, setting: str) -> str:
+    alone = r["model_alone_images_per_s"]
+    rows = [
+        ["training, full pipeline (decoded-image cache)", f"{r['train_images_per_s']:.0f} images/s",
+         f"{100 * r['pipeline_over_model']:.1f} % of the model alone (target >= 95 %)"],
+        ["training, full pipeline, no cache", f"{r['train_no_cache_images_per_s']:.0f} images/s",
+         f"{100 * r['no_cache_over_model']:.1f} % of the model alone"],
+        ["training, model alone (batch in memory)", f"{alone:.0f} images/s", "the baseline"],
+        ["input pipeline alone, cache / no cache", f"{r['pipeline_alone_images_per_s']:.0f} / "
+         f"{r['pipeline_no_cache_alone_images_per_s']:.0f} images/s",
+         f"{r['pipeline_alone_images_per_s'] / alone:.1f}x / {r['pipeline_no_cache_alone_images_per_s'] / alone:.1f}x "
+         f"what the model consumes"],
+        ["building the cache", f"{r['cache_seconds']:.0f} s", "once per training run"],
+        ["forward FLOPs per image", f"{r['forward_flops_per_image'] / 1e6:.1f} MFLOP", f"{r['parameters']:,} parameters"],
+        ["achieved training FLOP/s", f"{r['train_flops_per_s'] / 1e9:.1f} GFLOP/s", "3 x forward FLOPs x images/s"],
+        ["float32 matmul peak (2048^3)", f"{r['matmul_peak_flops_per_s'] / 1e9:.1f} GFLOP/s", "measured in this run"],
+        ["model-FLOP utilisation", f"{100 * r['model_flop_utilisation']:.1f} %", ""],
+        ["inference, batch 64, in memory", f"{r['inference_images_per_s']:.0f} images/s", ""],
+        ["peak resident memory of training, cache / no cache", f"{r['peak_rss_mb']:.0f} / "
+         f"{r['peak_rss_no_cache_mb']:.0f} MB", "whole process"],
+    ]
+    title = (f"{setting}: {', '.join(r['sources'])}; input {r['input_shape']}, batch {r['batch_size']}; training "
+             f"rates are medians of {r['repeats']} timings of {r['steps']} steps (after {r['warmup']} untimed), each "
+             f"in a fresh process; {r['cpu_count']} CPUs, devices {sorted(set(r['devices']))}")
+    return title + "\n" + text_table(["measure", "value", "note"], rows)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--setting", default="real", choices=["real", "synthetic"])
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--data", default=os.environ.get("KFACEMTL_DATA", str(ROOT.parent / "shared" / "data")))
+    ap.add_argument("--config", default=str(ROOT / "configs" / "real_mtl.yaml"))
+    ap.add_argument("--synthetic-faces", type=int, default=6000)
+    ap.add_argument("--out", default=str(ROOT / "runs" / "throughput"))
+    ap.add_argument("--model", default="{}", help="JSON overrides of the config's model section")
+    ap.add_argument("--one", choices=VARIANTS, help=argparse.SUPPRESS)  # a child process: one training rate
+    args = ap.parse_args(argv)
+    if args.setting == "real":
+        data = Path(args.data)
+        if not (data / "utkface" / "UTKFace").exists() or not (data / "fer2013").exists():
+            print(f"real data not found under {data}; nothing measured (pass --data, or --setting synthetic).")
+            return 0
+        cfg = with_data_root(load_config(args.config), str(data))
+    else:
+        cfg = demo_config(train_faces=args.synthetic_faces)
+    overrides = json.loads(args.model)
+    if args.one:
+        print(json.dumps(one_variant(cfg, args.one, args.steps, args.warmup, overrides)))
+        return 0
+    child = ["--setting", args.setting, "--data", args.data, "--config", args.config,
+             "--synthetic-faces", str(args.synthetic_faces)]
+    result = measure(cfg, args.steps, args.warmup, args.repeats, overrides, child)
+    text = format_table(result, args.setting)
+    print("\n" + text, flush=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "results.txt", text + "\n")
+    atomic_write_text(out / "results.json", json.dumps({args.setting: result}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
