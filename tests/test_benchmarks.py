@@ -177,9 +177,12 @@ def test_distribution_matching_benchmark_runs_every_variant_and_its_baselines(tm
 
 def test_throughput_benchmark_times_pipeline_cache_and_model_alone(tmp_path, capsys):
     import throughput as bench
-    args = ["--setting", "synthetic", "--synthetic-faces", "64", "--steps", "3", "--warmup", "1", "--repeats", "1",
-            "--model", json.dumps(TINY_MODEL), "--out", str(tmp_path / "tp")]
-    assert bench.main(args) == 0
+    common = ["--setting", "synthetic", "--synthetic-faces", "64", "--steps", "3", "--warmup", "1",
+              "--model", json.dumps(TINY_MODEL)]
+    assert bench.main(common + ["--one", "cached"]) == 0  # what each fresh process of a full run does
+    child = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert child["images_per_s"] > 0 and child["dataset_seconds"] >= 0 and child["peak_rss_mb"] > 0
+    assert bench.main(common + ["--repeats", "1", "--in-process", "--out", str(tmp_path / "tp")]) == 0
     out = capsys.readouterr().out
     assert "full pipeline (decoded-image cache)" in out and "model-FLOP utilisation" in out
     r = json.loads((tmp_path / "tp" / "results.json").read_text())["synthetic"]
