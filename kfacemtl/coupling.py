@@ -107,14 +107,18 @@ class Relatedness:
         return f"{self.source.name}->{self.target.name}"
 
     @property
+    def label_names(self) -> tuple:
+        """Names of the target's values: its labels (multilabel) or its value names (regression)."""
+        return self.target.classes if self.target.kind == "multilabel" else self.target.value_names
+
+    @property
     def invertible(self) -> bool:
         """Whether target labels imply a source distribution (multilabel targets: Bayes' rule over ``d``)."""
         return self.target.kind == "multilabel"
 
     def value(self, class_name: str, label: str) -> float:
         """``d(class, label)``; ``label`` is a multilabel label or a regression value name."""
-        names = self.target.classes if self.target.kind == "multilabel" else self.target.value_names
-        return round(float(self.matrix[self.source.classes.index(class_name), list(names).index(label)]), 6)
+        return round(float(self.matrix[self.source.classes.index(class_name), self.label_names.index(label)]), 6)
 
     # --- construction ---------------------------------------------------------------------------------------
     @classmethod
@@ -177,12 +181,14 @@ class Relatedness:
         Raises:
             ConfigError: no source has a row labelled for both tasks.
         """
-        xs, ys = [], []
+        xs, ys, names = [], [], []
         for s in sources:
             labels, weights = s.labels([source, target])
             both = (weights[source.name] > 0) & (weights[target.name] > 0)
             xs.append(labels[source.name][both].astype(int))
             ys.append(labels[target.name][both].astype("float64"))
+            if both.any():
+                names.append(s.name)
         x, y = np.concatenate(xs), np.concatenate(ys).reshape(-1, target.output_dim)
         if not len(x):
             raise ConfigError(f"coupling.relations[{source.name}->{target.name}].table",
@@ -191,8 +197,7 @@ class Relatedness:
         counts = np.bincount(x, minlength=len(source.classes)).astype("float64")
         sums = np.zeros((len(source.classes), target.output_dim))
         np.add.at(sums, x, y)
-        names = sorted({s.name for s in sources if s.labels([source, target])[1][target.name].any()})
-        origin = f"estimated from {len(x)} rows of {', '.join(names)}"
+        origin = f"estimated from {len(x)} rows of {', '.join(sorted(set(names)))}"
         if target.kind == "multilabel":
             base = np.full(sums.shape, 0.5) if prior is None else prior.matrix.astype("float64")
             matrix = (sums + smoothing * base) / (counts[:, None] + smoothing)
@@ -237,10 +242,9 @@ class Relatedness:
 
     def describe(self) -> dict:
         """A JSON-able summary: tasks, origin, covered classes, the table."""
-        names = self.target.classes if self.target.kind == "multilabel" else self.target.value_names
         return {"source": self.source.name, "target": self.target.name, "origin": self.origin,
                 "dropped": list(self.dropped),
-                "table": {c: {n: round(float(v), 4) for n, v in zip(names, row) if v}
+                "table": {c: {n: round(float(v), 4) for n, v in zip(self.label_names, row) if v}
                           for c, row, k in zip(self.source.classes, self.matrix, self.known) if k}}
 
 

@@ -154,7 +154,7 @@ def plot_relatedness(relation, out_png) -> Path:
     """A :class:`~kfacemtl.coupling.Relatedness` as a heat map: one row per class, its value per label."""
     plt = _pyplot()
     m, t = relation.matrix, relation.target
-    names = list(t.classes if t.kind == "multilabel" else t.value_names)
+    names = list(relation.label_names)
     fig, ax = plt.subplots(figsize=(1.0 + 0.55 * len(names), 1.2 + 0.45 * len(m)))
     shown = np.where(relation.known[:, None], m, np.nan)
     ax.imshow(shown, cmap="Blues" if t.kind == "multilabel" else "coolwarm", aspect="auto",
