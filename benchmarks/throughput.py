@@ -6,7 +6,8 @@ default backbone, batch 64) or the synthetic demo setting (--setting synthetic, 
   training images/s   model.fit with the full pipeline: file sources decoded and resized once into the in-memory
                       cache (the default, training.cache: auto), then augmentation, mixing, batching; and with
                       cache: none (every step decodes its files again)
-  model alone         model.fit on one batch held in memory and repeated (the same train step, no input work)
+  model alone         model.fit on one batch held in memory and repeated (the same train step, no input work);
+                      also compiled with XLA (jit_compile) and in mixed precision (mixed_float16)
   pipeline alone      the input pipeline iterated without a model (what it can feed at most), both ways
   FLOPs               the model's forward FLOPs per image (2 x multiply-adds of its conv and dense layers); a
                       training step counts 3x (forward, and a backward of about twice the forward)
@@ -16,12 +17,12 @@ default backbone, batch 64) or the synthetic demo setting (--setting synthetic, 
   peak memory         the process's peak resident memory (ru_maxrss) at the end
 
 Each training rate is timed in a fresh process (so no other dataset's threads run beside it), --repeats times
-interleaved (files, cache, model alone), medians: one timing on this shared machine can be off by a third. The pipeline keeps up when training with it runs at >= 95 %
+interleaved (files, cache, model alone and its XLA and float16 variants), medians: one timing on this shared machine can be off by a third. The pipeline keeps up when training with it runs at >= 95 %
 of the model alone. Written to --out: results.txt,
 results.json. A benchmark measures and prints; it asserts nothing.
 
     python benchmarks/throughput.py [--setting real|synthetic] [--steps 40] [--repeats 3] [--warmup 10]
-        [--in-process] [--out runs/throughput]
+        [--in-process] [--variants files,cached,alone,alone_xla,alone_mixed] [--out runs/throughput]
 """
 
 import argparse
@@ -37,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from kfacemtl.config import load_config, resolve_config  # noqa: E402
@@ -87,7 +89,7 @@ def inference_rate(model, image_shape, batch: int = 64, steps: int = 30) -> floa
     return steps * batch / (time.perf_counter() - start)
 
 
-VARIANTS = ("files", "cached", "alone")
+VARIANTS = ("files", "cached", "alone", "alone_xla", "alone_mixed")
 
 
 def _setup(cfg: dict, model_overrides: dict):
@@ -104,34 +106,48 @@ def _setup(cfg: dict, model_overrides: dict):
 
 def one_variant(cfg: dict, variant: str, steps: int, warmup: int, model_overrides: dict) -> dict:
     """Training images/s of one variant (in a process of its own, so no other dataset's threads run beside it):
-    ``files`` (cache: none), ``cached`` (cache: auto) or ``alone`` (one batch held in memory, repeated)."""
+    ``files`` (cache: none), ``cached`` (cache: auto), ``alone`` (one batch held in memory, repeated), and the
+    model alone compiled with XLA (``alone_xla``) or computing in float16 (``alone_mixed``)."""
     import tensorflow as tf
     tasks, tr, mc, sources, common = _setup(cfg, model_overrides)
     start = time.perf_counter()
     ds = make_dataset(sources, tasks, cache="none" if variant != "cached" else "auto", **common)
     built = time.perf_counter() - start
-    if variant == "alone":
+    if variant.startswith("alone"):
         ds = tf.data.Dataset.from_tensors(next(iter(ds))).repeat()
-    model = compile_model(build_model(tasks, **mc), tr["optimizer"], tr["learning_rate"])
+    model = compile_model(build_model(tasks, **dict(mc, mixed_precision=variant == "alone_mixed")), tr["optimizer"],
+                          tr["learning_rate"], jit_compile=variant == "alone_xla")
+    clock = StepClock()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         model.fit(ds, epochs=1, steps_per_epoch=warmup, verbose=0)  # tracing and the first batches, untimed
-        start = time.perf_counter()
-        model.fit(ds, epochs=1, steps_per_epoch=steps, verbose=0)
-    return {"images_per_s": steps * tr["batch_size"] / (time.perf_counter() - start), "dataset_seconds": built,
+        model.fit(ds, epochs=1, steps_per_epoch=steps, verbose=0, callbacks=[clock])
+    return {"images_per_s": steps * tr["batch_size"] / clock.seconds, "dataset_seconds": built,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
+class StepClock(keras.callbacks.Callback):
+    """Seconds from the first step's start to the last step's end: the steps, not ``fit``'s set-up and tear-down
+    (closing a dataset iterator with parallel maps in flight sometimes took 5 s here, half of a 40-step timing)."""
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if batch == 0:
+            self.start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.seconds = time.perf_counter() - self.start
+
+
 def measure(cfg: dict, steps: int, warmup: int, repeats: int = 3, model_overrides: dict | None = None,
-            child_args: list | None = None) -> dict:
+            child_args: list | None = None, variants=VARIANTS) -> dict:
     """Every measure of the table. Training rates: each variant ``repeats`` times in a fresh process (interleaved,
     so a slow spell of the shared machine hits every variant), medians."""
     import subprocess
     import tensorflow as tf
     model_overrides = model_overrides or {}
-    runs = {v: [] for v in VARIANTS}
+    runs = {v: [] for v in variants}
     for _ in range(repeats):
-        for v in VARIANTS:
+        for v in variants:
             if child_args is None:  # --in-process: quicker, less isolated
                 runs[v].append(one_variant(cfg, v, steps, warmup, model_overrides))
                 continue
@@ -150,6 +166,7 @@ def measure(cfg: dict, steps: int, warmup: int, repeats: int = 3, model_override
         "runs": runs, "cache_seconds": float(np.median([r["dataset_seconds"] for r in runs["cached"]])),
         "train_images_per_s": full, "train_no_cache_images_per_s": med["files"],
         "model_alone_images_per_s": med["alone"], "pipeline_over_model": full / med["alone"],
+        "model_alone_xla_images_per_s": med.get("alone_xla"), "model_alone_mixed_images_per_s": med.get("alone_mixed"),
         "no_cache_over_model": med["files"] / med["alone"],
         "pipeline_alone_images_per_s": pipeline_rate(cached, steps, warmup),
         "pipeline_no_cache_alone_images_per_s": pipeline_rate(files, steps, warmup), "forward_flops_per_image": flops,
@@ -162,6 +179,10 @@ def measure(cfg: dict, steps: int, warmup: int, repeats: int = 3, model_override
     }
 
 
+def _against(rate, alone):
+    return ["not measured", ""] if rate is None else [f"{rate:.0f} images/s", f"{rate / alone:.2f}x the model alone"]
+
+
 def format_table(r: dict, setting: str) -> str:
     alone = r["model_alone_images_per_s"]
     rows = [
@@ -170,6 +191,9 @@ def format_table(r: dict, setting: str) -> str:
         ["training, full pipeline, no cache", f"{r['train_no_cache_images_per_s']:.0f} images/s",
          f"{100 * r['no_cache_over_model']:.1f} % of the model alone"],
         ["training, model alone (batch in memory)", f"{alone:.0f} images/s", "the baseline"],
+        ["training, model alone, XLA (training.jit_compile)", *_against(r["model_alone_xla_images_per_s"], alone)],
+        ["training, model alone, mixed_float16 (model.mixed_precision)",
+         *_against(r["model_alone_mixed_images_per_s"], alone)],
         ["input pipeline alone, cache / no cache", f"{r['pipeline_alone_images_per_s']:.0f} / "
          f"{r['pipeline_no_cache_alone_images_per_s']:.0f} images/s",
          f"{r['pipeline_alone_images_per_s'] / alone:.1f}x / {r['pipeline_no_cache_alone_images_per_s'] / alone:.1f}x "
@@ -202,6 +226,8 @@ def main(argv=None):
     ap.add_argument("--model", default="{}", help="JSON overrides of the config's model section")
     ap.add_argument("--in-process", action="store_true", help="time every variant in this process (quicker, "
                                                                    "less isolated than a fresh process each)")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"training rates to time, of {','.join(VARIANTS)} "
+                                                                   "(files, cached and alone are needed)")
     ap.add_argument("--one", choices=VARIANTS, help=argparse.SUPPRESS)  # a child process: one training rate
     args = ap.parse_args(argv)
     if args.setting == "real":
@@ -218,7 +244,11 @@ def main(argv=None):
         return 0
     child = ["--setting", args.setting, "--data", args.data, "--config", args.config,
              "--synthetic-faces", str(args.synthetic_faces)]
-    result = measure(cfg, args.steps, args.warmup, args.repeats, overrides, None if args.in_process else child)
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    if not {"files", "cached", "alone"} <= set(variants) <= set(VARIANTS):
+        ap.error(f"--variants: expected files, cached, alone and any of {VARIANTS[3:]}, got {args.variants!r}")
+    result = measure(cfg, args.steps, args.warmup, args.repeats, overrides, None if args.in_process else child,
+                     variants)
     text = format_table(result, args.setting)
     print("\n" + text, flush=True)
     out = Path(args.out)

@@ -2,7 +2,7 @@
 
 Example:
     $ kfacemtl demo --out runs/demo
-    $ kfacemtl train configs/demo.yaml --out runs/exp1 [--resume]
+    $ kfacemtl train configs/demo.yaml --out runs/exp1 [--resume] [--strategy mirrored]
     $ kfacemtl evaluate runs/exp1/model.keras --source "synthetic:street?split=test&n=1000" --json street.json
     $ kfacemtl export runs/exp1 --base saved_models --name faces
     $ kfacemtl predict --saved-model saved_models/faces/1 face1.jpg face2.png
@@ -17,14 +17,20 @@ import json
 import sys
 import time
 
-from kfacemtl.config import DEMO_EPOCHS, DEMO_STEPS
+from kfacemtl.config import DEMO_EPOCHS, DEMO_STEPS, STRATEGIES
 from kfacemtl.errors import KfacemtlError
 
 
 def _cmd_train(args):
-    from kfacemtl.config import load_config
+    from kfacemtl.config import load_config, resolve_config
     from kfacemtl.training import train_run
-    report = train_run(load_config(args.config), args.out, resume=args.resume)
+    cfg = load_config(args.config)
+    if args.strategy:  # this host's setting (e.g. multi_worker on each host of a cluster), over the config's
+        cfg["training"]["strategy"] = args.strategy
+        if args.strategy != "mirrored":
+            cfg["training"]["strategy_devices"] = None
+        cfg = resolve_config(cfg)
+    report = train_run(cfg, args.out, resume=args.resume)
     if report.get("table"):
         print(report["table"])
     print(f"run directory: {args.out}")
@@ -115,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="YAML config file (see README: Configs)")
     p.add_argument("--out", required=True, help="run directory (must be new or empty unless --resume)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--strategy", choices=STRATEGIES, help="where to train, over the config's training.strategy "
+                                                          "(multi_worker: the cluster comes from TF_CONFIG)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("evaluate", help="per-source, per-task metrics of a saved model")

@@ -13,7 +13,9 @@ A config has these sections (``unlabelled_sources``, ``distillation`` and ``coup
     model: {widths: [32, 64, 128, 256], depths: [1, 2, 2, 1], embedding_dim: 256}
     training: {epochs: 8, batch_size: 64, optimizer: adam, learning_rate: 0.001,
                mixing: proportional, loss_normalization: mean_with_sample_weight,
-               loss_weights: {expression: 2.0}}   # static task weights (default 1 each)
+               loss_weights: {expression: 2.0},   # static task weights (default 1 each)
+               strategy: default,                 # or mirrored, multi_worker (kfacemtl.distribute)
+               jit_compile: false, cache: auto}   # model: {mixed_precision: true} computes in float16
     unlabelled_sources: [synthetic:street?n=6000]  # pseudo-labelled by distillation
     distillation: {rounds: 3, epochs_per_round: 2, soft: false, thresholds: {expression: 0.8},
                    pseudo_weight: 0.5, reinit: false}   # rounds: 0 (the default) turns it off
@@ -54,6 +56,7 @@ DEFAULTS: dict[str, Any] = {
         "embedding_dim": 256,
         "head_units": 64,
         "dropout": 0.3,
+        "mixed_precision": False,
     },
     "training": {
         "epochs": 8,
@@ -72,6 +75,10 @@ DEFAULTS: dict[str, Any] = {
         "augment": True,
         "cache": "auto",
         "cache_limit_mb": 4096.0,
+        "cache_dir": None,
+        "strategy": "default",
+        "strategy_devices": None,
+        "jit_compile": False,
         "seed": 0,
     },
     "distillation": {
@@ -96,9 +103,11 @@ DEFAULTS: dict[str, Any] = {
     },
 }
 OPTIMIZERS = ("adam", "adamw", "sgd")
+STRATEGIES = ("default", "mirrored", "multi_worker")  # kfacemtl.distribute
 LR_SCHEDULES = ("constant", "cosine", "dynamic")
 _FREE_FORM = {"tasks", "sources", "eval_sources", "unlabelled_sources", "training.mixing", "training.steps_per_epoch",
-              "training.loss_weights", "training.weighting_options", "distillation.thresholds", "distillation.teachers",
+              "training.loss_weights", "training.weighting_options",
+              "training.cache_dir", "training.strategy_devices", "distillation.thresholds", "distillation.teachers",
               "coupling.relations"}
 
 
@@ -163,6 +172,15 @@ def resolve_config(config: Mapping | None) -> dict:
     from kfacemtl.pipeline import CACHE_MODES
     if tr["cache"] not in CACHE_MODES:
         raise ConfigError("training.cache", f"expected one of {CACHE_MODES}, got {tr['cache']!r}")
+    if tr["strategy"] not in STRATEGIES:
+        raise ConfigError("training.strategy", f"expected one of {STRATEGIES}, got {tr['strategy']!r}")
+    devices = tr["strategy_devices"]
+    if devices is not None and (tr["strategy"] != "mirrored" or not isinstance(devices, list) or not devices
+                                or not all(isinstance(d, str) for d in devices)):
+        raise ConfigError("training.strategy_devices", f"expected a list of device names (e.g. ['/gpu:0', '/gpu:1']) "
+                                                       f"with strategy: mirrored, got {devices!r}")
+    if tr["cache_dir"] is not None and not isinstance(tr["cache_dir"], str):
+        raise ConfigError("training.cache_dir", f"expected a folder path, got {tr['cache_dir']!r}")
     if tr["optimizer"] not in OPTIMIZERS:
         raise ConfigError("training.optimizer", f"expected one of {OPTIMIZERS}, got {tr['optimizer']!r}")
     from kfacemtl.losses import NORMALIZATIONS

@@ -23,6 +23,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from kfacemtl.distribute import scale_loss_for_distribution, share_of_mean
+
 NORMALIZATIONS = ("mean_with_sample_weight", "sum_over_batch_size")
 _EPS = 1e-7
 
@@ -96,9 +98,11 @@ class MaskedTaskLoss(keras.losses.Loss):
         y_true = ops.where(mask, y_true, ops.zeros_like(y_true))
         values = ops.where(labelled, self.per_sample(y_true, y_pred), 0.0)
         total = ops.sum(values * w)
+        # Under a tf.distribute strategy each replica returns its share of the global batch's mean (Keras's own
+        # losses divide by the number of replicas), so the replicas' summed gradients are those of the mean.
         if self.normalization == "mean_with_sample_weight":
-            return ops.divide_no_nan(total, ops.sum(w))
-        return total / ops.cast(batch, "float32")
+            return share_of_mean(total, ops.sum(w))  # the labelled rows of all replicas count
+        return scale_loss_for_distribution(total / ops.cast(batch, "float32"))
 
     def call(self, y_true, y_pred):
         return self.per_sample(ops.convert_to_tensor(y_true, "float32"), ops.convert_to_tensor(y_pred, "float32"))

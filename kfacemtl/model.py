@@ -26,6 +26,7 @@ from typing import Sequence
 import keras
 from keras import ops
 
+from kfacemtl.distribute import scale_loss_for_distribution, unscale_loss_for_distribution
 from kfacemtl.errors import ConfigError, KfacemtlError
 from kfacemtl.tasks import Task
 
@@ -49,6 +50,8 @@ class VGGBackbone:
             expression at chance for the demo budget, ``flatten`` learns it.
         embedding_dim: width of the shared embedding after the pooling.
         dropout: dropout on the embedding.
+        dtype: the layers' dtype policy (None: Keras's global one; ``mixed_float16``: compute in float16,
+            weights in float32).
 
     Example:
         >>> import keras
@@ -63,6 +66,7 @@ class VGGBackbone:
     pooling: str = "flatten"
     embedding_dim: int = 256
     dropout: float = 0.3
+    dtype: str | None = None
 
     def __post_init__(self):
         self.widths = tuple(int(w) for w in self.widths)
@@ -86,20 +90,20 @@ class VGGBackbone:
             for c in range(1, depth + 1):
                 stride = self.stem_stride if (b, c) == (1, 1) else 1
                 x = keras.layers.Conv2D(width, 3, strides=stride, padding="same", use_bias=False,
-                                        name=f"block{b}_conv{c}")(x)
-                x = keras.layers.BatchNormalization(name=f"block{b}_bn{c}")(x)
-                x = keras.layers.ReLU(name=f"block{b}_relu{c}")(x)
+                                        name=f"block{b}_conv{c}", dtype=self.dtype)(x)
+                x = keras.layers.BatchNormalization(name=f"block{b}_bn{c}", dtype=self.dtype)(x)
+                x = keras.layers.ReLU(name=f"block{b}_relu{c}", dtype=self.dtype)(x)
             if b < len(self.widths):
-                x = keras.layers.MaxPooling2D(2, name=f"block{b}_pool")(x)
+                x = keras.layers.MaxPooling2D(2, name=f"block{b}_pool", dtype=self.dtype)(x)
         if self.pooling == "flatten":
-            x = keras.layers.Flatten(name="flatten")(x)
+            x = keras.layers.Flatten(name="flatten", dtype=self.dtype)(x)
         else:
-            x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
-        x = keras.layers.Dense(self.embedding_dim, use_bias=False, name=SHARED_LAYER)(x)
-        x = keras.layers.BatchNormalization(name="embedding_bn")(x)
-        x = keras.layers.ReLU(name="embedding")(x)
+            x = keras.layers.GlobalAveragePooling2D(name="gap", dtype=self.dtype)(x)
+        x = keras.layers.Dense(self.embedding_dim, use_bias=False, name=SHARED_LAYER, dtype=self.dtype)(x)
+        x = keras.layers.BatchNormalization(name="embedding_bn", dtype=self.dtype)(x)
+        x = keras.layers.ReLU(name="embedding", dtype=self.dtype)(x)
         if self.dropout:
-            x = keras.layers.Dropout(self.dropout, name="embedding_dropout")(x)
+            x = keras.layers.Dropout(self.dropout, name="embedding_dropout", dtype=self.dtype)(x)
         return x
 
     def to_config(self) -> dict:
@@ -158,6 +162,25 @@ class MultiTaskModel(keras.Model):
             sw = tuple(sw[n] for n in names)
         return keras.utils.pack_x_y_sample_weight(x, y, sw)
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras builds from one batch averaged over the replicas with strategy.reduce, which fails under
+        # MultiWorkerMirroredStrategy (keras-team/keras#20585); a local replica's batch has the same shapes.
+        import tensorflow as tf
+        strategy = self._distribute_strategy
+        if iterator is None or not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            return super()._maybe_symbolic_build(iterator, data_batch)
+        for _, _, it in iterator:
+            data_batch = tf.nest.map_structure(
+                lambda v: strategy.experimental_local_results(v)[0] if isinstance(v, tf.distribute.DistributedValues)
+                else v, next(it))
+            break
+        with strategy.scope():
+            self._symbolic_build(data_batch=data_batch)
+
+    def _symbolic_build(self, iterator=None, data_batch=None):
+        # Under a tf.distribute strategy Keras builds metrics and losses from a raw batch first: order it too.
+        return super()._symbolic_build(iterator, None if data_batch is None else self._by_task(data_batch))
+
     def set_weighting(self, weighting):
         """Train on a weighted sum of the task losses chosen by a :class:`~kfacemtl.weighting.TaskWeighting`
         (None: Keras's own sum with the compiled ``loss_weights``).
@@ -198,11 +221,12 @@ class MultiTaskModel(keras.Model):
         return self.__dict__.get("_matching")
 
     def _matching_loss(self, y_pred, sample_weight):
+        """The matching terms' total as one replica's loss (scaled for distribution, like the task losses)."""
         names = self.output_names
         weights = dict(zip(names, sample_weight), **self.__dict__.get("_real_weights", {}))
         total, terms = self.matching.total(dict(zip(names, y_pred)), weights)
         for tracker in self.__dict__["match_trackers"]:
-            tracker.update_state(terms[tracker.name])
+            tracker.update_state(unscale_loss_for_distribution(terms[tracker.name]))
         return total
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
@@ -219,7 +243,17 @@ class MultiTaskModel(keras.Model):
     def _with_matching_logs(self, logs):
         logs = dict(logs)
         logs.update({tracker.name: tracker.result() for tracker in self.__dict__.get("match_trackers", [])})
-        return logs
+        return self._synced(logs)
+
+    def _synced(self, logs):
+        """Under MultiWorkerMirroredStrategy: each log value as a vector of one, which Keras then averages over
+        the replicas (its ``reduce(MEAN, axis=0)`` there fails on scalars: keras-team/keras#20585), so every
+        worker sees the same logs; callbacks that act on them (the dynamic learning rate, DWA) must, or the
+        workers' models drift apart."""
+        import tensorflow as tf
+        if not isinstance(self._distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            return logs
+        return {k: ops.reshape(ops.cast(v, "float32"), (1,)) for k, v in logs.items()}
 
     def train_step(self, data):
         if self.weighting is None:
@@ -233,7 +267,9 @@ class MultiTaskModel(keras.Model):
         weighting, optimizer = self.weighting, self.__dict__["_weighting_optimizer"]
         with tf.GradientTape(persistent=True) as tape:
             *y_pred, features = self.__dict__["_with_features"](x, training=True)
-            task_losses = [fn(t, p, w) for fn, t, p, w in zip(self.loss, y, y_pred, sw)]
+            # Each replica's own losses (under a strategy the task losses come scaled for the gradient sum):
+            # the weighting sees loss values, whatever the number of replicas.
+            task_losses = [unscale_loss_for_distribution(fn(t, p, w)) for fn, t, p, w in zip(self.loss, y, y_pred, sw)]
             losses = ops.stack(task_losses)
             present = ops.stack([ops.cast(ops.sum(w) > 0, "float32") for w in sw])
             extra = {}
@@ -248,9 +284,12 @@ class MultiTaskModel(keras.Model):
             if self.losses:
                 total = total + ops.sum(self.losses)
             if self.matching is not None:
-                total = total + self._matching_loss(y_pred, sw)
+                total = total + unscale_loss_for_distribution(self._matching_loss(y_pred, sw))
+            # the gradients of every replica are summed: scale for that (and for mixed precision's loss scale)
+            scaled = self.optimizer.scale_loss(scale_loss_for_distribution(total))
+            aux = None if aux is None else scale_loss_for_distribution(aux)
         variables = self.trainable_variables
-        self.optimizer.apply_gradients(zip(tape.gradient(total, variables), variables))
+        self.optimizer.apply_gradients(zip(tape.gradient(scaled, variables), variables))
         if optimizer is not None and aux is not None:
             optimizer.apply_gradients(zip(tape.gradient(aux, weighting.variables), weighting.variables))
         del tape
@@ -263,7 +302,7 @@ class MultiTaskModel(keras.Model):
         return self._with_matching_logs(logs)
 
     def test_step(self, data):
-        return super().test_step(self._by_task(data))
+        return self._synced(super().test_step(self._by_task(data)))
 
     @property
     def tasks(self) -> list[Task]:
@@ -290,7 +329,7 @@ def model_tasks(model: keras.Model) -> list[Task]:
 
 def build_model(tasks: Sequence[Task], input_shape=(64, 64, 3), widths=(32, 64, 128, 256), depths=(1, 2, 2, 1),
                 stem_stride: int = 2, pooling: str = "flatten", embedding_dim: int = 256, head_units: int = 64,
-                dropout: float = 0.3, name: str = "kfacemtl") -> MultiTaskModel:
+                dropout: float = 0.3, mixed_precision: bool = False, name: str = "kfacemtl") -> MultiTaskModel:
     """Build the multi-task network.
 
     Args:
@@ -298,6 +337,9 @@ def build_model(tasks: Sequence[Task], input_shape=(64, 64, 3), widths=(32, 64, 
         input_shape: ``(height, width, 3)``; images are float32 in [0, 1].
         widths, depths, stem_stride, pooling, embedding_dim, dropout: the backbone (:class:`VGGBackbone`).
         head_units: hidden units of each task's head (0 = the output reads the embedding directly).
+        mixed_precision: compute in float16 (``mixed_float16``: float32 weights; the task outputs, and so
+            the losses, stay float32; :func:`~kfacemtl.training.compile_model` then scales the loss).
+            Pays on GPUs with tensor cores; slower on CPUs.
 
     Returns:
         A :class:`MultiTaskModel` with one output per task, named after it, in task order.
@@ -313,15 +355,16 @@ def build_model(tasks: Sequence[Task], input_shape=(64, 64, 3), widths=(32, 64, 
         raise ConfigError("tasks", "a model needs at least one task")
     if len(input_shape) != 3 or input_shape[-1] != 3:
         raise ConfigError("model.input_shape", f"expected [height, width, 3], got {list(input_shape)}")
-    backbone = VGGBackbone(widths, depths, stem_stride, pooling, embedding_dim, dropout)
+    dtype = "mixed_float16" if mixed_precision else None
+    backbone = VGGBackbone(widths, depths, stem_stride, pooling, embedding_dim, dropout, dtype)
     inputs = keras.Input(tuple(int(v) for v in input_shape), name="image")
     embedding = backbone(inputs)
     outputs = []
     for task in tasks:
         h = embedding
         if head_units:
-            h = keras.layers.Dense(int(head_units), activation="relu", name=f"{task.name}_hidden")(h)
-        outputs.append(TaskOutput(task, name=task.name)(h))
+            h = keras.layers.Dense(int(head_units), activation="relu", name=f"{task.name}_hidden", dtype=dtype)(h)
+        outputs.append(TaskOutput(task, name=task.name, dtype="float32")(h))  # float32 outputs, losses
     model = MultiTaskModel(inputs=inputs, outputs=outputs, name=name)
     return model
 

@@ -20,6 +20,9 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
+import os
+from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -42,6 +45,8 @@ def preprocess_image(image, image_size=(64, 64)):
     image = tf.cond(channels < 3, lambda: tf.repeat(image[..., :1], 3, axis=-1),  # gray, gray + alpha
                     lambda: image[..., :3])
     image = tf.image.convert_image_dtype(image, tf.float32)
+    if tuple(image.shape[:2]) == tuple(image_size):  # already that size (the training cache): nothing to resize
+        return image
     image = tf.image.resize(image, image_size, method="bilinear", antialias=True)
     image.set_shape(tuple(image_size) + (3,))
     return tf.clip_by_value(image, 0.0, 1.0)
@@ -54,21 +59,45 @@ def decode_image(data, image_size=(64, 64)):
 
 
 def augment_image(image, seed):
-    """Light training augmentation in TF ops: flip, shift (pad-and-crop), brightness, contrast.
+    """Light training augmentation of one image: :func:`augment_batch` on a batch of one.
 
     Args:
         image: float32 (H, W, 3) in [0, 1].
         seed: a stateless seed, shape (2,) int.
     """
-    h, w = image.shape[0], image.shape[1]
-    seeds = tf.random.experimental.stateless_split(seed, 4)
-    image = tf.image.stateless_random_flip_left_right(image, seeds[0])
+    return augment_batch(image[None], seed)[0]
+
+
+def augment_batch(images, seed):
+    """Light training augmentation in TF ops, drawn per image, computed for the whole batch at once: flip, shift
+    (pad with black, crop at a random offset of up to ``max(2, H/16)`` pixels), brightness (± 0.12), contrast
+    (× 0.8 to 1.25 around each channel's mean), clipped to [0, 1]. The same distributions as TensorFlow's
+    ``stateless_random_*`` image ops, in a handful of batched ops instead of several per image.
+
+    Args:
+        images: float32 (B, H, W, 3) in [0, 1].
+        seed: a stateless seed, shape (2,) int.
+
+    Example:
+        >>> out = augment_batch(tf.zeros((2, 8, 8, 3)), tf.constant([0, 1]))
+        >>> tuple(out.shape), float(tf.reduce_max(out)) <= 1.0
+        ((2, 8, 8, 3), True)
+    """
+    h, w = images.shape[1], images.shape[2]
+    b = tf.shape(images)[0]
+    seeds = tf.random.experimental.stateless_split(seed, 5)
+    flip = tf.random.stateless_uniform([b], seeds[0]) < 0.5
+    images = tf.where(flip[:, None, None, None], tf.reverse(images, axis=[2]), images)
     pad = max(2, h // 16)
-    image = tf.image.pad_to_bounding_box(image, pad, pad, h + 2 * pad, w + 2 * pad)
-    image = tf.image.stateless_random_crop(image, (h, w, 3), seeds[1])
-    image = tf.image.stateless_random_brightness(image, 0.12, seeds[2])
-    image = tf.image.stateless_random_contrast(image, 0.8, 1.25, seeds[3])
-    return tf.clip_by_value(image, 0.0, 1.0)
+    padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
+    dy = tf.random.stateless_uniform([b], seeds[1], 0, 2 * pad + 1, dtype=tf.int32)
+    dx = tf.random.stateless_uniform([b], seeds[2], 0, 2 * pad + 1, dtype=tf.int32)
+    images = tf.gather(padded, dy[:, None] + tf.range(h)[None], axis=1, batch_dims=1)
+    images = tf.gather(images, dx[:, None] + tf.range(w)[None], axis=2, batch_dims=1)
+    images = images + tf.random.stateless_uniform([b, 1, 1, 1], seeds[3], -0.12, 0.12)
+    factor = tf.random.stateless_uniform([b, 1, 1, 1], seeds[4], 0.8, 1.25)
+    mean = tf.reduce_mean(images, axis=[1, 2], keepdims=True)
+    return tf.clip_by_value((images - mean) * factor + mean, 0.0, 1.0)
 
 
 def mixing_weights(sources: Sequence[Source], mixing: str | Mapping[str, float] = "proportional") -> np.ndarray:
@@ -108,27 +137,83 @@ def mixing_weights(sources: Sequence[Source], mixing: str | Mapping[str, float] 
     return w / w.sum()
 
 
-CACHE_MODES = ("auto", "none")
+CACHE_MODES = ("auto", "memory", "disk", "none")
+
+
+def default_cache_dir() -> Path:
+    """Where decoded images are cached on disk: ``decoded/`` in the package's cache folder (``$KFACEMTL_CACHE``,
+    else ``~/.cache/kfacemtl``; the synthetic benchmark's rendered splits live there too)."""
+    from kfacemtl import synthetic
+    return synthetic.default_cache_dir() / "decoded"
 
 
 class DecodedImages(Source):
-    """A file source whose images are decoded and resized once and then held in memory (uint8), so training
-    repeats neither: the training cache of :func:`make_dataset`.
+    """A file source whose images are decoded and resized once, then held as uint8 in memory or in a file on
+    disk, so training repeats neither: the training cache of :func:`make_dataset`.
 
     Decoding runs in parallel TF ops (:func:`decode_image`, the serving path); the result is rounded to uint8,
     within 1/510 of the float pixels the files give directly. Labels, names and everything else come from the
     wrapped source.
 
+    With ``cache_dir`` the images go to ``CACHE_DIR/<source>-<key>.npy`` (written to a temporary file, then
+    renamed) and are read back memory-mapped, one row at a time: for sets larger than memory. The key hashes
+    the image size and every file's path, size and modification time, so a later run on the same files reuses
+    the file, and a changed file makes a new one. A cache file that cannot be read is rebuilt.
+
     Example:
         >>> # cached = DecodedImages(make_source("utkface:data/UTKFace"), (48, 48))
+        >>> # on_disk = DecodedImages(make_source("utkface:data/UTKFace"), (48, 48), cache_dir="/scratch/cache")
     """
 
-    def __init__(self, source: Source, image_size):
+    def __init__(self, source: Source, image_size, cache_dir=None):
         super().__init__(source.name, source.domain, source.tasks)
         self.source, self.image_size = source, tuple(int(v) for v in image_size)
+        self.cache_file = None if cache_dir is None else Path(cache_dir) / f"{source.name}-{self._key()}.npy"
+        if self.cache_file is None:
+            self._images = np.concatenate(list(self._decoded_batches()))
+        else:
+            self._images = self._load() if self.cache_file.exists() else None
+            if self._images is None:
+                self._images = self._write()
+
+    def _decoded_batches(self):
         to_uint8 = lambda p: tf.cast(tf.round(decode_image(tf.io.read_file(p), self.image_size) * 255), tf.uint8)  # noqa: E731
-        ds = tf.data.Dataset.from_tensor_slices(source.paths()).map(to_uint8, num_parallel_calls=tf.data.AUTOTUNE)
-        self._images = np.concatenate([b.numpy() for b in ds.batch(256).prefetch(tf.data.AUTOTUNE)])
+        ds = tf.data.Dataset.from_tensor_slices(self.source.paths()).map(to_uint8, num_parallel_calls=tf.data.AUTOTUNE)
+        for batch in ds.batch(256).prefetch(tf.data.AUTOTUNE):
+            yield batch.numpy()
+
+    def _key(self) -> str:
+        h = hashlib.sha1(repr(self.image_size).encode())
+        for p in self.source.paths():
+            st = os.stat(p)
+            h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        return h.hexdigest()[:16]
+
+    def _shape(self):
+        return (len(self.source),) + self.image_size + (3,)
+
+    def _load(self):
+        try:
+            images = np.load(self.cache_file, mmap_mode="r")
+        except (OSError, ValueError):
+            return None  # truncated or not an .npy file: rebuilt
+        return images if images.shape == self._shape() and images.dtype == np.uint8 else None
+
+    def _write(self):
+        self.cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.cache_file.with_name(f".{self.cache_file.name}.{os.getpid()}.tmp")
+        try:
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=self._shape())
+            i = 0
+            for batch in self._decoded_batches():
+                out[i:i + len(batch)] = batch
+                i += len(batch)
+            out.flush()
+            del out
+            os.replace(tmp, self.cache_file)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return np.load(self.cache_file, mmap_mode="r")
 
     def __len__(self):
         return len(self.source)
@@ -146,17 +231,29 @@ class DecodedImages(Source):
         return self.source.labels(tasks)
 
     def describe(self) -> dict:
-        return dict(self.source.describe(), cached=f"decoded {self.image_size[0]}x{self.image_size[1]} in memory")
+        where = "in memory" if self.cache_file is None else f"on disk ({self.cache_file})"
+        return dict(self.source.describe(), cached=f"decoded {self.image_size[0]}x{self.image_size[1]} {where}")
 
 
-def cached_sources(sources: Sequence[Source], image_size, limit_mb: float = 4096) -> list[Source]:
-    """File sources as :class:`DecodedImages` while their decoded images fit in ``limit_mb`` together (in order);
-    in-memory sources, and file sources past the limit, as they are."""
+def cached_sources(sources: Sequence[Source], image_size, limit_mb: float = 4096, mode: str = "auto",
+                   cache_dir=None) -> list[Source]:
+    """File sources as :class:`DecodedImages`; in-memory sources as they are.
+
+    ``memory``: in memory while the decoded images fit in ``limit_mb`` together (in order), the rest as they are;
+    ``auto``: the same, the rest on disk in ``cache_dir`` (default :func:`default_cache_dir`); ``disk``: all on
+    disk; ``none``: nothing cached.
+    """
+    if mode not in CACHE_MODES:
+        raise ConfigError("training.cache", f"expected one of {CACHE_MODES}, got {mode!r}")
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     out, used = [], 0.0
     for src in sources:
         size = len(src) * image_size[0] * image_size[1] * 3 / 2 ** 20
-        if src.images() is None and src.paths() is not None and used + size <= limit_mb:
-            src, used = DecodedImages(src, image_size), used + size
+        if mode != "none" and src.images() is None and src.paths() is not None:
+            if mode in ("auto", "memory") and used + size <= limit_mb:
+                src, used = DecodedImages(src, image_size), used + size
+            elif mode in ("auto", "disk"):
+                src = DecodedImages(src, image_size, cache_dir=cache_dir)
         out.append(src)
     return out
 
@@ -181,7 +278,7 @@ def source_dataset(source: Source, tasks: Sequence[Task], shuffle_seed: int | No
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
             raise SourceError(f"source {source.name}: in-memory images must be uint8 (n, H, W, 1|3|4), "
                               f"got {images.dtype} {images.shape}")
-        first = images
+        first = np.arange(len(images)) if isinstance(images, np.memmap) else images  # on disk: row ids
     else:
         first = source.paths()
     if len(first) == 0:
@@ -200,7 +297,14 @@ def source_dataset(source: Source, tasks: Sequence[Task], shuffle_seed: int | No
 
 
 def _loader(source: Source, image_size):
-    if source.images() is not None:
+    images = source.images()
+    if isinstance(images, np.memmap):  # a disk cache: read the row, as the files would be read
+        def read(i):
+            row = tf.numpy_function(lambda j: np.asarray(images[j]), [i], tf.uint8, stateful=False)
+            row.set_shape(images.shape[1:])
+            return preprocess_image(row, image_size)
+        return read
+    if images is not None:
         return lambda x: preprocess_image(x, image_size)
     return lambda p: decode_image(tf.io.read_file(p), image_size)
 
@@ -208,7 +312,8 @@ def _loader(source: Source, image_size):
 def make_dataset(sources: Sequence[Source], tasks: Sequence[Task], batch_size: int = 64, image_size=(64, 64),
                  training: bool = True, mixing: str | Mapping[str, float] = "proportional", augment: bool = True,
                  seed: int = 0, drop_remainder: bool | None = None, pseudo_labels=None,
-                 coannotation=None, cache: str = "auto", cache_limit_mb: float = 4096) -> tf.data.Dataset:
+                 coannotation=None, cache: str = "auto", cache_limit_mb: float = 4096,
+                 cache_dir=None) -> tf.data.Dataset:
     """The batched dataset for ``model.fit`` / ``model.evaluate``.
 
     Args:
@@ -220,15 +325,17 @@ def make_dataset(sources: Sequence[Source], tasks: Sequence[Task], batch_size: i
             sources by ``mixing`` and augment; else one pass over the sources in order, no
             augmentation.
         mixing: ``proportional``, ``balanced`` or ``{source_name: weight}`` (training only).
-        augment: apply :func:`augment_image` (training only).
+        augment: apply :func:`augment_batch` to each batch (training only).
         seed: seed for shuffling, mixing and augmentation.
         pseudo_labels: a :class:`~kfacemtl.distillation.PseudoLabels` whose pseudo-labels fill
             missing labels (training only; a real label always wins).
         coannotation: a :class:`~kfacemtl.coupling.CoAnnotation` that fills missing labels from
             related tasks' real labels (training only).
-        cache: ``auto`` (training only): file sources are decoded and resized once and held in memory
-            (:class:`DecodedImages`) while they fit in ``cache_limit_mb``; ``none``: every pass decodes
-            the files again.
+        cache: training only. ``auto``: file sources are decoded and resized once and held in memory
+            (:class:`DecodedImages`) while they fit in ``cache_limit_mb``, the others in a file in
+            ``cache_dir`` (default :func:`default_cache_dir`; reused by later runs on the same files);
+            ``memory``: in memory within the limit, the others decoded at every pass; ``disk``: all in
+            files; ``none``: every pass decodes the files again.
 
     Returns:
         A ``tf.data.Dataset`` of ``(images, {task: label}, {task: weight})``. With
@@ -242,8 +349,8 @@ def make_dataset(sources: Sequence[Source], tasks: Sequence[Task], batch_size: i
     image_size = tuple(int(v) for v in image_size)
     if cache not in CACHE_MODES:
         raise ConfigError("training.cache", f"expected one of {CACHE_MODES}, got {cache!r}")
-    if training and cache == "auto":
-        sources = cached_sources(sources, image_size, cache_limit_mb)
+    if training:
+        sources = cached_sources(sources, image_size, cache_limit_mb, cache, cache_dir)
     auto = tf.data.AUTOTUNE
     parts = []
     for i, src in enumerate(sources):
@@ -256,18 +363,18 @@ def make_dataset(sources: Sequence[Source], tasks: Sequence[Task], batch_size: i
     if training:
         probs = mixing_weights(sources, mixing)
         ds = tf.data.Dataset.sample_from_datasets(parts, weights=probs.tolist(), seed=seed) if len(parts) > 1 else parts[0]
-        if augment:
-            counter = tf.data.Dataset.counter()
-            ds = tf.data.Dataset.zip((ds, counter)).map(
-                lambda e, c: (augment_image(e[0], tf.stack([tf.cast(seed, tf.int64), c])), e[1], e[2]),
-                num_parallel_calls=auto)
         drop = True if drop_remainder is None else drop_remainder
     else:
         ds = parts[0]
         for p in parts[1:]:
             ds = ds.concatenate(p)
         drop = bool(drop_remainder)
-    return ds.batch(int(batch_size), drop_remainder=drop, num_parallel_calls=auto).prefetch(auto)
+    ds = ds.batch(int(batch_size), drop_remainder=drop, num_parallel_calls=auto)
+    if training and augment:  # per batch: a few batched ops instead of several per image
+        ds = tf.data.Dataset.zip((ds, tf.data.Dataset.counter())).map(
+            lambda e, c: (augment_batch(e[0], tf.stack([tf.cast(seed, tf.int64), c])), e[1], e[2]),
+            num_parallel_calls=auto)
+    return ds.prefetch(auto)
 
 
 def steps_per_epoch(sources: Sequence[Source], batch_size: int) -> int:

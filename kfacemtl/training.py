@@ -26,6 +26,7 @@ Example:
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -35,6 +36,7 @@ import keras
 from kfacemtl.callbacks import DynamicLearningRate, TaskWeightingCallback
 from kfacemtl.config import DEMO_EPOCHS, DEMO_STEPS, dump_config, resolve_config
 from kfacemtl.coupling import make_coupling
+from kfacemtl.distribute import distribute_options, is_chief, make_strategy, synchronize_batch_norm, worker_dir
 from kfacemtl.errors import ConfigError
 from kfacemtl.files import atomic_write, atomic_write_text
 from kfacemtl.losses import class_accuracy, label_accuracy, task_loss
@@ -102,7 +104,12 @@ def compile_model(model, optimizer="adam", learning_rate: float = 1e-3, weight_d
         weighting: a task-weighting strategy, by name (``equal``, ``static``, ``uncertainty``,
             ``dwa``, ``dynamic``, ``gradnorm``; see :mod:`kfacemtl.weighting`) or an instance; ``weighting_options``
             are its arguments. ``equal`` (and ``static`` with ``loss_weights``) use Keras's own sum.
-        jit_compile: XLA; off by default (it was slower on the 2-core CPUs measured).
+        jit_compile: XLA; off by default (on the 2-core CPU measured: 1.06-1.11× faster steps, about 10 s to
+            compile; worth it for long runs).
+
+    A model built with ``mixed_precision=True`` gets its optimizer wrapped in
+    ``keras.optimizers.LossScaleOptimizer``. Under a ``tf.distribute`` strategy, build and compile
+    inside ``strategy.scope()``.
 
     Returns:
         The model, compiled.
@@ -110,6 +117,7 @@ def compile_model(model, optimizer="adam", learning_rate: float = 1e-3, weight_d
     tasks = model_tasks(model)
     if isinstance(optimizer, str):
         optimizer = make_optimizer(optimizer, learning_rate, weight_decay)
+    optimizer = _with_loss_scaling(model, optimizer)
     weights = None
     if loss_weights:
         unknown = set(loss_weights) - {t.name for t in tasks}
@@ -123,6 +131,14 @@ def compile_model(model, optimizer="adam", learning_rate: float = 1e-3, weight_d
                   jit_compile=jit_compile)
     attach_weighting(model, weighting, weighting_options, loss_weights)
     return model
+
+
+def _with_loss_scaling(model, optimizer):
+    """Mixed precision: the optimizer wrapped in Keras's dynamic loss scaling (float16 gradients underflow)."""
+    mixed = any(layer.dtype_policy.name == "mixed_float16" for layer in model.layers)
+    if mixed and not isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        return keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
 
 
 def attach_weighting(model, weighting=None, weighting_options: Mapping | None = None,
@@ -172,9 +188,14 @@ def check_sources_match_tasks(sources: Sequence[Source], tasks: Sequence[Task]):
                                          f"of the model {sorted(names)}")
 
 
+# may change when a run resumes: its length, and where and how fast it runs (not what it computes)
+RESUME_MAY_CHANGE = ("epochs", "strategy", "strategy_devices", "jit_compile", "cache", "cache_limit_mb", "cache_dir")
+
+
 def _config_without_epochs(cfg):
     c = json.loads(json.dumps(cfg))
-    c["training"].pop("epochs", None)
+    for key in RESUME_MAY_CHANGE:
+        c["training"].pop(key, None)
     return c
 
 
@@ -188,7 +209,7 @@ def prepare_run_dir(out_dir: Path, cfg: dict, resume: bool):
         saved = yaml.safe_load(config_path.read_text())
         if _config_without_epochs(saved) != _config_without_epochs(cfg):
             raise ConfigError("--resume", f"the config differs from the one {str(out_dir)!r} was started with "
-                                          "(only training.epochs may change on resume)")
+                                          f"(on resume only training.{', '.join(RESUME_MAY_CHANGE)} may change)")
     elif out_dir.exists() and any(out_dir.iterdir()):
         raise ConfigError("--out", f"{str(out_dir)!r} is not empty; pass --resume to continue that run, "
                                    "or choose a new folder")
@@ -196,20 +217,40 @@ def prepare_run_dir(out_dir: Path, cfg: dict, resume: bool):
     atomic_write_text(config_path, dump_config(cfg))
 
 
+def _worker_resumes(scratch: Path, resume: bool) -> bool:
+    """A non-chief worker of a multi-worker run: resume from its own scratch folder, or start it afresh."""
+    if not resume:
+        shutil.rmtree(scratch, ignore_errors=True)  # a stale folder of an earlier run with this run directory
+        return False
+    if not (scratch / "config.yaml").exists():
+        raise ConfigError("--resume", f"this worker has no state to resume in {str(scratch)!r} (its scratch folder); "
+                                      "every worker must resume from the same epoch: start all of them again "
+                                      "without --resume into a new run directory")
+    return True
+
+
 def train_run(config: Mapping, out_dir, resume: bool = False, verbose="auto", extra_callbacks: Sequence = ()) -> dict:
     """Train from a config into ``out_dir``; returns the report (also written as report.json).
 
     ``resume=True`` continues an interrupted run from its last finished epoch (Keras
-    ``BackupAndRestore``); the config must match the original except ``training.epochs``.
+    ``BackupAndRestore``); the config must match the original except ``training.epochs`` and the
+    settings of where it runs (:data:`RESUME_MAY_CHANGE`: a run started on one GPU may go on over two).
     ``extra_callbacks`` are more Keras callbacks, run after the package's own.
+
+    ``training.strategy`` picks the devices (:mod:`kfacemtl.distribute`): under ``multi_worker``
+    every host runs this same call; the chief writes ``out_dir``, the others a scratch folder of
+    their own (:func:`~kfacemtl.distribute.worker_dir`), and each returns its report.
     """
     from kfacemtl.evaluation import evaluate_sources, format_table
     from kfacemtl.plots import plot_confusion, plot_history, plot_relatedness, plot_task_weights
 
     cfg = resolve_config(config)
-    out_dir = Path(out_dir)
-    tasks = resolve_tasks(cfg["tasks"])
     tr, mc = cfg["training"], cfg["model"]
+    strategy = make_strategy(tr["strategy"], tr["strategy_devices"])  # first: multi_worker sets up the runtime
+    out_dir = worker_dir(out_dir, strategy)
+    if not is_chief(strategy):
+        resume = _worker_resumes(out_dir, resume)
+    tasks = resolve_tasks(cfg["tasks"])
     sources = build_sources(cfg["sources"])
     check_sources_match_tasks(sources, tasks)
     labelled = list(sources)
@@ -227,22 +268,28 @@ def train_run(config: Mapping, out_dir, resume: bool = False, verbose="auto", ex
         initial_epoch = int(report.get("epochs_done", 0))
         if initial_epoch >= tr["epochs"]:
             return report  # already finished: nothing to redo
-        model = load_model(finished)
-        attach_weighting(model, tr["weighting"], tr["weighting_options"], tr["loss_weights"])
+        with strategy.scope():
+            model = load_model(finished)
+            attach_weighting(model, tr["weighting"], tr["weighting_options"], tr["loss_weights"])
     else:
-        model = build_model(tasks, **mc)  # every model key is an argument of build_model
-        lr = learning_rate_schedule(tr["learning_rate"], tr["lr_schedule"], tr["epochs"] * steps)
-        compile_model(model, tr["optimizer"], lr, tr["weight_decay"], tr["loss_normalization"],
-                      tr["label_smoothing"], loss_weights=tr["loss_weights"], weighting=tr["weighting"],
-                      weighting_options=tr["weighting_options"])
+        with strategy.scope():  # variables (the model's, the optimizer's, the weighting's) mirrored across replicas
+            model = build_model(tasks, **mc)  # every model key is an argument of build_model
+            lr = learning_rate_schedule(tr["learning_rate"], tr["lr_schedule"], tr["epochs"] * steps)
+            compile_model(model, tr["optimizer"], lr, tr["weight_decay"], tr["loss_normalization"],
+                          tr["label_smoothing"], loss_weights=tr["loss_weights"], weighting=tr["weighting"],
+                          weighting_options=tr["weighting_options"], jit_compile=tr["jit_compile"])
     image_size = tuple(mc["input_shape"][:2])
     coannotation, matching, relations = make_coupling(cfg["coupling"], tasks, labelled)
-    model.set_matching(matching)  # training state like the weighting: set again on a resumed model
+    with strategy.scope():
+        model.set_matching(matching)  # training state like the weighting: set again on a resumed model
     distillation = make_distillation(cfg, sources, tasks, out_dir, verbose=int(verbose != 0))
     ds = make_dataset(sources, tasks, batch_size=tr["batch_size"], image_size=image_size, training=True,
                       mixing=tr["mixing"], augment=tr["augment"], seed=tr["seed"],
                       pseudo_labels=distillation.pseudo_labels if distillation else None, coannotation=coannotation,
-                      cache=tr["cache"], cache_limit_mb=tr["cache_limit_mb"])
+                      cache=tr["cache"], cache_limit_mb=tr["cache_limit_mb"], cache_dir=tr["cache_dir"])
+    if strategy.num_replicas_in_sync > 1:
+        ds = ds.with_options(distribute_options())  # each replica (and worker) keeps its share of every batch
+        synchronize_batch_norm(model)  # statistics of the global batch: every replica's model stays the same
     callbacks = [
         keras.callbacks.BackupAndRestore(str(out_dir / "backup")),
         keras.callbacks.CSVLogger(str(out_dir / "history.csv"), append=resume),

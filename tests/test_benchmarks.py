@@ -179,12 +179,14 @@ def test_throughput_benchmark_times_pipeline_cache_and_model_alone(tmp_path, cap
     import throughput as bench
     common = ["--setting", "synthetic", "--synthetic-faces", "64", "--steps", "3", "--warmup", "1",
               "--model", json.dumps(TINY_MODEL)]
-    assert bench.main(common + ["--one", "cached"]) == 0  # what each fresh process of a full run does
+    assert bench.main(common + ["--one", "alone_xla"]) == 0  # what each fresh process of a full run does
     child = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert child["images_per_s"] > 0 and child["dataset_seconds"] >= 0 and child["peak_rss_mb"] > 0
-    assert bench.main(common + ["--repeats", "1", "--in-process", "--out", str(tmp_path / "tp")]) == 0
+    assert bench.main(common + ["--repeats", "1", "--in-process", "--out", str(tmp_path / "tp"),
+                                "--variants", "files,cached,alone"]) == 0
     out = capsys.readouterr().out
     assert "full pipeline (decoded-image cache)" in out and "model-FLOP utilisation" in out
+    assert "mixed_float16 (model.mixed_precision)  not measured" in out
     r = json.loads((tmp_path / "tp" / "results.json").read_text())["synthetic"]
     assert set(r["runs"]) == {"files", "cached", "alone"} and all(len(v) == 1 for v in r["runs"].values())
     assert r["input_shape"] == TINY_MODEL["input_shape"] and r["forward_flops_per_image"] > 0

@@ -16,8 +16,12 @@ training: {epochs: 1, steps_per_epoch: 2, batch_size: 16}
 
 
 def test_train_then_evaluate_writes_the_json_shape(tmp_path, capsys):
-    (tmp_path / "c.yaml").write_text(CONFIG)
-    assert main(["train", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "run")]) == 0
+    # --strategy overrides the config's (devices go with mirrored); on this machine mirrored has one replica
+    (tmp_path / "c.yaml").write_text(CONFIG.replace("batch_size: 16}", "batch_size: 16, strategy: mirrored, "
+                                                                       "strategy_devices: ['/cpu:0']}"))
+    assert main(["train", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "run"), "--strategy", "default"]) == 0
+    saved = (tmp_path / "run" / "config.yaml").read_text()
+    assert "strategy: default" in saved and "strategy_devices: null" in saved
     assert main(["evaluate", str(tmp_path / "run" / "model.keras"), "--source", "synthetic:street?split=test&n=16",
                  "--source", "synthetic:lab?split=test&n=8", "--json", str(tmp_path / "e.json")]) == 0
     out = capsys.readouterr().out
@@ -46,8 +50,12 @@ def test_export_then_predict_locally_and_through_a_server(tmp_path, capsys):
     import tensorflow as tf
 
     from kfacemtl.model_server import LocalModelServer
-    (tmp_path / "c.yaml").write_text(CONFIG)
-    assert main(["train", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "run")]) == 0
+    # --strategy overrides the config's (devices go with mirrored); on this machine mirrored has one replica
+    (tmp_path / "c.yaml").write_text(CONFIG.replace("batch_size: 16}", "batch_size: 16, strategy: mirrored, "
+                                                                       "strategy_devices: ['/cpu:0']}"))
+    assert main(["train", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "run"), "--strategy", "default"]) == 0
+    saved = (tmp_path / "run" / "config.yaml").read_text()
+    assert "strategy: default" in saved and "strategy_devices: null" in saved
     base = tmp_path / "saved_models"
     assert main(["export", str(tmp_path / "run"), "--base", str(base), "--name", "faces"]) == 0
     assert main(["export", str(tmp_path / "run" / "model.keras"), "--base", str(base), "--name", "faces",
@@ -76,8 +84,12 @@ def test_explain_writes_pngs_and_names_bad_heads(tmp_path, capsys):
     import numpy as np
 
     from conftest import write_png
-    (tmp_path / "c.yaml").write_text(CONFIG)
-    assert main(["train", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "run")]) == 0
+    # --strategy overrides the config's (devices go with mirrored); on this machine mirrored has one replica
+    (tmp_path / "c.yaml").write_text(CONFIG.replace("batch_size: 16}", "batch_size: 16, strategy: mirrored, "
+                                                                       "strategy_devices: ['/cpu:0']}"))
+    assert main(["train", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "run"), "--strategy", "default"]) == 0
+    saved = (tmp_path / "run" / "config.yaml").read_text()
+    assert "strategy: default" in saved and "strategy_devices: null" in saved
     imgs = [str(write_png(tmp_path / f"f{i}.png", np.full((40, 50, 3), 60 * i, "uint8"))) for i in range(2)]
     assert main(["explain", str(tmp_path / "run"), *imgs, "--head", "expression", "--class", "happy",
                  "--method", "all", "--out", str(tmp_path / "sal")]) == 0

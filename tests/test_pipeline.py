@@ -63,6 +63,23 @@ def test_augmentation_changes_training_images_only():
     assert not np.allclose(np.sort(plain.ravel()), np.sort(aug.ravel()))
 
 
+def test_batched_augmentation_draws_per_image_and_repeats_with_its_seed():
+    import tensorflow as tf
+
+    from kfacemtl.pipeline import augment_batch
+    ramp = np.tile(np.linspace(0.2, 0.8, 32, dtype="float32")[None, :, None], (32, 1, 3))  # brighter to the right
+    images = tf.constant(np.repeat(ramp[None], 400, axis=0))
+    out = augment_batch(images, tf.constant([3, 4])).numpy()
+    assert out.shape == images.shape and out.min() >= 0 and out.max() <= 1
+    np.testing.assert_array_equal(out, augment_batch(images, tf.constant([3, 4])).numpy())
+    assert not np.array_equal(out, augment_batch(images, tf.constant([3, 5])).numpy())
+    flipped = (out[:, 16, 20, 0] - out[:, 16, 11, 0]) < 0  # the ramp falls to the right: flipped
+    assert 0.4 < flipped.mean() < 0.6  # each image flips on its own draw
+    means = out[:, 8:24, 8:24].mean(axis=(1, 2, 3))
+    assert means.std() > 0.03  # brightness drawn per image (± 0.12)
+    assert len({tuple(np.round(o[16, :, 0], 4)) for o in out}) > 100  # shifts, contrasts: (almost) all differ
+
+
 class _SortedSource(Source):
     """In-memory rows sorted by class, like class folders or UTKFace's age-ordered file names."""
 
@@ -95,6 +112,11 @@ def test_training_order_is_a_full_permutation_of_each_source():
     assert len(np.unique(np.round(ages, 3))) >= 9950
 
 
+def _rows_of(images, direct):
+    """The row of ``direct`` (the images as the files give them) that each batch image is."""
+    return [int(np.argmin(np.abs(direct - img).reshape(len(direct), -1).max(axis=1))) for img in images]
+
+
 def test_training_cache_decodes_files_once_into_the_same_images(tmp_path):
     from kfacemtl.pipeline import DecodedImages, cached_sources
     rng = np.random.default_rng(0)
@@ -110,13 +132,47 @@ def test_training_cache_decodes_files_once_into_the_same_images(tmp_path):
     np.testing.assert_allclose(cached.images() / 255, direct, atol=1 / 510 + 1e-6)  # rounded to uint8, nothing else
     assert cached.labels(TASKS)[1]["gender"].tolist() == src.labels(TASKS)[1]["gender"].tolist()
     synthetic = make_source("synthetic:lab?n=4")
-    kept = cached_sources([synthetic, src, CsvSource(tmp_path / "m.csv")], (24, 24), limit_mb=6 * 24 * 24 * 3 / 2 ** 20)
+    kept = cached_sources([synthetic, src, CsvSource(tmp_path / "m.csv")], (24, 24), limit_mb=6 * 24 * 24 * 3 / 2 ** 20,
+                          mode="memory")
     assert [type(s).__name__ for s in kept] == ["SyntheticSource", "DecodedImages", "CsvSource"]  # the limit holds
     for cache in ("auto", "none"):  # each image keeps its own label and weight either way (the cache: training only)
         x, y, w = next(iter(make_dataset([src], TASKS, batch_size=6, image_size=(24, 24), augment=False, cache=cache)))
         # a training batch may mix rows of two shuffled passes: find each row's file by its image
-        rows = [int(np.argmin(np.abs(direct - img).reshape(6, -1).max(axis=1))) for img in x.numpy()]
+        rows = _rows_of(x.numpy(), direct)
         assert all(np.abs(direct[i] - img).max() <= 1 / 510 + 1e-6 for i, img in zip(rows, x.numpy()))
         assert y["gender"].numpy().tolist() == [i % 2 for i in rows] and np.all(w["gender"].numpy() == 1)
     with pytest.raises(ConfigError, match="training.cache"):
-        make_dataset([src], TASKS, cache="disk")
+        make_dataset([src], TASKS, cache="ram")
+
+
+def test_disk_cache_is_written_once_reused_rebuilt_when_broken_and_gives_the_memory_cache_images(tmp_path):
+    from kfacemtl.pipeline import DecodedImages, cached_sources
+    rng = np.random.default_rng(1)
+    rows = ["path,gender"]
+    for i in range(5):
+        write_png(tmp_path / f"{i}.png", rng.integers(0, 255, (30 + 5 * i, 28, 3)))
+        rows.append(f"{i}.png,{i % 2}")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    src, cache_dir = CsvSource(tmp_path / "m.csv"), tmp_path / "cache"
+    in_memory = DecodedImages(src, (20, 20)).images()
+    on_disk = DecodedImages(src, (20, 20), cache_dir=cache_dir)
+    assert isinstance(on_disk.images(), np.memmap) and np.array_equal(on_disk.images(), in_memory)
+    [file] = cache_dir.glob("*.npy")
+    assert file == on_disk.cache_file and not list(cache_dir.glob(".*"))  # no temporary file left
+    stamp = file.stat().st_mtime_ns
+    assert DecodedImages(src, (20, 20), cache_dir=cache_dir).cache_file == file and file.stat().st_mtime_ns == stamp
+    assert DecodedImages(src, (24, 24), cache_dir=cache_dir).cache_file != file  # another size: another file
+    file.write_bytes(file.read_bytes()[:100])  # truncated (a crash elsewhere, a full disk): rebuilt, not trusted
+    assert np.array_equal(DecodedImages(src, (20, 20), cache_dir=cache_dir).images(), in_memory)
+    # auto: what does not fit in memory goes to disk; memory: it stays uncached; training batches read rows
+    limit = 5 * 20 * 20 * 3 / 2 ** 20
+    kinds = lambda mode: [s.describe().get("cached", "") for s in cached_sources(  # noqa: E731
+        [src, CsvSource(tmp_path / "m.csv")], (20, 20), limit, mode, cache_dir)]
+    assert [k.split(" ", 2)[-1][:7] for k in kinds("auto")] == ["in memo", "on disk"]
+    assert kinds("memory")[1] == "" and all("on disk" in k for k in kinds("disk"))
+    x, y, w = next(iter(make_dataset([src], TASKS, batch_size=5, image_size=(20, 20), augment=False, cache="disk",
+                                     cache_dir=cache_dir)))
+    direct = in_memory / 255
+    found = _rows_of(x.numpy(), direct)
+    assert all(np.abs(direct[i] - img).max() < 1e-6 for i, img in zip(found, x.numpy()))
+    assert y["gender"].numpy().tolist() == [i % 2 for i in found]
