@@ -21,6 +21,7 @@ _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from kfacemtl.callbacks import DynamicLearningRate, lr_range_test  # noqa: E402
 from kfacemtl.coupling import CoAnnotation, DistributionMatching, Relatedness  # noqa: E402
 from kfacemtl.distillation import DataDistillation, PseudoLabels, distill  # noqa: E402
+from kfacemtl.distribute import make_strategy  # noqa: E402
 from kfacemtl.errors import ConfigError, KfacemtlError, LabelError, SourceError  # noqa: E402
 from kfacemtl.evaluation import evaluate_sources, format_table  # noqa: E402
 from kfacemtl.export import export_model  # noqa: E402
@@ -41,5 +42,5 @@ __all__ = [
     "make_source", "Task", "get_task", "resolve_tasks", "compile_model", "train_run",
     "export_model", "DynamicLearningRate", "lr_range_test", "learning_rate_schedule", "TaskWeighting",
     "make_weighting", "DataDistillation", "PseudoLabels", "distill", "ImagesSource", "WithoutLabels",
-    "CoAnnotation", "DistributionMatching", "Relatedness",
+    "CoAnnotation", "DistributionMatching", "Relatedness", "make_strategy",
 ]

@@ -1,4 +1,4 @@
-"""The tf.data pipeline: decode → resize → augment → mix sources → batch → prefetch.
+"""The tf.data pipeline: decode → resize (or the decoded-image cache) → mix sources → batch → augment → prefetch.
 
 Every batch is ``(images, {task: label}, {task: weight})`` with every task of the model
 present; a missing label has weight 0 and a finite placeholder label. Images are float32
