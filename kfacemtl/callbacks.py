@@ -303,3 +303,68 @@ class TaskWeightingCallback(keras.callbacks.Callback):
                                        if f"{t}_loss" in logs})
         if self.state_path is not None:
             atomic_write(self.state_path, lambda tmp: np.savez(tmp, **weighting.get_state()))
+
+
+NAN_MODES = ("rollback", "stop")
+
+
+class NaNGuard(keras.callbacks.Callback):
+    """What happens when the training loss becomes NaN or infinite (a divergence, or a bad batch).
+
+    ``rollback`` (default): the weights and optimizer state of the last good snapshot (taken after the first
+    step, then every ``every`` batches and at each epoch's start) are put back, the epoch's running metrics restart, and the learning rate
+    is multiplied by ``backoff`` (when it is a number; a schedule cannot be lowered, so only the weights go back);
+    after ``max_rollbacks`` in one run it stops as ``stop`` does. ``stop``: training stops at once, and
+    :attr:`diverged` says where (``train_run`` then raises :class:`~kfacemtl.errors.TrainingDiverged` and writes
+    no model; the last finished epoch stays in the run's ``backup/`` for ``--resume``).
+    Every rollback and stop is in :attr:`events` (``train_run`` copies them into ``report.json``).
+    (``lr_schedule: dynamic`` rolls back by itself: :class:`DynamicLearningRate`.)
+
+    Example:
+        >>> guard = NaNGuard("rollback", every=50)
+        >>> # model.fit(ds, epochs=3, steps_per_epoch=200, callbacks=[guard])
+    """
+
+    def __init__(self, mode: str = "rollback", every: int = 50, backoff: float = 0.5, max_rollbacks: int = 5,
+                 verbose: int = 1):
+        super().__init__()
+        if mode not in NAN_MODES:
+            raise ConfigError("training.on_nan", f"expected one of {NAN_MODES}, got {mode!r}")
+        self.mode, self.every, self.backoff, self.max_rollbacks = mode, int(every), float(backoff), int(max_rollbacks)
+        self.verbose = verbose
+        self.events: list[tuple[int, int, str]] = []
+        self.diverged: tuple[int, int] | None = None
+        self._snapshot, self._epoch = None, 0
+
+    def _complete(self) -> bool:
+        """Whether the snapshot holds the whole optimizer state (Keras builds it at the first step)."""
+        return self._snapshot is not None and len(self._snapshot[1]) == len(self.model.optimizer.variables)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+        if self._complete():
+            self._snapshot = _snapshot(self.model)
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = float((logs or {}).get("loss", 0.0))
+        if math.isfinite(loss):
+            if not self._complete() or (batch + 1) % self.every == 0:
+                self._snapshot = _snapshot(self.model)
+            return
+        rollbacks = sum(1 for e in self.events if e[2].startswith("rollback"))
+        if self.mode == "stop" or rollbacks >= self.max_rollbacks:
+            self.diverged = (self._epoch, batch)
+            self.events.append((self._epoch, batch, "stop"))
+            self.model.stop_training = True
+            return
+        lr = self.model.optimizer.learning_rate
+        lowered = float(lr.numpy()) * self.backoff if hasattr(lr, "assign") else None
+        _restore(self.model, self._snapshot)  # (the learning rate too, when it is a variable of the optimizer)
+        self.model.reset_metrics()  # the NaN is in the epoch's running means
+        what = "rollback"
+        if lowered is not None:
+            lr.assign(lowered)
+            what = f"rollback, learning rate {lowered:.3g}"
+        self.events.append((self._epoch, batch, what))
+        if self.verbose:
+            print(f"\nNaNGuard: the loss became {loss} at epoch {self._epoch + 1}, batch {batch + 1}: {what}")

@@ -15,7 +15,10 @@ A config has these sections (``unlabelled_sources``, ``distillation`` and ``coup
                mixing: proportional, loss_normalization: mean_with_sample_weight,
                loss_weights: {expression: 2.0},   # static task weights (default 1 each)
                strategy: default,                 # or mirrored, multi_worker (kfacemtl.distribute)
-               jit_compile: false, cache: auto}   # model: {mixed_precision: true} computes in float16
+               jit_compile: false, cache: auto,   # model: {mixed_precision: true} computes in float16
+               bad_images: error,                 # or skip: undecodable image files left out, counted
+               on_nan: rollback,                  # or stop: a NaN loss stops the run (TrainingDiverged)
+               deterministic: false}              # true: op determinism, the same seed gives the same run
     unlabelled_sources: [synthetic:street?n=6000]  # pseudo-labelled by distillation
     distillation: {rounds: 3, epochs_per_round: 2, soft: false, thresholds: {expression: 0.8},
                    pseudo_weight: 0.5, reinit: false}   # rounds: 0 (the default) turns it off
@@ -76,6 +79,9 @@ DEFAULTS: dict[str, Any] = {
         "cache": "auto",
         "cache_limit_mb": 4096.0,
         "cache_dir": None,
+        "bad_images": "error",
+        "on_nan": "rollback",
+        "deterministic": False,
         "strategy": "default",
         "strategy_devices": None,
         "jit_compile": False,
@@ -169,9 +175,14 @@ def resolve_config(config: Mapping | None) -> dict:
         raise ConfigError("training.learning_rate", f"expected a positive number, got {tr['learning_rate']}")
     if tr["lr_schedule"] not in LR_SCHEDULES:
         raise ConfigError("training.lr_schedule", f"expected one of {LR_SCHEDULES}, got {tr['lr_schedule']!r}")
-    from kfacemtl.pipeline import CACHE_MODES
+    from kfacemtl.pipeline import BAD_IMAGES, CACHE_MODES
     if tr["cache"] not in CACHE_MODES:
         raise ConfigError("training.cache", f"expected one of {CACHE_MODES}, got {tr['cache']!r}")
+    from kfacemtl.callbacks import NAN_MODES
+    if tr["on_nan"] not in NAN_MODES:
+        raise ConfigError("training.on_nan", f"expected one of {NAN_MODES}, got {tr['on_nan']!r}")
+    if tr["bad_images"] not in BAD_IMAGES:
+        raise ConfigError("training.bad_images", f"expected one of {BAD_IMAGES}, got {tr['bad_images']!r}")
     if tr["strategy"] not in STRATEGIES:
         raise ConfigError("training.strategy", f"expected one of {STRATEGIES}, got {tr['strategy']!r}")
     devices = tr["strategy_devices"]

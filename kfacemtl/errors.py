@@ -28,3 +28,7 @@ class SourceError(KfacemtlError, ValueError):
 
 class LabelError(SourceError):
     """A label is out of range, not a number, or NaN where a value was promised."""
+
+
+class TrainingDiverged(KfacemtlError, RuntimeError):
+    """The training loss became NaN or infinite and the run stopped (``training.on_nan``)."""

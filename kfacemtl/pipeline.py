@@ -29,7 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from kfacemtl.errors import ConfigError, SourceError
-from kfacemtl.sources import Source
+from kfacemtl.sources import RowSubset, Source
 from kfacemtl.tasks import Task
 
 MIXING_MODES = ("proportional", "balanced")
@@ -177,10 +177,16 @@ class DecodedImages(Source):
                 self._images = self._write()
 
     def _decoded_batches(self):
+        """Batches of decoded uint8 images; :class:`BadImageFiles` once all are read if some files cannot be."""
         to_uint8 = lambda p: tf.cast(tf.round(decode_image(tf.io.read_file(p), self.image_size) * 255), tf.uint8)  # noqa: E731
-        ds = tf.data.Dataset.from_tensor_slices(self.source.paths()).map(to_uint8, num_parallel_calls=tf.data.AUTOTUNE)
-        for batch in ds.batch(256).prefetch(tf.data.AUTOTUNE):
-            yield batch.numpy()
+        n = 0
+        for rows, batch in _decode_pass(self.source.paths(), to_uint8):
+            n += len(rows)
+            if n != rows[-1] + 1:  # rows come in order: a gap is a file that could not be decoded
+                break
+            yield batch
+        if n != len(self.source):
+            raise BadImageFiles(self.source, find_bad_images(self.source.paths()))
 
     def _key(self) -> str:
         h = hashlib.sha1(repr(self.image_size).encode())
@@ -201,7 +207,7 @@ class DecodedImages(Source):
 
     def _write(self):
         self.cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.cache_file.with_name(f".{self.cache_file.name}.{os.getpid()}.tmp")
+        tmp = self.cache_file.with_name(f".{self.cache_file.name}.{os.getpid()}.tmp")  # removed if anything fails
         try:
             out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=self._shape())
             i = 0
@@ -235,27 +241,109 @@ class DecodedImages(Source):
         return dict(self.source.describe(), cached=f"decoded {self.image_size[0]}x{self.image_size[1]} {where}")
 
 
-def cached_sources(sources: Sequence[Source], image_size, limit_mb: float = 4096, mode: str = "auto",
-                   cache_dir=None) -> list[Source]:
-    """File sources as :class:`DecodedImages`; in-memory sources as they are.
+BAD_IMAGES = ("error", "skip")
 
-    ``memory``: in memory while the decoded images fit in ``limit_mb`` together (in order), the rest as they are;
-    ``auto``: the same, the rest on disk in ``cache_dir`` (default :func:`default_cache_dir`); ``disk``: all on
-    disk; ``none``: nothing cached.
+
+class BadImageFiles(SourceError):
+    """Image files of a source that cannot be decoded: ``bad`` is ``{row: reason}``.
+
+    The message names the source, each file's row and path and what is wrong with it (the first ten).
+    """
+
+    def __init__(self, source: Source, bad: Mapping[int, str]):
+        self.source, self.bad = source, dict(sorted(bad.items()))
+        names = source.row_names()
+        listed = "; ".join(f"row {names[i]} {why}" for i, why in list(self.bad.items())[:10])
+        more = f"; and {len(self.bad) - 10} more" if len(self.bad) > 10 else ""
+        super().__init__(f"source {source.name}: {len(self.bad)} image file(s) cannot be used: {listed}{more}. "
+                         "Fix or remove them, or set training.bad_images: skip to leave them out (counted in "
+                         "report.json)")
+
+
+def _decode_pass(paths, load, batch: int = 256):
+    """``(rows, batch)`` of ``load(path)`` for every path that decodes, in order; the others are dropped."""
+    ds = tf.data.Dataset.from_tensor_slices((np.arange(len(paths)), paths))
+    ds = ds.map(lambda i, p: (i, load(p)), num_parallel_calls=tf.data.AUTOTUNE).ignore_errors()
+    for rows, out in ds.batch(batch).prefetch(tf.data.AUTOTUNE):
+        yield rows.numpy(), out.numpy()
+
+
+def find_bad_images(paths) -> dict[int, str]:
+    """``{row: what is wrong}`` for the image files that cannot be decoded (missing, empty, corrupt, truncated, not an
+    image), in one parallel pass of the decoder the pipeline uses.
+
+    Example:
+        >>> find_bad_images([])
+        {}
+    """
+    paths = np.asarray(paths, dtype=str)
+    if not len(paths):
+        return {}
+    shape = lambda p: tf.shape(tf.io.decode_image(tf.io.read_file(p), channels=0, expand_animations=False))  # noqa: E731
+    good = np.zeros(len(paths), bool)
+    for rows, _ in _decode_pass(paths, shape, batch=4096):
+        good[rows] = True
+    return {int(i): _why_bad(paths[i]) for i in np.flatnonzero(~good)}
+
+
+def _why_bad(path: str) -> str:
+    try:
+        size = os.path.getsize(str(path))
+    except OSError as e:
+        return f"cannot be read ({e.strerror})"
+    if size == 0:
+        return "is an empty file"
+    return "is not a readable JPEG, PNG, BMP or GIF image (corrupt, truncated or another format)"
+
+
+def cached_sources(sources: Sequence[Source], image_size, limit_mb: float = 4096, mode: str = "auto",
+                   cache_dir=None, bad_images: str = "error", skipped: dict | None = None) -> list[Source]:
+    """File sources checked (every image decodes) and cached as ``mode`` says; in-memory sources as they are.
+
+    ``memory``: in memory (:class:`DecodedImages`) while the decoded images fit in ``limit_mb`` together (in
+    order), the rest as they are; ``auto``: the same, the rest on disk in ``cache_dir`` (default
+    :func:`default_cache_dir`); ``disk``: all on disk; ``none``: nothing cached (a decoding pass still checks the
+    files). Files that cannot be decoded raise :class:`BadImageFiles` (``bad_images: error``) or are left out
+    (``skip``: the source becomes a :class:`~kfacemtl.sources.RowSubset`, and ``skipped[source name]`` lists them).
     """
     if mode not in CACHE_MODES:
         raise ConfigError("training.cache", f"expected one of {CACHE_MODES}, got {mode!r}")
+    if bad_images not in BAD_IMAGES:
+        raise ConfigError("training.bad_images", f"expected one of {BAD_IMAGES}, got {bad_images!r}")
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     out, used = [], 0.0
     for src in sources:
+        if src.images() is not None or src.paths() is None:
+            out.append(src)
+            continue
         size = len(src) * image_size[0] * image_size[1] * 3 / 2 ** 20
-        if mode != "none" and src.images() is None and src.paths() is not None:
-            if mode in ("auto", "memory") and used + size <= limit_mb:
-                src, used = DecodedImages(src, image_size), used + size
-            elif mode in ("auto", "disk"):
-                src = DecodedImages(src, image_size, cache_dir=cache_dir)
-        out.append(src)
+        where = None
+        if mode in ("auto", "memory") and used + size <= limit_mb:
+            where, used = "memory", used + size
+        elif mode in ("auto", "disk"):
+            where = "disk"
+        out.append(_checked(src, where, image_size, cache_dir, bad_images, skipped))
     return out
+
+
+def _checked(src: Source, where, image_size, cache_dir, bad_images: str, skipped: dict | None) -> Source:
+    """One file source, cached ``where`` (memory, disk or None), its undecodable files an error or left out."""
+    def cache(s):
+        out = s if where is None else DecodedImages(s, image_size, cache_dir=cache_dir if where == "disk" else None)
+        s.__dict__["_images_checked"] = True  # checked once per source object (evaluation, distillation rounds)
+        return out
+    try:
+        if where is None and not src.__dict__.get("_images_checked"):
+            bad = find_bad_images(src.paths())
+            if bad:
+                raise BadImageFiles(src, bad)
+        return cache(src)
+    except BadImageFiles as e:
+        if bad_images == "error":
+            raise
+        if skipped is not None:
+            skipped[src.name] = [src.row_names()[i] for i in e.bad]
+        return cache(RowSubset(src, [i for i in range(len(src)) if i not in e.bad]))
 
 
 def source_dataset(source: Source, tasks: Sequence[Task], shuffle_seed: int | None = None,
@@ -313,7 +401,7 @@ def make_dataset(sources: Sequence[Source], tasks: Sequence[Task], batch_size: i
                  training: bool = True, mixing: str | Mapping[str, float] = "proportional", augment: bool = True,
                  seed: int = 0, drop_remainder: bool | None = None, pseudo_labels=None,
                  coannotation=None, cache: str = "auto", cache_limit_mb: float = 4096,
-                 cache_dir=None) -> tf.data.Dataset:
+                 cache_dir=None, bad_images: str = "error", skipped: dict | None = None) -> tf.data.Dataset:
     """The batched dataset for ``model.fit`` / ``model.evaluate``.
 
     Args:
@@ -335,7 +423,10 @@ def make_dataset(sources: Sequence[Source], tasks: Sequence[Task], batch_size: i
             (:class:`DecodedImages`) while they fit in ``cache_limit_mb``, the others in a file in
             ``cache_dir`` (default :func:`default_cache_dir`; reused by later runs on the same files);
             ``memory``: in memory within the limit, the others decoded at every pass; ``disk``: all in
-            files; ``none``: every pass decodes the files again.
+            files; ``none``: every pass decodes the files again. Evaluation (``training=False``) caches nothing.
+        bad_images: image files that cannot be decoded (checked before anything is trained or evaluated): ``error``
+            (:class:`BadImageFiles` names each file and its row) or ``skip`` (left out; ``skipped``, a dict, then
+            gets ``{source name: [row names]}``).
 
     Returns:
         A ``tf.data.Dataset`` of ``(images, {task: label}, {task: weight})``. With
@@ -349,8 +440,8 @@ def make_dataset(sources: Sequence[Source], tasks: Sequence[Task], batch_size: i
     image_size = tuple(int(v) for v in image_size)
     if cache not in CACHE_MODES:
         raise ConfigError("training.cache", f"expected one of {CACHE_MODES}, got {cache!r}")
-    if training:
-        sources = cached_sources(sources, image_size, cache_limit_mb, cache, cache_dir)
+    sources = cached_sources(sources, image_size, cache_limit_mb, cache if training else "none", cache_dir,
+                             bad_images, skipped)
     auto = tf.data.AUTOTUNE
     parts = []
     for i, src in enumerate(sources):

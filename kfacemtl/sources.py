@@ -212,8 +212,11 @@ class CsvSource(Source):
         path: the CSV file.
         tasks: task columns to read (default: every column named after a known task).
         domain: the domain name (default: the CSV's file stem).
-        root: folder that image paths are relative to (default: the CSV's folder).
+        root: folder that image paths are relative to (default: the CSV's folder); a path that leads outside it
+            (``../``, an absolute path elsewhere, a symbolic link out) is an error naming its row.
         known_tasks: task names considered when ``tasks`` is None.
+        duplicates: a file on several rows is an error naming the rows (``error``, default), or only its first
+            row is kept (``first``; :attr:`dropped_duplicates` counts the others).
 
     Example:
         >>> # manifest.csv:  path,gender,age
@@ -224,7 +227,8 @@ class CsvSource(Source):
     format = "csv"
 
     def __init__(self, path: str, tasks: Sequence[str] | None = None, domain: str | None = None,
-                 root: str | None = None, name: str | None = None, known_tasks: Sequence[str] | None = None):
+                 root: str | None = None, name: str | None = None, known_tasks: Sequence[str] | None = None,
+                 duplicates: str = "error"):
         self.path = Path(path)
         if not self.path.is_file():
             raise SourceError(f"csv: manifest file {str(self.path)!r} does not exist")
@@ -243,11 +247,31 @@ class CsvSource(Source):
             raise SourceError(f"csv: {str(self.path)!r} has no rows")
         super().__init__(name or self.path.stem, domain or self.path.stem, tasks)
         self.root = Path(root) if root else self.path.parent
+        if duplicates not in ("error", "first"):
+            raise SourceError(f"csv: {str(self.path)!r}: duplicates must be 'error' or 'first', got {duplicates!r}")
         rel = self.table["path"].fillna("")
         self._paths = np.array([str(self.root / p) for p in rel])
+        top, seen, self.dropped_duplicates = self.root.resolve(), {}, 0
         for i, (p, r) in enumerate(zip(self._paths, rel)):
             if not r or not os.path.isfile(p):
-                raise SourceError(f"csv: {str(self.path)!r} row {i + 2}: image file {p!r} does not exist")
+                raise SourceError(f"csv: {str(self.path)!r} row {i + 2}: image file {str(p)!r} does not exist")
+            real = Path(p).resolve()
+            if not real.is_relative_to(top):  # ../.., an absolute path, a symlink out: the manifest's data only
+                raise SourceError(f"csv: {str(self.path)!r} row {i + 2}: image file {r!r} is outside the data root "
+                                  f"{str(top)!r}; move it in, or give the source a root that holds it")
+            seen.setdefault(real, []).append(i)
+        repeated = {p: rows for p, rows in seen.items() if len(rows) > 1}
+        if repeated and duplicates == "error":
+            listed = "; ".join(f"rows {', '.join(str(i + 2) for i in rows)} ({str(p)!r})"
+                               for p, rows in list(repeated.items())[:5])
+            raise SourceError(f"csv: {str(self.path)!r}: {len(repeated)} image file(s) appear on several rows: "
+                              f"{listed}; remove the repeats, or set the source option duplicates=first to keep "
+                              "each file's first row")
+        if repeated:
+            keep = sorted(rows[0] for rows in seen.values())
+            self.dropped_duplicates = len(self.table) - len(keep)
+            self.table = self.table.iloc[keep].reset_index(drop=True)
+            self._paths = self._paths[keep]
 
     def __len__(self):
         return len(self.table)
@@ -257,6 +281,12 @@ class CsvSource(Source):
 
     def row_names(self):
         return [f"{i + 2} ({p})" for i, p in enumerate(self.table["path"])]  # 1-based, after the header
+
+    def describe(self) -> dict:
+        out = super().describe()
+        if self.dropped_duplicates:
+            out["dropped_duplicates"] = self.dropped_duplicates
+        return out
 
     def raw_labels(self, task):
         shape = (len(self),) + task.label_shape
@@ -399,6 +429,43 @@ class WithoutLabels(Source):
 
     def raw_labels(self, task):
         raise LabelError(f"source {self.name}: its labels are hidden (an unlabelled source)")
+
+
+class RowSubset(Source):
+    """Some rows of another source (the others left out, e.g. image files that cannot be decoded).
+
+    Example:
+        >>> sub = RowSubset(make_source("synthetic:lab?n=6"), [0, 2, 5])
+        >>> len(sub), sub.name, sub.images().shape[0]
+        (3, 'lab-train', 3)
+    """
+
+    def __init__(self, source: Source, rows: Sequence[int]):
+        super().__init__(source.name, source.domain, source.tasks)
+        self.source, self.rows = source, np.asarray(rows, dtype=np.int64)
+        self.format = source.format
+
+    def __len__(self):
+        return len(self.rows)
+
+    def images(self):
+        images = self.source.images()
+        return None if images is None else images[self.rows]
+
+    def paths(self):
+        paths = self.source.paths()
+        return None if paths is None else paths[self.rows]
+
+    def row_names(self):
+        names = self.source.row_names()
+        return [names[i] for i in self.rows]
+
+    def raw_labels(self, task):
+        values, present = self.source.raw_labels(task)
+        return np.asarray(values)[self.rows], np.asarray(present)[self.rows]
+
+    def describe(self) -> dict:
+        return dict(self.source.describe(), rows=len(self.rows), left_out=len(self.source) - len(self.rows))
 
 
 def _flag(value) -> bool:

@@ -33,15 +33,15 @@ from typing import Mapping, Sequence
 
 import keras
 
-from kfacemtl.callbacks import DynamicLearningRate, TaskWeightingCallback
+from kfacemtl.callbacks import DynamicLearningRate, NaNGuard, TaskWeightingCallback
 from kfacemtl.config import DEMO_EPOCHS, DEMO_STEPS, dump_config, resolve_config
 from kfacemtl.coupling import make_coupling
 from kfacemtl.distribute import distribute_options, is_chief, make_strategy, synchronize_batch_norm, worker_dir
-from kfacemtl.errors import ConfigError
+from kfacemtl.errors import ConfigError, TrainingDiverged
 from kfacemtl.files import atomic_write, atomic_write_text
 from kfacemtl.losses import class_accuracy, label_accuracy, task_loss
 from kfacemtl.model import build_model, count_flops, load_model, model_file, model_tasks
-from kfacemtl.pipeline import make_dataset, steps_per_epoch
+from kfacemtl.pipeline import cached_sources, make_dataset, steps_per_epoch
 from kfacemtl.sources import Source, WithoutLabels, make_source
 from kfacemtl.tasks import Task, resolve_tasks
 from kfacemtl.weighting import make_weighting
@@ -257,6 +257,9 @@ def train_run(config: Mapping, out_dir, resume: bool = False, verbose="auto", ex
     sources += [WithoutLabels(s) for s in build_sources(cfg["unlabelled_sources"], "unlabelled_sources")]
     eval_sources = build_sources(cfg["eval_sources"], "eval_sources")
     prepare_run_dir(out_dir, cfg, resume)
+    if tr["deterministic"]:  # for this whole process: TensorFlow cannot turn it off again
+        import tensorflow as tf
+        tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(tr["seed"])
     initial_epoch = 0
     finished = out_dir / "model.keras"
@@ -282,6 +285,10 @@ def train_run(config: Mapping, out_dir, resume: bool = False, verbose="auto", ex
     coannotation, matching, relations = make_coupling(cfg["coupling"], tasks, labelled)
     with strategy.scope():
         model.set_matching(matching)  # training state like the weighting: set again on a resumed model
+    skipped: dict = {}  # bad_images: skip → {source: rows left out}
+    # every image decoded once, checked and cached here, so distillation's predictions read the cache too
+    sources = cached_sources(sources, image_size, tr["cache_limit_mb"], tr["cache"], tr["cache_dir"],
+                             tr["bad_images"], skipped)
     distillation = make_distillation(cfg, sources, tasks, out_dir, verbose=int(verbose != 0))
     ds = make_dataset(sources, tasks, batch_size=tr["batch_size"], image_size=image_size, training=True,
                       mixing=tr["mixing"], augment=tr["augment"], seed=tr["seed"],
@@ -295,8 +302,12 @@ def train_run(config: Mapping, out_dir, resume: bool = False, verbose="auto", ex
         keras.callbacks.CSVLogger(str(out_dir / "history.csv"), append=resume),
         keras.callbacks.TensorBoard(str(out_dir / "logs"), write_graph=False, profile_batch=0),
     ]
+    guard = None
     if tr["lr_schedule"] == "dynamic":
         callbacks.insert(0, DynamicLearningRate())  # before the loggers, so they see the epoch's learning rate
+    else:  # (the dynamic learning rate rolls back by itself)
+        guard = NaNGuard(tr["on_nan"], verbose=int(verbose != 0))
+        callbacks.insert(0, guard)
     if model.weighting is not None:
         callbacks.insert(0, TaskWeightingCallback(out_dir / "weighting.npz"))
     if distillation is not None:
@@ -305,6 +316,12 @@ def train_run(config: Mapping, out_dir, resume: bool = False, verbose="auto", ex
     history = model.fit(ds, epochs=tr["epochs"], initial_epoch=initial_epoch, steps_per_epoch=steps,
                         callbacks=callbacks + list(extra_callbacks), verbose=verbose)
     train_seconds = time.time() - start
+    if guard is not None and guard.diverged:
+        epoch, batch = guard.diverged
+        raise TrainingDiverged(f"the training loss became NaN or infinite at epoch {epoch + 1}, batch {batch + 1} "
+                               f"(training.on_nan: {tr['on_nan']}); no model was written. The last finished epoch "
+                               f"is in {str(out_dir / 'backup')!r} for --resume; lower training.learning_rate, or "
+                               "check the data")
     atomic_write(out_dir / "model.keras", model.save)
 
     results = evaluate_sources(model, eval_sources, tasks, image_size=image_size) if eval_sources else {}
@@ -338,6 +355,8 @@ def train_run(config: Mapping, out_dir, resume: bool = False, verbose="auto", ex
         "coupling": {"coannotation": coannotation is not None, "distribution_matching": matching is not None,
                      "relations": [r.describe() for r in relations]} if relations else None,
         "plots": plots,
+        "nan_events": [{"epoch": e + 1, "batch": b + 1, "action": a} for e, b, a in guard.events] if guard else [],
+        "skipped_images": {name: {"count": len(rows), "rows": rows[:20]} for name, rows in skipped.items()},
     }
     atomic_write_text(out_dir / "report.json", json.dumps(report, indent=2))
     return report

@@ -125,3 +125,40 @@ def test_without_a_known_length_there_is_no_anneal():
     assert not [e for e in cb.events if e[1] == "final anneal"]
     with pytest.raises(ConfigError, match="anneal"):
         DynamicLearningRate(anneal=1.0)
+
+
+class _PoisonAt(keras.callbacks.Callback):
+    """Sets the first convolution's kernel to NaN after batch ``at`` of the first epoch: a divergence, on cue."""
+
+    def __init__(self, at):
+        super().__init__()
+        self.at = at
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == self.at and not getattr(self, "done", False):
+            self.done = True
+            kernel = self.model.get_layer("block1_conv1").kernel
+            kernel.assign(np.full(kernel.shape, np.nan, "float32"))
+
+
+NAN_CONFIG = {"tasks": ["gender"], "sources": ["synthetic:portraits?n=64"],
+              "model": {"input_shape": [16, 16, 3], "widths": [4], "depths": [1], "embedding_dim": 4, "head_units": 0},
+              "training": {"epochs": 2, "steps_per_epoch": 6, "batch_size": 8, "learning_rate": 0.01}}
+
+
+def test_a_nan_loss_rolls_back_to_the_last_good_weights_with_a_lower_learning_rate_or_stops(tmp_path):
+    import json
+
+    from kfacemtl.errors import TrainingDiverged
+    from kfacemtl.model import load_model
+    from kfacemtl.training import train_run
+    report = train_run(NAN_CONFIG, tmp_path / "run", verbose=0, extra_callbacks=[_PoisonAt(3)])
+    assert report["nan_events"] == [{"epoch": 1, "batch": 5, "action": "rollback, learning rate 0.005"}]
+    weights = load_model(tmp_path / "run" / "model.keras").get_weights()
+    assert all(np.isfinite(w).all() for w in weights)
+    assert all(np.isfinite(v) for v in report["final_epoch_metrics"].values())
+    cfg = json.loads(json.dumps(NAN_CONFIG))
+    cfg["training"]["on_nan"] = "stop"
+    with pytest.raises(TrainingDiverged, match="epoch 1, batch 5 .*no model was written"):
+        train_run(cfg, tmp_path / "stop", verbose=0, extra_callbacks=[_PoisonAt(3)])
+    assert not (tmp_path / "stop" / "model.keras").exists()

@@ -3,7 +3,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import write_png
-from kfacemtl.errors import ConfigError
+from kfacemtl.errors import ConfigError, SourceError
 from kfacemtl.pipeline import decode_image, make_dataset, mixing_weights
 from kfacemtl.sources import CsvSource, Source, make_source
 from kfacemtl.tasks import resolve_tasks
@@ -54,6 +54,9 @@ def test_files_gray_rgba_any_size_become_rgb_model_size(tmp_path):
     np.testing.assert_allclose(images[1].numpy(), 50 / 255, atol=1e-5)
     jpeg = tf.io.encode_jpeg(np.full((48, 48, 1), 128, "uint8")).numpy()
     assert decode_image(jpeg, (32, 32)).shape == (32, 32, 3)
+    deep = (np.arange(16 * 16 * 3).reshape(16, 16, 3) * 250).astype("uint16")  # a 16-bit PNG: scaled to [0, 1]
+    np.testing.assert_allclose(decode_image(tf.io.encode_png(deep).numpy(), (16, 16)).numpy(), deep / 65535,
+                               atol=1 / 255)
 
 
 def test_augmentation_changes_training_images_only():
@@ -176,3 +179,57 @@ def test_disk_cache_is_written_once_reused_rebuilt_when_broken_and_gives_the_mem
     found = _rows_of(x.numpy(), direct)
     assert all(np.abs(direct[i] - img).max() < 1e-6 for i, img in zip(found, x.numpy()))
     assert y["gender"].numpy().tolist() == [i % 2 for i in found]
+
+
+def _bad_files_manifest(tmp_path):
+    """A manifest of two good images and three that cannot be decoded (rows 3, 4, 5 of the CSV)."""
+    rng = np.random.default_rng(2)
+    write_png(tmp_path / "ok.png", rng.integers(0, 255, (20, 18, 3)))
+    (tmp_path / "empty.png").write_bytes(b"")
+    png = tf.io.encode_png(rng.integers(0, 255, (30, 30, 3)).astype("uint8")).numpy()
+    (tmp_path / "truncated.png").write_bytes(png[:len(png) // 2])
+    (tmp_path / "notes.jpg").write_text("not an image")
+    (tmp_path / "ok.jpg").write_bytes(tf.io.encode_jpeg(rng.integers(0, 255, (25, 25, 3)).astype("uint8")).numpy())
+    names = ["ok.png", "empty.png", "truncated.png", "notes.jpg", "ok.jpg"]
+    (tmp_path / "m.csv").write_text("path,gender\n" + "".join(f"{n},{i % 2}\n" for i, n in enumerate(names)))
+    return tmp_path / "m.csv"
+
+
+def test_image_files_that_cannot_be_decoded_are_named_with_their_rows_or_left_out_and_counted(tmp_path):
+    from kfacemtl.pipeline import BadImageFiles
+    manifest = _bad_files_manifest(tmp_path)
+    cache_dir = tmp_path / "cache"
+    for cache, training in (("auto", True), ("disk", True), ("none", True), ("auto", False)):
+        with pytest.raises(BadImageFiles) as e:
+            make_dataset([CsvSource(manifest)], TASKS, batch_size=2, image_size=(16, 16), training=training,
+                         cache=cache, cache_dir=cache_dir)
+        msg = str(e.value)
+        assert "source m: 3 image file(s) cannot be used" in msg and "training.bad_images: skip" in msg
+        assert "row 3 (empty.png) is an empty file" in msg and "row 4 (truncated.png) is not a readable" in msg
+        assert "row 5 (notes.jpg) is not a readable JPEG" in msg and "ok.png" not in msg and "ok.jpg" not in msg
+        assert sorted(e.value.bad) == [1, 2, 3]
+    assert not cache_dir.exists() or not list(cache_dir.iterdir())  # no half-written disk cache left
+    for cache in ("auto", "none"):
+        skipped = {}
+        ds = make_dataset([CsvSource(manifest)], TASKS, batch_size=8, image_size=(16, 16), training=False,
+                          cache=cache, bad_images="skip", skipped=skipped)
+        x, y, w = next(iter(ds))
+        assert x.shape[0] == 2 and y["gender"].numpy().tolist() == [0, 0]  # rows 0 and 4 (labels 0 and 0)
+        assert skipped == {"m": ["3 (empty.png)", "4 (truncated.png)", "5 (notes.jpg)"]}
+    with pytest.raises(ConfigError, match="training.bad_images"):
+        make_dataset([CsvSource(manifest)], TASKS, bad_images="ignore")
+
+
+def test_a_run_leaves_out_undecodable_images_when_asked_and_reports_them(tmp_path):
+    from kfacemtl.training import train_run
+    manifest = _bad_files_manifest(tmp_path)
+    cfg = {"tasks": ["gender"], "sources": [f"csv:{manifest}", "synthetic:portraits?n=16"],
+           "model": {"input_shape": [16, 16, 3], "widths": [4], "depths": [1], "embedding_dim": 4, "head_units": 0},
+           "training": {"epochs": 1, "steps_per_epoch": 2, "batch_size": 4, "bad_images": "skip"}}
+    report = train_run(cfg, tmp_path / "run", verbose=0)
+    assert report["skipped_images"] == {"m": {"count": 3, "rows": ["3 (empty.png)", "4 (truncated.png)",
+                                                                   "5 (notes.jpg)"]}}
+    assert report["sources"][0]["left_out"] == 3
+    cfg["training"]["bad_images"] = "error"
+    with pytest.raises(SourceError, match="row 3 \\(empty.png\\) is an empty file"):
+        train_run(cfg, tmp_path / "run2", verbose=0)

@@ -59,6 +59,29 @@ def test_missing_files_and_columns_are_clear_errors(tmp_path):
         CsvSource(csv, tasks=["race"])
 
 
+def test_manifest_paths_stay_in_their_data_root_and_repeated_files_are_named(tmp_path):
+    data = tmp_path / "data"
+    _manifest(data, ["img/0.png,23,1,", "img/1.png,30,0,"])
+    write_png(tmp_path / "secret.png", np.zeros((4, 4, 3), "uint8"))
+    (data / "out.csv").write_text("path,age\nimg/0.png,3\n../secret.png,4\n")
+    with pytest.raises(SourceError, match=r"row 3: image file '../secret.png' is outside the data root"):
+        CsvSource(data / "out.csv")
+    (data / "abs.csv").write_text(f"path,age\nimg/0.png,3\n{tmp_path / 'secret.png'},4\n")
+    with pytest.raises(SourceError, match="row 3: image file .*secret.png' is outside the data root"):
+        CsvSource(data / "abs.csv")
+    os.symlink(tmp_path / "secret.png", data / "img" / "link.png")
+    (data / "link.csv").write_text("path,age\nimg/link.png,3\n")
+    with pytest.raises(SourceError, match="is outside the data root"):
+        CsvSource(data / "link.csv")
+    (data / "dup.csv").write_text("path,age\nimg/0.png,3\nimg/1.png,5\n./img/0.png,4\nimg/1.png,6\n")
+    with pytest.raises(SourceError, match=r"2 image file\(s\) appear on several rows: rows 2, 4 .*0.png'\); "
+                                          r"rows 3, 5 .*duplicates=first"):
+        CsvSource(data / "dup.csv")
+    kept = make_source({"spec": f"csv:{data / 'dup.csv'}", "duplicates": "first"})
+    assert len(kept) == 2 and kept.labels(resolve_tasks(["age"]))[0]["age"][:, 0].tolist() == [3, 5]
+    assert kept.describe()["dropped_duplicates"] == 2
+
+
 def test_class_folders(tmp_path):
     for cls in ("happy", "Sad", "3"):
         write_png(tmp_path / "fer" / cls / "a.png", np.zeros((8, 8, 1), "uint8"))

@@ -90,26 +90,45 @@ def test_run_directory_and_resume(tmp_path):
         train_run(_cfg(batch_size=8), out, resume=True, verbose=0)
 
 
-def test_resume_after_an_interruption_loses_no_finished_epoch(tmp_path):
-    out = tmp_path / "run"
+KILLED_RUN = """
+import json, sys, time
+import keras
+from kfacemtl.training import train_run
 
-    class Interrupt(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            if epoch == 2:
-                raise KeyboardInterrupt
+class Stall(keras.callbacks.Callback):  # mid-epoch 3: tell the test, then wait for its SIGKILL
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+    def on_train_batch_end(self, batch, logs=None):
+        if self.epoch == 2 and batch == 1:
+            open(sys.argv[2], "w").close()
+            time.sleep(120)
 
-    import kfacemtl.training as training
-    original = keras.callbacks.TensorBoard
-    training.keras.callbacks.TensorBoard = lambda *a, **k: Interrupt()  # interrupt inside fit
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            train_run(_cfg(epochs=4), out, verbose=0)
-    finally:
-        training.keras.callbacks.TensorBoard = original
+train_run(json.loads(sys.argv[3]), sys.argv[1], verbose=0, extra_callbacks=[Stall()])
+"""
+
+
+def test_a_run_killed_mid_epoch_resumes_without_losing_a_finished_epoch(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    out, marker = tmp_path / "run", tmp_path / "killed-here"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    child = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(out), str(marker), json.dumps(_cfg(epochs=4))],
+                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    while not marker.exists() and child.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert marker.exists(), child.stderr.read().decode()[-2000:] if child.poll() is not None else "timed out"
+    os.kill(child.pid, signal.SIGKILL)  # no handler, no cleanup: as a crash or an OOM kill
+    child.wait()
+    assert child.returncode == -signal.SIGKILL
     assert not (out / "model.keras").exists() and (out / "backup").exists()
-    train_run(_cfg(epochs=4), out, resume=True, verbose=0)
-    epochs = _logged_epochs(out)
-    assert epochs == [0, 1, 2, 3]  # epochs 0 and 1 were not trained again
+    assert _logged_epochs(out) == [0, 1]  # epoch 3 was under way
+    report = train_run(_cfg(epochs=4), out, resume=True, verbose=0)
+    assert _logged_epochs(out) == [0, 1, 2, 3]  # epochs 1 and 2 were not trained again; epoch 3 was redone
+    assert report["epochs_done"] == 4 and (out / "model.keras").exists()
 
 
 def test_sources_must_label_a_task_of_the_model(tmp_path):
@@ -143,3 +162,28 @@ def test_dynamic_learning_rate_runs_in_train_run_and_is_logged(tmp_path):
     column = header.split(",").index("learning_rate")
     rates = [float(r.split(",")[column]) for r in rows]
     assert len(rates) == 2 and all(1e-6 <= r <= 1e-2 for r in rates)  # within [initial / 1000, 10 x initial]
+
+
+DETERMINISTIC_RUNS = """
+import json, sys
+import numpy as np
+from kfacemtl.model import load_model
+from kfacemtl.training import train_run
+cfg, out = json.loads(sys.argv[1]), sys.argv[2]
+metrics = [train_run(cfg, f"{out}/{i}", verbose=0)["final_epoch_metrics"] for i in range(2)]
+a, b = (load_model(f"{out}/{i}/model.keras").get_weights() for i in range(2))
+print(json.dumps({"metrics": metrics, "max_weight_difference": max(float(np.abs(x - y).max()) for x, y in zip(a, b))}))
+"""
+
+
+@pytest.mark.slow
+def test_the_same_seed_gives_the_same_run_with_op_determinism(tmp_path):
+    import os
+    import subprocess
+    import sys
+    cfg = _cfg(deterministic=True, weighting="uncertainty")  # augmentation, mixing, dropout, a weighting: all seeded
+    proc = subprocess.run([sys.executable, "-c", DETERMINISTIC_RUNS, json.dumps(cfg), str(tmp_path)],
+                          capture_output=True, text=True, timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["metrics"][0] == out["metrics"][1] and out["max_weight_difference"] == 0.0
