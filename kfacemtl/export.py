@@ -37,11 +37,10 @@ import tensorflow as tf
 
 from kfacemtl.errors import KfacemtlError
 from kfacemtl.files import atomic_write_text
-from kfacemtl.pipeline import preprocess_image
+from kfacemtl.pipeline import MAX_PIXELS, header_size, preprocess_image
 from kfacemtl.tasks import Task
 
 MAX_BYTES = 20 * 2 ** 20  # 20 MiB per encoded image
-MAX_PIXELS = 40_000_000  # declared width × height (a 12 MP photo passes; a 20000² PNG bomb does not)
 WARMUP_FILE = "tf_serving_warmup_requests"
 SIGNATURES = ("serving_default", "serving_float")
 
@@ -90,24 +89,6 @@ def _task_outputs(tasks: Sequence[Task], outputs) -> dict:
     return result
 
 
-def _header_size(data, is_png, which):
-    """``(width, height)`` declared by a JPEG or PNG header, read without decoding."""
-
-    def png():
-        check = tf.debugging.Assert(tf.strings.length(data) >= 24, which + ["is a PNG shorter than its header"])
-        with tf.control_dependencies([check]):
-            wh = tf.cast(tf.io.decode_raw(tf.strings.substr(data, 16, 8), tf.uint8), tf.int64)
-        w = ((wh[0] * 256 + wh[1]) * 256 + wh[2]) * 256 + wh[3]
-        h = ((wh[4] * 256 + wh[5]) * 256 + wh[6]) * 256 + wh[7]
-        return tf.stack([w, h])
-
-    def jpeg():
-        hw = tf.cast(tf.io.extract_jpeg_shape(data), tf.int64)
-        return tf.stack([hw[1], hw[0]])
-
-    return tf.cond(is_png, png, jpeg)
-
-
 def decode_checked(data, image_size=(64, 64), max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS,
                    index=None):
     """One encoded JPEG/PNG → float32 ``image_size`` RGB in [0, 1], refusing oversized input.
@@ -128,7 +109,7 @@ def decode_checked(data, image_size=(64, 64), max_bytes: int = MAX_BYTES, max_pi
         checks.append(tf.debugging.Assert(is_png | is_jpeg, which + [
             "is not a JPEG or PNG (bad magic bytes); first bytes:", tf.strings.substr(data, 0, 8)]))
     with tf.control_dependencies(checks):
-        wh = _header_size(data, is_png, which)
+        wh = header_size(data, is_png, which)
     pixels = wh[0] * wh[1]
     checks.append(tf.debugging.Assert(pixels <= max_pixels, which + [
         "declares", wh[0], "x", wh[1], f"pixels; the limit is {max_pixels} pixels"]))

@@ -58,6 +58,42 @@ def decode_image(data, image_size=(64, 64)):
     return preprocess_image(image, image_size)
 
 
+MAX_PIXELS = 40_000_000  # declared width × height (a 12 MP photo passes; a 20000² PNG bomb does not)
+
+
+def header_size(data, is_png, which=("image",)):
+    """``(width, height)`` declared by a JPEG or PNG header (``is_png`` says which), read without decoding; an
+    error naming ``which`` for a PNG shorter than its header or a JPEG without a frame header."""
+    which = list(which)
+
+    def png():
+        check = tf.debugging.Assert(tf.strings.length(data) >= 24, which + ["is a PNG shorter than its header"])
+        with tf.control_dependencies([check]):
+            wh = tf.cast(tf.io.decode_raw(tf.strings.substr(data, 16, 8), tf.uint8), tf.int64)
+        w = ((wh[0] * 256 + wh[1]) * 256 + wh[2]) * 256 + wh[3]
+        h = ((wh[4] * 256 + wh[5]) * 256 + wh[6]) * 256 + wh[7]
+        return tf.stack([w, h])
+
+    def jpeg():
+        hw = tf.cast(tf.io.extract_jpeg_shape(data), tf.int64)
+        return tf.stack([hw[1], hw[0]])
+
+    return tf.cond(is_png, png, jpeg)
+
+
+def declared_size(data):
+    """``(width, height)`` a PNG or JPEG declares in its header, without decoding; ``(0, 0)`` for other formats.
+
+    Example:
+        >>> png = tf.io.encode_png(tf.zeros((3, 5, 1), tf.uint8))
+        >>> declared_size(png).numpy().tolist()
+        [5, 3]
+    """
+    is_png = tf.equal(tf.strings.substr(data, 0, 8), b"\x89PNG\r\n\x1a\n")
+    is_jpeg = tf.equal(tf.strings.substr(data, 0, 3), b"\xff\xd8\xff")
+    return tf.cond(is_png | is_jpeg, lambda: header_size(data, is_png), lambda: tf.zeros(2, tf.int64))
+
+
 def augment_image(image, seed):
     """Light training augmentation of one image: :func:`augment_batch` on a batch of one.
 
@@ -178,7 +214,7 @@ class DecodedImages(Source):
 
     def _decoded_batches(self):
         """Batches of decoded uint8 images; :class:`BadImageFiles` once all are read if some files cannot be."""
-        to_uint8 = lambda p: tf.cast(tf.round(decode_image(tf.io.read_file(p), self.image_size) * 255), tf.uint8)  # noqa: E731
+        to_uint8 = lambda data: tf.cast(tf.round(decode_image(data, self.image_size) * 255), tf.uint8)  # noqa: E731
         n = 0
         for rows, batch in _decode_pass(self.source.paths(), to_uint8):
             n += len(rows)
@@ -260,17 +296,24 @@ class BadImageFiles(SourceError):
                          "report.json)")
 
 
-def _decode_pass(paths, load, batch: int = 256):
-    """``(rows, batch)`` of ``load(path)`` for every path that decodes, in order; the others are dropped."""
+def _decode_pass(paths, load, batch: int = 256, max_pixels: int = MAX_PIXELS):
+    """``(rows, batch)`` of ``load(file bytes)`` for every file that decodes, in order; the others are dropped, as
+    are files whose header declares more than ``max_pixels`` pixels (checked before decoding: no bomb goes off)."""
+    def checked(i, path):
+        data = tf.io.read_file(path)
+        wh = declared_size(data)
+        with tf.control_dependencies([tf.debugging.Assert(wh[0] * wh[1] <= max_pixels, ["too many pixels"])]):
+            return i, load(data)
     ds = tf.data.Dataset.from_tensor_slices((np.arange(len(paths)), paths))
-    ds = ds.map(lambda i, p: (i, load(p)), num_parallel_calls=tf.data.AUTOTUNE).ignore_errors()
+    ds = ds.map(checked, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors()
     for rows, out in ds.batch(batch).prefetch(tf.data.AUTOTUNE):
         yield rows.numpy(), out.numpy()
 
 
-def find_bad_images(paths) -> dict[int, str]:
+def find_bad_images(paths, max_pixels: int = MAX_PIXELS) -> dict[int, str]:
     """``{row: what is wrong}`` for the image files that cannot be decoded (missing, empty, corrupt, truncated, not an
-    image), in one parallel pass of the decoder the pipeline uses.
+    image) or whose header declares more than ``max_pixels`` pixels, in one parallel pass of the decoder the
+    pipeline uses.
 
     Example:
         >>> find_bad_images([])
@@ -279,20 +322,26 @@ def find_bad_images(paths) -> dict[int, str]:
     paths = np.asarray(paths, dtype=str)
     if not len(paths):
         return {}
-    shape = lambda p: tf.shape(tf.io.decode_image(tf.io.read_file(p), channels=0, expand_animations=False))  # noqa: E731
+    shape = lambda data: tf.shape(tf.io.decode_image(data, channels=0, expand_animations=False))  # noqa: E731
     good = np.zeros(len(paths), bool)
-    for rows, _ in _decode_pass(paths, shape, batch=4096):
+    for rows, _ in _decode_pass(paths, shape, batch=4096, max_pixels=max_pixels):
         good[rows] = True
-    return {int(i): _why_bad(paths[i]) for i in np.flatnonzero(~good)}
+    return {int(i): _why_bad(paths[i], max_pixels) for i in np.flatnonzero(~good)}
 
 
-def _why_bad(path: str) -> str:
+def _why_bad(path: str, max_pixels: int = MAX_PIXELS) -> str:
     try:
         size = os.path.getsize(str(path))
     except OSError as e:
         return f"cannot be read ({e.strerror})"
     if size == 0:
         return "is an empty file"
+    try:
+        w, h = (int(v) for v in declared_size(tf.io.read_file(str(path))).numpy())
+    except tf.errors.OpError:
+        w = h = 0
+    if w * h > max_pixels:
+        return f"declares {w} x {h} pixels, more than the limit of {max_pixels:,} (checked before decoding)"
     return "is not a readable JPEG, PNG, BMP or GIF image (corrupt, truncated or another format)"
 
 

@@ -233,3 +233,18 @@ def test_a_run_leaves_out_undecodable_images_when_asked_and_reports_them(tmp_pat
     cfg["training"]["bad_images"] = "error"
     with pytest.raises(SourceError, match="row 3 \\(empty.png\\) is an empty file"):
         train_run(cfg, tmp_path / "run2", verbose=0)
+
+
+def test_images_declaring_too_many_pixels_are_refused_before_decoding(tmp_path):
+    from kfacemtl.pipeline import declared_size, find_bad_images
+    write_png(tmp_path / "a.png", np.zeros((20, 30, 3), "uint8"))
+    (tmp_path / "a.jpg").write_bytes(tf.io.encode_jpeg(np.zeros((20, 30, 3), "uint8")).numpy())
+    png = bytearray((tmp_path / "a.png").read_bytes())
+    png[16:24] = (20000).to_bytes(4, "big") * 2  # the header of a 20000 x 20000 PNG (a decompression bomb)
+    (tmp_path / "bomb.png").write_bytes(bytes(png))
+    assert declared_size(bytes(png)).numpy().tolist() == [20000, 20000]
+    paths = [str(tmp_path / n) for n in ("a.png", "bomb.png", "a.jpg")]
+    assert find_bad_images(paths) == {1: "declares 20000 x 20000 pixels, more than the limit of 40,000,000 "
+                                         "(checked before decoding)"}
+    small = find_bad_images(paths, max_pixels=100)  # real images over a (tiny) limit: refused the same way
+    assert small[0] == small[2] == "declares 30 x 20 pixels, more than the limit of 100 (checked before decoding)"
