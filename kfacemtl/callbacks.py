@@ -1,4 +1,6 @@
-"""Training callbacks: a learning rate that tunes itself, the LR range test, and task weighting's epoch work.
+"""Training callbacks: a learning rate that tunes itself, the LR range test, task weighting's epoch work, a guard
+against NaN losses (:class:`NaNGuard`) and an epoch checkpoint that is never half written
+(:class:`AtomicBackupAndRestore`).
 
 :class:`DynamicLearningRate` needs no schedule from the user. Every ``window`` batches it
 compares the smoothed training loss with that of the previous window:
@@ -29,7 +31,9 @@ Example:
 
 from __future__ import annotations
 
+import json
 import math
+import os
 
 from pathlib import Path
 
@@ -368,3 +372,29 @@ class NaNGuard(keras.callbacks.Callback):
         self.events.append((self._epoch, batch, what))
         if self.verbose:
             print(f"\nNaNGuard: the loss became {loss} at epoch {self._epoch + 1}, batch {batch + 1}: {what}")
+
+
+class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """Keras's ``BackupAndRestore`` (the last finished epoch, for ``--resume``) with a checkpoint that is never
+    half written: the weights and the epoch counter go to temporary files first and are renamed into place only
+    when both are complete. A crash, a kill or a full disk while saving leaves the previous checkpoint as it was
+    (Keras's own writes over ``latest.weights.h5`` in place, so a failed write left a file ``--resume`` could not
+    read).
+
+    Example:
+        >>> cb = AtomicBackupAndRestore("runs/exp1/backup")
+    """
+
+    def _save_model(self):
+        folder = Path(self.backup_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        weights = folder / f".latest.tmp{os.getpid()}.weights.h5"  # Keras wants the .weights.h5 ending
+        metadata = folder / f".training_metadata.tmp{os.getpid()}.json"
+        try:
+            self.model.save_weights(str(weights), overwrite=True)
+            metadata.write_text(json.dumps({"epoch": self._current_epoch, "batch": self._last_batch_seen}))
+            os.replace(weights, self._weights_path)
+            os.replace(metadata, self._training_metadata_path)
+        finally:
+            for tmp in (weights, metadata):
+                tmp.unlink(missing_ok=True)

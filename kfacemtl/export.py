@@ -106,8 +106,11 @@ def decode_checked(data, image_size=(64, 64), max_bytes: int = MAX_BYTES, max_pi
     with tf.control_dependencies(checks):
         checks.append(tf.debugging.Assert(n <= max_bytes, which + ["has", n, f"bytes; the limit is {max_bytes}"]))
     with tf.control_dependencies(checks):
+        # the first bytes as numbers: raw bytes in an error message are not valid UTF-8 (the client could not
+        # even read the error; found by the property test of the bytes signature)
         checks.append(tf.debugging.Assert(is_png | is_jpeg, which + [
-            "is not a JPEG or PNG (bad magic bytes); first bytes:", tf.strings.substr(data, 0, 8)]))
+            "is not a JPEG or PNG (bad magic bytes); first bytes:",
+            tf.io.decode_raw(tf.strings.substr(data, 0, 8), tf.uint8)]))
     with tf.control_dependencies(checks):
         wh = header_size(data, is_png, which)
     pixels = wh[0] * wh[1]

@@ -33,7 +33,7 @@ from typing import Mapping, Sequence
 
 import keras
 
-from kfacemtl.callbacks import DynamicLearningRate, NaNGuard, TaskWeightingCallback
+from kfacemtl.callbacks import AtomicBackupAndRestore, DynamicLearningRate, NaNGuard, TaskWeightingCallback
 from kfacemtl.config import DEMO_EPOCHS, DEMO_STEPS, dump_config, resolve_config
 from kfacemtl.coupling import make_coupling
 from kfacemtl.distribute import distribute_options, is_chief, make_strategy, synchronize_batch_norm, worker_dir
@@ -298,7 +298,7 @@ def train_run(config: Mapping, out_dir, resume: bool = False, verbose="auto", ex
         ds = ds.with_options(distribute_options())  # each replica (and worker) keeps its share of every batch
         synchronize_batch_norm(model)  # statistics of the global batch: every replica's model stays the same
     callbacks = [
-        keras.callbacks.BackupAndRestore(str(out_dir / "backup")),
+        AtomicBackupAndRestore(str(out_dir / "backup")),  # the last finished epoch, never half written
         keras.callbacks.CSVLogger(str(out_dir / "history.csv"), append=resume),
         keras.callbacks.TensorBoard(str(out_dir / "logs"), write_graph=False, profile_batch=0),
     ]

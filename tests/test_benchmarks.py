@@ -179,7 +179,7 @@ def test_throughput_benchmark_times_pipeline_cache_and_model_alone(tmp_path, cap
     import throughput as bench
     common = ["--setting", "synthetic", "--synthetic-faces", "64", "--steps", "3", "--warmup", "1",
               "--model", json.dumps(TINY_MODEL)]
-    assert bench.main(common + ["--one", "alone_xla"]) == 0  # what each fresh process of a full run does
+    assert bench.main(common + ["--one", "alone_mixed"]) == 0  # what each fresh process of a full run does
     child = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert child["images_per_s"] > 0 and child["dataset_seconds"] >= 0 and child["peak_rss_mb"] > 0
     assert bench.main(common + ["--repeats", "1", "--in-process", "--out", str(tmp_path / "tp"),

@@ -25,7 +25,7 @@ TINY_CONFIG = {
     "eval_sources": ["synthetic:lab?split=test&n=64"],
     "model": {"input_shape": [32, 32, 3], "widths": [8, 16], "depths": [1, 1], "embedding_dim": 16, "head_units": 8,
               "dropout": 0.0},
-    "training": {"epochs": 2, "steps_per_epoch": 6, "batch_size": 32, "augment": False},
+    "training": {"epochs": 2, "steps_per_epoch": 4, "batch_size": 32, "augment": False},
 }
 
 

@@ -180,3 +180,42 @@ def test_model_card_from_a_run_directory(tmp_path):
     assert "| expression | classification |" in md and "street-test" in md and "DT_STRING" in md
     with pytest.raises(ExportError, match="without model.keras"):
         export_model(tmp_path, tmp_path / "sm", "faces")
+
+
+# -- properties (hypothesis) of the bytes signature ------------------------------------------------------------------
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from hypothesis.extra import numpy as hnp  # noqa: E402
+
+PROPERTY = settings(max_examples=25, deadline=None, derandomize=True,  # the same examples on every run (CI)
+                     suppress_health_check=[HealthCheck.too_slow,
+                                                                           HealthCheck.function_scoped_fixture])
+_SIGNATURES = {}
+
+
+def _serving(exported):
+    if exported not in _SIGNATURES:  # loading the SavedModel once for all examples
+        _SIGNATURES[exported] = tf.saved_model.load(str(exported)).signatures["serving_default"]
+    return _SIGNATURES[exported]
+
+
+@PROPERTY
+@given(image=st.tuples(st.integers(1, 80), st.integers(1, 80), st.sampled_from([1, 2, 3, 4])).flatmap(
+    lambda shape: hnp.arrays(np.uint8, shape)), fmt=st.sampled_from(["png", "jpeg"]))
+def test_property_any_image_gives_the_outputs_of_the_training_preprocessing(model, exported, image, fmt):
+    if fmt == "jpeg" and image.shape[-1] not in (1, 3):
+        image = image[..., :1]  # JPEG holds gray or RGB
+    data = (tf.io.encode_png(image) if fmt == "png" else tf.io.encode_jpeg(image)).numpy()
+    out = _serving(exported)(images=tf.constant([data]))
+    ref = model(decode_image(data)[None], training=False)
+    for task, r in zip(model.tasks, ref):
+        key = task.name if task.kind == "regression" else f"{task.name}_probs"
+        want = r.numpy()[:, 0] if task.kind == "regression" and task.dim == 1 else r.numpy()
+        np.testing.assert_allclose(out[key].numpy(), want, atol=1e-5 * max(1.0, np.abs(want).max()), err_msg=task.name)
+
+
+@PROPERTY
+@given(st.binary(max_size=300), st.sampled_from([b"", b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff"]))
+def test_property_garbage_bytes_are_a_clear_error_never_a_crash(exported, tail, head):
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        _serving(exported)(images=tf.constant([head + tail]))

@@ -187,3 +187,28 @@ def test_the_same_seed_gives_the_same_run_with_op_determinism(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["metrics"][0] == out["metrics"][1] and out["max_weight_difference"] == 0.0
+
+
+def test_a_full_disk_while_saving_the_checkpoint_leaves_the_previous_one(tmp_path, monkeypatch):
+    import errno
+
+    from kfacemtl.model import MultiTaskModel
+    out, original, calls = tmp_path / "run", MultiTaskModel.save_weights, []
+
+    def full_disk(self, filepath, *args, **kwargs):  # the second checkpoint: half written, then ENOSPC
+        calls.append(filepath)
+        if len(calls) == 2:
+            with open(filepath, "wb") as f:
+                f.write(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)
+            raise OSError(errno.ENOSPC, "No space left on device", str(filepath))
+        return original(self, filepath, *args, **kwargs)
+
+    monkeypatch.setattr(MultiTaskModel, "save_weights", full_disk)
+    with pytest.raises(OSError, match="No space left on device"):
+        train_run(_cfg(epochs=3), out, verbose=0)
+    monkeypatch.setattr(MultiTaskModel, "save_weights", original)
+    backup = out / "backup"
+    assert sorted(p.name for p in backup.iterdir()) == ["latest.weights.h5", "training_metadata.json"]  # no debris
+    assert json.loads((backup / "training_metadata.json").read_text())["epoch"] == 1  # one finished epoch, intact
+    train_run(_cfg(epochs=3), out, resume=True, verbose=0)
+    assert _logged_epochs(out) == [0, 1, 2]  # resumed after epoch 1: nothing lost, nothing done twice
