@@ -58,3 +58,12 @@ def test_pooling_is_a_backbone_option_with_a_clear_error():
     assert "gap" in names(build_model(TASKS[:1], widths=(8, 16), depths=1, pooling="avg"))
     with pytest.raises(ConfigError, match="model.pooling"):
         build_model(TASKS[:1], widths=(8, 16), depths=1, pooling="max")
+
+
+def test_model_files_load_in_safe_mode_so_they_cannot_run_code(tmp_path):
+    import keras
+    inputs = keras.Input((4,))
+    outputs = keras.layers.Lambda(lambda t: t * 2.0)(inputs)  # a Lambda layer's code travels as Python bytecode
+    keras.Model(inputs, outputs).save(tmp_path / "lambda.keras")
+    with pytest.raises(ValueError, match="safe_mode"):
+        load_model(tmp_path / "lambda.keras")

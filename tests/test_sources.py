@@ -57,6 +57,9 @@ def test_missing_files_and_columns_are_clear_errors(tmp_path):
         CsvSource(tmp_path / "nopath.csv")
     with pytest.raises(SourceError, match=r"no column for task\(s\) \['race'\]"):
         CsvSource(csv, tasks=["race"])
+    (tmp_path / "empty.csv").write_text("path,age\n")  # an empty source
+    with pytest.raises(SourceError, match="empty.csv' has no rows"):
+        CsvSource(tmp_path / "empty.csv")
 
 
 def test_manifest_paths_stay_in_their_data_root_and_repeated_files_are_named(tmp_path):

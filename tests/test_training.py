@@ -212,3 +212,19 @@ def test_a_full_disk_while_saving_the_checkpoint_leaves_the_previous_one(tmp_pat
     assert json.loads((backup / "training_metadata.json").read_text())["epoch"] == 1  # one finished epoch, intact
     train_run(_cfg(epochs=3), out, resume=True, verbose=0)
     assert _logged_epochs(out) == [0, 1, 2]  # resumed after epoch 1: nothing lost, nothing done twice
+
+
+def test_a_run_directory_holds_no_face_images(tmp_path):
+    import tensorflow as tf
+    out = tmp_path / "run"
+    report = train_run(_cfg(), out, verbose=0)
+    files = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
+    events = {f for f in files if f.startswith("logs/") and ".tfevents." in f}
+    assert files - events == {"config.yaml", "model.keras", "history.csv", "report.json", *report["plots"]}
+    kinds = set()
+    for f in events:  # TensorBoard: scalar curves only, no image (or any other) summaries
+        for event in tf.compat.v1.train.summary_iterator(str(out / f)):
+            kinds.update(v.metadata.plugin_data.plugin_name or v.WhichOneof("value") for v in event.summary.value)
+    assert kinds == {"scalars"}, kinds
+    assert all(p.startswith("plots/") for p in report["plots"])  # charts: curves and confusion matrices
+    assert (out / "report.json").stat().st_size < 50_000 and (out / "history.csv").stat().st_size < 10_000
