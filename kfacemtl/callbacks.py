@@ -40,7 +40,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from kfacemtl.errors import ConfigError
+from kfacemtl.errors import ConfigError, check_choice
 from kfacemtl.files import atomic_write
 
 
@@ -332,8 +332,7 @@ class NaNGuard(keras.callbacks.Callback):
     def __init__(self, mode: str = "rollback", every: int = 50, backoff: float = 0.5, max_rollbacks: int = 5,
                  verbose: int = 1):
         super().__init__()
-        if mode not in NAN_MODES:
-            raise ConfigError("training.on_nan", f"expected one of {NAN_MODES}, got {mode!r}")
+        check_choice("training.on_nan", mode, NAN_MODES)
         self.mode, self.every, self.backoff, self.max_rollbacks = mode, int(every), float(backoff), int(max_rollbacks)
         self.verbose = verbose
         self.events: list[tuple[int, int, str]] = []

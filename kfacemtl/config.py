@@ -41,7 +41,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from kfacemtl.errors import ConfigError
+from kfacemtl.errors import ConfigError, check_choice
 
 DEMO_EPOCHS, DEMO_STEPS = 8, 300  # the demo budget: 2,400 steps of batch 64, about 8.5 minutes on 2 CPU cores
 
@@ -173,18 +173,14 @@ def resolve_config(config: Mapping | None) -> dict:
         raise ConfigError("training.steps_per_epoch", f"expected a positive integer or null, got {tr['steps_per_epoch']!r}")
     if not tr["learning_rate"] > 0:
         raise ConfigError("training.learning_rate", f"expected a positive number, got {tr['learning_rate']}")
-    if tr["lr_schedule"] not in LR_SCHEDULES:
-        raise ConfigError("training.lr_schedule", f"expected one of {LR_SCHEDULES}, got {tr['lr_schedule']!r}")
-    from kfacemtl.pipeline import BAD_IMAGES, CACHE_MODES
-    if tr["cache"] not in CACHE_MODES:
-        raise ConfigError("training.cache", f"expected one of {CACHE_MODES}, got {tr['cache']!r}")
     from kfacemtl.callbacks import NAN_MODES
-    if tr["on_nan"] not in NAN_MODES:
-        raise ConfigError("training.on_nan", f"expected one of {NAN_MODES}, got {tr['on_nan']!r}")
-    if tr["bad_images"] not in BAD_IMAGES:
-        raise ConfigError("training.bad_images", f"expected one of {BAD_IMAGES}, got {tr['bad_images']!r}")
-    if tr["strategy"] not in STRATEGIES:
-        raise ConfigError("training.strategy", f"expected one of {STRATEGIES}, got {tr['strategy']!r}")
+    from kfacemtl.losses import NORMALIZATIONS
+    from kfacemtl.pipeline import BAD_IMAGES, CACHE_MODES
+    from kfacemtl.weighting import WEIGHTINGS
+    for key, choices in (("lr_schedule", LR_SCHEDULES), ("cache", CACHE_MODES), ("on_nan", NAN_MODES),
+                         ("bad_images", BAD_IMAGES), ("strategy", STRATEGIES), ("optimizer", OPTIMIZERS),
+                         ("loss_normalization", NORMALIZATIONS), ("weighting", sorted(WEIGHTINGS))):
+        check_choice(f"training.{key}", tr[key], choices)
     devices = tr["strategy_devices"]
     if devices is not None and (tr["strategy"] != "mirrored" or not isinstance(devices, list) or not devices
                                 or not all(isinstance(d, str) for d in devices)):
@@ -192,11 +188,6 @@ def resolve_config(config: Mapping | None) -> dict:
                                                        f"with strategy: mirrored, got {devices!r}")
     if tr["cache_dir"] is not None and not isinstance(tr["cache_dir"], str):
         raise ConfigError("training.cache_dir", f"expected a folder path, got {tr['cache_dir']!r}")
-    if tr["optimizer"] not in OPTIMIZERS:
-        raise ConfigError("training.optimizer", f"expected one of {OPTIMIZERS}, got {tr['optimizer']!r}")
-    from kfacemtl.losses import NORMALIZATIONS
-    if tr["loss_normalization"] not in NORMALIZATIONS:
-        raise ConfigError("training.loss_normalization", f"expected one of {NORMALIZATIONS}, got {tr['loss_normalization']!r}")
     weights = tr["loss_weights"]
     if weights is not None:
         if not isinstance(weights, Mapping):
@@ -204,9 +195,6 @@ def resolve_config(config: Mapping | None) -> dict:
         for task, w in weights.items():
             if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w < float("inf"):
                 raise ConfigError(f"training.loss_weights.{task}", f"expected a number >= 0, got {w!r}")
-    from kfacemtl.weighting import WEIGHTINGS
-    if tr["weighting"] not in WEIGHTINGS:
-        raise ConfigError("training.weighting", f"expected one of {sorted(WEIGHTINGS)}, got {tr['weighting']!r}")
     if tr["weighting_options"] is not None and not isinstance(tr["weighting_options"], Mapping):
         raise ConfigError("training.weighting_options", f"expected a mapping of options, got {tr['weighting_options']!r}")
     if weights and tr["weighting"] not in ("equal", "static"):

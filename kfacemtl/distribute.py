@@ -11,8 +11,8 @@
   (:func:`tf_config`). Each worker reads all the data and keeps its share of every batch
   (``AutoShardPolicy.DATA``). Only the chief (``chief`` 0, or ``worker`` 0 when there is no chief)
   writes the run directory; the other workers run in a scratch folder of their own
-  (:func:`worker_dir`) that they delete when the run ends, so a second worker never clobbers the
-  chief's files, and a restarted worker resumes from its own last epoch.
+  (:func:`worker_dir`, kept after the run), so a second worker never clobbers the chief's files, and a
+  restarted worker resumes from its own last epoch.
 
 Masked losses are scaled per replica so that the summed gradients are those of the global batch
 (:func:`~kfacemtl.losses.MaskedTaskLoss`), and task weighting, distribution matching, callbacks,
@@ -42,7 +42,7 @@ from typing import Sequence
 import tensorflow as tf
 
 from kfacemtl.config import STRATEGIES
-from kfacemtl.errors import ConfigError
+from kfacemtl.errors import ConfigError, check_choice
 
 __all__ = ["STRATEGIES", "make_strategy", "tf_config", "split_cpu", "is_chief", "worker_dir", "share_of_mean",
            "scale_loss_for_distribution", "unscale_loss_for_distribution", "synchronize_batch_norm",
@@ -93,8 +93,7 @@ def make_strategy(name: str = "default", devices: Sequence[str] | None = None) -
         >>> make_strategy("default").num_replicas_in_sync
         1
     """
-    if name not in STRATEGIES:
-        raise ConfigError("training.strategy", f"expected one of {STRATEGIES}, got {name!r}")
+    check_choice("training.strategy", name, STRATEGIES)
     if devices is not None and name != "mirrored":
         raise ConfigError("training.strategy_devices", f"only the mirrored strategy takes devices, not {name!r}")
     if name == "default":

@@ -22,6 +22,20 @@ class ConfigError(KfacemtlError, ValueError):
         super().__init__(f"config key '{key_path}': {message}")
 
 
+def check_choice(key_path: str, value, choices):
+    """``value`` if it is one of ``choices``, else a :class:`ConfigError` naming the key and the choices.
+
+    Example:
+        >>> check_choice("training.cache", "auto", ("auto", "none"))
+        'auto'
+        >>> # check_choice("training.cache", "ram", ("auto", "none"))  ->  ConfigError: config key
+        >>> #     'training.cache': expected one of ('auto', 'none'), got 'ram'
+    """
+    if value not in choices:
+        raise ConfigError(key_path, f"expected one of {choices}, got {value!r}")
+    return value
+
+
 class SourceError(KfacemtlError, ValueError):
     """A data source cannot be read: a missing file, a bad column, an unreadable image."""
 

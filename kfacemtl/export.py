@@ -37,7 +37,7 @@ import tensorflow as tf
 
 from kfacemtl.errors import KfacemtlError
 from kfacemtl.files import atomic_write_text
-from kfacemtl.pipeline import MAX_PIXELS, header_size, preprocess_image
+from kfacemtl.pipeline import MAX_PIXELS, header_size, png_or_jpeg, preprocess_image
 from kfacemtl.tasks import Task
 
 MAX_BYTES = 20 * 2 ** 20  # 20 MiB per encoded image
@@ -100,8 +100,7 @@ def decode_checked(data, image_size=(64, 64), max_bytes: int = MAX_BYTES, max_pi
     """
     which = ["image"] if index is None else ["image", index]
     n = tf.strings.length(data)
-    is_png = tf.equal(tf.strings.substr(data, 0, 8), b"\x89PNG\r\n\x1a\n")
-    is_jpeg = tf.equal(tf.strings.substr(data, 0, 3), b"\xff\xd8\xff")
+    is_png, is_jpeg = png_or_jpeg(data)
     checks = [tf.debugging.Assert(n > 0, which + ["is empty (0 bytes)"])]
     with tf.control_dependencies(checks):
         checks.append(tf.debugging.Assert(n <= max_bytes, which + ["has", n, f"bytes; the limit is {max_bytes}"]))

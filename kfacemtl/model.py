@@ -27,7 +27,7 @@ import keras
 from keras import ops
 
 from kfacemtl.distribute import scale_loss_for_distribution, unscale_loss_for_distribution
-from kfacemtl.errors import ConfigError, KfacemtlError
+from kfacemtl.errors import ConfigError, KfacemtlError, check_choice
 from kfacemtl.tasks import Task
 
 
@@ -78,8 +78,7 @@ class VGGBackbone:
             raise ConfigError("model.depths", f"expected {len(self.widths)} positive integers (one per block), got {self.depths}")
         if self.stem_stride not in (1, 2):
             raise ConfigError("model.stem_stride", f"expected 1 or 2, got {self.stem_stride}")
-        if self.pooling not in POOLINGS:
-            raise ConfigError("model.pooling", f"expected one of {POOLINGS}, got {self.pooling!r}")
+        check_choice("model.pooling", self.pooling, POOLINGS)
         if not 0 <= self.dropout < 1:
             raise ConfigError("model.dropout", f"expected a number in [0, 1), got {self.dropout}")
 

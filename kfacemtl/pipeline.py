@@ -28,7 +28,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 
-from kfacemtl.errors import ConfigError, SourceError
+from kfacemtl.errors import ConfigError, SourceError, check_choice
 from kfacemtl.sources import RowSubset, Source
 from kfacemtl.tasks import Task
 
@@ -89,9 +89,14 @@ def declared_size(data):
         >>> declared_size(png).numpy().tolist()
         [5, 3]
     """
-    is_png = tf.equal(tf.strings.substr(data, 0, 8), b"\x89PNG\r\n\x1a\n")
-    is_jpeg = tf.equal(tf.strings.substr(data, 0, 3), b"\xff\xd8\xff")
+    is_png, is_jpeg = png_or_jpeg(data)
     return tf.cond(is_png | is_jpeg, lambda: header_size(data, is_png), lambda: tf.zeros(2, tf.int64))
+
+
+def png_or_jpeg(data):
+    """``(is_png, is_jpeg)``: boolean tensors from the magic bytes at the start of encoded image ``data``."""
+    return (tf.equal(tf.strings.substr(data, 0, 8), b"\x89PNG\r\n\x1a\n"),
+            tf.equal(tf.strings.substr(data, 0, 3), b"\xff\xd8\xff"))
 
 
 def augment_image(image, seed):
@@ -215,14 +220,14 @@ class DecodedImages(Source):
     def _decoded_batches(self):
         """Batches of decoded uint8 images; :class:`BadImageFiles` once all are read if some files cannot be."""
         to_uint8 = lambda data: tf.cast(tf.round(decode_image(data, self.image_size) * 255), tf.uint8)  # noqa: E731
-        n = 0
-        for rows, batch in _decode_pass(self.source.paths(), to_uint8):
-            n += len(rows)
-            if n != rows[-1] + 1:  # rows come in order: a gap is a file that could not be decoded
-                break
-            yield batch
-        if n != len(self.source):
-            raise BadImageFiles(self.source, find_bad_images(self.source.paths()))
+        paths = self.source.paths()
+        good, n = np.zeros(len(paths), bool), 0
+        for rows, batch in _decode_pass(paths, to_uint8):
+            good[rows], n = True, n + len(rows)
+            if n == rows[-1] + 1:  # rows come in order: after a gap (a bad file), only the check goes on
+                yield batch
+        if not good.all():
+            raise BadImageFiles(self.source, _bad_files(paths, good))
 
     def _key(self) -> str:
         h = hashlib.sha1(repr(self.image_size).encode())
@@ -326,6 +331,11 @@ def find_bad_images(paths, max_pixels: int = MAX_PIXELS) -> dict[int, str]:
     good = np.zeros(len(paths), bool)
     for rows, _ in _decode_pass(paths, shape, batch=4096, max_pixels=max_pixels):
         good[rows] = True
+    return _bad_files(paths, good, max_pixels)
+
+
+def _bad_files(paths, good, max_pixels: int = MAX_PIXELS) -> dict[int, str]:
+    """``{row: what is wrong}`` for the rows a decoding pass did not mark ``good``."""
     return {int(i): _why_bad(paths[i], max_pixels) for i in np.flatnonzero(~good)}
 
 
@@ -355,10 +365,8 @@ def cached_sources(sources: Sequence[Source], image_size, limit_mb: float = 4096
     files). Files that cannot be decoded raise :class:`BadImageFiles` (``bad_images: error``) or are left out
     (``skip``: the source becomes a :class:`~kfacemtl.sources.RowSubset`, and ``skipped[source name]`` lists them).
     """
-    if mode not in CACHE_MODES:
-        raise ConfigError("training.cache", f"expected one of {CACHE_MODES}, got {mode!r}")
-    if bad_images not in BAD_IMAGES:
-        raise ConfigError("training.bad_images", f"expected one of {BAD_IMAGES}, got {bad_images!r}")
+    check_choice("training.cache", mode, CACHE_MODES)
+    check_choice("training.bad_images", bad_images, BAD_IMAGES)
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     out, used = [], 0.0
     for src in sources:
@@ -391,7 +399,8 @@ def _checked(src: Source, where, image_size, cache_dir, bad_images: str, skipped
         if bad_images == "error":
             raise
         if skipped is not None:
-            skipped[src.name] = [src.row_names()[i] for i in e.bad]
+            names = src.row_names()
+            skipped[src.name] = [names[i] for i in e.bad]
         return cache(RowSubset(src, [i for i in range(len(src)) if i not in e.bad]))
 
 
@@ -487,8 +496,7 @@ def make_dataset(sources: Sequence[Source], tasks: Sequence[Task], batch_size: i
     if int(batch_size) < 1:
         raise ConfigError("training.batch_size", f"expected a positive integer, got {batch_size!r}")
     image_size = tuple(int(v) for v in image_size)
-    if cache not in CACHE_MODES:
-        raise ConfigError("training.cache", f"expected one of {CACHE_MODES}, got {cache!r}")
+    check_choice("training.cache", cache, CACHE_MODES)  # also when evaluating (which caches nothing)
     sources = cached_sources(sources, image_size, cache_limit_mb, cache if training else "none", cache_dir,
                              bad_images, skipped)
     auto = tf.data.AUTOTUNE

@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from kfacemtl import synthetic
-from kfacemtl.errors import ConfigError, LabelError, SourceError
+from kfacemtl.errors import ConfigError, LabelError, SourceError, check_choice
 from kfacemtl.tasks import EXPRESSION_CLASSES, EXPRESSION_CLASSES_WITH_CONTEMPT, Task
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
@@ -620,8 +620,7 @@ class FER2013Source(Source):
 
     def __init__(self, path: str, usage: str = "Training", domain: str = "fer2013", name: str | None = None):
         self.path = Path(path)
-        if usage not in self.USAGES:
-            raise ConfigError("fer2013.usage", f"expected one of {self.USAGES}, got {usage!r}")
+        check_choice("fer2013.usage", usage, self.USAGES)
         self._images, self._paths = None, None
         if self.path.is_file():
             self._read_csv(usage)

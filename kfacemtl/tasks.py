@@ -19,7 +19,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from kfacemtl.errors import ConfigError, LabelError
+from kfacemtl.errors import ConfigError, LabelError, check_choice
 
 KINDS = ("classification", "regression", "multilabel")
 
@@ -79,8 +79,7 @@ class Task:
         where = f"tasks.{self.name}"
         if not self.name or not str(self.name).isidentifier():
             raise ConfigError(where, f"a task name must be an identifier, got {self.name!r}")
-        if self.kind not in KINDS:
-            raise ConfigError(f"{where}.kind", f"expected one of {KINDS}, got {self.kind!r}")
+        check_choice(f"{where}.kind", self.kind, KINDS)
         object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
         object.__setattr__(self, "value_names", tuple(str(c) for c in self.value_names))
         if self.kind in ("classification", "multilabel") and len(self.classes) < 2 \

@@ -44,7 +44,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from kfacemtl.errors import ConfigError
+from kfacemtl.errors import ConfigError, check_choice
 
 
 def _l2_normalize(x):
@@ -322,8 +322,7 @@ def make_weighting(name: str | TaskWeighting, task_names: Sequence[str], **optio
     """
     if isinstance(name, TaskWeighting):
         return name
-    if name not in WEIGHTINGS:
-        raise ConfigError("training.weighting", f"expected one of {sorted(WEIGHTINGS)}, got {name!r}")
+    check_choice("training.weighting", name, sorted(WEIGHTINGS))
     try:
         return WEIGHTINGS[name](task_names, **options)
     except TypeError as e:
