@@ -203,17 +203,16 @@ def format_tables(results: list) -> str:
 
 
 def plot(results: list, out_png: Path) -> Path:
-    from kfacemtl.plots import _pyplot, _save
-    plt = _pyplot()
+    from kfacemtl.plots import save_figure, subplots
     variants = list(dict.fromkeys(r["variant"] for r in results))
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    fig, axes = subplots(1, 2, figsize=(12, 4))
     for ax, (key, label) in zip(axes, (("AU F1 without AU labels", "AU mean F1, domains without AU labels"),
                                        ("expr acc all", "expression accuracy, all five test splits"))):
         values = [[summary(r)[key] for r in results if r["variant"] == v] for v in variants]
         ax.bar(range(len(variants)), [np.mean(v) for v in values], yerr=[np.std(v) for v in values], capsize=3)
         ax.set_xticks(range(len(variants)), variants, rotation=25, ha="right", fontsize=8)
         ax.set(title=label, ylim=(min(np.mean(v) for v in values) * 0.8, None))
-    return _save(fig, out_png)
+    return save_figure(fig, out_png)
 
 
 def main(argv=None):

@@ -113,47 +113,120 @@ def _cmd_explain(args):
     print(f"wrote {len(written)} PNGs to {args.out}; grids: {', '.join(str(g) for g in grids)}")
 
 
+def _subcommand(sub, name: str, summary: str, description: str, examples: str, func):
+    """A subcommand whose ``--help`` gives its summary, a description, its examples and every default."""
+    p = sub.add_parser(name, help=summary, description=f"{summary}.\n\n{description}",
+                       epilog="examples:\n" + "\n".join(f"  {line}" for line in examples.strip().splitlines()),
+                       formatter_class=_HelpFormatter)
+    p.set_defaults(func=func)
+    return p
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions and examples as written, and each option's default (where it has one) after its help."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and "default" not in text and action.option_strings:
+            text += " (default: %(default)s)"
+        return text
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kfacemtl", description="Multi-task face analysis with Keras 3: "
-                                     "one network, many partially labelled datasets.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("train", help="train from a YAML config into a run directory")
-    p.add_argument("config", help="YAML config file (see README: Configs)")
+    """The ``kfacemtl`` argument parser: one subcommand per job, each with its own ``--help``.
+
+    Example:
+        >>> args = build_parser().parse_args(["export", "runs/demo", "--name", "faces"])
+        >>> args.command, args.base, args.version
+        ('export', 'saved_models', None)
+    """
+    parser = argparse.ArgumentParser(
+        prog="kfacemtl", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Multi-task face analysis with Keras 3: one network for age, gender, race, expression, action "
+                    "units and valence/arousal,\ntrained from several partially labelled datasets, exported for TF "
+                    "Serving, explained with saliency maps.",
+        epilog="examples:\n"
+               "  kfacemtl demo                                              # the synthetic benchmark, ~10 min on 2 cores\n"
+               "  kfacemtl train configs/real_mtl.yaml --out runs/real_mtl\n"
+               "  kfacemtl evaluate runs/real_mtl --source 'fer2013:../shared/data/fer2013?usage=PublicTest'\n"
+               "  kfacemtl export runs/real_mtl --name faces\n"
+               "  kfacemtl predict --saved-model saved_models/faces/1 face.jpg\n"
+               "  kfacemtl explain runs/real_mtl face.jpg --head expression --out saliency/\n\n"
+               "Each subcommand's --help has its options. Configs, sources and results: README.md; "
+               "how the parts fit: docs/ARCHITECTURE.md.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = _subcommand(sub, "train", "train from a YAML config into a run directory",
+                    "The run directory gets config.yaml, model.keras, history.csv, report.json (with the evaluation\n"
+                    "of eval_sources), plots/, logs/ (TensorBoard) and backup/ (the last finished epoch, for\n"
+                    "--resume). Every config key is in the README's 'Configs and the CLI'.",
+                    """
+kfacemtl train configs/real_mtl.yaml --out runs/real_mtl
+kfacemtl train configs/real_mtl.yaml --out runs/real_mtl --resume          # after an interruption
+kfacemtl train exp.yaml --out runs/exp --strategy mirrored                 # every GPU of this host
+TF_CONFIG='{...}' kfacemtl train exp.yaml --out runs/exp --strategy multi_worker   # on each host
+""", _cmd_train)
+    p.add_argument("config", help="YAML config file (keys: tasks, sources, eval_sources, unlabelled_sources, model, "
+                                  "training, distillation, coupling)")
     p.add_argument("--out", required=True, help="run directory (must be new or empty unless --resume)")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out from its last finished "
+                                                         "epoch (or a finished one with more epochs)")
     p.add_argument("--strategy", choices=STRATEGIES, help="where to train, over the config's training.strategy "
                                                           "(multi_worker: the cluster comes from TF_CONFIG)")
-    p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("evaluate", help="per-source, per-task metrics of a saved model")
+    p = _subcommand(sub, "evaluate", "per-source, per-task metrics of a saved model",
+                    "Prints one row per source and the headline metric of each task the source labels\n"
+                    "(accuracy, AU mean F1, MAE, valence/arousal mean CCC); --json keeps every metric.",
+                    """
+kfacemtl evaluate runs/demo --source 'synthetic:street?split=test&n=1000'
+kfacemtl evaluate runs/real_mtl/model.keras --source 'utkface:../shared/data/utkface/UTKFace?split=test' \\
+    --source 'csv:../shared/data/lfw_expressions/labels.csv?domain=lfw' --json results.json
+""", _cmd_evaluate)
     p.add_argument("model", help="a .keras file written by kfacemtl, or a run directory")
     p.add_argument("--source", action="append", required=True,
                    help="FORMAT:PATH[?key=value&...], e.g. 'synthetic:street?split=test&n=1000', "
                         "'csv:faces.csv', 'folder:fer/test?task=expression'; repeat for several")
     p.add_argument("--json", help="also write {source: {task: {metric: value, n: count}}} here")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.set_defaults(func=_cmd_evaluate)
+    p.add_argument("--batch-size", type=int, default=128, help="images per prediction batch")
 
-    p = sub.add_parser("demo", help="train and evaluate on the synthetic benchmark (about 10 min on 2 CPU cores)")
-    p.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
+    p = _subcommand(sub, "demo", "train and evaluate on the synthetic benchmark (about 10 min on 2 CPU cores)",
+                    "Renders four labelled synthetic face domains (cached after the first run), trains one network\n"
+                    "for every task and prints the test table of all five domains, street (never labelled) included.",
+                    """
+kfacemtl demo
+kfacemtl demo --out runs/quick --faces 1000 --epochs 2 --steps 50
+""", _cmd_demo)
+    p.add_argument("--out", default="runs/demo", help="run directory")
     p.add_argument("--resume", action="store_true", help="continue an interrupted demo run")
     p.add_argument("--faces", type=int, default=6000, help="training faces of the largest domains")
     p.add_argument("--test-faces", type=int, default=1000, help="faces per test split")
-    p.add_argument("--epochs", type=int, default=DEMO_EPOCHS)
+    p.add_argument("--epochs", type=int, default=DEMO_EPOCHS, help="training epochs")
     p.add_argument("--steps", type=int, default=DEMO_STEPS, help="steps per epoch")
-    p.set_defaults(func=_cmd_demo)
 
-    p = sub.add_parser("export", help="write a versioned SavedModel for TF Serving (never overwrites a version)")
+    p = _subcommand(sub, "export", "write a versioned SavedModel for TF Serving (never overwrites a version)",
+                    "Writes BASE/NAME/VERSION/ (atomically: a temporary folder renamed) with the signatures\n"
+                    "serving_default (encoded JPEG/PNG bytes) and serving_float (float images), warmup requests and a\n"
+                    "model card; beside the versions, models.config (version labels) and batching_parameters.txt.",
+                    """
+kfacemtl export runs/real_mtl --name faces                        # saved_models/faces/1, then 2, ...
+kfacemtl export runs/real_mtl --name faces --label stable=1 --label canary=2
+""", _cmd_export)
     p.add_argument("model", help="a run directory or a .keras file")
-    p.add_argument("--base", default="saved_models", help="folder of served models (default saved_models)")
-    p.add_argument("--name", required=True, help="the served model's name")
+    p.add_argument("--base", default="saved_models", help="folder of served models")
+    p.add_argument("--name", required=True, help="the served model's name (letters, digits, '-', '_', '.')")
     p.add_argument("--version", type=int, help="version number (default: the next free one)")
     p.add_argument("--label", action="append", metavar="NAME=VERSION",
                    help="version label for models.config, e.g. stable=1 (default: stable = previous, canary = new)")
     p.add_argument("--serving-base", default="/models", help="where --base is mounted in the serving container")
-    p.set_defaults(func=_cmd_export)
 
-    p = sub.add_parser("predict", help="predict every task for image files, via TF Serving or a local SavedModel")
+    p = _subcommand(sub, "predict", "predict every task for image files, via TF Serving or a local SavedModel",
+                    "Prints a table (age in years, each class task's class and probability, AUs present,\n"
+                    "valence/arousal), or writes every output per image with --json.",
+                    """
+kfacemtl predict --saved-model saved_models/faces/1 face1.jpg face2.png
+kfacemtl predict --server localhost:8500 --model faces --label stable face1.jpg --json out.json
+kfacemtl predict --server localhost:8501 --rest --model faces face1.jpg
+""", _cmd_predict)
     p.add_argument("images", nargs="+", help="JPEG or PNG files")
     p.add_argument("--server", help="HOST:PORT of TF Serving (gRPC 8500, or REST 8501 with --rest)")
     p.add_argument("--model", help="the served model's name (with --server)")
@@ -163,22 +236,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
     p.add_argument("--saved-model", help="BASE/NAME/VERSION: run the export locally, no server")
     p.add_argument("--json", help="write the per-image results here instead of printing a table")
-    p.set_defaults(func=_cmd_predict)
 
-    p = sub.add_parser("explain", help="saliency maps per head (tf-keras-vis): image, map and overlay PNGs, grids")
+    p = _subcommand(sub, "explain", "saliency maps per head (tf-keras-vis): image, map and overlay PNGs, grids",
+                    "For each head and method writes <image>_<head>_<method>_{image,map,overlay}.png and one\n"
+                    "grid per head. Methods: saliency (SmoothGrad), gradcam++, scorecam, or all.",
+                    """
+kfacemtl explain runs/demo face1.jpg face2.jpg --out saliency/
+kfacemtl explain runs/demo face1.jpg --head expression --class happy --method all --out saliency/
+""", _cmd_explain)
     p.add_argument("model", help="a .keras file or a run directory")
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--head", action="append", help="the head to explain (repeat; default every head)")
     p.add_argument("--class", dest="target", help="class name or index, AU name, or value name (valence); "
                                                   "default each image's predicted class (regression: the value)")
-    p.add_argument("--method", default="gradcam++", choices=["saliency", "gradcam++", "scorecam", "all"])
+    p.add_argument("--method", default="gradcam++", choices=["saliency", "gradcam++", "scorecam", "all"],
+                   help="saliency method")
     p.add_argument("--layer", help="feature-map layer of the CAM methods (default: after the last conv)")
     p.add_argument("--out", required=True, help="folder for the PNGs")
-    p.set_defaults(func=_cmd_explain)
     return parser
 
 
 def main(argv=None) -> int:
+    """Run one subcommand; a kfacemtl error is printed as one line (on stderr) and gives exit status 2.
+
+    Example:
+        >>> main(["export", "no-such-run", "--name", "faces"])   # "kfacemtl export: error: model file ..."
+        2
+    """
     args = build_parser().parse_args(argv)
     try:
         args.func(args)

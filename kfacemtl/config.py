@@ -163,6 +163,11 @@ def resolve_config(config: Mapping | None) -> dict:
 
     Raises:
         ConfigError: naming the key path of an unknown key or a value of the wrong kind.
+
+    Example:
+        >>> cfg = resolve_config({"tasks": ["gender"], "sources": ["synthetic:portraits"], "training": {"epochs": 2}})
+        >>> cfg["training"]["epochs"], cfg["training"]["batch_size"], cfg["model"]["pooling"]
+        (2, 64, 'flatten')
     """
     cfg = _merge(DEFAULTS, config or {}, "")
     tr = cfg["training"]
@@ -246,6 +251,11 @@ def load_config(path) -> dict:
 
     Raises:
         ConfigError: the file is missing or not valid YAML (with its line), or a key is wrong.
+
+    Example:
+        >>> _ = open("exp.yaml", "w").write("tasks: [age]\\nsources: ['synthetic:portraits?n=64']\\n")
+        >>> load_config("exp.yaml")["sources"]
+        ['synthetic:portraits?n=64']
     """
     path = Path(path)
     if not path.is_file():
@@ -258,5 +268,11 @@ def load_config(path) -> dict:
 
 
 def dump_config(config: Mapping) -> str:
-    """YAML text of a resolved config."""
+    """YAML text of a resolved config.
+
+    Example:
+        >>> text = dump_config(resolve_config({"tasks": ["age"], "sources": ["synthetic:portraits"]}))
+        >>> text.splitlines()[:2]
+        ['tasks: [age]', "sources: ['synthetic:portraits']"]
+    """
     return yaml.safe_dump(dict(config), sort_keys=False, default_flow_style=None)

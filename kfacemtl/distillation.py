@@ -93,6 +93,11 @@ def transform_batch(images, boxes):
     """All T transformed copies of a batch in one op: ``(B, H, W, 3)`` → ``(T·B, H, W, 3)``, transform-major.
 
     Outside the image (zoom-out, shift) is filled with 0, as the training augmentation's padding.
+
+    Example:
+        >>> boxes = transform_boxes(DEFAULT_TRANSFORMS)             # T = 6 transforms
+        >>> tuple(transform_batch(tf.zeros((2, 8, 8, 3)), boxes).shape)
+        (12, 8, 8, 3)
     """
     images = tf.convert_to_tensor(images, tf.float32)
     boxes = tf.convert_to_tensor(boxes, tf.float32)
@@ -288,7 +293,13 @@ def select(task: Task, mean: np.ndarray, spread: np.ndarray, candidates: np.ndar
 
 def pseudo_label_quality(task: Task, mean: np.ndarray, truth: np.ndarray) -> float:
     """Accuracy of pseudo-labels against ground truth: accuracy (classification), per-unit
-    accuracy (multilabel) or mean absolute error (regression)."""
+    accuracy (multilabel) or mean absolute error (regression).
+
+    Example:
+        >>> from kfacemtl.tasks import get_task
+        >>> pseudo_label_quality(get_task("gender"), np.array([[0.9, 0.1], [0.2, 0.8]]), np.array([0, 0]))
+        0.5
+    """
     if task.kind == "classification":
         return float(np.mean(mean.argmax(-1) == truth.reshape(-1).astype(int)))
     if task.kind == "multilabel":
@@ -327,6 +338,17 @@ class DataDistillation(keras.callbacks.Callback):
         state_dir: where the pseudo-labels (``pseudo_labels.npz``), the round log
             (``distillation.json``) and its plot go; a resumed run reloads them.
         verbose: print a line per task and source at each round.
+
+    Example:
+        >>> # rounds = DataDistillation(sources, model.tasks, rounds=2, epochs_per_round=3, state_dir="runs/x")
+        >>> # ds = make_dataset(sources, model.tasks, pseudo_labels=rounds.pseudo_labels)
+        >>> # model.fit(ds, epochs=rounds.total_epochs, steps_per_epoch=300, callbacks=[rounds])
+        >>> from kfacemtl.sources import make_source
+        >>> from kfacemtl.tasks import resolve_tasks
+        >>> rounds = DataDistillation([make_source("synthetic:lab?n=8")], resolve_tasks(["expression"]), rounds=2,
+        ...                           epochs_per_round=3)
+        >>> rounds.total_epochs, rounds.thresholds
+        (9, {'expression': 0.7})
     """
 
     def __init__(self, sources: Sequence[Source], tasks: Sequence[Task], rounds: int = 2, epochs_per_round: int = 1,
@@ -497,7 +519,16 @@ class DataDistillation(keras.callbacks.Callback):
 
 
 def format_round(entry: dict, tasks: Sequence[Task]) -> str:
-    """A plain-text table of one round: per source and task, accepted / candidates and quality."""
+    """A plain-text table of one round: per source and task, accepted / candidates and quality.
+
+    Example:
+        >>> from kfacemtl.tasks import get_task
+        >>> entry = {"round": 1, "transforms": 6, "images_per_second": 850.0,
+        ...          "sources": {"street-train": {"gender": {"candidates": 100, "accepted": 60}}}}
+        >>> print(format_round(entry, [get_task("gender")]))
+        distillation round 1 (6 transforms, 850 images/s)
+          street-train           gender                60 / 100
+    """
     lines = [f"distillation round {entry['round']} ({entry['transforms']} transforms, "
              f"{entry['images_per_second']:.0f} images/s)"]
     kinds = {t.name: t.kind for t in tasks}

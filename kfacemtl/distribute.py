@@ -142,7 +142,12 @@ def split_cpu(n: int) -> list[str]:
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
-    """Whether this process writes the run directory: always, except a non-chief worker of ``multi_worker``."""
+    """Whether this process writes the run directory: always, except a non-chief worker of ``multi_worker``.
+
+    Example:
+        >>> is_chief(tf.distribute.get_strategy())   # one process: it writes the run
+        True
+    """
     resolver = getattr(strategy, "cluster_resolver", None)
     if resolver is None or not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         return True
@@ -176,13 +181,23 @@ def _replicas() -> int:
 
 def scale_loss_for_distribution(loss):
     """A replica's loss divided by the number of replicas in sync (no-op outside a strategy): summing the
-    replicas' gradients, as the optimizer does, then gives those of the mean over the global batch."""
+    replicas' gradients, as the optimizer does, then gives those of the mean over the global batch.
+
+    Example:
+        >>> float(scale_loss_for_distribution(tf.constant(3.0)))   # outside a strategy: unchanged
+        3.0
+    """
     n = _replicas()
     return loss if n == 1 else loss * (1.0 / n)
 
 
 def unscale_loss_for_distribution(loss):
-    """Undo :func:`scale_loss_for_distribution`: the replica's own loss value (for logging and weighting)."""
+    """Undo :func:`scale_loss_for_distribution`: the replica's own loss value (for logging and weighting).
+
+    Example:
+        >>> float(unscale_loss_for_distribution(scale_loss_for_distribution(tf.constant(3.0))))
+        3.0
+    """
     n = _replicas()
     return loss if n == 1 else loss * float(n)
 
@@ -193,6 +208,10 @@ def share_of_mean(total, count):
 
     A masked loss's mean over labelled rows is then exact under a strategy, however the labelled rows fall
     between the replicas (a mean of per-replica means is not).
+
+    Example:
+        >>> float(share_of_mean(tf.constant(6.0), tf.constant(3.0)))   # one replica: the mean itself
+        2.0
     """
     ctx = tf.distribute.get_replica_context()
     if ctx is not None and ctx.num_replicas_in_sync > 1:
@@ -220,7 +239,13 @@ def synchronize_batch_norm(model) -> int:
 
 
 def distribute_options() -> tf.data.Options:
-    """Dataset options for a distributed run: shard by data (each worker keeps its share of every batch)."""
+    """Dataset options for a distributed run: shard by data (each worker keeps its share of every batch).
+
+    Example:
+        >>> ds = tf.data.Dataset.range(8).batch(4).with_options(distribute_options())
+        >>> ds.options().experimental_distribute.auto_shard_policy == tf.data.experimental.AutoShardPolicy.DATA
+        True
+    """
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return options

@@ -11,11 +11,25 @@ Example:
 
 
 class KfacemtlError(Exception):
-    """Base class of every error kfacemtl raises on purpose."""
+    """Base class of every error kfacemtl raises on purpose.
+
+    Example:
+        >>> try:
+        ...     raise LabelError("lab-train row 3: gender 2 is not one of 0..1")
+        ... except KfacemtlError as e:      # catches every error kfacemtl raises on purpose
+        ...     print(type(e).__name__, e)
+        LabelError lab-train row 3: gender 2 is not one of 0..1
+    """
 
 
 class ConfigError(KfacemtlError, ValueError):
-    """A config key is unknown, missing or holds a value of the wrong kind."""
+    """A config key is unknown, missing or holds a value of the wrong kind.
+
+    Example:
+        >>> e = ConfigError("training.batch_size", "expected a positive integer, got 0")
+        >>> e.key_path, str(e)
+        ('training.batch_size', "config key 'training.batch_size': expected a positive integer, got 0")
+    """
 
     def __init__(self, key_path, message):
         self.key_path = key_path
@@ -37,12 +51,35 @@ def check_choice(key_path: str, value, choices):
 
 
 class SourceError(KfacemtlError, ValueError):
-    """A data source cannot be read: a missing file, a bad column, an unreadable image."""
+    """A data source cannot be read: a missing file, a bad column, an unreadable image.
+
+    Example:
+        >>> from kfacemtl.sources import make_source
+        >>> try:
+        ...     make_source("folder:no/such/folder")
+        ... except SourceError as e:
+        ...     print("SourceError:", str(e)[:40])
+        SourceError: ...
+    """
 
 
 class LabelError(SourceError):
-    """A label is out of range, not a number, or NaN where a value was promised."""
+    """A label is out of range, not a number, or NaN where a value was promised.
+
+    Example:
+        >>> isinstance(LabelError("faces.csv row 7: age -3 is outside [0, 120]"), ValueError)
+        True
+    """
 
 
 class TrainingDiverged(KfacemtlError, RuntimeError):
-    """The training loss became NaN or infinite and the run stopped (``training.on_nan``)."""
+    """The training loss became NaN or infinite and the run stopped (``training.on_nan``).
+
+    Example:
+        >>> # try:
+        >>> #     train_run(cfg, "runs/x")            # training.on_nan: stop
+        >>> # except TrainingDiverged as e:
+        >>> #     print(e)   # "the training loss became NaN or infinite at epoch 3, batch 41 ..."
+        >>> issubclass(TrainingDiverged, KfacemtlError)
+        True
+    """

@@ -56,7 +56,16 @@ def last_conv_layer(model) -> str:
 
 
 def head_task(model, head: str):
-    """The :class:`Task` of output ``head``; an unknown head is an error listing the valid ones."""
+    """The :class:`Task` of output ``head``; an unknown head is an error listing the valid ones.
+
+    Example:
+        >>> from kfacemtl.model import build_model
+        >>> from kfacemtl.tasks import resolve_tasks
+        >>> model = build_model(resolve_tasks(["expression", "age"]), input_shape=(32, 32, 3), widths=(8, 16), depths=1,
+        ...                     embedding_dim=8, head_units=4)
+        >>> head_task(model, "age").kind
+        'regression'
+    """
     from kfacemtl.model import model_tasks
     tasks = {t.name: t for t in model_tasks(model)}
     if head not in tasks:
@@ -123,6 +132,16 @@ def explain(model, images, head: str, target=None, method: str = "gradcam++", la
 
     Returns:
         float32 ``(n, H, W)`` maps, each normalised to [0, 1].
+
+    Example:
+        >>> from kfacemtl.model import build_model
+        >>> from kfacemtl.tasks import resolve_tasks
+        >>> model = build_model(resolve_tasks(["expression", "age"]), input_shape=(32, 32, 3), widths=(8, 16), depths=1,
+        ...                     embedding_dim=8, head_units=4)
+        >>> maps = explain(model, np.random.default_rng(0).random((2, 32, 32, 3), dtype="float32"), "expression",
+        ...                target="happy", method="gradcam++")
+        >>> maps.shape, bool(maps.min() >= 0 and maps.max() <= 1)
+        ((2, 32, 32), True)
     """
     if method not in METHODS:
         raise ConfigError("explain.method", f"unknown method {method!r}; valid are {', '.join(METHODS)}")
@@ -197,13 +216,24 @@ def _colormap(values: np.ndarray) -> np.ndarray:
 
 
 def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """An RGB float image with the map ``heat`` (H, W) in [0, 1] blended over it."""
+    """An RGB float image with the map ``heat`` (H, W) in [0, 1] blended over it.
+
+    Example:
+        >>> overlay(np.zeros((4, 4, 3)), np.ones((4, 4))).shape
+        (4, 4, 3)
+    """
     return np.clip((1 - alpha) * np.asarray(image, dtype="float32") + alpha * _colormap(heat), 0, 1)
 
 
 def save_maps(images, maps, out_dir, names: Sequence[str], head: str, method: str) -> list[Path]:
-    """Write ``<name>_<head>_<method>_{image,map,overlay}.png`` per image; returns the paths."""
-    import matplotlib.pyplot as plt
+    """Write ``<name>_<head>_<method>_{image,map,overlay}.png`` per image; returns the paths.
+
+    Example:
+        >>> paths = save_maps(np.zeros((1, 8, 8, 3)), np.ones((1, 8, 8)), "saliency", ["face1.jpg"], "expression", "gradcam++")
+        >>> [p.name for p in paths]
+        ['face1_expression_gradcampp_image.png', 'face1_expression_gradcampp_map.png', 'face1_expression_gradcampp_overlay.png']
+    """
+    from matplotlib.image import imsave
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tag = method.replace("+", "p")
@@ -212,18 +242,22 @@ def save_maps(images, maps, out_dir, names: Sequence[str], head: str, method: st
         stem = f"{Path(name).stem}_{head}_{tag}"
         for kind, arr in (("image", image), ("map", _colormap(heat)), ("overlay", overlay(image, heat))):
             paths.append(atomic_write(out_dir / f"{stem}_{kind}.png",
-                                      lambda tmp, arr=arr: plt.imsave(tmp, np.clip(arr, 0, 1))))
+                                      lambda tmp, arr=arr: imsave(tmp, np.clip(arr, 0, 1))))
     return paths
 
 
 def save_grid(images, maps_by_method: dict, path, names: Sequence[str] | None = None, title: str = ""):
-    """One figure: a row per image, the image then one overlay per method; written atomically."""
-    import matplotlib
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    """One figure: a row per image, the image then one overlay per method; written atomically.
+
+    Example:
+        >>> maps = {"saliency": np.ones((2, 8, 8)), "gradcam++": np.zeros((2, 8, 8))}
+        >>> save_grid(np.zeros((2, 8, 8, 3)), maps, "grid.png", names=["a.jpg", "b.jpg"], title="expression").name
+        'grid.png'
+    """
+    from kfacemtl.plots import save_figure, subplots
     methods = list(maps_by_method)
     n = len(images)
-    fig, axes = plt.subplots(n, 1 + len(methods), figsize=(1.8 * (1 + len(methods)), 1.8 * n + 0.4), squeeze=False)
+    fig, axes = subplots(n, 1 + len(methods), figsize=(1.8 * (1 + len(methods)), 1.8 * n + 0.4), squeeze=False)
     for i in range(n):
         axes[i, 0].imshow(np.clip(images[i], 0, 1))
         axes[i, 0].set_ylabel(Path(names[i]).stem if names else str(i), fontsize=7)
@@ -237,15 +271,18 @@ def save_grid(images, maps_by_method: dict, path, names: Sequence[str] | None = 
     axes[0, 0].set_title("image", fontsize=8)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    try:
-        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100))
-    finally:
-        plt.close(fig)
+    return save_figure(fig, path, dpi=100)
 
 
 def load_images(paths: Sequence, image_size) -> np.ndarray:
-    """Image files → float32 ``(n, H, W, 3)`` in [0, 1] with the training pipeline's decode and resize."""
+    """Image files → float32 ``(n, H, W, 3)`` in [0, 1] with the training pipeline's decode and resize.
+
+    Example:
+        >>> import tensorflow as tf
+        >>> _ = open("face.png", "wb").write(tf.io.encode_png(tf.zeros((20, 10, 3), tf.uint8)).numpy())
+        >>> load_images(["face.png"], (16, 16)).shape
+        (1, 16, 16, 3)
+    """
     import tensorflow as tf
 
     from kfacemtl.errors import SourceError

@@ -46,7 +46,15 @@ SIGNATURES = ("serving_default", "serving_float")
 
 
 class ExportError(KfacemtlError):
-    """An export could not be written (existing version, bad name, not a kfacemtl model)."""
+    """An export could not be written (existing version, bad name, not a kfacemtl model).
+
+    Example:
+        >>> try:
+        ...     export_model("no-such-run", "saved_models", "bad name")
+        ... except ExportError as e:
+        ...     print(e)
+        model name 'bad name': use letters, digits, '-', '_' and '.', starting with a letter or digit
+    """
 
 
 def output_names(task: Task) -> list[str]:
@@ -97,6 +105,16 @@ def decode_checked(data, image_size=(64, 64), max_bytes: int = MAX_BYTES, max_pi
     before decoding (control dependencies make the order deterministic); bad input raises
     ``tf.errors.InvalidArgumentError`` whose message names the image (``index`` in the batch)
     and what was wrong, e.g. ``assertion failed: [image] [2] [is empty (0 bytes)]``.
+
+    Example:
+        >>> png = tf.io.encode_png(tf.zeros((20, 30, 3), tf.uint8))
+        >>> tuple(decode_checked(png, (16, 16)).shape)
+        (16, 16, 3)
+        >>> try:
+        ...     decode_checked(tf.constant(b"not an image"))
+        ... except tf.errors.InvalidArgumentError as e:
+        ...     print("is not a JPEG or PNG" in e.message)
+        True
     """
     which = ["image"] if index is None else ["image", index]
     n = tf.strings.length(data)
@@ -123,7 +141,17 @@ def decode_checked(data, image_size=(64, 64), max_bytes: int = MAX_BYTES, max_pi
 
 
 def serving_functions(model, image_size=None, max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS) -> dict:
-    """``{signature name: (fn, input_signature)}`` for a kfacemtl model (used by :func:`export_model`)."""
+    """``{signature name: (fn, input_signature)}`` for a kfacemtl model (used by :func:`export_model`).
+
+    Example:
+        >>> from kfacemtl.model import build_model
+        >>> from kfacemtl.tasks import resolve_tasks
+        >>> model = build_model(resolve_tasks(["gender"]), input_shape=(16, 16, 3), widths=(4,), depths=1,
+        ...                     embedding_dim=4, head_units=4)
+        >>> fns = serving_functions(model)
+        >>> sorted(fns), sorted(fns["serving_float"][0](tf.zeros((1, 16, 16, 3))))
+        (['serving_default', 'serving_float'], ['gender_class', 'gender_label', 'gender_probs'])
+    """
     from kfacemtl.model import model_tasks
     tasks = model_tasks(model)
     h, w = image_size or model.input_shape[1:3]
@@ -143,7 +171,15 @@ def serving_functions(model, image_size=None, max_bytes: int = MAX_BYTES, max_pi
 
 
 def list_versions(model_dir) -> list[int]:
-    """The numeric version folders under ``model_dir``, sorted."""
+    """The numeric version folders under ``model_dir``, sorted.
+
+    Example:
+        >>> import os
+        >>> for v in ("1", "2", "10", "tmp-3"):
+        ...     os.makedirs(f"saved_models/faces/{v}", exist_ok=True)
+        >>> list_versions("saved_models/faces")
+        [1, 2, 10]
+    """
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         return []
@@ -151,7 +187,14 @@ def list_versions(model_dir) -> list[int]:
 
 
 def next_version(model_dir) -> int:
-    """1 + the highest numeric version folder under ``model_dir`` (1 when there is none)."""
+    """1 + the highest numeric version folder under ``model_dir`` (1 when there is none).
+
+    Example:
+        >>> import os
+        >>> os.makedirs("saved_models/ages/4", exist_ok=True)
+        >>> next_version("saved_models/ages"), next_version("saved_models/nothing-yet")
+        (5, 1)
+    """
     return max(list_versions(model_dir), default=0) + 1
 
 
@@ -230,7 +273,17 @@ allowed_batch_sizes: 64
 
 
 def model_card(model, name: str, version: int, run_dir: Path | None, max_bytes: int, max_pixels: int) -> dict:
-    """What a user of the export needs to know: tasks, classes, input contract, training, evaluation."""
+    """What a user of the export needs to know: tasks, classes, input contract, training, evaluation.
+
+    Example:
+        >>> from kfacemtl.model import build_model
+        >>> from kfacemtl.tasks import resolve_tasks
+        >>> model = build_model(resolve_tasks(["gender"]), input_shape=(16, 16, 3), widths=(4,), depths=1,
+        ...                     embedding_dim=4, head_units=4)
+        >>> card = model_card(model, "faces", 1, None, MAX_BYTES, MAX_PIXELS)
+        >>> card["name"], card["version"], [t["name"] for t in card["tasks"]]
+        ('faces', 1, ['gender'])
+    """
     from kfacemtl import __version__
     from kfacemtl.model import model_tasks
     import yaml

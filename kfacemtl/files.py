@@ -19,6 +19,11 @@ def atomic_write(path, write: Callable[[Path], object]) -> Path:
 
     The temporary name keeps ``path``'s suffix, so writers that choose a format by extension
     (``np.savez``, ``savefig``, ``model.save``) behave as for ``path``. The parent folder is created.
+
+    Example:
+        >>> import numpy as np
+        >>> atomic_write("weights.npy", lambda tmp: np.save(tmp, np.arange(3))).name   # a crash leaves no half file
+        'weights.npy'
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -33,5 +38,10 @@ def atomic_write(path, write: Callable[[Path], object]) -> Path:
 
 
 def atomic_write_text(path, text: str) -> Path:
-    """Write ``text`` to ``path`` atomically (see :func:`atomic_write`)."""
+    """Write ``text`` to ``path`` atomically (see :func:`atomic_write`).
+
+    Example:
+        >>> atomic_write_text("notes.txt", "hello\\n").read_text()
+        'hello\\n'
+    """
     return atomic_write(path, lambda tmp: tmp.write_text(text))

@@ -116,7 +116,13 @@ class MaskedTaskLoss(keras.losses.Loss):
 
 
 def is_distribution(y_true, y_pred) -> bool:
-    """Whether classification labels are class distributions ``(batch, classes)`` rather than class ids."""
+    """Whether classification labels are class distributions ``(batch, classes)`` rather than class ids.
+
+    Example:
+        >>> ids, probs = ops.convert_to_tensor([2, 0]), ops.zeros((2, 7))
+        >>> is_distribution(ids, probs), is_distribution(ops.one_hot(ids, 7), probs)
+        (False, True)
+    """
     return len(y_true.shape) == len(y_pred.shape) and y_true.shape[-1] == y_pred.shape[-1] \
         and y_pred.shape[-1] is not None and y_pred.shape[-1] > 1
 

@@ -116,6 +116,13 @@ class TaskOutput(keras.layers.Dense):
     Classification → softmax probabilities; multilabel → sigmoid probabilities; regression →
     values on the task's own scale (``center + scale · z``, e.g. years for age).
     The task's description travels in the layer config.
+
+    Example:
+        >>> from kfacemtl.tasks import get_task
+        >>> age = get_task("age")
+        >>> out = TaskOutput(age)(keras.ops.zeros((1, 4)))     # a zero input gives the centre of the age scale
+        >>> tuple(out.shape), float(out[0, 0]) == age.output_affine[0]
+        ((1, 1), True)
     """
 
     def __init__(self, task: dict | Task, **kwargs):
@@ -148,6 +155,15 @@ class MultiTaskModel(keras.Model):
     Keras 3 maps a label dict onto list outputs but not a sample-weight dict; this model
     orders both by its output names, so the pipeline's ``(images, {task: label},
     {task: weight})`` batches go straight into ``model.fit``.
+
+    Example:
+        >>> from kfacemtl.tasks import resolve_tasks
+        >>> model = build_model(resolve_tasks(["gender", "age"]), input_shape=(16, 16, 3), widths=(4,), depths=1,
+        ...                     embedding_dim=4, head_units=4)
+        >>> isinstance(model, MultiTaskModel), model.output_names
+        (True, ['gender', 'age'])
+        >>> sorted(model.predict_dict(keras.ops.zeros((2, 16, 16, 3)), verbose=0))
+        ['age', 'gender']
     """
 
     def _by_task(self, data):
@@ -316,7 +332,15 @@ class MultiTaskModel(keras.Model):
 
 
 def model_tasks(model: keras.Model) -> list[Task]:
-    """The tasks of a built or loaded model, read from its :class:`TaskOutput` layers."""
+    """The tasks of a built or loaded model, read from its :class:`TaskOutput` layers.
+
+    Example:
+        >>> from kfacemtl.tasks import resolve_tasks
+        >>> model = build_model(resolve_tasks(["expression"]), input_shape=(16, 16, 3), widths=(4,), depths=1,
+        ...                     embedding_dim=4, head_units=4)
+        >>> [(t.name, len(t.classes)) for t in model_tasks(model)]
+        [('expression', 7)]
+    """
     tasks = []
     for name in model.output_names:
         layer = model.get_layer(name)
@@ -397,7 +421,13 @@ def load_model(path, compile: bool = True) -> MultiTaskModel:
 
 
 def count_flops(model: keras.Model) -> int:
-    """Multiply-adds × 2 of one forward pass of one image through the conv and dense layers."""
+    """Multiply-adds × 2 of one forward pass of one image through the conv and dense layers.
+
+    Example:
+        >>> inputs = keras.Input((4,))
+        >>> count_flops(keras.Model(inputs, keras.layers.Dense(3)(inputs)))   # 4 x 3 multiply-adds x 2
+        24
+    """
     flops = 0
     for layer in model.layers:
         if isinstance(layer, keras.layers.Conv2D):

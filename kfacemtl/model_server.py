@@ -45,7 +45,13 @@ _HTTP = {grpc.StatusCode.NOT_FOUND: 404, grpc.StatusCode.INVALID_ARGUMENT: 400, 
 
 
 class ModelRepository:
-    """The SavedModels under ``base`` (``NAME/VERSION/``), loaded on first use, with their labels."""
+    """The SavedModels under ``base`` (``NAME/VERSION/``), loaded on first use, with their labels.
+
+    Example:
+        >>> repo = ModelRepository("saved_models")   # NAME/VERSION/ folders written by kfacemtl export
+        >>> repo.labels("faces")                      # from saved_models/faces/models.config; none here
+        {}
+    """
 
     def __init__(self, base):
         self.base = Path(base)

@@ -39,6 +39,11 @@ def preprocess_image(image, image_size=(64, 64)):
     """Decoded ``uint8`` image (H, W, 1|2|3|4) → float32 ``image_size`` RGB in [0, 1].
 
     Uses TF ops only (gray → RGB, RGBA → RGB, bilinear resize with antialiasing).
+
+    Example:
+        >>> gray = tf.zeros((48, 40, 1), tf.uint8)
+        >>> tuple(preprocess_image(gray, (32, 32)).shape)
+        (32, 32, 3)
     """
     image = tf.convert_to_tensor(image)
     channels = tf.shape(image)[-1]
@@ -53,7 +58,14 @@ def preprocess_image(image, image_size=(64, 64)):
 
 
 def decode_image(data, image_size=(64, 64)):
-    """Encoded JPEG/PNG/BMP/GIF bytes → float32 ``image_size`` RGB in [0, 1]."""
+    """Encoded JPEG/PNG/BMP/GIF bytes → float32 ``image_size`` RGB in [0, 1].
+
+    Example:
+        >>> png = tf.io.encode_png(tf.fill((20, 30, 4), tf.constant(255, tf.uint8)))   # RGBA
+        >>> img = decode_image(png, (16, 16))
+        >>> tuple(img.shape), float(tf.reduce_max(img))
+        ((16, 16, 3), 1.0)
+    """
     image = tf.io.decode_image(data, channels=0, expand_animations=False)
     return preprocess_image(image, image_size)
 
@@ -63,7 +75,13 @@ MAX_PIXELS = 40_000_000  # declared width × height (a 12 MP photo passes; a 200
 
 def header_size(data, is_png, which=("image",)):
     """``(width, height)`` declared by a JPEG or PNG header (``is_png`` says which), read without decoding; an
-    error naming ``which`` for a PNG shorter than its header or a JPEG without a frame header."""
+    error naming ``which`` for a PNG shorter than its header or a JPEG without a frame header.
+
+    Example:
+        >>> png = tf.io.encode_png(tf.zeros((3, 5, 1), tf.uint8))
+        >>> header_size(png, png_or_jpeg(png)[0]).numpy().tolist()
+        [5, 3]
+    """
     which = list(which)
 
     def png():
@@ -94,7 +112,12 @@ def declared_size(data):
 
 
 def png_or_jpeg(data):
-    """``(is_png, is_jpeg)``: boolean tensors from the magic bytes at the start of encoded image ``data``."""
+    """``(is_png, is_jpeg)``: boolean tensors from the magic bytes at the start of encoded image ``data``.
+
+    Example:
+        >>> [bool(v) for v in png_or_jpeg(tf.io.encode_jpeg(tf.zeros((4, 4, 3), tf.uint8)))]
+        [False, True]
+    """
     return (tf.equal(tf.strings.substr(data, 0, 8), b"\x89PNG\r\n\x1a\n"),
             tf.equal(tf.strings.substr(data, 0, 3), b"\xff\xd8\xff"))
 
@@ -105,6 +128,11 @@ def augment_image(image, seed):
     Args:
         image: float32 (H, W, 3) in [0, 1].
         seed: a stateless seed, shape (2,) int.
+
+    Example:
+        >>> out = augment_image(tf.fill((8, 8, 3), 0.5), tf.constant([0, 7]))
+        >>> tuple(out.shape), bool(tf.reduce_all((out >= 0) & (out <= 1)))
+        ((8, 8, 3), True)
     """
     return augment_batch(image[None], seed)[0]
 
@@ -183,7 +211,12 @@ CACHE_MODES = ("auto", "memory", "disk", "none")
 
 def default_cache_dir() -> Path:
     """Where decoded images are cached on disk: ``decoded/`` in the package's cache folder (``$KFACEMTL_CACHE``,
-    else ``~/.cache/kfacemtl``; the synthetic benchmark's rendered splits live there too)."""
+    else ``~/.cache/kfacemtl``; the synthetic benchmark's rendered splits live there too).
+
+    Example:
+        >>> default_cache_dir().name
+        'decoded'
+    """
     from kfacemtl import synthetic
     return synthetic.default_cache_dir() / "decoded"
 
@@ -289,6 +322,12 @@ class BadImageFiles(SourceError):
     """Image files of a source that cannot be decoded: ``bad`` is ``{row: reason}``.
 
     The message names the source, each file's row and path and what is wrong with it (the first ten).
+
+    Example:
+        >>> from kfacemtl.sources import FileTableSource
+        >>> src = FileTableSource("faces", "studio", ["a.jpg", "b.jpg"], {})
+        >>> print(str(BadImageFiles(src, {1: "is empty (0 bytes)"})).split(". ")[0])
+        source faces: 1 image file(s) cannot be used: row 1 (b.jpg) is empty (0 bytes)
     """
 
     def __init__(self, source: Source, bad: Mapping[int, str]):
@@ -364,6 +403,14 @@ def cached_sources(sources: Sequence[Source], image_size, limit_mb: float = 4096
     :func:`default_cache_dir`); ``disk``: all on disk; ``none``: nothing cached (a decoding pass still checks the
     files). Files that cannot be decoded raise :class:`BadImageFiles` (``bad_images: error``) or are left out
     (``skip``: the source becomes a :class:`~kfacemtl.sources.RowSubset`, and ``skipped[source name]`` lists them).
+
+    Example:
+        >>> from kfacemtl.sources import make_source
+        >>> cached = cached_sources([make_source("synthetic:lab?n=4")], (32, 32))   # in memory already: as it is
+        >>> cached[0].name
+        'lab-train'
+        >>> # file sources: decoded once, checked, held in memory or in CACHE_DIR/*.npy
+        >>> # cached_sources([make_source("utkface:data/UTKFace")], (64, 64), mode="disk")
     """
     check_choice("training.cache", mode, CACHE_MODES)
     check_choice("training.bad_images", bad_images, BAD_IMAGES)
@@ -415,6 +462,13 @@ def source_dataset(source: Source, tasks: Sequence[Task], shuffle_seed: int | No
     shuffled datasets only) fills rows' missing labels from its variables, read by row id at
     every pass; a :class:`~kfacemtl.coupling.CoAnnotation` fills them first from the related
     task's real label (a pseudo-label then fills only what is still missing).
+
+    Example:
+        >>> from kfacemtl.sources import make_source
+        >>> from kfacemtl.tasks import resolve_tasks
+        >>> image, labels, weights = next(iter(source_dataset(make_source("synthetic:lab?n=4"), resolve_tasks(["gender", "expression"]))))
+        >>> tuple(image.shape), float(weights["gender"]), float(weights["expression"])   # lab has no gender labels
+        ((64, 64, 3), 0.0, 1.0)
     """
     labels, weights = source.labels(tasks)
     if coannotation is not None:
@@ -490,6 +544,16 @@ def make_dataset(sources: Sequence[Source], tasks: Sequence[Task], batch_size: i
         A ``tf.data.Dataset`` of ``(images, {task: label}, {task: weight})``. With
         ``training=True`` it is infinite: pass ``steps_per_epoch`` to ``fit``
         (:func:`steps_per_epoch` gives one pass over the data).
+
+    Example:
+        >>> from kfacemtl.sources import make_source
+        >>> from kfacemtl.tasks import resolve_tasks
+        >>> sources = [make_source("synthetic:lab?n=16"), make_source("synthetic:portraits?n=16")]
+        >>> ds = make_dataset(sources, resolve_tasks(["gender", "expression"]), batch_size=8, image_size=(32, 32),
+        ...                   mixing="balanced")
+        >>> images, labels, weights = next(iter(ds))
+        >>> tuple(images.shape), sorted(weights)
+        ((8, 32, 32, 3), ['expression', 'gender'])
     """
     if not sources:
         raise ConfigError("sources", "no sources given")
@@ -526,5 +590,11 @@ def make_dataset(sources: Sequence[Source], tasks: Sequence[Task], batch_size: i
 
 
 def steps_per_epoch(sources: Sequence[Source], batch_size: int) -> int:
-    """Batches in one pass over all sources (at least 1)."""
+    """Batches in one pass over all sources (at least 1).
+
+    Example:
+        >>> from kfacemtl.sources import make_source
+        >>> steps_per_epoch([make_source("synthetic:lab?n=100"), make_source("synthetic:webcam?n=60")], 64)
+        2
+    """
     return max(1, sum(len(s) for s in sources) // int(batch_size))

@@ -38,17 +38,38 @@ _SUFFIXES = ("_probs", "_label", "_class", "_active")
 
 
 class ServingError(KfacemtlError):
-    """A prediction request failed."""
+    """A prediction request failed.
+
+    Example:
+        >>> try:
+        ...     LocalPredictor("saved_models/faces/1").predict(["no-such-face.jpg"])   # doctest: +SKIP
+        ... except ServingError as e:                   # every serving failure: model, input or server
+        ...     print(e)
+        >>> issubclass(InvalidInputError, ServingError) and issubclass(ModelNotFoundError, ServingError)
+        True
+    """
 
 
 class ModelNotFoundError(ServingError):
-    """The server does not have the model, version or label asked for (NOT_FOUND)."""
+    """The server does not have the model, version or label asked for (NOT_FOUND).
+
+    Example:
+        >>> # Client("localhost:8500", "faces", version=9).predict(["face.jpg"])
+        >>> #   ModelNotFoundError: model 'faces' version 9: not found on localhost:8500 ...
+        >>> issubclass(ModelNotFoundError, ServingError)
+        True
+    """
 
 
 class InvalidInputError(ServingError):
     """The server refused the input (INVALID_ARGUMENT): corrupt, empty or oversized images.
 
     ``image`` names the offending image when it is known, ``detail`` is the server's reason.
+
+    Example:
+        >>> e = InvalidInputError("notes.png: is not a JPEG or PNG", image="notes.png")
+        >>> e.image, e.detail
+        ('notes.png', 'notes.png: is not a JPEG or PNG')
     """
 
     def __init__(self, message: str, image: str | None = None, detail: str = ""):
@@ -57,11 +78,29 @@ class InvalidInputError(ServingError):
 
 
 class ServerUnavailableError(ServingError):
-    """The server did not answer, even after the retries (UNAVAILABLE or a timeout)."""
+    """The server did not answer, even after the retries (UNAVAILABLE or a timeout).
+
+    Example:
+        >>> # Client("localhost:8500", "faces", retries=3).predict(["face.jpg"])   # no server there
+        >>> #   ServerUnavailableError: localhost:8500 did not answer after 3 retries ...
+        >>> issubclass(ServerUnavailableError, ServingError)
+        True
+    """
 
 
 def read_images(images: Sequence) -> tuple[list[bytes], list[str]]:
-    """Paths or bytes → ``(encoded bytes, display names)``; a missing file is a clear error."""
+    """Paths or bytes → ``(encoded bytes, display names)``; a missing file is a clear error.
+
+    Example:
+        >>> data, names = read_images([b"any bytes"])
+        >>> names
+        ['image #0 (bytes)']
+        >>> try:
+        ...     read_images(["no-such-face.jpg"])
+        ... except ServingError as e:
+        ...     print(e)
+        image file 'no-such-face.jpg' does not exist
+    """
     data, names = [], []
     for i, item in enumerate(images):
         if isinstance(item, (bytes, bytearray)):
@@ -390,7 +429,15 @@ def _is_text(values) -> bool:
 
 
 def format_results(results: Sequence[dict], names: Sequence[str]) -> str:
-    """A plain-text table: one row per image, one short column per task."""
+    """A plain-text table: one row per image, one short column per task.
+
+    Example:
+        >>> results = [{"age": 31.4, "gender": {"class": "female", "probs": [0.1, 0.9]}}]
+        >>> print(format_results(results, ["face1.jpg"]))
+        image      age   gender
+        ---------  ----  -------------
+        face1.jpg  31.4  female (0.90)
+    """
     if not results:
         return "(no images)"
     tasks = list(results[0])

@@ -16,6 +16,8 @@ and on the command line as ``FORMAT:PATH``, with options as ``?key=value&key=val
 - ``affectnet:FILE`` — AffectNet's CSV: expression, valence, arousal (``root``, ``contempt``).
 - ``celeba:DIR`` — CelebA attributes: gender from ``Male``, more as tasks (``split``, ``attributes``).
 
+Every format also takes ``sample=N``: a seeded random N of its rows (a slice for a quick run).
+
 Example:
     >>> from kfacemtl.sources import make_source
     >>> src = make_source("synthetic:lab?n=16&split=train")
@@ -50,6 +52,22 @@ class Source(abc.ABC):
 
     Subclasses provide images either in memory (:meth:`images`) or as files
     (:meth:`paths`), and their labels through :meth:`raw_labels`.
+
+    Example:
+        >>> class TwoFaces(Source):                      # a new format is one small class
+        ...     format = "two"
+        ...     def __init__(self):
+        ...         super().__init__("two-faces", "studio", ["gender"])
+        ...     def __len__(self):
+        ...         return 2
+        ...     def images(self):
+        ...         return np.zeros((2, 8, 8, 3), "uint8")
+        ...     def raw_labels(self, task):
+        ...         return np.array([0.0, 1.0]), np.array([True, False])
+        >>> from kfacemtl.tasks import resolve_tasks
+        >>> labels, weights = TwoFaces().labels(resolve_tasks(["gender", "age"]))
+        >>> weights["gender"].tolist(), weights["age"].tolist()          # age: not labelled, weight 0
+        ([1.0, 0.0], [0.0, 0.0])
     """
 
     #: short format name used in ``FORMAT:PATH`` specs
@@ -479,6 +497,12 @@ class FileTableSource(Source):
     Subclasses parse their format and call ``super().__init__(name, domain, paths, labels, present)``
     with ``labels = {task: values}`` and, for tasks some rows lack, ``present = {task: mask}``.
     Every row of a task without a mask is labelled (a NaN there is reported, never trained on).
+
+    Example:
+        >>> src = FileTableSource("faces", "studio", ["a.jpg", "b.jpg"], {"age": [31, 0]},
+        ...                       present={"age": [True, False]})
+        >>> src.tasks, src.paths().tolist()
+        (('age',), ['a.jpg', 'b.jpg'])
     """
 
     def __init__(self, name: str, domain: str, paths: Sequence[str], labels: Mapping[str, np.ndarray],
@@ -1034,11 +1058,15 @@ def _coerce(key_path, value, default):
 def make_source(spec: str | Mapping, key_path: str = "sources", **options) -> Source:
     """Build a source from ``FORMAT:PATH`` (or ``{"spec": ..., **options}``).
 
-    Options not accepted by the format raise a :class:`ConfigError` naming the key.
+    Options not accepted by the format raise a :class:`ConfigError` naming the key. Every
+    format also takes ``sample=N``: a random N of its rows (the same N for the same source,
+    seeded; in their original order), e.g. a slice of a large dataset for a quick run.
 
     Example:
         >>> make_source("synthetic:webcam", n=4).domain
         'webcam'
+        >>> len(make_source("synthetic:lab?n=10&sample=3"))
+        3
     """
     if isinstance(spec, Mapping):
         options = {**{k: v for k, v in spec.items() if k != "spec"}, **options}
@@ -1052,10 +1080,28 @@ def make_source(spec: str | Mapping, key_path: str = "sources", **options) -> So
     params = inspect.signature(cls.__init__).parameters
     allowed = list(params)[2:]  # after self and the PATH argument
     merged = {**query, **options}
+    sample = merged.pop("sample", None)
     for key in merged:
         if key not in allowed:
             raise ConfigError(f"{key_path}.{key}", f"not an option of {fmt} sources; options are {allowed}")
     kwargs = {k: _coerce(f"{key_path}.{k}", v, params[k].default) for k, v in merged.items()}
     if isinstance(kwargs.get("tasks"), str):
         kwargs["tasks"] = [t for t in kwargs["tasks"].split(",") if t]
-    return cls(path, **kwargs)
+    source = cls(path, **kwargs)
+    return source if sample is None else sample_rows(source, _coerce(f"{key_path}.sample", sample, 0), key_path)
+
+
+def sample_rows(source: Source, n: int, key_path: str = "sources") -> Source:
+    """``n`` rows of ``source`` drawn at random with a fixed seed, kept in their order (all rows if it has fewer).
+
+    Example:
+        >>> sub = sample_rows(make_source("synthetic:lab?n=8"), 3)
+        >>> len(sub), sub.name, list(sub.rows) == sorted(sub.rows)
+        (3, 'lab-train', True)
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ConfigError(f"{key_path}.sample", f"expected a positive number of rows, got {n!r}")
+    if n >= len(source):
+        return source
+    rows = np.sort(np.random.default_rng(0).choice(len(source), size=n, replace=False))
+    return RowSubset(source, rows)

@@ -81,6 +81,11 @@ class Domain:
         expression_probs: how often each expression appears (FER2013 order).
         age_range: ages drawn in this domain.
         identities: people in the training split (the test split has as many new ones).
+
+    Example:
+        >>> lab = DOMAINS["lab"]
+        >>> lab.labels, lab.color
+        (('expression', 'action_units'), True)
     """
 
     name: str
@@ -133,6 +138,11 @@ def sample_factors(n: int, domain: Domain, rng: np.random.Generator, split: str 
         A dict of numpy arrays, one row per face: the labels (``age``, ``gender``, ``race``,
         ``expression``, ``action_units`` (n, 14), ``valence_arousal`` (n, 2), ``identity``) and
         the rendering parameters.
+
+    Example:
+        >>> f = sample_factors(4, DOMAINS["portraits"], np.random.default_rng(0))
+        >>> f["age"].shape, bool(((f["age"] >= 0) & (f["age"] <= 120)).all())
+        ((4,), True)
     """
     ids = rng.integers(0, domain.identities, size=n)
     uniq = np.unique(ids)
@@ -267,6 +277,12 @@ def render_faces(f: dict, domain: Domain, rng: np.random.Generator, regions: boo
     Returns:
         ``uint8`` images ``(n, 64, 64, 3)`` (grayscale domains repeat one channel), and the
         region masks when asked.
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> images = render_faces(sample_factors(2, DOMAINS["webcam"], rng), DOMAINS["webcam"], rng)
+        >>> images.shape, images.dtype
+        ((2, 64, 64, 3), dtype('uint8'))
     """
     n = len(f["age"])
     lin = (np.arange(SIZE, dtype="float32") + 0.5) / SIZE * 2 - 1
@@ -516,12 +532,24 @@ def generate(domain: str | Domain, n: int, split: str = "train", seed: int = 0, 
 
 
 def default_cache_dir() -> Path:
-    """Where rendered splits are cached: ``$KFACEMTL_CACHE`` or ``~/.cache/kfacemtl``."""
+    """Where rendered splits are cached: ``$KFACEMTL_CACHE`` or ``~/.cache/kfacemtl``.
+
+    Example:
+        >>> import os
+        >>> default_cache_dir() == Path(os.environ["KFACEMTL_CACHE"]) if "KFACEMTL_CACHE" in os.environ else True
+        True
+    """
     return Path(os.environ.get("KFACEMTL_CACHE", Path.home() / ".cache" / "kfacemtl"))
 
 
 def load_split(domain: str, n: int, split: str = "train", seed: int = 0, cache_dir=None):
-    """Like :func:`generate` but cached on disk as ``.npz`` (written atomically)."""
+    """Like :func:`generate` but cached on disk as ``.npz`` (written atomically).
+
+    Example:
+        >>> images, truth = load_split("lab", 4, split="test", cache_dir="synthetic-cache")   # rendered once, then read
+        >>> images.shape, sorted(truth)[:3]
+        ((4, 64, 64, 3), ['action_units', 'age', 'expression'])
+    """
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     key = hashlib.sha256(json.dumps([DOMAINS[domain].to_config(), n, split, seed, _RENDER_VERSION]).encode()).hexdigest()[:16]
     path = cache / f"synthetic-{domain}-{split}-{n}-{seed}-{key}.npz"

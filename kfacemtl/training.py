@@ -48,7 +48,13 @@ from kfacemtl.weighting import make_weighting
 
 
 def task_metrics_for(task: Task) -> list:
-    """Keras metrics of a task, used as ``weighted_metrics`` so masked rows don't count."""
+    """Keras metrics of a task, used as ``weighted_metrics`` so masked rows don't count.
+
+    Example:
+        >>> from kfacemtl.tasks import get_task
+        >>> [m.name for m in task_metrics_for(get_task("expression"))], [m.name for m in task_metrics_for(get_task("age"))]
+        (['acc'], ['mae'])
+    """
     if task.kind == "classification":
         return [keras.metrics.MeanMetricWrapper(class_accuracy, name="acc")]  # class ids or distributions
     if task.kind == "multilabel":
@@ -57,7 +63,13 @@ def task_metrics_for(task: Task) -> list:
 
 
 def make_optimizer(name: str = "adam", learning_rate: float = 1e-3, weight_decay: float = 0.0):
-    """``adam``, ``adamw`` or ``sgd`` (momentum 0.9)."""
+    """``adam``, ``adamw`` or ``sgd`` (momentum 0.9).
+
+    Example:
+        >>> opt = make_optimizer("sgd", learning_rate=0.01)
+        >>> type(opt).__name__, opt.momentum, opt.nesterov
+        ('SGD', 0.9, True)
+    """
     if name == "adam":
         return keras.optimizers.Adam(learning_rate)
     if name == "adamw":
@@ -113,6 +125,15 @@ def compile_model(model, optimizer="adam", learning_rate: float = 1e-3, weight_d
 
     Returns:
         The model, compiled.
+
+    Example:
+        >>> from kfacemtl.model import build_model
+        >>> from kfacemtl.tasks import resolve_tasks
+        >>> model = build_model(resolve_tasks(["gender", "age"]), input_shape=(16, 16, 3), widths=(4,), depths=1,
+        ...                     embedding_dim=4, head_units=4)
+        >>> model = compile_model(model, learning_rate=1e-3, weighting="dynamic")
+        >>> model.weighting.name, type(model.optimizer).__name__
+        ('dynamic', 'Adam')
     """
     tasks = model_tasks(model)
     if isinstance(optimizer, str):
@@ -145,7 +166,18 @@ def attach_weighting(model, weighting=None, weighting_options: Mapping | None = 
                      loss_weights: Mapping[str, float] | None = None):
     """Give a compiled model its task-weighting strategy (none for ``equal``, or ``static`` with
     ``loss_weights``: Keras's own weighted sum does those). Also used when a saved model resumes,
-    since the strategy is training state that ``model.keras`` does not hold."""
+    since the strategy is training state that ``model.keras`` does not hold.
+
+    Example:
+        >>> from kfacemtl.model import build_model
+        >>> from kfacemtl.tasks import resolve_tasks
+        >>> model = build_model(resolve_tasks(["gender", "age"]), input_shape=(16, 16, 3), widths=(4,), depths=1,
+        ...                     embedding_dim=4, head_units=4)
+        >>> model = compile_model(model)
+        >>> attach_weighting(model, "uncertainty")       # e.g. after load_model, when a run resumes
+        >>> model.weighting.name
+        'uncertainty'
+    """
     if weighting in (None, "equal") or (weighting == "static" and loss_weights):
         return
     if loss_weights:
@@ -154,7 +186,12 @@ def attach_weighting(model, weighting=None, weighting_options: Mapping | None = 
 
 
 def build_sources(specs: Sequence, key: str = "sources") -> list[Source]:
-    """Sources from config entries (``FORMAT:PATH`` strings or mappings)."""
+    """Sources from config entries (``FORMAT:PATH`` strings or mappings).
+
+    Example:
+        >>> [s.name for s in build_sources(["synthetic:lab?n=4", {"spec": "synthetic:webcam", "n": 4}])]
+        ['lab-train', 'webcam-train']
+    """
     return [make_source(spec, key_path=f"{key}[{i}]") for i, spec in enumerate(specs)]
 
 
@@ -163,6 +200,15 @@ def make_distillation(cfg: dict, sources: Sequence[Source], tasks: Sequence[Task
 
     ``teachers`` is a ``.keras`` file or run directory (one fixed teacher) or ``{task: path}``
     (e.g. single-task teachers); by default the model being trained teaches itself.
+
+    Example:
+        >>> from kfacemtl.config import resolve_config
+        >>> from kfacemtl.tasks import resolve_tasks
+        >>> cfg = resolve_config({"sources": ["synthetic:lab?n=8"], "training": {"epochs": 9},
+        ...                       "distillation": {"rounds": 2, "epochs_per_round": 3}})
+        >>> rounds = make_distillation(cfg, build_sources(cfg["sources"]), resolve_tasks(["expression"]), "run")
+        >>> rounds.total_epochs, rounds.rounds
+        (9, 2)
     """
     from kfacemtl.distillation import DataDistillation
     d = cfg["distillation"]
@@ -180,7 +226,16 @@ def make_distillation(cfg: dict, sources: Sequence[Source], tasks: Sequence[Task
 
 
 def check_sources_match_tasks(sources: Sequence[Source], tasks: Sequence[Task]):
-    """Every source must label at least one task of the model (else it only costs time)."""
+    """Every source must label at least one task of the model (else it only costs time).
+
+    Example:
+        >>> from kfacemtl.tasks import resolve_tasks
+        >>> try:
+        ...     check_sources_match_tasks(build_sources(["synthetic:lab?n=4"]), resolve_tasks(["age"]))
+        ... except ConfigError as e:
+        ...     print(e)
+        config key 'sources': source 'lab-train' labels ['expression', 'action_units'], none of which is a task of the model ['age']
+    """
     names = {t.name for t in tasks}
     for s in sources:
         if not set(s.tasks) & names:
@@ -200,7 +255,18 @@ def _config_without_epochs(cfg):
 
 
 def prepare_run_dir(out_dir: Path, cfg: dict, resume: bool):
-    """Create or reopen a run directory; never clobber a finished or foreign run."""
+    """Create or reopen a run directory; never clobber a finished or foreign run.
+
+    Example:
+        >>> from kfacemtl.config import resolve_config
+        >>> cfg = resolve_config({"sources": ["synthetic:lab"]})
+        >>> prepare_run_dir(Path("runs/exp1"), cfg, resume=False)      # new: writes config.yaml
+        >>> try:
+        ...     prepare_run_dir(Path("runs/exp1"), cfg, resume=False)  # never clobbered
+        ... except ConfigError as e:
+        ...     print(str(e)[:60])
+        config key '--out': 'runs/exp1' is not empty; pass --resume
+    """
     config_path = out_dir / "config.yaml"
     if resume:
         if not config_path.exists():
@@ -240,6 +306,11 @@ def train_run(config: Mapping, out_dir, resume: bool = False, verbose="auto", ex
     ``training.strategy`` picks the devices (:mod:`kfacemtl.distribute`): under ``multi_worker``
     every host runs this same call; the chief writes ``out_dir``, the others a scratch folder of
     their own (:func:`~kfacemtl.distribute.worker_dir`), and each returns its report.
+
+    Example:
+        >>> # report = train_run(load_config("configs/real_mtl.yaml"), "runs/real_mtl")
+        >>> # report = train_run(load_config("configs/real_mtl.yaml"), "runs/real_mtl", resume=True)  # after a crash
+        >>> # print(report["table"])             # the evaluation of eval_sources; also in runs/real_mtl/report.json
     """
     from kfacemtl.evaluation import evaluate_sources, format_table
     from kfacemtl.plots import plot_confusion, plot_history, plot_relatedness, plot_task_weights
@@ -369,6 +440,11 @@ def demo_config(train_faces: int = 6000, test_faces: int = 1000, epochs: int = D
     portraits (age, gender, race), lab (expression, AUs; a small CK+-like set), webcam
     (expression, grayscale, low resolution) and affect (expression, valence/arousal) train one
     network; street (no labels) is only evaluated.
+
+    Example:
+        >>> cfg = demo_config(train_faces=600, test_faces=100, epochs=2, steps_per_epoch=50)
+        >>> cfg["sources"][0], cfg["training"]["mixing"]
+        ('synthetic:portraits?n=600&seed=0', 'balanced')
     """
     sizes = {"portraits": train_faces, "lab": max(64, train_faces // 3), "webcam": train_faces,
              "affect": max(64, (2 * train_faces) // 3)}

@@ -60,6 +60,17 @@ class TaskWeighting:
     network's gradient follows; ``aux_loss`` (or None) is what the strategy's own
     :attr:`variables` follow, with :meth:`make_optimizer`. :meth:`on_epoch_end` sees the
     epoch's mean loss per task; :meth:`get_state` / :meth:`set_state` let a run resume.
+
+    Example:
+        >>> class Halves(TaskWeighting):                 # a new strategy is one small class
+        ...     name = "halves"
+        ...     def combine(self, losses, present, features):
+        ...         weights = 0.5 * keras.ops.ones_like(losses)
+        ...         return keras.ops.sum(weights * losses * present), weights, None
+        >>> total, weights, _ = Halves(["age", "gender"]).combine(keras.ops.convert_to_tensor([2.0, 4.0]),
+        ...                                                       keras.ops.convert_to_tensor([1.0, 1.0]), None)
+        >>> float(total)
+        3.0
     """
 
     name = ""

@@ -3,7 +3,7 @@ import pytest
 
 from kfacemtl.evaluation import (classification_metrics, concordance_cc, format_table, multilabel_metrics,
                                  regression_metrics)
-from kfacemtl.tasks import get_task
+from kfacemtl.tasks import get_task, resolve_tasks
 
 
 def test_classification_metrics_hand_computed():
@@ -33,3 +33,16 @@ def test_table_lists_sources_and_headline_metrics():
                         [get_task("gender"), get_task("age")])
     assert "gender acc" in text and "age MAE" in text and "0.750 (4)" in text
     assert text.splitlines()[-1].split() == ["b", "-", "-"]
+
+
+def test_compare_results_signs_every_metric_so_positive_means_better():
+    from kfacemtl.evaluation import compare_results
+    tasks = resolve_tasks(["age", "gender", "action_units", "valence_arousal"])
+    base = {"a": {"age": {"mae": 5.0, "n": 3}, "gender": {"accuracy": 0.8, "n": 3}},
+            "b": {"action_units": {"mean_f1": 0.4, "n": 2}, "valence_arousal": {"mean_ccc": 0.5, "n": 2}}}
+    new = {"a": {"age": {"mae": 6.0, "n": 3}, "gender": {"accuracy": 0.9, "n": 3}},
+           "b": {"action_units": {"mean_f1": 0.3, "n": 2}, "valence_arousal": {"mean_ccc": 0.7, "n": 2}},
+           "c": {"gender": {"accuracy": 1.0, "n": 1}}}  # no baseline for c: left out
+    rows = {(r["task"], r["source"]): r["delta"] for r in compare_results(base, new, tasks)}
+    assert rows == pytest.approx({("age", "a"): -1.0, ("gender", "a"): 0.1, ("action_units", "b"): -0.1,
+                                  ("valence_arousal", "b"): 0.2})

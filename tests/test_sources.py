@@ -111,6 +111,24 @@ def test_specs_and_options():
         make_source("synthetic:mars")
 
 
+def test_any_source_samples_a_seeded_subset_of_its_rows(tmp_path):
+    rows = [(f"f{i}.png", i % 2) for i in range(12)]
+    for name, _ in rows:
+        write_png(tmp_path / name, np.zeros((4, 4, 3)))
+    (tmp_path / "m.csv").write_text("path,gender\n" + "".join(f"{p},{g}\n" for p, g in rows))
+    full = make_source(f"csv:{tmp_path}/m.csv")
+    a, b = make_source(f"csv:{tmp_path}/m.csv?sample=5"), make_source(f"csv:{tmp_path}/m.csv", sample=5)
+    assert len(a) == 5 and list(a.paths()) == list(b.paths())  # the same rows every time
+    picked = [list(full.paths()).index(p) for p in a.paths()]
+    assert picked == sorted(picked) and picked != list(range(5))  # drawn across the file, kept in order
+    labels = a.labels(resolve_tasks(["gender"]))[0]["gender"]
+    assert list(labels) == [rows[i][1] for i in picked]  # each row keeps its own label
+    assert len(make_source(f"csv:{tmp_path}/m.csv?sample=50")) == 12  # more than there are: all of them
+    for bad in ("0", "-3", "many"):
+        with pytest.raises(ConfigError, match=r"sources\.sample"):
+            make_source(f"csv:{tmp_path}/m.csv?sample={bad}")
+
+
 # --- real dataset formats: fixtures written in each format by the test, then the real folders when present ---
 
 REAL_DATA = Path(os.environ.get("KFACEMTL_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
