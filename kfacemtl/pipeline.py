@@ -139,9 +139,11 @@ def augment_image(image, seed):
 
 def augment_batch(images, seed):
     """Light training augmentation in TF ops, drawn per image, computed for the whole batch at once: flip, shift
-    (pad with black, crop at a random offset of up to ``max(2, H/16)`` pixels), brightness (± 0.12), contrast
-    (× 0.8 to 1.25 around each channel's mean), clipped to [0, 1]. The same distributions as TensorFlow's
-    ``stateless_random_*`` image ops, in a handful of batched ops instead of several per image.
+    (as if padded with black and cropped at a random offset of up to ``max(2, H/16)`` pixels), brightness
+    (± 0.12), contrast (× 0.8 to 1.25 around each channel's mean), clipped to [0, 1]. The same distributions as
+    TensorFlow's ``stateless_random_*`` image ops, in a few batched ops: the flip and the shift are two
+    gathers (rows, then columns, read from the padded image in flipped order where drawn), brightness and
+    contrast one affine map, ``factor · x + (1 − factor) · mean + brightness``.
 
     Args:
         images: float32 (B, H, W, 3) in [0, 1].
@@ -156,17 +158,21 @@ def augment_batch(images, seed):
     b = tf.shape(images)[0]
     seeds = tf.random.experimental.stateless_split(seed, 5)
     flip = tf.random.stateless_uniform([b], seeds[0]) < 0.5
-    images = tf.where(flip[:, None, None, None], tf.reverse(images, axis=[2]), images)
     pad = max(2, h // 16)
-    padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
     dy = tf.random.stateless_uniform([b], seeds[1], 0, 2 * pad + 1, dtype=tf.int32)
     dx = tf.random.stateless_uniform([b], seeds[2], 0, 2 * pad + 1, dtype=tf.int32)
+    # output pixel (y, x) is pixel (y + dy, x + dx) of the padded image, flipped first when drawn: as the padding is
+    # symmetric, the flipped padded image's column c is the padded image's column (w + 2·pad − 1 − c)
+    padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
+    cols = dx[:, None] + tf.range(w)[None]
+    cols = tf.where(flip[:, None], (w + 2 * pad - 1) - cols, cols)
     images = tf.gather(padded, dy[:, None] + tf.range(h)[None], axis=1, batch_dims=1)
-    images = tf.gather(images, dx[:, None] + tf.range(w)[None], axis=2, batch_dims=1)
-    images = images + tf.random.stateless_uniform([b, 1, 1, 1], seeds[3], -0.12, 0.12)
+    images = tf.gather(images, cols, axis=2, batch_dims=1)
+    brightness = tf.random.stateless_uniform([b, 1, 1, 1], seeds[3], -0.12, 0.12)
     factor = tf.random.stateless_uniform([b, 1, 1, 1], seeds[4], 0.8, 1.25)
+    # contrast around the mean of the brightened image: (x + c − (m + c)) · f + m + c = f · x + (1 − f) · m + c
     mean = tf.reduce_mean(images, axis=[1, 2], keepdims=True)
-    return tf.clip_by_value((images - mean) * factor + mean, 0.0, 1.0)
+    return tf.clip_by_value(images * factor + ((1.0 - factor) * mean + brightness), 0.0, 1.0)
 
 
 def mixing_weights(sources: Sequence[Source], mixing: str | Mapping[str, float] = "proportional") -> np.ndarray:
@@ -475,9 +481,7 @@ def source_dataset(source: Source, tasks: Sequence[Task], shuffle_seed: int | No
         labels, weights = coannotation.apply(labels, weights)
     images = source.images()
     if images is not None:
-        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
-            raise SourceError(f"source {source.name}: in-memory images must be uint8 (n, H, W, 1|3|4), "
-                              f"got {images.dtype} {images.shape}")
+        _check_images(source, images)
         first = np.arange(len(images)) if isinstance(images, np.memmap) else images  # on disk: row ids
     else:
         first = source.paths()
@@ -494,6 +498,78 @@ def source_dataset(source: Source, tasks: Sequence[Task], shuffle_seed: int | No
             y, w = pseudo_labels.merge(source.name, i, y, w)
         return x, y, w
     return order.repeat().map(row)
+
+
+def _check_images(source: Source, images: np.ndarray):
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
+        raise SourceError(f"source {source.name}: in-memory images must be uint8 (n, H, W, 1|3|4), "
+                          f"got {images.dtype} {images.shape}")
+
+
+def _in_memory_images(sources: Sequence[Source], pseudo_labels) -> list | None:
+    """Every source's images when training batches can gather rows a batch at a time: all sources in memory (not
+    a disk cache) and no pseudo-labels (which are merged row by row); else None."""
+    if pseudo_labels is not None:
+        return None
+    arrays = [s.images() for s in sources]  # once: a row subset's images() is a copy
+    return None if any(a is None or isinstance(a, np.memmap) for a in arrays) else arrays
+
+
+def _batched_training_dataset(sources: Sequence[Source], arrays: Sequence[np.ndarray], tasks: Sequence[Task],
+                              batch_size: int, image_size, probs: np.ndarray, seed: int, coannotation,
+                              drop: bool) -> tf.data.Dataset:
+    """Training batches of in-memory sources, gathered a batch at a time.
+
+    Only row ids travel sample by sample: each source's ids (offset into one id space) in a fresh
+    random permutation per pass, mixed by ``probs``, batched. Each batch then gathers its images
+    and labels from every source's table at once and converts, recolours and resizes them as
+    :func:`preprocess_image` does one image. The same samples in the same order as the per-sample
+    path (same seed: same permutations, same mixing draws; that path's parallel maps may swap a few
+    neighbours), at a fraction of its cost, and the same batches every time.
+    """
+    tables, parts, offsets = [], [], [0]
+    for i, (src, images) in enumerate(zip(sources, arrays)):
+        labels, weights = src.labels(tasks)
+        if coannotation is not None:
+            labels, weights = coannotation.apply(labels, weights)
+        _check_images(src, images)
+        n = len(images)
+        if n == 0:
+            raise SourceError(f"source {src.name}: it has no samples")
+        tables.append(tf.nest.map_structure(tf.constant, (images, labels, weights)))
+        start = offsets[-1]
+        parts.append(tf.data.Dataset.range(start, start + n).shuffle(n, seed=seed + i, reshuffle_each_iteration=True)
+                     .repeat())
+        offsets.append(start + n)
+    ids = tf.data.Dataset.sample_from_datasets(parts, weights=probs.tolist(), seed=seed) if len(parts) > 1 else parts[0]
+    starts = tf.constant(offsets[:-1], tf.int64)
+
+    def gather(batch_ids):
+        which = tf.searchsorted(starts, batch_ids, side="right") - 1  # the source of each id
+        where, xs, ys, ws = [], [], [], []
+        for i, (images, labels, weights) in enumerate(tables):
+            at = tf.cast(tf.where(tf.equal(which, i))[:, 0], tf.int32)
+            rows = tf.gather(batch_ids, at) - offsets[i]
+            where.append(at)
+            xs.append(_preprocess_batch(tf.gather(images, rows), image_size))
+            ys.append({t: tf.gather(v, rows) for t, v in labels.items()})
+            ws.append({t: tf.gather(v, rows) for t, v in weights.items()})
+        stitch = lambda parts_: tf.dynamic_stitch(where, parts_)  # noqa: E731
+        return (stitch(xs), {t: stitch([y[t] for y in ys]) for t in ys[0]},
+                {t: stitch([w[t] for w in ws]) for t in ws[0]})
+
+    return ids.batch(int(batch_size), drop_remainder=drop).map(gather, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _preprocess_batch(images, image_size):
+    """:func:`preprocess_image` for a batch of uint8 images of one size and channel count."""
+    channels = images.shape[-1]
+    images = tf.repeat(images[..., :1], 3, axis=-1) if channels < 3 else images[..., :3]
+    images = tf.image.convert_image_dtype(images, tf.float32)
+    if tuple(images.shape[1:3]) == tuple(image_size):
+        return images
+    images = tf.image.resize(images, image_size, method="bilinear", antialias=True)
+    return tf.clip_by_value(images, 0.0, 1.0)
 
 
 def _loader(source: Source, image_size):
@@ -565,23 +641,28 @@ def make_dataset(sources: Sequence[Source], tasks: Sequence[Task], batch_size: i
                              bad_images, skipped)
     auto = tf.data.AUTOTUNE
     parts = []
-    for i, src in enumerate(sources):
+    arrays = _in_memory_images(sources, pseudo_labels) if training else None
+    for i, src in enumerate(sources if arrays is None else ()):
         ds = source_dataset(src, tasks, shuffle_seed=seed + i if training else None,
                             pseudo_labels=pseudo_labels if training else None,
                             coannotation=coannotation if training else None)
         load = _loader(src, image_size)
         ds = ds.map(lambda x, y, w: (load(x), y, w), num_parallel_calls=auto, deterministic=not training)
         parts.append(ds)
-    if training:
+    if arrays is not None:  # every source in memory: only row ids go sample by sample, the rest a batch at a time
+        drop = True if drop_remainder is None else drop_remainder
+        ds = _batched_training_dataset(sources, arrays, tasks, batch_size, image_size, mixing_weights(sources, mixing),
+                                       seed, coannotation, drop)
+    elif training:
         probs = mixing_weights(sources, mixing)
         ds = tf.data.Dataset.sample_from_datasets(parts, weights=probs.tolist(), seed=seed) if len(parts) > 1 else parts[0]
         drop = True if drop_remainder is None else drop_remainder
+        ds = ds.batch(int(batch_size), drop_remainder=drop, num_parallel_calls=auto)
     else:
         ds = parts[0]
         for p in parts[1:]:
             ds = ds.concatenate(p)
-        drop = bool(drop_remainder)
-    ds = ds.batch(int(batch_size), drop_remainder=drop, num_parallel_calls=auto)
+        ds = ds.batch(int(batch_size), drop_remainder=bool(drop_remainder), num_parallel_calls=auto)
     if training and augment:  # per batch: a few batched ops instead of several per image
         ds = tf.data.Dataset.zip((ds, tf.data.Dataset.counter())).map(
             lambda e, c: (augment_batch(e[0], tf.stack([tf.cast(seed, tf.int64), c])), e[1], e[2]),

@@ -1,3 +1,5 @@
+from collections import Counter
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -83,6 +85,37 @@ def test_batched_augmentation_draws_per_image_and_repeats_with_its_seed():
     assert len({tuple(np.round(o[16, :, 0], 4)) for o in out}) > 100  # shifts, contrasts: (almost) all differ
 
 
+def _augment_reference(images, seed):
+    """The augmentation written out step by step: flip, pad with black and crop, brightness, contrast, clip."""
+    import tensorflow as tf
+    n, h, w = images.shape[:3]
+    seeds = tf.random.experimental.stateless_split(seed, 5)
+    flip = (tf.random.stateless_uniform([n], seeds[0]) < 0.5).numpy()
+    pad = max(2, h // 16)
+    dy = tf.random.stateless_uniform([n], seeds[1], 0, 2 * pad + 1, dtype=tf.int32).numpy()
+    dx = tf.random.stateless_uniform([n], seeds[2], 0, 2 * pad + 1, dtype=tf.int32).numpy()
+    bright = tf.random.stateless_uniform([n], seeds[3], -0.12, 0.12).numpy()
+    factor = tf.random.stateless_uniform([n], seeds[4], 0.8, 1.25).numpy()
+    out = []
+    for i, image in enumerate(images):
+        image = image[:, ::-1] if flip[i] else image
+        padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)))
+        image = padded[dy[i]:dy[i] + h, dx[i]:dx[i] + w] + bright[i]
+        mean = image.mean(axis=(0, 1), keepdims=True)
+        out.append(np.clip((image - mean) * factor[i] + mean, 0, 1))
+    return np.stack(out)
+
+
+def test_batched_augmentation_equals_flip_pad_crop_brightness_contrast_done_step_by_step():
+    import tensorflow as tf
+
+    from kfacemtl.pipeline import augment_batch
+    images = np.random.default_rng(0).random((64, 20, 24, 3), dtype="float32")  # not square: x and y kept apart
+    for seed in ([0, 1], [5, 9]):
+        np.testing.assert_allclose(augment_batch(tf.constant(images), tf.constant(seed)).numpy(),
+                                   _augment_reference(images, tf.constant(seed)), atol=2e-6)
+
+
 class _SortedSource(Source):
     """In-memory rows sorted by class, like class folders or UTKFace's age-ordered file names."""
 
@@ -110,9 +143,62 @@ def test_training_order_is_a_full_permutation_of_each_source():
     assert 2000 < int(first["gender"].numpy().sum()) < 3000  # both halves of the sorted rows from the start
     second = next(batches)[1]
     ages = np.concatenate([first["age"].numpy()[:, 0], second["age"].numpy()[:, 0]])
-    # one pass = every row once; training maps run in parallel without keeping order, so a few rows of the next
-    # pass may overtake the last ones of this pass (seen once in a full suite run: 9,999 distinct)
-    assert len(np.unique(np.round(ages, 3))) >= 9950
+    # one pass = every row once (in-memory sources: the row ids are batched in order, so exactly)
+    assert len(np.unique(np.round(ages, 3))) == 10000
+
+
+class _NumberedSource(Source):
+    """In-memory rows whose image and age both say the row number (first pixel = row, age = row / 2)."""
+
+    def __init__(self, name, n, size, channels):
+        super().__init__(name, name, ("age",))
+        self.n, self.size, self.channels = n, size, channels
+
+    def __len__(self):
+        return self.n
+
+    def images(self):
+        rng = np.random.default_rng(len(self.name))
+        images = rng.integers(0, 256, (self.n, self.size, self.size, self.channels), dtype=np.uint8)
+        images[:, 0, 0, :] = np.arange(self.n)[:, None]
+        return images
+
+    def raw_labels(self, task):
+        return (np.arange(self.n) / 2.0)[:, None], np.ones(self.n, bool)
+
+
+def test_batches_gathered_at_once_pair_each_image_with_its_own_labels_and_preprocessing():
+    from kfacemtl.pipeline import preprocess_image
+    tasks = resolve_tasks(["age", "gender"])
+    # gray at the input size, RGB at another size (resized), RGBA (alpha dropped): three tables, one batch
+    sources = [_NumberedSource("gray", 90, 8, 1), _NumberedSource("rgb", 70, 12, 3), _NumberedSource("rgba", 50, 8, 4)]
+    expected = {s.name: np.stack([preprocess_image(img, (8, 8)).numpy() for img in s.images()]) for s in sources}
+    seen = {s.name: set() for s in sources}
+    for images, labels, weights in make_dataset(sources, tasks, batch_size=32, image_size=(8, 8), augment=False,
+                                                mixing="balanced").take(12):
+        assert images.shape == (32, 8, 8, 3) and set(weights["gender"].numpy()) == {0.0}
+        for img, age in zip(images.numpy(), labels["age"].numpy()[:, 0]):
+            row = int(round(age * 2))
+            matches = [n for n, e in expected.items() if row < len(e) and np.array_equal(e[row], img)]
+            assert len(matches) == 1, (row, matches)  # exactly its own row's image, preprocessed as one image is
+            seen[matches[0]].add(row)
+    assert all(len(rows) > 20 for rows in seen.values())  # every source drawn, many rows each
+
+
+def test_batches_gathered_at_once_are_the_samples_of_the_per_sample_path_and_repeat_with_their_seed():
+    from kfacemtl.distillation import PseudoLabels
+    tasks = resolve_tasks(["age"])
+    sources = [_NumberedSource("gray", 90, 8, 1), _NumberedSource("rgb", 70, 12, 3)]
+
+    def ages(per_sample, batches):  # pseudo-labels (none assigned yet) make the pipeline read rows one by one
+        ds = make_dataset(sources, tasks, batch_size=16, image_size=(8, 8), augment=False, mixing="balanced", seed=3,
+                          pseudo_labels=PseudoLabels(sources, tasks) if per_sample else None)
+        return np.concatenate([y["age"].numpy()[:, 0] for _, y, _ in ds.take(batches)]).tolist()
+
+    batched = ages(False, 10)
+    assert batched == ages(False, 10)  # the same batches every time
+    per_sample = ages(True, 12)  # its parallel maps may swap neighbours: compare what was drawn, with a margin
+    assert not Counter(batched) - Counter(per_sample)
 
 
 def _rows_of(images, direct):
