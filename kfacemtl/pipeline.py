@@ -506,59 +506,97 @@ def _check_images(source: Source, images: np.ndarray):
                           f"got {images.dtype} {images.shape}")
 
 
-def _in_memory_images(sources: Sequence[Source], pseudo_labels) -> list | None:
-    """Every source's images when training batches can gather rows a batch at a time: all sources in memory (not
-    a disk cache) and no pseudo-labels (which are merged row by row); else None."""
-    if pseudo_labels is not None:
+def _in_memory_images(sources: Sequence[Source], pseudo_labels, batch_size: int) -> list | None:
+    """Every source's images when training batches can be made a batch at a time: all sources in memory (not a
+    disk cache), each at least a batch long (a batch spans at most two passes of a source), and no pseudo-labels
+    (which are merged row by row); else None."""
+    if pseudo_labels is not None or any(len(s) < int(batch_size) for s in sources):
         return None
     arrays = [s.images() for s in sources]  # once: a row subset's images() is a copy
     return None if any(a is None or isinstance(a, np.memmap) for a in arrays) else arrays
 
 
 def _batched_training_dataset(sources: Sequence[Source], arrays: Sequence[np.ndarray], tasks: Sequence[Task],
-                              batch_size: int, image_size, probs: np.ndarray, seed: int, coannotation,
-                              drop: bool) -> tf.data.Dataset:
-    """Training batches of in-memory sources, gathered a batch at a time.
+                              batch_size: int, image_size, probs: np.ndarray, seed: int,
+                              coannotation) -> tf.data.Dataset:
+    """Training batches of in-memory sources, made a batch at a time.
 
-    Only row ids travel sample by sample: each source's ids (offset into one id space) in a fresh
-    random permutation per pass, mixed by ``probs``, batched. Each batch then gathers its images
-    and labels from every source's table at once and converts, recolours and resizes them as
-    :func:`preprocess_image` does one image. The same samples in the same order as the per-sample
-    path (same seed: same permutations, same mixing draws; that path's parallel maps may swap a few
-    neighbours), at a fraction of its cost, and the same batches every time.
+    Each batch draws its row ids (:func:`_mixed_row_ids`: every slot's source drawn with ``probs``,
+    each source's rows in a fresh random permutation per pass), then gathers its images and labels
+    from every source's table at once and converts, recolours and resizes them as
+    :func:`preprocess_image` does one image. Nothing goes sample by sample, and the same seed gives
+    the same batches.
     """
-    tables, parts, offsets = [], [], [0]
-    for i, (src, images) in enumerate(zip(sources, arrays)):
+    tables, offsets = [], [0]
+    for src, images in zip(sources, arrays):
         labels, weights = src.labels(tasks)
         if coannotation is not None:
             labels, weights = coannotation.apply(labels, weights)
         _check_images(src, images)
-        n = len(images)
-        if n == 0:
+        if len(images) == 0:
             raise SourceError(f"source {src.name}: it has no samples")
         tables.append(tf.nest.map_structure(tf.constant, (images, labels, weights)))
-        start = offsets[-1]
-        parts.append(tf.data.Dataset.range(start, start + n).shuffle(n, seed=seed + i, reshuffle_each_iteration=True)
-                     .repeat())
-        offsets.append(start + n)
-    ids = tf.data.Dataset.sample_from_datasets(parts, weights=probs.tolist(), seed=seed) if len(parts) > 1 else parts[0]
-    starts = tf.constant(offsets[:-1], tf.int64)
+        offsets.append(offsets[-1] + len(images))
 
-    def gather(batch_ids):
-        which = tf.searchsorted(starts, batch_ids, side="right") - 1  # the source of each id
+    def gather(which, rows):
         where, xs, ys, ws = [], [], [], []
         for i, (images, labels, weights) in enumerate(tables):
             at = tf.cast(tf.where(tf.equal(which, i))[:, 0], tf.int32)
-            rows = tf.gather(batch_ids, at) - offsets[i]
+            mine = tf.gather(rows, at)
             where.append(at)
-            xs.append(_preprocess_batch(tf.gather(images, rows), image_size))
-            ys.append({t: tf.gather(v, rows) for t, v in labels.items()})
-            ws.append({t: tf.gather(v, rows) for t, v in weights.items()})
+            xs.append(_preprocess_batch(tf.gather(images, mine), image_size))
+            ys.append({t: tf.gather(v, mine) for t, v in labels.items()})
+            ws.append({t: tf.gather(v, mine) for t, v in weights.items()})
         stitch = lambda parts_: tf.dynamic_stitch(where, parts_)  # noqa: E731
         return (stitch(xs), {t: stitch([y[t] for y in ys]) for t in ys[0]},
                 {t: stitch([w[t] for w in ws]) for t in ws[0]})
 
-    return ids.batch(int(batch_size), drop_remainder=drop).map(gather, num_parallel_calls=tf.data.AUTOTUNE)
+    ids = _mixed_row_ids(np.diff(offsets).tolist(), probs, int(batch_size), seed)
+    return ids.map(gather, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _mixed_row_ids(sizes: Sequence[int], probs: np.ndarray, batch_size: int, seed: int) -> tf.data.Dataset:
+    """An infinite dataset of batches ``(source index, row)``, each ``(batch_size,)``: every slot's source drawn
+    with ``probs`` (independently, as ``sample_from_datasets`` draws), each source's rows taken in order from a
+    fresh random permutation per pass. A stateless function of ``seed``, the batch number and the pass number.
+    """
+    seed = int(seed)
+    logits = tf.math.log(tf.constant([probs], tf.float64))
+
+    def permutation(i, number):
+        return tf.random.experimental.stateless_shuffle(tf.range(sizes[i], dtype=tf.int64),
+                                                        seed=tf.stack([tf.constant(seed + i, tf.int64), number]))
+
+    zero = tf.constant(0, tf.int64)
+    initial = (tf.zeros([len(sizes)], tf.int64), tf.zeros([len(sizes)], tf.int64),
+               tuple(permutation(i, zero) for i in range(len(sizes))))
+
+    def step(state, batch_number):
+        position, passes, perms = state
+        which = tf.random.stateless_categorical(logits, batch_size, seed=tf.stack([tf.constant(seed, tf.int64),
+                                                                                    batch_number]))[0]
+        where, rows, new_position, new_passes, new_perms = [], [], [], [], []
+        for i, n in enumerate(sizes):
+            at = tf.cast(tf.where(tf.equal(which, i))[:, 0], tf.int32)
+            k, p = tf.cast(tf.size(at), tf.int64), position[i]
+
+            def within(i=i, k=k, p=p):
+                return perms[i][p:p + k], p + k, passes[i], perms[i]
+
+            def next_pass(i=i, k=k, p=p, n=n):  # the rest of this pass, then the start of a new permutation
+                fresh = permutation(i, passes[i] + 1)
+                return tf.concat([perms[i][p:], fresh[:k - (n - p)]], 0), k - (n - p), passes[i] + 1, fresh
+
+            taken, p, number, perm = tf.cond(p + k <= n, within, next_pass)
+            where.append(at)
+            rows.append(taken)
+            new_position.append(p)
+            new_passes.append(number)
+            new_perms.append(perm)
+        state = (tf.stack(new_position), tf.stack(new_passes), tuple(new_perms))
+        return state, (tf.cast(which, tf.int32), tf.dynamic_stitch(where, rows))
+
+    return tf.data.Dataset.counter().scan(initial, step)
 
 
 def _preprocess_batch(images, image_size):
@@ -641,7 +679,7 @@ def make_dataset(sources: Sequence[Source], tasks: Sequence[Task], batch_size: i
                              bad_images, skipped)
     auto = tf.data.AUTOTUNE
     parts = []
-    arrays = _in_memory_images(sources, pseudo_labels) if training else None
+    arrays = _in_memory_images(sources, pseudo_labels, batch_size) if training else None
     for i, src in enumerate(sources if arrays is None else ()):
         ds = source_dataset(src, tasks, shuffle_seed=seed + i if training else None,
                             pseudo_labels=pseudo_labels if training else None,
@@ -649,10 +687,9 @@ def make_dataset(sources: Sequence[Source], tasks: Sequence[Task], batch_size: i
         load = _loader(src, image_size)
         ds = ds.map(lambda x, y, w: (load(x), y, w), num_parallel_calls=auto, deterministic=not training)
         parts.append(ds)
-    if arrays is not None:  # every source in memory: only row ids go sample by sample, the rest a batch at a time
-        drop = True if drop_remainder is None else drop_remainder
+    if arrays is not None:  # every source in memory: whole batches at a time, nothing sample by sample
         ds = _batched_training_dataset(sources, arrays, tasks, batch_size, image_size, mixing_weights(sources, mixing),
-                                       seed, coannotation, drop)
+                                       seed, coannotation)
     elif training:
         probs = mixing_weights(sources, mixing)
         ds = tf.data.Dataset.sample_from_datasets(parts, weights=probs.tolist(), seed=seed) if len(parts) > 1 else parts[0]

@@ -1,5 +1,3 @@
-from collections import Counter
-
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -185,20 +183,27 @@ def test_batches_gathered_at_once_pair_each_image_with_its_own_labels_and_prepro
     assert all(len(rows) > 20 for rows in seen.values())  # every source drawn, many rows each
 
 
-def test_batches_gathered_at_once_are_the_samples_of_the_per_sample_path_and_repeat_with_their_seed():
-    from kfacemtl.distillation import PseudoLabels
+def test_batches_made_at_once_read_each_source_in_a_fresh_permutation_per_pass_and_repeat_with_their_seed():
     tasks = resolve_tasks(["age"])
     sources = [_NumberedSource("gray", 90, 8, 1), _NumberedSource("rgb", 70, 12, 3)]
 
-    def ages(per_sample, batches):  # pseudo-labels (none assigned yet) make the pipeline read rows one by one
-        ds = make_dataset(sources, tasks, batch_size=16, image_size=(8, 8), augment=False, mixing="balanced", seed=3,
-                          pseudo_labels=PseudoLabels(sources, tasks) if per_sample else None)
-        return np.concatenate([y["age"].numpy()[:, 0] for _, y, _ in ds.take(batches)]).tolist()
+    def drawn(seed, batches=40):  # (source, row) of every sample, in order
+        ds = make_dataset(sources, tasks, batch_size=16, image_size=(8, 8), augment=False, mixing="balanced", seed=seed)
+        out = []
+        for images, labels, _ in ds.take(batches):
+            rows = np.round(labels["age"].numpy()[:, 0] * 2).astype(int)
+            out += [("gray" if np.array_equal(img[..., 0], img[..., 1]) else "rgb", r)  # gray: equal channels
+                    for img, r in zip(images.numpy(), rows)]
+        return out
 
-    batched = ages(False, 10)
-    assert batched == ages(False, 10)  # the same batches every time
-    per_sample = ages(True, 12)  # its parallel maps may swap neighbours: compare what was drawn, with a margin
-    assert not Counter(batched) - Counter(per_sample)
+    first = drawn(3)
+    assert first == drawn(3) and first != drawn(4)  # the same batches for the same seed
+    for src in sources:
+        rows = [r for name, r in first if name == src.name]
+        assert 0.4 < len(rows) / len(first) < 0.6  # balanced mixing
+        passes = [rows[i:i + src.n] for i in range(0, len(rows) - src.n + 1, src.n)]
+        assert len(passes) >= 2 and all(sorted(p) == list(range(src.n)) for p in passes)  # each pass: every row once
+        assert passes[0] != passes[1]  # a fresh permutation each pass
 
 
 def _rows_of(images, direct):
