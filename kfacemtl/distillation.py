@@ -152,16 +152,19 @@ class PseudoLabels:
     def merge(self, source_name: str, i, labels: dict, weights: dict) -> tuple[dict, dict]:
         """TF ops: row ``i``'s labels with its pseudo-labels filled in where the real label is missing.
 
-        In soft mode class ids become one-hot distributions, also for a source the store does not
-        hold (every source's batches need the same label structure); labels that are class
-        distributions already (co-annotation) get the pseudo-labels' distributions.
+        ``i`` is one row id (``labels`` and ``weights`` that row's) or a vector of them (and the
+        labels and weights of those rows, stacked). In soft mode class ids become one-hot
+        distributions, also for a source the store does not hold (every source's batches need the
+        same label structure); labels that are class distributions already (co-annotation) get the
+        pseudo-labels' distributions.
         """
         labels, weights = dict(labels), dict(weights)
         held = source_name in self._sizes
+        rows = tf.convert_to_tensor(i).shape.rank  # 0: one row, 1: several
         for t in self.tasks:
             real, real_w = labels[t.name], weights[t.name]
             # class distributions already (co-annotation made them) or to be (soft mode)
-            dist = t.kind == "classification" and real.shape.rank == 1
+            dist = t.kind == "classification" and real.shape.rank == 1 + rows
             soft = t.kind == "classification" and (self.soft or dist)
             if soft and not dist:
                 real = tf.one_hot(tf.cast(real, tf.int32), len(t.classes))
@@ -174,7 +177,8 @@ class PseudoLabels:
                 value = tf.argmax(value, axis=-1)
                 value = tf.one_hot(value, len(t.classes)) if dist else tf.cast(value, real.dtype)
             use = (real_w <= 0) & (pseudo_w > 0)
-            labels[t.name] = tf.where(use, value, real)
+            use_value = tf.reshape(use, tf.concat([tf.shape(use), tf.ones([real.shape.rank - rows], tf.int32)], 0))
+            labels[t.name] = tf.where(use_value, value, real)  # a row's choice spread over its label's values
             weights[t.name] = tf.where(use, pseudo_w, real_w)
         return labels, weights
 

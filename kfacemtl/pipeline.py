@@ -506,26 +506,25 @@ def _check_images(source: Source, images: np.ndarray):
                           f"got {images.dtype} {images.shape}")
 
 
-def _in_memory_images(sources: Sequence[Source], pseudo_labels, batch_size: int) -> list | None:
+def _in_memory_images(sources: Sequence[Source], batch_size: int) -> list | None:
     """Every source's images when training batches can be made a batch at a time: all sources in memory (not a
-    disk cache), each at least a batch long (a batch spans at most two passes of a source), and no pseudo-labels
-    (which are merged row by row); else None."""
-    if pseudo_labels is not None or any(len(s) < int(batch_size) for s in sources):
+    disk cache), each at least a batch long (a batch spans at most two passes of a source); else None."""
+    if any(len(s) < int(batch_size) for s in sources):
         return None
     arrays = [s.images() for s in sources]  # once: a row subset's images() is a copy
     return None if any(a is None or isinstance(a, np.memmap) for a in arrays) else arrays
 
 
 def _batched_training_dataset(sources: Sequence[Source], arrays: Sequence[np.ndarray], tasks: Sequence[Task],
-                              batch_size: int, image_size, probs: np.ndarray, seed: int,
-                              coannotation) -> tf.data.Dataset:
+                              batch_size: int, image_size, probs: np.ndarray, seed: int, coannotation,
+                              pseudo_labels) -> tf.data.Dataset:
     """Training batches of in-memory sources, made a batch at a time.
 
     Each batch draws its row ids (:func:`_mixed_row_ids`: every slot's source drawn with ``probs``,
     each source's rows in a fresh random permutation per pass), then gathers its images and labels
-    from every source's table at once and converts, recolours and resizes them as
-    :func:`preprocess_image` does one image. Nothing goes sample by sample, and the same seed gives
-    the same batches.
+    from every source's table at once (with ``pseudo_labels``' labels where a real one is missing)
+    and converts, recolours and resizes them as :func:`preprocess_image` does one image. Nothing
+    goes sample by sample, and the same seed gives the same batches.
     """
     tables, offsets = [], [0]
     for src, images in zip(sources, arrays):
@@ -545,8 +544,11 @@ def _batched_training_dataset(sources: Sequence[Source], arrays: Sequence[np.nda
             mine = tf.gather(rows, at)
             where.append(at)
             xs.append(_preprocess_batch(tf.gather(images, mine), image_size))
-            ys.append({t: tf.gather(v, mine) for t, v in labels.items()})
-            ws.append({t: tf.gather(v, mine) for t, v in weights.items()})
+            y, w = ({t: tf.gather(v, mine) for t, v in table.items()} for table in (labels, weights))
+            if pseudo_labels is not None:
+                y, w = pseudo_labels.merge(sources[i].name, mine, y, w)
+            ys.append(y)
+            ws.append(w)
         stitch = lambda parts_: tf.dynamic_stitch(where, parts_)  # noqa: E731
         return (stitch(xs), {t: stitch([y[t] for y in ys]) for t in ys[0]},
                 {t: stitch([w[t] for w in ws]) for t in ws[0]})
@@ -679,7 +681,7 @@ def make_dataset(sources: Sequence[Source], tasks: Sequence[Task], batch_size: i
                              bad_images, skipped)
     auto = tf.data.AUTOTUNE
     parts = []
-    arrays = _in_memory_images(sources, pseudo_labels, batch_size) if training else None
+    arrays = _in_memory_images(sources, batch_size) if training else None
     for i, src in enumerate(sources if arrays is None else ()):
         ds = source_dataset(src, tasks, shuffle_seed=seed + i if training else None,
                             pseudo_labels=pseudo_labels if training else None,
@@ -689,7 +691,7 @@ def make_dataset(sources: Sequence[Source], tasks: Sequence[Task], batch_size: i
         parts.append(ds)
     if arrays is not None:  # every source in memory: whole batches at a time, nothing sample by sample
         ds = _batched_training_dataset(sources, arrays, tasks, batch_size, image_size, mixing_weights(sources, mixing),
-                                       seed, coannotation)
+                                       seed, coannotation, pseudo_labels)
     elif training:
         probs = mixing_weights(sources, mixing)
         ds = tf.data.Dataset.sample_from_datasets(parts, weights=probs.tolist(), seed=seed) if len(parts) > 1 else parts[0]

@@ -96,6 +96,31 @@ def test_pseudo_labels_fill_missing_labels_real_labels_win_and_updates_need_no_r
     assert set(real_gender.tolist()) == {0, 1} and set(y["gender"].numpy().tolist()) <= {0, 1}
 
 
+@pytest.mark.parametrize("soft", [False, True])
+def test_merging_a_batch_of_rows_equals_merging_each_row(soft):
+    import tensorflow as tf
+    tasks = resolve_tasks(["age", "gender", "expression", "action_units"])
+    src = make_source("synthetic:portraits?n=6")  # age and gender labelled; expression and AUs missing
+    store = PseudoLabels([src], tasks, soft=soft)
+    rng = np.random.default_rng(0)
+    store.assign("portraits-train", "age", rng.uniform(0, 90, (6, 1)), [0.5, 0, 0.5, 0.5, 0, 0.5])
+    store.assign("portraits-train", "gender", np.eye(2)[[0, 1, 1, 0, 1, 0]], np.full(6, 0.5))
+    store.assign("portraits-train", "expression", rng.dirichlet(np.ones(7), 6), [0.5, 0.5, 0, 0.5, 0.5, 0])
+    store.assign("portraits-train", "action_units", rng.uniform(size=(6, 14)), np.full(6, 0.5))
+    labels, weights = src.labels(tasks)
+    weights["gender"][[1, 4]] = 0  # two rows without their real gender: pseudo-labels fill them
+    labels["expression"] = np.eye(7, dtype="float32")[[0, 1, 2, 3, 4, 5]]  # as co-annotation makes them
+    rows = tf.constant([4, 0, 5, 1], tf.int64)
+    batch = store.merge("portraits-train", rows, *({t: tf.gather(v, rows) for t, v in d.items()}
+                                                  for d in (labels, weights)))
+    one_by_one = [store.merge("portraits-train", r, *({t: tf.constant(v[int(r)]) for t, v in d.items()}
+                                                      for d in (labels, weights))) for r in rows]
+    for k in (0, 1):
+        for t in batch[k]:
+            np.testing.assert_allclose(batch[k][t].numpy(), np.stack([m[k][t].numpy() for m in one_by_one]))
+    assert batch[1]["gender"].numpy().tolist() == [0.5, 1.0, 1.0, 0.5]  # rows 4 and 1 took pseudo-labels
+
+
 def test_soft_pseudo_labels_give_distributions_for_every_source():
     tasks = resolve_tasks(["gender", "expression"])
     lab, street = make_source("synthetic:lab?n=4"), make_source("synthetic:street?n=4")
