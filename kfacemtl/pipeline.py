@@ -36,9 +36,11 @@ MIXING_MODES = ("proportional", "balanced")
 
 
 def preprocess_image(image, image_size=(64, 64)):
-    """Decoded ``uint8`` image (H, W, 1|2|3|4) → float32 ``image_size`` RGB in [0, 1].
+    """Decoded ``uint8`` image (H, W, 1|2|3|4), or a batch of them (B, H, W, C), → float32 ``image_size`` RGB in
+    [0, 1].
 
-    Uses TF ops only (gray → RGB, RGBA → RGB, bilinear resize with antialiasing).
+    Uses TF ops only (gray → RGB, RGBA → RGB, bilinear resize with antialiasing); each image of a batch comes out
+    as it would alone.
 
     Example:
         >>> gray = tf.zeros((48, 40, 1), tf.uint8)
@@ -50,10 +52,10 @@ def preprocess_image(image, image_size=(64, 64)):
     image = tf.cond(channels < 3, lambda: tf.repeat(image[..., :1], 3, axis=-1),  # gray, gray + alpha
                     lambda: image[..., :3])
     image = tf.image.convert_image_dtype(image, tf.float32)
-    if tuple(image.shape[:2]) == tuple(image_size):  # already that size (the training cache): nothing to resize
+    if tuple(image.shape[-3:-1]) == tuple(image_size):  # already that size (the training cache): nothing to resize
         return image
     image = tf.image.resize(image, image_size, method="bilinear", antialias=True)
-    image.set_shape(tuple(image_size) + (3,))
+    image.set_shape(image.shape[:-3].concatenate(tuple(image_size) + (3,)))
     return tf.clip_by_value(image, 0.0, 1.0)
 
 
@@ -476,9 +478,7 @@ def source_dataset(source: Source, tasks: Sequence[Task], shuffle_seed: int | No
         >>> tuple(image.shape), float(weights["gender"]), float(weights["expression"])   # lab has no gender labels
         ((64, 64, 3), 0.0, 1.0)
     """
-    labels, weights = source.labels(tasks)
-    if coannotation is not None:
-        labels, weights = coannotation.apply(labels, weights)
+    labels, weights = _label_tables(source, tasks, coannotation)
     images = source.images()
     if images is not None:
         _check_images(source, images)
@@ -498,6 +498,12 @@ def source_dataset(source: Source, tasks: Sequence[Task], shuffle_seed: int | No
             y, w = pseudo_labels.merge(source.name, i, y, w)
         return x, y, w
     return order.repeat().map(row)
+
+
+def _label_tables(source: Source, tasks: Sequence[Task], coannotation) -> tuple[dict, dict]:
+    """A source's labels and weights for every task, with what co-annotation fills in."""
+    labels, weights = source.labels(tasks)
+    return (labels, weights) if coannotation is None else coannotation.apply(labels, weights)
 
 
 def _check_images(source: Source, images: np.ndarray):
@@ -523,19 +529,13 @@ def _batched_training_dataset(sources: Sequence[Source], arrays: Sequence[np.nda
     Each batch draws its row ids (:func:`_mixed_row_ids`: every slot's source drawn with ``probs``,
     each source's rows in a fresh random permutation per pass), then gathers its images and labels
     from every source's table at once (with ``pseudo_labels``' labels where a real one is missing)
-    and converts, recolours and resizes them as :func:`preprocess_image` does one image. Nothing
+    and converts, recolours and resizes them with :func:`preprocess_image`, a batch at once. Nothing
     goes sample by sample, and the same seed gives the same batches.
     """
-    tables, offsets = [], [0]
+    tables = []
     for src, images in zip(sources, arrays):
-        labels, weights = src.labels(tasks)
-        if coannotation is not None:
-            labels, weights = coannotation.apply(labels, weights)
         _check_images(src, images)
-        if len(images) == 0:
-            raise SourceError(f"source {src.name}: it has no samples")
-        tables.append(tf.nest.map_structure(tf.constant, (images, labels, weights)))
-        offsets.append(offsets[-1] + len(images))
+        tables.append(tf.nest.map_structure(tf.constant, (images, *_label_tables(src, tasks, coannotation))))
 
     def gather(which, rows):
         where, xs, ys, ws = [], [], [], []
@@ -543,7 +543,7 @@ def _batched_training_dataset(sources: Sequence[Source], arrays: Sequence[np.nda
             at = tf.cast(tf.where(tf.equal(which, i))[:, 0], tf.int32)
             mine = tf.gather(rows, at)
             where.append(at)
-            xs.append(_preprocess_batch(tf.gather(images, mine), image_size))
+            xs.append(preprocess_image(tf.gather(images, mine), image_size))
             y, w = ({t: tf.gather(v, mine) for t, v in table.items()} for table in (labels, weights))
             if pseudo_labels is not None:
                 y, w = pseudo_labels.merge(sources[i].name, mine, y, w)
@@ -553,7 +553,7 @@ def _batched_training_dataset(sources: Sequence[Source], arrays: Sequence[np.nda
         return (stitch(xs), {t: stitch([y[t] for y in ys]) for t in ys[0]},
                 {t: stitch([w[t] for w in ws]) for t in ws[0]})
 
-    ids = _mixed_row_ids(np.diff(offsets).tolist(), probs, int(batch_size), seed)
+    ids = _mixed_row_ids([len(a) for a in arrays], probs, int(batch_size), seed)
     return ids.map(gather, num_parallel_calls=tf.data.AUTOTUNE)
 
 
@@ -599,17 +599,6 @@ def _mixed_row_ids(sizes: Sequence[int], probs: np.ndarray, batch_size: int, see
         return state, (tf.cast(which, tf.int32), tf.dynamic_stitch(where, rows))
 
     return tf.data.Dataset.counter().scan(initial, step)
-
-
-def _preprocess_batch(images, image_size):
-    """:func:`preprocess_image` for a batch of uint8 images of one size and channel count."""
-    channels = images.shape[-1]
-    images = tf.repeat(images[..., :1], 3, axis=-1) if channels < 3 else images[..., :3]
-    images = tf.image.convert_image_dtype(images, tf.float32)
-    if tuple(images.shape[1:3]) == tuple(image_size):
-        return images
-    images = tf.image.resize(images, image_size, method="bilinear", antialias=True)
-    return tf.clip_by_value(images, 0.0, 1.0)
 
 
 def _loader(source: Source, image_size):
@@ -680,28 +669,29 @@ def make_dataset(sources: Sequence[Source], tasks: Sequence[Task], batch_size: i
     sources = cached_sources(sources, image_size, cache_limit_mb, cache if training else "none", cache_dir,
                              bad_images, skipped)
     auto = tf.data.AUTOTUNE
-    parts = []
     arrays = _in_memory_images(sources, batch_size) if training else None
-    for i, src in enumerate(sources if arrays is None else ()):
-        ds = source_dataset(src, tasks, shuffle_seed=seed + i if training else None,
-                            pseudo_labels=pseudo_labels if training else None,
-                            coannotation=coannotation if training else None)
-        load = _loader(src, image_size)
-        ds = ds.map(lambda x, y, w: (load(x), y, w), num_parallel_calls=auto, deterministic=not training)
-        parts.append(ds)
     if arrays is not None:  # every source in memory: whole batches at a time, nothing sample by sample
         ds = _batched_training_dataset(sources, arrays, tasks, batch_size, image_size, mixing_weights(sources, mixing),
                                        seed, coannotation, pseudo_labels)
-    elif training:
-        probs = mixing_weights(sources, mixing)
-        ds = tf.data.Dataset.sample_from_datasets(parts, weights=probs.tolist(), seed=seed) if len(parts) > 1 else parts[0]
-        drop = True if drop_remainder is None else drop_remainder
-        ds = ds.batch(int(batch_size), drop_remainder=drop, num_parallel_calls=auto)
     else:
-        ds = parts[0]
-        for p in parts[1:]:
-            ds = ds.concatenate(p)
-        ds = ds.batch(int(batch_size), drop_remainder=bool(drop_remainder), num_parallel_calls=auto)
+        parts = []
+        for i, src in enumerate(sources):
+            ds = source_dataset(src, tasks, shuffle_seed=seed + i if training else None,
+                                pseudo_labels=pseudo_labels if training else None,
+                                coannotation=coannotation if training else None)
+            load = _loader(src, image_size)
+            parts.append(ds.map(lambda x, y, w: (load(x), y, w), num_parallel_calls=auto, deterministic=not training))
+        if training:
+            probs = mixing_weights(sources, mixing)
+            ds = (tf.data.Dataset.sample_from_datasets(parts, weights=probs.tolist(), seed=seed) if len(parts) > 1
+                  else parts[0])
+            drop = True if drop_remainder is None else drop_remainder
+        else:
+            ds = parts[0]
+            for p in parts[1:]:
+                ds = ds.concatenate(p)
+            drop = bool(drop_remainder)
+        ds = ds.batch(int(batch_size), drop_remainder=drop, num_parallel_calls=auto)
     if training and augment:  # per batch: a few batched ops instead of several per image
         ds = tf.data.Dataset.zip((ds, tf.data.Dataset.counter())).map(
             lambda e, c: (augment_batch(e[0], tf.stack([tf.cast(seed, tf.int64), c])), e[1], e[2]),
