@@ -78,10 +78,22 @@ def single_task_configs(cfg: dict, sources) -> dict:
     return out
 
 
+def with_steps(cfg: dict, steps: int) -> dict:
+    """The config trained for about ``steps`` optimizer steps (its epochs kept, up to ``steps``; each epoch's steps
+    scaled)."""
+    cfg = copy.deepcopy(cfg)
+    tr = cfg["training"]
+    tr["epochs"] = max(1, min(tr["epochs"], steps))
+    tr["steps_per_epoch"] = max(1, steps // tr["epochs"])
+    return cfg
+
+
 def train(cfg: dict, out_dir: Path) -> dict:
     """train_run into ``out_dir``, resuming it when it holds an unfinished run."""
     resume = (out_dir / "config.yaml").exists()
-    return train_run(cfg, out_dir, resume=resume, verbose=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # UTKFace's one malformed file name, reported once per build
+        return train_run(cfg, out_dir, resume=resume, verbose=2)
 
 
 def predictions(model, source, image_size):
@@ -133,9 +145,7 @@ def main(argv=None):
         return 0
     cfg = with_data_root(load_config(args.config), str(data))
     if args.steps:
-        tr = cfg["training"]
-        tr["epochs"] = max(1, min(tr["epochs"], args.steps))
-        tr["steps_per_epoch"] = max(1, args.steps // tr["epochs"])
+        cfg = with_steps(cfg, args.steps)
     eval_specs, cfg["eval_sources"] = cfg["eval_sources"], []  # evaluated below, face by face
     out = Path(args.out)
     with warnings.catch_warnings():
@@ -152,9 +162,7 @@ def main(argv=None):
         folder = out / name.replace(" ", "_")
         print(f"\n== {name}: {', '.join(run_cfg['sources'])} -> {folder}", flush=True)
         t = time.time()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            report = train(run_cfg, folder)
+        report = train(run_cfg, folder)
         seconds[name] = (report.get("train_seconds_this_session", 0.0), time.time() - t)
         models[name] = load_model(folder / "model.keras")
 
