@@ -36,10 +36,12 @@ import numpy as np  # noqa: E402
 from kfacemtl.config import load_config  # noqa: E402
 from kfacemtl.evaluation import headline_metric, text_table  # noqa: E402
 from kfacemtl.files import atomic_write_text  # noqa: E402
-from kfacemtl.model import build_model, count_flops, load_model, model_tasks  # noqa: E402
+from kfacemtl.model import build_model, count_flops, load_model  # noqa: E402
 from kfacemtl.tasks import resolve_tasks  # noqa: E402
 from kfacemtl.training import build_sources  # noqa: E402
-from real_mtl_vs_stl import compare, per_face_score, predictions, train, with_data_root, with_steps  # noqa: E402
+from real_mtl_vs_stl import (compare, missing_real_data, per_face_score, predictions, train,  # noqa: E402
+                             with_data_root, with_steps)
+from throughput_gpu import parse_variants  # noqa: E402
 
 VARIANTS = {"one conv per block": {"depths": [1, 1, 1, 1]}, "half the channels": {"widths": [16, 32, 64, 128]}}
 
@@ -68,14 +70,10 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, help="training.seed of every run (default: the config's)")
     args = ap.parse_args(argv)
     data = Path(args.data)
-    needed = [data / "utkface" / "UTKFace", data / "fer2013", data / "lfw_expressions" / "labels.csv"]
-    if not all(p.exists() for p in needed):
-        print(f"real data not found under {data}; nothing measured (pass --data or set KFACEMTL_DATA).")
+    if message := missing_real_data(data):
+        print(message)
         return 0
-    variants = {"default": {}}
-    for v in args.variant or [f"{n}={json.dumps(o)}" for n, o in VARIANTS.items()]:
-        name, _, overrides = v.partition("=")
-        variants[name] = json.loads(overrides)
+    variants = {"default": {}, **(parse_variants(args.variant) if args.variant else VARIANTS)}
     cfg = with_data_root(load_config(args.config), str(data))
     if args.seed is not None:
         cfg["training"]["seed"] = args.seed
@@ -115,8 +113,7 @@ def main(argv=None):
         model = load_model(folder / "model.keras")
         scores[name] = {s.name: predictions(model, s, image_size) for s in eval_sources}
     rows, header = [], ["network", "MFLOP", "params", "images/s", "steps", "train s"]
-    columns = [(t, s.name) for t in model_tasks(load_model(out / "default" / "model.keras")) for s in eval_sources
-               if t.name in scores["default"][s.name]]
+    columns = [(t, s.name) for t in tasks for s in eval_sources if t.name in scores["default"][s.name]]
     header += [f"{t.name} {src} ({'MAE' if headline_metric(t) == 'mae' else 'acc'})" for t, src in columns]
     result = {"base_steps": base_steps, "networks": nets, "metrics": {}}
     for name, net in nets.items():

@@ -78,6 +78,15 @@ def single_task_configs(cfg: dict, sources) -> dict:
     return out
 
 
+def missing_real_data(data: Path) -> str | None:
+    """What to tell a user when ``data`` lacks the real sets the real-face benchmarks read; None when all are there."""
+    needed = [data / "utkface" / "UTKFace", data / "fer2013" / "train", data / "lfw_expressions" / "labels.csv"]
+    if all(p.exists() for p in needed):
+        return None
+    return (f"real data not found under {data} (needs {', '.join(str(p.relative_to(data)) for p in needed)}); "
+            "pass --data or set KFACEMTL_DATA. Nothing to do.")
+
+
 def with_steps(cfg: dict, steps: int) -> dict:
     """The config trained for about ``steps`` optimizer steps (its epochs kept, up to ``steps``; each epoch's steps
     scaled)."""
@@ -138,10 +147,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     data = Path(args.data)
-    needed = [data / "utkface" / "UTKFace", data / "fer2013" / "train", data / "lfw_expressions" / "labels.csv"]
-    if not all(p.exists() for p in needed):
-        print(f"real data not found under {data} (needs {', '.join(str(p.relative_to(data)) for p in needed)}); "
-              "pass --data or set KFACEMTL_DATA. Nothing to do.")
+    if message := missing_real_data(data):
+        print(message)
         return 0
     cfg = with_data_root(load_config(args.config), str(data))
     if args.steps:

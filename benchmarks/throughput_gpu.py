@@ -64,6 +64,16 @@ def portable_architecture(model) -> dict:
     return {"model": cfg, "outputs": outputs}
 
 
+def parse_variants(specs) -> dict:
+    """``NAME=JSON`` command-line specs as ``{name: model overrides}``.
+
+    Example:
+        >>> parse_variants(['narrow={"widths": [16, 32]}'])
+        {'narrow': {'widths': [16, 32]}}
+    """
+    return {name: json.loads(overrides) for name, _, overrides in (v.partition("=") for v in specs)}
+
+
 def export(config: str, variants: dict, out: Path) -> dict:
     """Each network (the config's model section, then with each variant's overrides) as a portable architecture
     with its forward FLOPs and parameters, written to ``out``."""
@@ -194,12 +204,11 @@ def run(arch_file: Path, batches, precisions, images: int, repeats: int, network
     nets = json.loads(Path(arch_file).read_text())["networks"]
     peaks = {p: matmul_peak(COMPUTE_DTYPE[p], matmul_size) for p in precisions}
     progress("matmul peaks: " + ", ".join(f"{p} {v / 1e12:.2f} TFLOP/s" for p, v in peaks.items()))
-    rows = []
-    x, y = fake_batch(next(iter(nets.values())), 2 * images + max(batches))
+    rows, x = [], None
     for name, arch in nets.items():
         if networks and name not in networks:
             continue
-        if list(x.shape[1:]) != arch["input_shape"]:
+        if x is None or list(x.shape[1:]) != arch["input_shape"]:  # made again only for another input shape
             x, y = fake_batch(arch, 2 * images + max(batches))
         for policy in precisions:
             for batch in batches:
@@ -234,6 +243,7 @@ def format_table(r: dict) -> str:
              f"{row['train_images_per_s'] / base[row['batch']]:.2f}x" if row["batch"] in base else "",
              f"{row['inference_images_per_s']:.0f}", f"{row['forward_flops'] / 1e6:.1f}", f"{100 * row['mfu']:.2f} %"]
             for row in r["rows"]]
+    # kfacemtl.evaluation.text_table's layout, written out: kfacemtl (and so TensorFlow) is not importable where this runs
     widths = [max(len(h), *(len(c[i]) for c in rows)) for i, h in enumerate(head)]
     fmt = "  ".join(f"{{:{w}}}" for w in widths)
     lines += [fmt.format(*head), fmt.format(*("-" * w for w in widths))] + [fmt.format(*c) for c in rows]
@@ -261,11 +271,7 @@ def main(argv=None):
     rn.add_argument("--out", default="", help="folder for results.txt and results.json (default: print only)")
     args = ap.parse_args(argv)
     if args.command == "export":
-        variants = {}
-        for v in args.variant:
-            name, _, overrides = v.partition("=")
-            variants[name] = json.loads(overrides)
-        for name, net in export(args.config, variants, Path(args.out)).items():
+        for name, net in export(args.config, parse_variants(args.variant), Path(args.out)).items():
             print(f"{name}: {net['forward_flops'] / 1e6:.1f} MFLOP/image, {net['parameters']:,} parameters")
         print(f"written {args.out}")
         return 0
