@@ -29,7 +29,11 @@ results.txt, results.json and one bar plot per setting (synthetic.png, real.png)
 measures and prints; it asserts nothing.
 
     python benchmarks/ablation_weighting_lr.py [--settings synthetic real] [--seeds 0 1 2]
-        [--real-seeds 0] [--variants equal dynamic ...] [--out runs/ablation_weighting_lr]
+        [--real-seeds 0] [--variants equal dynamic ...] [--variant 'NAME={"lr_schedule": ...}' ...]
+        [--reference VARIANT] [--out runs/ablation_weighting_lr]
+
+--variant adds a variant as overrides of the training section (e.g. DynamicLearningRate options through
+dynamic_lr_options); --reference names the variant the paired column compares with (default: equal).
 
 Finished runs in --out are reused (their config must match); interrupted ones resume.
 """
@@ -56,6 +60,7 @@ from kfacemtl.model import load_model  # noqa: E402
 from kfacemtl.tasks import resolve_tasks  # noqa: E402
 from kfacemtl.training import build_sources, demo_config, train_run  # noqa: E402
 from real_mtl_vs_stl import single_task_configs, with_data_root  # noqa: E402
+from throughput_gpu import parse_variants  # noqa: E402
 
 # name: overrides of the config's training section
 VARIANTS = {
@@ -146,8 +151,9 @@ def relative_change(mtl: dict, stl: dict, tasks) -> float:
     return float(np.mean(changes))
 
 
-def run_setting(name: str, configs_by_seed: dict, variants: list, out: Path) -> list:
-    """Train the variants and the single-task baselines of one setting; one result dict per variant and seed."""
+def run_setting(name: str, configs_by_seed: dict, variants: dict, out: Path) -> list:
+    """Train the variants (``{name: training overrides}``) and the single-task baselines of one setting; one
+    result dict per variant and seed."""
     results = []
     for seed, cfg in configs_by_seed.items():
         tasks = resolve_tasks(cfg["tasks"])
@@ -160,10 +166,10 @@ def run_setting(name: str, configs_by_seed: dict, variants: list, out: Path) -> 
             folder = out / name / f"seed{seed}" / f"single-task_{task}"
             print(f"[{name} seed {seed}] single-task {task}", flush=True)
             stl.update(scores(stl_cfg, run(stl_cfg, folder), folder, eval_sources))
-        for variant in variants:
+        for variant, overrides in variants.items():
             folder = out / name / f"seed{seed}" / variant.replace(", ", "_").replace(" ", "_")
             print(f"[{name} seed {seed}] {variant}", flush=True)
-            vcfg = with_variant(cfg, VARIANTS[variant])
+            vcfg = with_variant(cfg, overrides)
             report = run(vcfg, folder)
             mtl = scores(vcfg, report, folder, eval_sources)
             results.append({"setting": name, "seed": seed, "variant": variant,
@@ -190,9 +196,10 @@ def _cell(values, digits):
     return f"{values.mean():.{digits}f} ± {values.std(ddof=1):.{digits}f}"
 
 
-def format_table(results: list, by: str = "task") -> str:
+def format_table(results: list, by: str = "task", reference: str = "equal") -> str:
     """One row per variant (and the single-task baseline): the metric per task (``by="task"``: the mean over
-    its test sets) or per task and test set (``by="pair"``), the relative change, the training seconds."""
+    its test sets) or per task and test set (``by="pair"``), the relative change, its difference to the
+    ``reference`` variant's seed by seed (with several seeds), the training seconds."""
     key = "per_task" if by == "task" else "per_pair"
     columns = list(results[0][key])
     variants = list(dict.fromkeys(r["variant"] for r in results))
@@ -202,10 +209,10 @@ def format_table(results: list, by: str = "task") -> str:
         task, _, test_set = column.partition("@")
         return SHORT.get(task, task) + (f" {test_set.split('-')[0]}" if test_set else "")
 
-    paired = len(seeds) > 1 and "equal" in variants  # seed by seed against equal: the seeds' shared noise cancels
-    equal = {r["seed"]: r["relative_change"] for r in results if r["variant"] == "equal"}
+    paired = len(seeds) > 1 and reference in variants  # seed by seed: the seeds' shared noise cancels
+    ref = {r["seed"]: r["relative_change"] for r in results if r["variant"] == reference}
     header = (["variant"] + [label(c) for c in columns] + ["Δ vs single-task %"]
-              + (["Δ - equal's Δ (paired)"] if paired else []) + ["train s"])
+              + ([f"Δ - {reference}'s Δ (paired)"] if paired else []) + ["train s"])
     first = [r for r in results if r["variant"] == variants[0]]
     lines = [["single-task"] + [_cell([r["stl_" + key][c] for r in first], 3) for c in columns] + ["0"]
              + ([""] if paired else []) + [""]]
@@ -213,7 +220,7 @@ def format_table(results: list, by: str = "task") -> str:
         rs = [r for r in results if r["variant"] == v]
         lines.append([v] + [_cell([r[key][c] for r in rs], 3) for c in columns]
                      + [_cell([100 * r["relative_change"] for r in rs], 2)]
-                     + ([_cell([100 * (r["relative_change"] - equal[r["seed"]]) for r in rs], 2)] if paired else [])
+                     + ([_cell([100 * (r["relative_change"] - ref[r["seed"]]) for r in rs], 2)] if paired else [])
                      + [_cell([r["train_seconds"] for r in rs], 0)])
     title = f"{results[0]['setting']}: seeds {', '.join(map(str, seeds))}" + (" (mean ± std)" if len(seeds) > 1 else "")
     return title + "\n" + text_table(header, lines)
@@ -224,6 +231,11 @@ def main(argv=None):
     ap.add_argument("--settings", nargs="+", default=["synthetic", "real"], choices=["synthetic", "real"])
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), metavar="VARIANT",
                     help=f"default: all of {list(VARIANTS)}")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",
+                    help='one more variant, as overrides of the training section (repeatable), e.g. '
+                         '\'slow grow={"lr_schedule": "dynamic", "dynamic_lr_options": {"grow_after": 2}}\'')
+    ap.add_argument("--reference", default="equal", metavar="VARIANT",
+                    help="the variant the paired column compares with (default: equal)")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="synthetic seeds")
     ap.add_argument("--synthetic-steps", type=int, default=800)
     ap.add_argument("--synthetic-faces", type=int, default=3000, help="training faces per domain")
@@ -234,6 +246,10 @@ def main(argv=None):
     ap.add_argument("--out", default=str(ROOT / "runs" / "ablation_weighting_lr"))
     args = ap.parse_args(argv)
     out = Path(args.out)
+    variants = {name: VARIANTS[name] for name in args.variants}
+    variants.update(parse_variants(args.variant))
+    if args.reference != "equal" and args.reference not in variants:
+        ap.error(f"--reference: {args.reference!r} is not one of the variants run: {list(variants)}")
     start, tables, all_results = time.time(), [], []
     for setting in args.settings:
         if setting == "synthetic":
@@ -246,9 +262,9 @@ def main(argv=None):
                 print(f"real data not found under {data}; the real setting is skipped (pass --data).")
                 continue
             configs = {s: real_config(str(data), args.config, s) for s in args.real_seeds}
-        results = run_setting(setting, configs, args.variants, out)
+        results = run_setting(setting, configs, variants, out)
         all_results += results
-        tables.append(format_table(results, by="task" if setting == "synthetic" else "pair"))
+        tables.append(format_table(results, by="task" if setting == "synthetic" else "pair", reference=args.reference))
         print("\n" + tables[-1] + "\n", flush=True)
     if not tables:
         return 0

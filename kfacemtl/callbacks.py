@@ -5,8 +5,8 @@ against NaN losses (:class:`NaNGuard`) and an epoch checkpoint that is never hal
 :class:`DynamicLearningRate` needs no schedule from the user. Every ``window`` batches it
 compares the smoothed training loss with that of the previous window:
 
-- the loss fell by more than ``tolerance`` (relative) in ``grow_after`` windows in a row:
-  the step size is too cautious, so the learning rate grows by ``grow``;
+- the loss fell by more than ``tolerance`` (relative) in ``grow_after`` windows in a row
+  (default: the last one): the step size is too cautious, so the learning rate grows by ``grow``;
 - it did not fall by ``tolerance`` in ``patience`` windows in a row (a plateau): it shrinks
   by ``shrink``, which lets the weights settle into the basin they are circling;
 - a batch loss that is NaN or infinite, or a smoothed loss above ``blowup`` × the best one,
@@ -14,11 +14,12 @@ compares the smoothed training loss with that of the previous window:
   learning rate is cut by ``backoff``.
 
 When the run's length is known (``fit`` with ``epochs`` and ``steps_per_epoch``), the last
-``anneal`` fraction of the steps (default 0.2) is a final anneal: the learning rate reached
+``anneal`` fraction of the steps (default 0.5) is a final anneal: the learning rate reached
 so far decays along a half cosine to 1 % of itself (divergences are still caught). In a short
 run the loss never stops falling, so the plateau rule alone would end at a large step size;
 small final steps average out the batch noise in the weights, which a schedule gets from its
-decay.
+decay. The rule thus has the first half of a run to find the scale of the learning rate, and
+the second half decays it as a cosine schedule spends its own second half.
 
 The learning rate stays within ``[min_lr, max_lr]`` (by default 1/1000 and 10 × the initial
 one) and is never NaN. It is logged as ``learning_rate`` in every epoch's logs (so in
@@ -34,8 +35,8 @@ from __future__ import annotations
 import json
 import math
 import os
-
 from pathlib import Path
+from typing import Mapping
 
 import keras
 import numpy as np
@@ -88,8 +89,8 @@ class DynamicLearningRate(keras.callbacks.Callback):
     """
 
     def __init__(self, window: int = 50, smoothing: float = 0.9, tolerance: float = 0.01, grow: float = 1.2,
-                 grow_after: int = 2, shrink: float = 0.5, patience: int = 3, blowup: float = 2.0,
-                 backoff: float = 0.25, anneal: float = 0.2, min_lr: float | None = None, max_lr: float | None = None,
+                 grow_after: int = 1, shrink: float = 0.5, patience: int = 3, blowup: float = 2.0,
+                 backoff: float = 0.25, anneal: float = 0.5, min_lr: float | None = None, max_lr: float | None = None,
                  verbose: int = 0):
         super().__init__()
         if not 0 <= anneal < 1:
@@ -213,6 +214,19 @@ class DynamicLearningRate(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
             logs["learning_rate"] = float(self.model.optimizer.learning_rate.numpy())
+
+
+def make_dynamic_lr(options: Mapping | None = None) -> DynamicLearningRate:
+    """A :class:`DynamicLearningRate` from the config's ``training.dynamic_lr_options`` (None: the defaults).
+
+    Example:
+        >>> make_dynamic_lr({"anneal": 0.5}).anneal
+        0.5
+    """
+    try:
+        return DynamicLearningRate(**dict(options or {}))
+    except TypeError as e:
+        raise ConfigError("training.dynamic_lr_options", f"not options of DynamicLearningRate: {e}") from None
 
 
 def lr_range_test(model, dataset, start: float = 1e-6, end: float = 1.0, steps: int = 100, smoothing: float = 0.9,

@@ -68,6 +68,7 @@ DEFAULTS: dict[str, Any] = {
         "optimizer": "adam",
         "learning_rate": 1e-3,
         "lr_schedule": "constant",
+        "dynamic_lr_options": None,
         "weight_decay": 0.0,
         "loss_normalization": "mean_with_sample_weight",
         "loss_weights": None,
@@ -112,7 +113,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 STRATEGIES = ("default", "mirrored", "multi_worker")  # kfacemtl.distribute
 LR_SCHEDULES = ("constant", "cosine", "dynamic")
 _FREE_FORM = {"tasks", "sources", "eval_sources", "unlabelled_sources", "training.mixing", "training.steps_per_epoch",
-              "training.loss_weights", "training.weighting_options",
+              "training.loss_weights", "training.weighting_options", "training.dynamic_lr_options",
               "training.cache_dir", "training.strategy_devices", "distillation.thresholds", "distillation.teachers",
               "coupling.relations"}
 
@@ -202,6 +203,13 @@ def resolve_config(config: Mapping | None) -> dict:
                 raise ConfigError(f"training.loss_weights.{task}", f"expected a number >= 0, got {w!r}")
     if tr["weighting_options"] is not None and not isinstance(tr["weighting_options"], Mapping):
         raise ConfigError("training.weighting_options", f"expected a mapping of options, got {tr['weighting_options']!r}")
+    options = tr["dynamic_lr_options"]
+    if options is not None and (not isinstance(options, Mapping) or tr["lr_schedule"] != "dynamic"):
+        raise ConfigError("training.dynamic_lr_options", f"expected a mapping of DynamicLearningRate options with "
+                                                         f"lr_schedule: dynamic, got {options!r}")
+    if options is not None:
+        from kfacemtl.callbacks import make_dynamic_lr
+        make_dynamic_lr(options)  # unknown or out-of-range options fail here, before anything is trained
     if weights and tr["weighting"] not in ("equal", "static"):
         raise ConfigError("training.loss_weights", f"static weights cannot be combined with weighting: "
                                                    f"{tr['weighting']} (it sets the weights itself)")

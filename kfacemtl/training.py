@@ -33,7 +33,7 @@ from typing import Mapping, Sequence
 
 import keras
 
-from kfacemtl.callbacks import AtomicBackupAndRestore, DynamicLearningRate, NaNGuard, TaskWeightingCallback
+from kfacemtl.callbacks import AtomicBackupAndRestore, NaNGuard, TaskWeightingCallback, make_dynamic_lr
 from kfacemtl.config import DEMO_EPOCHS, DEMO_STEPS, dump_config, resolve_config
 from kfacemtl.coupling import make_coupling
 from kfacemtl.distribute import distribute_options, is_chief, make_strategy, synchronize_batch_norm, worker_dir
@@ -375,7 +375,7 @@ def train_run(config: Mapping, out_dir, resume: bool = False, verbose="auto", ex
     ]
     guard = None
     if tr["lr_schedule"] == "dynamic":
-        callbacks.insert(0, DynamicLearningRate())  # before the loggers, so they see the epoch's learning rate
+        callbacks.insert(0, make_dynamic_lr(tr["dynamic_lr_options"]))  # before the loggers, so they see the epoch's learning rate
     else:  # (the dynamic learning rate rolls back by itself)
         guard = NaNGuard(tr["on_nan"], verbose=int(verbose != 0))
         callbacks.insert(0, guard)

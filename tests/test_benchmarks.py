@@ -83,6 +83,12 @@ def test_ablation_compares_variants_with_single_task_baselines_over_seeds(tmp_pa
     before = (seed0 / "gradnorm" / "model.keras").stat().st_mtime
     assert ablation.main(args) == 0  # finished runs are reused
     assert (seed0 / "gradnorm" / "model.keras").stat().st_mtime == before
+    extra = 'slow grow={"lr_schedule": "dynamic", "dynamic_lr_options": {"grow_after": 2}}'
+    assert ablation.main(args[:-5] + ["--variants", "equal", "--variant", extra, "--reference", "slow grow",
+                                      "--out", str(tmp_path / "runs")]) == 0
+    assert "Δ - slow grow's Δ (paired)" in capsys.readouterr().out
+    slow = yaml.safe_load((seed0 / "slow_grow" / "config.yaml").read_text())["training"]
+    assert slow["lr_schedule"] == "dynamic" and slow["dynamic_lr_options"] == {"grow_after": 2}
     monkeypatch.setattr(ablation, "VARIANTS", {**ablation.VARIANTS, "gradnorm": {"weighting": "dwa"}})
     with pytest.raises(SystemExit, match="finished run of another config"):
         ablation.main(args)

@@ -46,7 +46,7 @@ def test_a_plateau_shrinks_it_and_never_below_the_floor():
 
 def test_a_nan_restores_the_best_weights_and_backs_off():
     model = _regression_model(0.01)
-    cb = DynamicLearningRate(window=5)
+    cb = DynamicLearningRate(window=5, grow_after=2)  # not grown before the blow-up
     cb.set_model(model)
     cb.on_train_begin()
     cb.on_epoch_begin(0)
@@ -94,7 +94,7 @@ def test_lr_range_test_suggests_a_rate_and_restores_the_model(tmp_path):
 
 def test_the_last_fifth_of_a_known_run_anneals_to_a_hundredth_and_divergence_still_backs_off():
     model = _regression_model(0.01)
-    cb = DynamicLearningRate(window=10, grow_after=2)
+    cb = DynamicLearningRate(window=10, grow_after=2, anneal=0.2)
     cb.set_params({"epochs": 2, "steps": 100})
     cb.set_model(model)
     cb.on_train_begin()
@@ -116,6 +116,18 @@ def test_the_last_fifth_of_a_known_run_anneals_to_a_hundredth_and_divergence_sti
     assert all(b <= a + 1e-12 for a, b in zip(lrs[160:189], lrs[161:190]))  # decays monotonically
     assert lrs[190] < 0.25 * lrs[189] + 1e-12  # the NaN at step 191 cut it by the back-off, and the anneal goes on from there
     assert lrs[-1] == pytest.approx(0.25 * peak * 0.01, rel=0.05)
+
+
+def test_by_default_the_second_half_of_a_known_run_anneals_after_growing_each_improving_window():
+    model = _regression_model(0.01)
+    cb = DynamicLearningRate(window=10)
+    cb.set_params({"epochs": 1, "steps": 200})
+    lrs = _drive(cb, model, [10 * 0.99 ** i for i in range(200)])  # a steady 1 % fall per batch
+    grown = [e for e in cb.events if e[1] == "steady progress"]
+    # every window after the first improves, so 8 growths before batch 100, where the anneal takes over
+    assert [e[0] for e in grown] == list(range(20, 100, 10)) and lrs[99] == pytest.approx(0.01 * 1.2 ** 8)
+    assert [e[0] for e in cb.events if e[1] == "final anneal"] == [100]
+    assert lrs[-1] == pytest.approx(0.01 * 1.2 ** 8 * 0.01, rel=0.05)
 
 
 def test_without_a_known_length_there_is_no_anneal():

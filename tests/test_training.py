@@ -164,6 +164,20 @@ def test_dynamic_learning_rate_runs_in_train_run_and_is_logged(tmp_path):
     assert len(rates) == 2 and all(1e-6 <= r <= 1e-2 for r in rates)  # within [initial / 1000, 10 x initial]
 
 
+def test_dynamic_learning_rate_options_reach_the_callback(tmp_path):
+    out = tmp_path / "run"
+    train_run(_cfg(epochs=2, lr_schedule="dynamic", dynamic_lr_options={"min_lr": 5e-4}), out, verbose=0)
+    header, *rows = (out / "history.csv").read_text().splitlines()
+    column = header.split(",").index("learning_rate")
+    # the final anneal would take 1e-3 towards 1e-5 by the last step; the option's floor stops it at 5e-4
+    assert float(rows[-1].split(",")[column]) == pytest.approx(5e-4)
+    with pytest.raises(ConfigError, match="training.dynamic_lr_options"):
+        train_run(_cfg(lr_schedule="dynamic", dynamic_lr_options={"windw": 10}), tmp_path / "bad", verbose=0)
+    assert not (tmp_path / "bad").exists()  # refused before the run directory is made
+    with pytest.raises(ConfigError, match="training.dynamic_lr_options"):  # the options of a schedule not chosen
+        resolve_config(_cfg(lr_schedule="cosine", dynamic_lr_options={"window": 10}))
+
+
 DETERMINISTIC_RUNS = """
 import json, sys
 import numpy as np
