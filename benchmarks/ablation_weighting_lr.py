@@ -59,7 +59,7 @@ from kfacemtl.files import atomic_write_text  # noqa: E402
 from kfacemtl.model import load_model  # noqa: E402
 from kfacemtl.tasks import resolve_tasks  # noqa: E402
 from kfacemtl.training import build_sources, demo_config, train_run  # noqa: E402
-from real_mtl_vs_stl import single_task_configs, with_data_root  # noqa: E402
+from real_mtl_vs_stl import missing_real_data, single_task_configs, with_data_root  # noqa: E402
 from throughput_gpu import parse_variants  # noqa: E402
 
 # name: overrides of the config's training section
@@ -257,9 +257,8 @@ def main(argv=None):
                                              args.synthetic_test_faces) for s in args.seeds}
         else:
             data = Path(args.data)
-            needed = [data / "utkface" / "UTKFace", data / "fer2013" / "train", data / "lfw_expressions" / "labels.csv"]
-            if not all(p.exists() for p in needed):
-                print(f"real data not found under {data}; the real setting is skipped (pass --data).")
+            if message := missing_real_data(data, then="The real setting is skipped."):
+                print(message)
                 continue
             configs = {s: real_config(str(data), args.config, s) for s in args.real_seeds}
         results = run_setting(setting, configs, variants, out)

@@ -78,13 +78,14 @@ def single_task_configs(cfg: dict, sources) -> dict:
     return out
 
 
-def missing_real_data(data: Path) -> str | None:
-    """What to tell a user when ``data`` lacks the real sets the real-face benchmarks read; None when all are there."""
+def missing_real_data(data: Path, then: str = "Nothing to do.") -> str | None:
+    """What to tell a user when ``data`` lacks the real sets the real-face benchmarks read (ending with ``then``);
+    None when all are there."""
     needed = [data / "utkface" / "UTKFace", data / "fer2013" / "train", data / "lfw_expressions" / "labels.csv"]
     if all(p.exists() for p in needed):
         return None
     return (f"real data not found under {data} (needs {', '.join(str(p.relative_to(data)) for p in needed)}); "
-            "pass --data or set KFACEMTL_DATA. Nothing to do.")
+            f"pass --data or set KFACEMTL_DATA. {then}")
 
 
 def with_steps(cfg: dict, steps: int) -> dict:
