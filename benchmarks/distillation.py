@@ -10,7 +10,11 @@ Three ways to train the same multi-task student for the same steps (rounds × ep
   (c) multi-task teacher       the student itself at each round boundary (Distill-2MD-MTL's rounds)
 
 (b) and (c) also train on the unlabelled target domain, pseudo-labelled with the same ensemble of
-transforms, thresholds and pseudo-label weight (kfacemtl.distillation's defaults).
+transforms, thresholds and pseudo-label weight (kfacemtl.distillation's defaults). With balanced mixing its
+rows take their share of each batch (a fifth on synthetic), so (b) and (c) see fewer labelled rows per step
+than (a); --same-labelled-rows grows their batch by that share instead (synthetic: 80 rows, 64 of them
+labelled on average), so that every row is an addition: the comparison is then at equal steps and equal
+labelled rows, and (b) and (c) compute more.
 
 Settings:
   synthetic  the demo's four labelled domains (age, gender, race, expression; 32x32 input) with the
@@ -31,7 +35,7 @@ Also written to --out: results.txt and results.json. A benchmark measures and pr
 nothing.
 
     python benchmarks/distillation.py [--settings synthetic real] [--seeds 0 1 2] [--rounds 2]
-        [--epochs-per-round 3] [--thresholds gender=0.9 ...] [--out runs/distillation]
+        [--epochs-per-round 3] [--thresholds gender=0.9 ...] [--same-labelled-rows] [--out runs/distillation]
 
 Finished runs in --out are reused (their config must match); interrupted ones resume.
 """
@@ -93,11 +97,20 @@ def with_rounds(cfg: dict, rounds: int, epochs_per_round: int) -> dict:
 
 
 def variant_config(base: dict, variant: str, unlabelled: list, rounds: int, epochs_per_round: int,
-                   teachers: dict | None = None, thresholds: dict | None = None) -> dict:
+                   teachers: dict | None = None, thresholds: dict | None = None,
+                   same_labelled_rows: bool = False) -> dict:
+    """The config of one of ``VARIANTS``; ``same_labelled_rows``: the batch of (b) and (c) grows by the unlabelled
+    sources' share of balanced mixing, so that a step carries as many labelled rows as (a)'s on average."""
     cfg = with_rounds(base, rounds, epochs_per_round)
     if variant == "no distillation":
         return cfg
     cfg["unlabelled_sources"] = list(unlabelled)
+    if same_labelled_rows:
+        if cfg["training"].get("mixing") != "balanced":
+            raise SystemExit("--same-labelled-rows needs balanced mixing (each source an equal share of a batch), "
+                             f"the config has {cfg['training'].get('mixing')!r}")
+        n = len(cfg["sources"])
+        cfg["training"]["batch_size"] = int(round(cfg["training"]["batch_size"] * (n + len(unlabelled)) / n))
     cfg["distillation"] = {"rounds": rounds, "epochs_per_round": epochs_per_round}
     if thresholds:
         cfg["distillation"]["thresholds"] = dict(thresholds)
@@ -115,7 +128,7 @@ def synthetic_base(seed: int, steps_per_epoch: int, faces: int, test_faces: int)
 
 
 def run_variants(name: str, seed: int, base: dict, unlabelled: list, target_test, rounds: int, epochs_per_round: int,
-                 out: Path, thresholds: dict | None = None) -> dict:
+                 out: Path, thresholds: dict | None = None, same_labelled_rows: bool = False) -> dict:
     """Train the single-task teachers and the three students of one seed; returns their round logs and scores."""
     tasks = resolve_tasks(base["tasks"])
     folder = out / name / f"seed{seed}"
@@ -132,7 +145,8 @@ def run_variants(name: str, seed: int, base: dict, unlabelled: list, target_test
     for variant in VARIANTS:
         vfolder = folder / variant.replace(" ", "_").replace("-", "_")
         print(f"[{name} seed {seed}] {variant}", flush=True)
-        cfg = variant_config(base, variant, unlabelled, rounds, epochs_per_round, teachers, thresholds)
+        cfg = variant_config(base, variant, unlabelled, rounds, epochs_per_round, teachers, thresholds,
+                             same_labelled_rows)
         callback = RoundEvaluation(epochs_per_round, [target_test], tasks, vfolder / "round_evaluation.json")
         run(cfg, vfolder, extra_callbacks=[callback])
         log_path = vfolder / "distillation.json"
@@ -270,6 +284,9 @@ def main(argv=None):
     ap.add_argument("--config", default=str(ROOT / "configs" / "real_mtl.yaml"))
     ap.add_argument("--thresholds", nargs="+", default=[], metavar="TASK=VALUE",
                     help="distillation thresholds other than the package's defaults, e.g. gender=0.9")
+    ap.add_argument("--same-labelled-rows", action="store_true",
+                    help="grow the batch of (b) and (c) by the unlabelled rows' share, so that every step carries "
+                         "as many labelled rows as (a)'s (needs balanced mixing)")
     ap.add_argument("--out", default=str(ROOT / "runs" / "distillation"))
     args = ap.parse_args(argv)
     try:
@@ -288,7 +305,7 @@ def main(argv=None):
                     warnings.simplefilter("ignore", UserWarning)
                     test = build_sources([f"synthetic:street?split=test&n={args.synthetic_test_faces}&seed={seed}"])[0]
                 per_seed[seed] = run_variants("synthetic", seed, base, unlabelled, test, args.rounds,
-                                              args.epochs_per_round, out, thresholds)
+                                              args.epochs_per_round, out, thresholds, args.same_labelled_rows)
                 if cost is None:
                     student = load_model(Path(per_seed[seed]["multi-task teacher"]["folder"]) / "model.keras")
                     ds = make_dataset([test], resolve_tasks(base["tasks"]), batch_size=512,
@@ -314,7 +331,7 @@ def main(argv=None):
                     lfw = CsvSource(str(labels), domain="lfw", name="lfw-expressions")
                 unlabelled = [f"csv:{labels}?name=lfw-unlabelled&domain=lfw"]  # trained on without its labels
                 per_seed[seed] = run_variants("real", seed, base, unlabelled, lfw, args.rounds,
-                                              args.real_epochs_per_round, out, thresholds)
+                                              args.real_epochs_per_round, out, thresholds, args.same_labelled_rows)
                 runs = per_seed[seed]
                 per_seed[seed]["fer_agreement"] = agreement(
                     runs["single-task teachers"]["folder"], runs["multi-task teacher"]["folder"], "fer2013-Training",

@@ -2,8 +2,8 @@
 
 The synthetic benchmark knows every face's action units, but only the lab domain labels them: lab (expression and
 AUs), webcam and affect (expression only) train one network for expression and action units (32x32 input, the
-narrower backbone of the ablation benchmark, balanced mixing, cosine decay, --steps steps of batch 64). Variants,
-all at the same budget:
+narrower backbone of the ablation benchmark, --mixing (default balanced), cosine decay, --steps steps of batch 64).
+Variants, all at the same budget:
 
   plain MTL                    masked losses only
   + co-annotation              webcam/affect faces get soft AU targets from their expression label, lab faces keep theirs
@@ -23,8 +23,8 @@ Tables (mean ± std over --seeds): AU mean F1 on each test split and on the four
 accuracy on each test split. Written to --out: results.txt, results.json, distribution_matching.png. A benchmark
 measures and prints; it asserts nothing.
 
-    python benchmarks/distribution_matching.py [--seeds 0 1 2] [--steps 2400] [--lab-faces N] [--variants ...]
-        [--out runs/distribution_matching]
+    python benchmarks/distribution_matching.py [--seeds 0 1 2] [--steps 2400] [--lab-faces N] [--mixing sqrt]
+        [--variants ...] [--out runs/distribution_matching]
 
 Finished runs in --out are reused (their config must match); interrupted ones resume.
 """
@@ -60,9 +60,10 @@ VARIANTS = {  # name: (co-annotation, distribution matching, table or None for -
 }
 
 
-def base_config(seed: int, steps: int, faces: int = 3000, test_faces: int = 500, lab_faces: int | None = None) -> dict:
+def base_config(seed: int, steps: int, faces: int = 3000, test_faces: int = 500, lab_faces: int | None = None,
+                mixing: str = "balanced") -> dict:
     """Lab (``lab_faces``, default faces/3; expression + AUs), webcam (faces; expression), affect (2 faces/3;
-    expression); five test splits."""
+    expression); five test splits; the multi-task models draw the domains with ``mixing``."""
     epochs = 4
     sizes = {"lab": lab_faces or max(64, faces // 3), "webcam": faces, "affect": max(64, 2 * faces // 3)}
     return {
@@ -71,7 +72,7 @@ def base_config(seed: int, steps: int, faces: int = 3000, test_faces: int = 500,
         "eval_sources": [f"synthetic:{d}?split=test&n={test_faces}&seed={seed}" for d in DOMAINS],
         "model": dict(SYNTHETIC_MODEL),
         "training": {"epochs": epochs, "steps_per_epoch": max(1, steps // epochs), "batch_size": 64, "seed": seed,
-                     "mixing": "balanced", "lr_schedule": "cosine"},
+                     "mixing": mixing, "lr_schedule": "cosine"},
     }
 
 
@@ -223,6 +224,9 @@ def main(argv=None):
     ap.add_argument("--lab-faces", type=int, default=None, help="lab training faces, the only AU labels "
                                                                    "(default: a third of --faces)")
     ap.add_argument("--test-faces", type=int, default=500)
+    ap.add_argument("--mixing", default="balanced", choices=["balanced", "sqrt", "proportional"],
+                    help="how the multi-task models draw the three domains (the single-task ones: proportional, "
+                         "each with its task's share of the multi-task batch)")
     ap.add_argument("--table", default="estimate", choices=["estimate", "du2014"],
                     help="the relatedness of the co-annotation / matching rows")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), metavar="VARIANT")
@@ -230,8 +234,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
     out, start, results = Path(args.out), time.time(), []
     for seed in args.seeds:
-        results += run_seed(seed, base_config(seed, args.steps, args.faces, args.test_faces, args.lab_faces),
-                            args.variants, args.table, out)
+        cfg = base_config(seed, args.steps, args.faces, args.test_faces, args.lab_faces, args.mixing)
+        results += run_seed(seed, cfg, args.variants, args.table, out)
     text = format_tables(results) + f"\n\nbenchmark wall time {time.time() - start:.0f} s (reused runs take none)\n"
     print("\n" + text, flush=True)
     out.mkdir(parents=True, exist_ok=True)

@@ -32,7 +32,7 @@ from kfacemtl.errors import ConfigError, SourceError, check_choice
 from kfacemtl.sources import RowSubset, Source
 from kfacemtl.tasks import Task
 
-MIXING_MODES = ("proportional", "balanced")
+MIXING_MODES = ("proportional", "balanced", "sqrt")
 
 
 def preprocess_image(image, image_size=(64, 64)):
@@ -181,8 +181,10 @@ def mixing_weights(sources: Sequence[Source], mixing: str | Mapping[str, float] 
     """Sampling probability of each source.
 
     Args:
-        mixing: ``proportional`` (to source size), ``balanced`` (equal), or an explicit
-            ``{source_name: weight}`` mapping (every source named, weights ≥ 0, not all 0).
+        mixing: ``proportional`` (to source size), ``balanced`` (equal), ``sqrt`` (to the square root of source
+            size: temperature sampling with T = 2 (Arivazhagan et al. 2019), between the two: a small source is
+            seen more often than its size alone gives, without being repeated as often as ``balanced`` repeats it),
+            or an explicit ``{source_name: weight}`` mapping (every source named, weights ≥ 0, not all 0).
 
     Example:
         >>> class S:  # any object with a name and a length
@@ -192,6 +194,8 @@ def mixing_weights(sources: Sequence[Source], mixing: str | Mapping[str, float] 
         [0.75, 0.25]
         >>> mixing_weights([S("a", 300), S("b", 100)], "balanced").tolist()
         [0.5, 0.5]
+        >>> mixing_weights([S("a", 900), S("b", 100)], "sqrt").tolist()
+        [0.75, 0.25]
     """
     if isinstance(mixing, Mapping):
         names = [s.name for s in sources]
@@ -208,6 +212,8 @@ def mixing_weights(sources: Sequence[Source], mixing: str | Mapping[str, float] 
         w = np.array([len(s) for s in sources], dtype="float64")
     elif mixing == "balanced":
         w = np.ones(len(sources))
+    elif mixing == "sqrt":
+        w = np.sqrt(np.array([len(s) for s in sources], dtype="float64"))
     else:
         raise ConfigError("training.mixing", f"expected one of {MIXING_MODES} or a mapping "
                                              f"{{source: weight}}, got {mixing!r}")

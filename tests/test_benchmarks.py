@@ -156,12 +156,25 @@ def test_distillation_benchmark_synthetic_and_real(tmp_path, monkeypatch, capsys
     assert isinstance(real["fer_agreement"], dict)
 
 
+def test_distillation_benchmark_can_keep_the_labelled_rows_of_each_step():
+    import distillation as bench
+    base = bench.synthetic_base(0, steps_per_epoch=5, faces=64, test_faces=16)  # four labelled domains, balanced
+    street = ["synthetic:street?n=64"]
+    sizes = {v: bench.variant_config(base, v, street, 2, 1, {}, same_labelled_rows=True)["training"]["batch_size"]
+             for v in bench.VARIANTS}
+    assert sizes == {"no distillation": 64, "single-task teachers": 80, "multi-task teacher": 80}
+    assert bench.variant_config(base, "multi-task teacher", street, 2, 1)["training"]["batch_size"] == 64
+    base["training"]["mixing"] = "proportional"  # the unlabelled share is then not a fixed fraction
+    with pytest.raises(SystemExit, match="balanced"):
+        bench.variant_config(base, "multi-task teacher", street, 2, 1, same_labelled_rows=True)
+
+
 def test_distribution_matching_benchmark_runs_every_variant_and_its_baselines(tmp_path, monkeypatch, capsys):
     import distribution_matching as bench
     monkeypatch.setattr(bench, "SYNTHETIC_MODEL", TINY_MODEL)
     variants = ["plain MTL", "+ both", "+ both (Du 2014 table)"]
-    args = ["--seeds", "0", "--steps", "4", "--faces", "96", "--test-faces", "16", "--variants", *variants,
-            "--out", str(tmp_path / "runs")]
+    args = ["--seeds", "0", "--steps", "4", "--faces", "96", "--test-faces", "16", "--mixing", "sqrt",
+            "--variants", *variants, "--out", str(tmp_path / "runs")]
     assert bench.main(args) == 0
     out = capsys.readouterr().out
     assert "AU F1 w/o AU labels" in out and "expr acc street" in out and "negative transfer" in out
@@ -176,6 +189,7 @@ def test_distribution_matching_benchmark_runs_every_variant_and_its_baselines(tm
     assert yaml.safe_load((seed0 / "both_Du_2014_table" / "config.yaml").read_text())[
         "coupling"]["relations"][0]["table"] == "du2014"
     assert json.loads((seed0 / "plain_MTL" / "report.json").read_text())["coupling"] is None
+    assert yaml.safe_load((seed0 / "plain_MTL" / "config.yaml").read_text())["training"]["mixing"] == "sqrt"
     stl = yaml.safe_load((seed0 / "single-task_action_units" / "config.yaml").read_text())
     assert [s.split("?")[0] for s in stl["sources"]] == ["synthetic:lab"]  # AUs: the lab domain only
     assert (tmp_path / "runs" / "distribution_matching.png").stat().st_size > 0

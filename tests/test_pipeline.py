@@ -27,7 +27,7 @@ def test_every_batch_has_every_task_with_finite_placeholders():
     assert labels["action_units"].shape == (64, 14) and labels["gender"].dtype == tf.int32
 
 
-@pytest.mark.parametrize("mixing,expected", [("proportional", 0.8), ("balanced", 0.5),
+@pytest.mark.parametrize("mixing,expected", [("proportional", 0.8), ("balanced", 0.5), ("sqrt", 2 / 3),
                                              ({"lab-train": 1, "portraits-train": 3}, 0.25)])
 def test_mixing_controls_how_often_each_source_is_drawn(mixing, expected):
     srcs = [make_source("synthetic:lab?n=64"), make_source("synthetic:portraits?n=16")]
