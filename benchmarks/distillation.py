@@ -14,7 +14,10 @@ transforms, thresholds and pseudo-label weight (kfacemtl.distillation's defaults
 rows take their share of each batch (a fifth on synthetic), so (b) and (c) see fewer labelled rows per step
 than (a); --same-labelled-rows grows their batch by that share instead (synthetic: 80 rows, 64 of them
 labelled on average), so that every row is an addition: the comparison is then at equal steps and equal
-labelled rows, and (b) and (c) compute more.
+labelled rows, and (b) and (c) compute more. --trained-teachers trains the teachers for the whole budget
+first, as the paper and Radosavovic et al. do (a teacher trained to convergence, then a student): the
+single-task teachers for the student's steps, and for (c) the fixed model (a) itself, the multi-task model
+trained for the whole budget on the labels alone; the student then starts from scratch as before.
 
 Settings:
   synthetic  the demo's four labelled domains (age, gender, race, expression; 32x32 input) with the
@@ -35,7 +38,8 @@ Also written to --out: results.txt and results.json. A benchmark measures and pr
 nothing.
 
     python benchmarks/distillation.py [--settings synthetic real] [--seeds 0 1 2] [--rounds 2]
-        [--epochs-per-round 3] [--thresholds gender=0.9 ...] [--same-labelled-rows] [--out runs/distillation]
+        [--epochs-per-round 3] [--thresholds gender=0.9 ...] [--same-labelled-rows]
+        [--trained-teachers] [--out runs/distillation]
 
 Finished runs in --out are reused (their config must match); interrupted ones resume.
 """
@@ -98,9 +102,10 @@ def with_rounds(cfg: dict, rounds: int, epochs_per_round: int) -> dict:
 
 def variant_config(base: dict, variant: str, unlabelled: list, rounds: int, epochs_per_round: int,
                    teachers: dict | None = None, thresholds: dict | None = None,
-                   same_labelled_rows: bool = False) -> dict:
+                   same_labelled_rows: bool = False, multi_task_teacher: str | None = None) -> dict:
     """The config of one of ``VARIANTS``; ``same_labelled_rows``: the batch of (b) and (c) grows by the unlabelled
-    sources' share of balanced mixing, so that a step carries as many labelled rows as (a)'s on average."""
+    sources' share of balanced mixing, so that a step carries as many labelled rows as (a)'s on average;
+    ``multi_task_teacher``: (c)'s fixed teacher (a run directory) instead of the student itself."""
     cfg = with_rounds(base, rounds, epochs_per_round)
     if variant == "no distillation":
         return cfg
@@ -116,6 +121,8 @@ def variant_config(base: dict, variant: str, unlabelled: list, rounds: int, epoc
         cfg["distillation"]["thresholds"] = dict(thresholds)
     if variant == "single-task teachers":
         cfg["distillation"]["teachers"] = {task: str(path) for task, path in teachers.items()}
+    elif multi_task_teacher is not None:
+        cfg["distillation"]["teachers"] = str(multi_task_teacher)
     return cfg
 
 
@@ -128,25 +135,27 @@ def synthetic_base(seed: int, steps_per_epoch: int, faces: int, test_faces: int)
 
 
 def run_variants(name: str, seed: int, base: dict, unlabelled: list, target_test, rounds: int, epochs_per_round: int,
-                 out: Path, thresholds: dict | None = None, same_labelled_rows: bool = False) -> dict:
-    """Train the single-task teachers and the three students of one seed; returns their round logs and scores."""
+                 out: Path, thresholds: dict | None = None, same_labelled_rows: bool = False,
+                 trained_teachers: bool = False) -> dict:
+    """Train the single-task teachers and the three students of one seed; returns their round logs and scores.
+    ``trained_teachers``: the teachers are trained for the whole budget first (see the module's text)."""
     tasks = resolve_tasks(base["tasks"])
     folder = out / name / f"seed{seed}"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         sources = build_sources(base["sources"])
     teachers = {}
-    # the teachers get the steps the multi-task teacher has at the first round boundary
-    for task, stl_cfg in single_task_configs(with_rounds(base, 0, epochs_per_round), sources).items():
+    # the teachers get the steps the multi-task teacher has at the first round boundary, or the whole budget
+    teacher_budget = with_rounds(base, rounds if trained_teachers else 0, epochs_per_round)
+    for task, stl_cfg in single_task_configs(teacher_budget, sources).items():
         teachers[task] = folder / f"teacher_{task}"
         print(f"[{name} seed {seed}] single-task teacher {task}", flush=True)
         run(stl_cfg, teachers[task])
-    result = {}
-    for variant in VARIANTS:
-        vfolder = folder / variant.replace(" ", "_").replace("-", "_")
+    result, folders = {}, {variant: folder / variant.replace(" ", "_").replace("-", "_") for variant in VARIANTS}
+    for variant, vfolder in folders.items():
         print(f"[{name} seed {seed}] {variant}", flush=True)
         cfg = variant_config(base, variant, unlabelled, rounds, epochs_per_round, teachers, thresholds,
-                             same_labelled_rows)
+                             same_labelled_rows, folders["no distillation"] if trained_teachers else None)
         callback = RoundEvaluation(epochs_per_round, [target_test], tasks, vfolder / "round_evaluation.json")
         run(cfg, vfolder, extra_callbacks=[callback])
         log_path = vfolder / "distillation.json"
@@ -287,6 +296,9 @@ def main(argv=None):
     ap.add_argument("--same-labelled-rows", action="store_true",
                     help="grow the batch of (b) and (c) by the unlabelled rows' share, so that every step carries "
                          "as many labelled rows as (a)'s (needs balanced mixing)")
+    ap.add_argument("--trained-teachers", action="store_true",
+                    help="train the teachers for the whole budget first: single-task teachers for the student's "
+                         "steps, and (a)'s final model as (c)'s fixed multi-task teacher")
     ap.add_argument("--out", default=str(ROOT / "runs" / "distillation"))
     args = ap.parse_args(argv)
     try:
@@ -305,7 +317,8 @@ def main(argv=None):
                     warnings.simplefilter("ignore", UserWarning)
                     test = build_sources([f"synthetic:street?split=test&n={args.synthetic_test_faces}&seed={seed}"])[0]
                 per_seed[seed] = run_variants("synthetic", seed, base, unlabelled, test, args.rounds,
-                                              args.epochs_per_round, out, thresholds, args.same_labelled_rows)
+                                              args.epochs_per_round, out, thresholds, args.same_labelled_rows,
+                                              args.trained_teachers)
                 if cost is None:
                     student = load_model(Path(per_seed[seed]["multi-task teacher"]["folder"]) / "model.keras")
                     ds = make_dataset([test], resolve_tasks(base["tasks"]), batch_size=512,
@@ -331,7 +344,8 @@ def main(argv=None):
                     lfw = CsvSource(str(labels), domain="lfw", name="lfw-expressions")
                 unlabelled = [f"csv:{labels}?name=lfw-unlabelled&domain=lfw"]  # trained on without its labels
                 per_seed[seed] = run_variants("real", seed, base, unlabelled, lfw, args.rounds,
-                                              args.real_epochs_per_round, out, thresholds, args.same_labelled_rows)
+                                              args.real_epochs_per_round, out, thresholds, args.same_labelled_rows,
+                                              args.trained_teachers)
                 runs = per_seed[seed]
                 per_seed[seed]["fer_agreement"] = agreement(
                     runs["single-task teachers"]["folder"], runs["multi-task teacher"]["folder"], "fer2013-Training",

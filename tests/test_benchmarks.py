@@ -123,7 +123,7 @@ def test_distillation_benchmark_synthetic_and_real(tmp_path, monkeypatch, capsys
     monkeypatch.setattr(bench, "SYNTHETIC_MODEL", TINY_MODEL)
     args = ["--settings", "synthetic", "--seeds", "0", "--rounds", "1", "--epochs-per-round", "1",
             "--synthetic-steps-per-epoch", "2", "--synthetic-faces", "48", "--synthetic-test-faces", "24",
-            "--thresholds", "gender=0.5", "--out", str(tmp_path / "runs")]
+            "--thresholds", "gender=0.5", "--trained-teachers", "--out", str(tmp_path / "runs")]
     assert bench.main(args) == 0
     out = capsys.readouterr().out
     assert "pseudo-labels on street-train" in out and "student on street-test after each round" in out
@@ -140,6 +140,9 @@ def test_distillation_benchmark_synthetic_and_real(tmp_path, monkeypatch, capsys
     assert teachers == {t: str(seed0 / f"teacher_{t}") for t in ("age", "gender", "race", "expression")}
     distill = yaml.safe_load((seed0 / "multi_task_teacher" / "config.yaml").read_text())["distillation"]
     assert distill["thresholds"] == {"gender": 0.5} and distill["rounds"] == 1
+    assert distill["teachers"] == str(seed0 / "no_distillation")  # --trained-teachers: (a) teaches (c)
+    teacher_steps = yaml.safe_load((seed0 / "teacher_gender" / "config.yaml").read_text())["training"]["epochs"]
+    assert teacher_steps == 2  # the whole budget: (rounds + 1) x epochs per round
     assert result["cost"]["ensemble_images_per_s"] > 0
     # the real setting on data in the real layouts; LFW is the unlabelled target, scored by its hidden labels
     _real_layout(tmp_path / "data")
@@ -156,7 +159,7 @@ def test_distillation_benchmark_synthetic_and_real(tmp_path, monkeypatch, capsys
     assert isinstance(real["fer_agreement"], dict)
 
 
-def test_distillation_benchmark_can_keep_the_labelled_rows_of_each_step():
+def test_distillation_benchmark_options_keep_labelled_rows_and_fix_the_teacher():
     import distillation as bench
     base = bench.synthetic_base(0, steps_per_epoch=5, faces=64, test_faces=16)  # four labelled domains, balanced
     street = ["synthetic:street?n=64"]
@@ -164,6 +167,9 @@ def test_distillation_benchmark_can_keep_the_labelled_rows_of_each_step():
              for v in bench.VARIANTS}
     assert sizes == {"no distillation": 64, "single-task teachers": 80, "multi-task teacher": 80}
     assert bench.variant_config(base, "multi-task teacher", street, 2, 1)["training"]["batch_size"] == 64
+    fixed = bench.variant_config(base, "multi-task teacher", street, 2, 1, multi_task_teacher="runs/a")
+    assert fixed["distillation"]["teachers"] == "runs/a"  # --trained-teachers: (a)'s model teaches (c)
+    assert "teachers" not in bench.variant_config(base, "multi-task teacher", street, 2, 1)["distillation"]
     base["training"]["mixing"] = "proportional"  # the unlabelled share is then not a fixed fraction
     with pytest.raises(SystemExit, match="balanced"):
         bench.variant_config(base, "multi-task teacher", street, 2, 1, same_labelled_rows=True)
