@@ -264,6 +264,12 @@ class DecodedImages(Source):
             if self._images is None:
                 self._images = self._write()
 
+    @property
+    def hidden(self):
+        """The wrapped :class:`~kfacemtl.sources.WithoutLabels`'s hidden labels (the same rows), else None:
+        distillation scores its pseudo-labels with them."""
+        return getattr(self.source, "hidden", None)
+
     def _decoded_batches(self):
         """Batches of decoded uint8 images; :class:`BadImageFiles` once all are read if some files cannot be."""
         to_uint8 = lambda data: tf.cast(tf.round(decode_image(data, self.image_size) * 255), tf.uint8)  # noqa: E731

@@ -485,6 +485,12 @@ class RowSubset(Source):
     def describe(self) -> dict:
         return dict(self.source.describe(), rows=len(self.rows), left_out=len(self.source) - len(self.rows))
 
+    @property
+    def hidden(self):
+        """The same rows of the wrapped source's hidden labels (:class:`WithoutLabels`), else None."""
+        hidden = getattr(self.source, "hidden", None)
+        return None if hidden is None else RowSubset(hidden, self.rows)
+
 
 def _flag(value) -> bool:
     """A boolean option that may arrive as text from a query string."""

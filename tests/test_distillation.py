@@ -10,8 +10,8 @@ from kfacemtl.distillation import (DataDistillation, EnsembleTeacher, PseudoLabe
                                    transform_batch, transform_boxes)
 from kfacemtl.errors import ConfigError
 from kfacemtl.losses import MaskedTaskLoss, class_accuracy
-from kfacemtl.pipeline import make_dataset
-from kfacemtl.sources import CsvSource, ImagesSource, SyntheticSource, WithoutLabels, make_source
+from kfacemtl.pipeline import DecodedImages, make_dataset
+from kfacemtl.sources import CsvSource, ImagesSource, RowSubset, SyntheticSource, WithoutLabels, make_source
 from kfacemtl.tasks import get_task, resolve_tasks
 from kfacemtl.training import compile_model, train_run
 
@@ -271,6 +271,11 @@ def test_unlabelled_file_sources_are_streamed_and_hidden_labels_only_score(tmp_p
     entry = d.run_round(tiny_model(["gender"]))
     assert entry["sources"]["faces"]["gender"]["accepted"] == 6 and "quality_accepted" not in entry["sources"]["faces"]["gender"]
     assert entry["sources"]["target"]["gender"]["scored"] == 6
+    # the training cache, and leaving undecodable files out, keep the hidden labels that score
+    cached = DecodedImages(hidden, (32, 32))
+    for wrapped, truth in ((cached, [0, 1, 0, 1, 0, 1]), (RowSubset(cached, [1, 2, 5]), [1, 0, 1])):
+        d = DataDistillation([wrapped], tasks, rounds=1, verbose=0)
+        assert d.ground_truth["target"]["gender"].tolist() == truth
 
 
 def test_train_run_with_distillation_from_config(tmp_path):
