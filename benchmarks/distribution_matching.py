@@ -46,6 +46,7 @@ import numpy as np  # noqa: E402
 from ablation_weighting_lr import SYNTHETIC_MODEL, _cell, run, scores  # noqa: E402
 from kfacemtl.evaluation import text_table  # noqa: E402
 from kfacemtl.files import atomic_write_text  # noqa: E402
+from kfacemtl.pipeline import MIXING_MODES  # noqa: E402
 from kfacemtl.training import build_sources  # noqa: E402
 from real_mtl_vs_stl import single_task_configs  # noqa: E402
 
@@ -224,7 +225,7 @@ def main(argv=None):
     ap.add_argument("--lab-faces", type=int, default=None, help="lab training faces, the only AU labels "
                                                                    "(default: a third of --faces)")
     ap.add_argument("--test-faces", type=int, default=500)
-    ap.add_argument("--mixing", default="balanced", choices=["balanced", "sqrt", "proportional"],
+    ap.add_argument("--mixing", default="balanced", choices=list(MIXING_MODES),
                     help="how the multi-task models draw the three domains (the single-task ones: proportional, "
                          "each with its task's share of the multi-task batch)")
     ap.add_argument("--table", default="estimate", choices=["estimate", "du2014"],

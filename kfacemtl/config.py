@@ -204,10 +204,10 @@ def resolve_config(config: Mapping | None) -> dict:
     if tr["weighting_options"] is not None and not isinstance(tr["weighting_options"], Mapping):
         raise ConfigError("training.weighting_options", f"expected a mapping of options, got {tr['weighting_options']!r}")
     options = tr["dynamic_lr_options"]
-    if options is not None and (not isinstance(options, Mapping) or tr["lr_schedule"] != "dynamic"):
-        raise ConfigError("training.dynamic_lr_options", f"expected a mapping of DynamicLearningRate options with "
-                                                         f"lr_schedule: dynamic, got {options!r}")
     if options is not None:
+        if not isinstance(options, Mapping) or tr["lr_schedule"] != "dynamic":
+            raise ConfigError("training.dynamic_lr_options", f"expected a mapping of DynamicLearningRate options "
+                                                             f"with lr_schedule: dynamic, got {options!r}")
         from kfacemtl.callbacks import make_dynamic_lr
         make_dynamic_lr(options)  # unknown or out-of-range options fail here, before anything is trained
     if weights and tr["weighting"] not in ("equal", "static"):

@@ -208,12 +208,11 @@ def mixing_weights(sources: Sequence[Source], mixing: str | Mapping[str, float] 
         w = np.array([float(mixing[n]) for n in names])
         if np.any(~np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
             raise ConfigError("training.mixing", f"weights must be finite, ≥ 0 and not all 0, got {dict(mixing)}")
-    elif mixing == "proportional":
+    elif mixing in ("proportional", "sqrt"):
         w = np.array([len(s) for s in sources], dtype="float64")
+        w = w if mixing == "proportional" else np.sqrt(w)
     elif mixing == "balanced":
         w = np.ones(len(sources))
-    elif mixing == "sqrt":
-        w = np.sqrt(np.array([len(s) for s in sources], dtype="float64"))
     else:
         raise ConfigError("training.mixing", f"expected one of {MIXING_MODES} or a mapping "
                                              f"{{source: weight}}, got {mixing!r}")

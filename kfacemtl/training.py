@@ -375,7 +375,8 @@ def train_run(config: Mapping, out_dir, resume: bool = False, verbose="auto", ex
     ]
     guard = None
     if tr["lr_schedule"] == "dynamic":
-        callbacks.insert(0, make_dynamic_lr(tr["dynamic_lr_options"]))  # before the loggers, so they see the epoch's learning rate
+        # first, before the loggers, so they see the epoch's learning rate
+        callbacks.insert(0, make_dynamic_lr(tr["dynamic_lr_options"]))
     else:  # (the dynamic learning rate rolls back by itself)
         guard = NaNGuard(tr["on_nan"], verbose=int(verbose != 0))
         callbacks.insert(0, guard)
