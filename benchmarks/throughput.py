@@ -7,14 +7,18 @@ default backbone, batch 64) or the synthetic demo setting (--setting synthetic, 
                       cache (the default, training.cache: auto), then augmentation, mixing, batching; and with
                       cache: none (every step decodes its files again)
   model alone         model.fit on one batch held in memory and repeated (the same train step, no input work);
-                      also compiled with XLA (jit_compile) and in mixed precision (mixed_float16)
+                      also compiled with XLA (jit_compile) and in mixed precision (mixed_float16); and, with
+                      variant cached_xla, the full pipeline with XLA
   pipeline alone      the input pipeline iterated without a model (what it can feed at most), both ways
   FLOPs               the model's forward FLOPs per image (2 x multiply-adds of its conv and dense layers); a
                       training step counts 3x (forward, and a backward of about twice the forward)
-  model-FLOP          achieved training FLOP/s over the peak FLOP/s of a large float32 matmul (2048^3) timed in
-  utilisation         the same run
+  model-FLOP          achieved training FLOP/s over the peak FLOP/s of a large matmul timed in the same run
+  utilisation         (2048^3 on a CPU, 8192^3 on a GPU; float32, or float16 with --precision mixed_float16)
   inference images/s  the model on in-memory batches of 64 (training=False)
-  peak memory         the process's peak resident memory (ru_maxrss) at the end
+  peak memory         the process's peak resident memory (ru_maxrss) at the end; on a GPU also the GPU's peak
+
+--precision mixed_float16 builds every network of the table (training, inference) in mixed precision, so a GPU's
+table can be printed with and without it; --batch-size overrides the config's batch (a GPU is per-step bound at 64).
 
 Each training rate is timed in a fresh process (so no other dataset's threads run beside it), --repeats times
 interleaved (files, cache, model alone and its XLA and float16 variants), medians: one timing on this shared machine can be off by a third. The pipeline keeps up when training with it runs at >= 95 %
@@ -22,7 +26,8 @@ of the model alone. Written to --out: results.txt,
 results.json. A benchmark measures and prints; it asserts nothing.
 
     python benchmarks/throughput.py [--setting real|synthetic] [--steps 40] [--repeats 3] [--warmup 10]
-        [--in-process] [--variants files,cached,alone,alone_xla,alone_mixed] [--out runs/throughput]
+        [--in-process] [--variants files,cached,alone,alone_xla,alone_mixed,cached_xla] [--out runs/throughput]
+        [--precision float32|mixed_float16] [--batch-size N]
 """
 
 import argparse
@@ -61,12 +66,14 @@ def pipeline_rate(ds, steps: int, warmup: int) -> float:
     return n / (time.perf_counter() - start)
 
 
-def matmul_peak(n: int = 2048, reps: int = 10) -> float:
-    """FLOP/s of an n x n float32 matmul, the best of ``reps`` timed runs (after one untimed)."""
+def matmul_peak(n: int | None = None, reps: int = 10, dtype: str = "float32") -> float:
+    """FLOP/s of an n x n matmul in ``dtype``, the best of ``reps`` timed runs (after one untimed); n defaults to
+    2048 on a CPU and 8192 on a GPU (a small product there measures launch overhead, not the chip)."""
     import tensorflow as tf
-    a = tf.random.normal((n, n))
-    b = tf.random.normal((n, n))
-    f = tf.function(lambda a, b: tf.matmul(a, b))
+    n = n or (8192 if tf.config.list_physical_devices("GPU") else 2048)
+    a = tf.cast(tf.random.normal((n, n)), dtype)
+    b = tf.cast(tf.random.normal((n, n)), dtype)
+    f = tf.function(lambda a, b: tf.reduce_sum(tf.cast(tf.matmul(a, b), "float32")))  # a scalar back, not n^2
     f(a, b).numpy()
     best = float("inf")
     for _ in range(reps):
@@ -89,7 +96,7 @@ def inference_rate(model, image_shape, batch: int = 64, steps: int = 30) -> floa
     return steps * batch / (time.perf_counter() - start)
 
 
-VARIANTS = ("files", "cached", "alone", "alone_xla", "alone_mixed")
+VARIANTS = ("files", "cached", "alone", "alone_xla", "alone_mixed", "cached_xla")
 
 
 def _setup(cfg: dict, model_overrides: dict):
@@ -104,26 +111,31 @@ def _setup(cfg: dict, model_overrides: dict):
     return tasks, tr, mc, sources, common
 
 
-def one_variant(cfg: dict, variant: str, steps: int, warmup: int, model_overrides: dict) -> dict:
+def one_variant(cfg: dict, variant: str, steps: int, warmup: int, model_overrides: dict,
+                precision: str = "float32") -> dict:
     """Training images/s of one variant (in a process of its own, so no other dataset's threads run beside it):
-    ``files`` (cache: none), ``cached`` (cache: auto), ``alone`` (one batch held in memory, repeated), and the
-    model alone compiled with XLA (``alone_xla``) or computing in float16 (``alone_mixed``)."""
+    ``files`` (cache: none), ``cached`` (cache: auto), ``alone`` (one batch held in memory, repeated), the model
+    alone compiled with XLA (``alone_xla``) or computing in float16 (``alone_mixed``, and every variant with
+    ``precision="mixed_float16"``), and the full pipeline with XLA (``cached_xla``)."""
     import tensorflow as tf
     tasks, tr, mc, sources, common = _setup(cfg, model_overrides)
     start = time.perf_counter()
-    ds = make_dataset(sources, tasks, cache="none" if variant != "cached" else "auto", **common)
+    ds = make_dataset(sources, tasks, cache="auto" if variant.startswith("cached") else "none", **common)
     built = time.perf_counter() - start
     if variant.startswith("alone"):
         ds = tf.data.Dataset.from_tensors(next(iter(ds))).repeat()
-    model = compile_model(build_model(tasks, **dict(mc, mixed_precision=variant == "alone_mixed")), tr["optimizer"],
-                          tr["learning_rate"], jit_compile=variant == "alone_xla")
+    mixed = variant == "alone_mixed" or precision == "mixed_float16"
+    model = compile_model(build_model(tasks, **dict(mc, mixed_precision=mixed)), tr["optimizer"],
+                          tr["learning_rate"], jit_compile=variant.endswith("_xla"))
     clock = StepClock()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         model.fit(ds, epochs=1, steps_per_epoch=warmup, verbose=0)  # tracing and the first batches, untimed
         model.fit(ds, epochs=1, steps_per_epoch=steps, verbose=0, callbacks=[clock])
+    gpu = tf.config.list_physical_devices("GPU")
     return {"images_per_s": steps * tr["batch_size"] / clock.seconds, "dataset_seconds": built,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "gpu_peak_mb": tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2 ** 20 if gpu else None}
 
 
 class StepClock(keras.callbacks.Callback):
@@ -139,7 +151,7 @@ class StepClock(keras.callbacks.Callback):
 
 
 def measure(cfg: dict, steps: int, warmup: int, repeats: int = 3, model_overrides: dict | None = None,
-            child_args: list | None = None, variants=VARIANTS) -> dict:
+            child_args: list | None = None, variants=VARIANTS, precision: str = "float32") -> dict:
     """Every measure of the table. Training rates: each variant ``repeats`` times in a fresh process (interleaved,
     so a slow spell of the shared machine hits every variant), medians."""
     import subprocess
@@ -149,17 +161,19 @@ def measure(cfg: dict, steps: int, warmup: int, repeats: int = 3, model_override
     for _ in range(repeats):
         for v in variants:
             if child_args is None:  # --in-process: quicker, less isolated
-                runs[v].append(one_variant(cfg, v, steps, warmup, model_overrides))
+                runs[v].append(one_variant(cfg, v, steps, warmup, model_overrides, precision))
                 continue
             out = subprocess.run([sys.executable, __file__, "--one", v, "--steps", str(steps), "--warmup", str(warmup),
-                                  "--model", json.dumps(model_overrides)] + child_args,
+                                  "--model", json.dumps(model_overrides), "--precision", precision] + child_args,
                                  capture_output=True, text=True, check=True).stdout
             runs[v].append(json.loads(out.strip().splitlines()[-1]))
     med = {v: float(np.median([r["images_per_s"] for r in rs])) for v, rs in runs.items()}
     tasks, tr, mc, sources, common = _setup(cfg, model_overrides)
     cached, files = (make_dataset(sources, tasks, cache=c, **common) for c in ("auto", "none"))
-    model = build_model(tasks, **mc)
-    flops, peak, full = count_flops(model), matmul_peak(), med["cached"]
+    mixed = precision == "mixed_float16"
+    model = build_model(tasks, **dict(mc, mixed_precision=mixed))
+    flops, peak, full = count_flops(model), matmul_peak(dtype="float16" if mixed else "float32"), med["cached"]
+    gpu_peaks = [r.get("gpu_peak_mb") for r in runs["cached"]]
     return {
         "sources": [s.name for s in sources], "batch_size": tr["batch_size"], "input_shape": list(mc["input_shape"]),
         "parameters": int(model.count_params()), "steps": steps, "warmup": warmup, "repeats": repeats,
@@ -167,7 +181,7 @@ def measure(cfg: dict, steps: int, warmup: int, repeats: int = 3, model_override
         "train_images_per_s": full, "train_no_cache_images_per_s": med["files"],
         "model_alone_images_per_s": med["alone"], "pipeline_over_model": full / med["alone"],
         "model_alone_xla_images_per_s": med.get("alone_xla"), "model_alone_mixed_images_per_s": med.get("alone_mixed"),
-        "no_cache_over_model": med["files"] / med["alone"],
+        "no_cache_over_model": med["files"] / med["alone"], "train_xla_images_per_s": med.get("cached_xla"),
         "pipeline_alone_images_per_s": pipeline_rate(cached, steps, warmup),
         "pipeline_no_cache_alone_images_per_s": pipeline_rate(files, steps, warmup), "forward_flops_per_image": flops,
         "train_flops_per_s": 3 * flops * full, "matmul_peak_flops_per_s": peak,
@@ -176,6 +190,7 @@ def measure(cfg: dict, steps: int, warmup: int, repeats: int = 3, model_override
         "peak_rss_mb": max(r["peak_rss_mb"] for r in runs["cached"]),
         "peak_rss_no_cache_mb": max(r["peak_rss_mb"] for r in runs["files"]),
         "cpu_count": os.cpu_count(), "devices": [d.device_type for d in tf.config.list_physical_devices()],
+        "precision": precision, "gpu_peak_mb": max(gpu_peaks) if None not in gpu_peaks else None,
     }
 
 
@@ -192,6 +207,7 @@ def format_table(r: dict, setting: str) -> str:
          f"{100 * r['no_cache_over_model']:.1f} % of the model alone"],
         ["training, model alone (batch in memory)", f"{alone:.0f} images/s", "the baseline"],
         ["training, model alone, XLA (training.jit_compile)", *_against(r["model_alone_xla_images_per_s"], alone)],
+        ["training, full pipeline, XLA", *_against(r.get("train_xla_images_per_s"), alone)],
         ["training, model alone, mixed_float16 (model.mixed_precision)",
          *_against(r["model_alone_mixed_images_per_s"], alone)],
         ["input pipeline alone, cache / no cache", f"{r['pipeline_alone_images_per_s']:.0f} / "
@@ -201,13 +217,18 @@ def format_table(r: dict, setting: str) -> str:
         ["building the cache", f"{r['cache_seconds']:.0f} s", "once per training run"],
         ["forward FLOPs per image", f"{r['forward_flops_per_image'] / 1e6:.1f} MFLOP", f"{r['parameters']:,} parameters"],
         ["achieved training FLOP/s", f"{r['train_flops_per_s'] / 1e9:.1f} GFLOP/s", "3 x forward FLOPs x images/s"],
-        ["float32 matmul peak (2048^3)", f"{r['matmul_peak_flops_per_s'] / 1e9:.1f} GFLOP/s", "measured in this run"],
+        [f"{'float16' if r.get('precision') == 'mixed_float16' else 'float32'} matmul peak "
+         f"({8192 if 'GPU' in r['devices'] else 2048}^3)", f"{r['matmul_peak_flops_per_s'] / 1e9:.1f} GFLOP/s",
+         "measured in this run"],
         ["model-FLOP utilisation", f"{100 * r['model_flop_utilisation']:.1f} %", ""],
         ["inference, batch 64, in memory", f"{r['inference_images_per_s']:.0f} images/s", ""],
         ["peak resident memory of training, cache / no cache", f"{r['peak_rss_mb']:.0f} / "
          f"{r['peak_rss_no_cache_mb']:.0f} MB", "whole process"],
     ]
-    title = (f"{setting}: {', '.join(r['sources'])}; input {r['input_shape']}, batch {r['batch_size']}; training "
+    if r.get("gpu_peak_mb") is not None:
+        rows.append(["peak GPU memory of training (cache)", f"{r['gpu_peak_mb']:.0f} MB", "TensorFlow's allocator"])
+    title = (f"{setting}, {r.get('precision', 'float32')}: {', '.join(r['sources'])}; input {r['input_shape']}, "
+             f"batch {r['batch_size']}; training "
              f"rates are medians of {r['repeats']} timings of {r['steps']} steps (after {r['warmup']} untimed), each "
              f"in a fresh process; {r['cpu_count']} CPUs, devices {sorted(set(r['devices']))}")
     return title + "\n" + text_table(["measure", "value", "note"], rows)
@@ -228,6 +249,9 @@ def main(argv=None):
                                                                    "less isolated than a fresh process each)")
     ap.add_argument("--variants", default=",".join(VARIANTS), help=f"training rates to time, of {','.join(VARIANTS)} "
                                                                    "(files, cached and alone are needed)")
+    ap.add_argument("--precision", default="float32", choices=["float32", "mixed_float16"],
+                    help="every network of the table in this precision (mixed_float16: float16 compute on a GPU)")
+    ap.add_argument("--batch-size", type=int, help="override the config's training.batch_size")
     ap.add_argument("--one", choices=VARIANTS, help=argparse.SUPPRESS)  # a child process: one training rate
     args = ap.parse_args(argv)
     if args.setting == "real":
@@ -238,17 +262,20 @@ def main(argv=None):
         cfg = with_data_root(load_config(args.config), str(data))
     else:
         cfg = demo_config(train_faces=args.synthetic_faces)
+    if args.batch_size:
+        cfg.setdefault("training", {})["batch_size"] = args.batch_size
     overrides = json.loads(args.model)
     if args.one:
-        print(json.dumps(one_variant(cfg, args.one, args.steps, args.warmup, overrides)))
+        print(json.dumps(one_variant(cfg, args.one, args.steps, args.warmup, overrides, args.precision)))
         return 0
     child = ["--setting", args.setting, "--data", args.data, "--config", args.config,
-             "--synthetic-faces", str(args.synthetic_faces)]
+             "--synthetic-faces", str(args.synthetic_faces)] + (["--batch-size", str(args.batch_size)]
+                                                                 if args.batch_size else [])
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     if not {"files", "cached", "alone"} <= set(variants) <= set(VARIANTS):
         ap.error(f"--variants: expected files, cached, alone and any of {VARIANTS[3:]}, got {args.variants!r}")
     result = measure(cfg, args.steps, args.warmup, args.repeats, overrides, None if args.in_process else child,
-                     variants)
+                     variants, args.precision)
     text = format_table(result, args.setting)
     print("\n" + text, flush=True)
     out = Path(args.out)

@@ -15,7 +15,7 @@ A config has these sections (``unlabelled_sources``, ``distillation`` and ``coup
                mixing: proportional, loss_normalization: mean_with_sample_weight,
                loss_weights: {expression: 2.0},   # static task weights (default 1 each)
                strategy: default,                 # or mirrored, multi_worker (kfacemtl.distribute)
-               jit_compile: false, cache: auto,   # model: {mixed_precision: true} computes in float16
+               jit_compile: auto, cache: auto,    # XLA on a GPU; model: {mixed_precision: true}: float16
                bad_images: error,                 # or skip: undecodable image files left out, counted
                on_nan: rollback,                  # or stop: a NaN loss stops the run (TrainingDiverged)
                deterministic: false}              # true: op determinism, the same seed gives the same run
@@ -85,7 +85,7 @@ DEFAULTS: dict[str, Any] = {
         "deterministic": False,
         "strategy": "default",
         "strategy_devices": None,
-        "jit_compile": False,
+        "jit_compile": "auto",
         "seed": 0,
     },
     "distillation": {
@@ -114,7 +114,8 @@ STRATEGIES = ("default", "mirrored", "multi_worker")  # kfacemtl.distribute
 LR_SCHEDULES = ("constant", "cosine", "dynamic")
 _FREE_FORM = {"tasks", "sources", "eval_sources", "unlabelled_sources", "training.mixing", "training.steps_per_epoch",
               "training.loss_weights", "training.weighting_options", "training.dynamic_lr_options",
-              "training.cache_dir", "training.strategy_devices", "distillation.thresholds", "distillation.teachers",
+              "training.cache_dir", "training.strategy_devices", "training.jit_compile", "distillation.thresholds",
+              "distillation.teachers",
               "coupling.relations"}
 
 
@@ -187,6 +188,9 @@ def resolve_config(config: Mapping | None) -> dict:
                          ("bad_images", BAD_IMAGES), ("strategy", STRATEGIES), ("optimizer", OPTIMIZERS),
                          ("loss_normalization", NORMALIZATIONS), ("weighting", sorted(WEIGHTINGS))):
         check_choice(f"training.{key}", tr[key], choices)
+    if not (isinstance(tr["jit_compile"], bool) or tr["jit_compile"] == "auto"):
+        raise ConfigError("training.jit_compile", f"expected true, false or auto (XLA where a GPU is, under the "
+                                                  f"default strategy), got {tr['jit_compile']!r}")
     devices = tr["strategy_devices"]
     if devices is not None and (tr["strategy"] != "mirrored" or not isinstance(devices, list) or not devices
                                 or not all(isinstance(d, str) for d in devices)):

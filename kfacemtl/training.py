@@ -104,7 +104,7 @@ def learning_rate_schedule(learning_rate: float, schedule: str = "constant", tot
 def compile_model(model, optimizer="adam", learning_rate: float = 1e-3, weight_decay: float = 0.0,
                   loss_normalization: str = "mean_with_sample_weight", label_smoothing: float = 0.0,
                   loss_weights: Mapping[str, float] | None = None, weighting=None,
-                  weighting_options: Mapping | None = None, jit_compile=False):
+                  weighting_options: Mapping | None = None, jit_compile="auto"):
     """Wire masked per-task losses, loss weights and weighted metrics into ``model.compile``.
 
     Args:
@@ -116,8 +116,9 @@ def compile_model(model, optimizer="adam", learning_rate: float = 1e-3, weight_d
         weighting: a task-weighting strategy, by name (``equal``, ``static``, ``uncertainty``,
             ``dwa``, ``dynamic``, ``gradnorm``; see :mod:`kfacemtl.weighting`) or an instance; ``weighting_options``
             are its arguments. ``equal`` (and ``static`` with ``loss_weights``) use Keras's own sum.
-        jit_compile: XLA; off by default (on the 2-core CPU measured: 1.06-1.11× faster steps, about 10 s to
-            compile; worth it for long runs).
+        jit_compile: XLA: ``True``, ``False`` or ``"auto"`` (the default, Keras's rule: on where a GPU is and no
+            ``tf.distribute`` strategy is active, off on a CPU). Measured: 4.6× faster steps on an H100 at batch 64;
+            1.06-1.11× on the 2-core CPU, where compiling (about 10 s) pays only in long runs.
 
     A model built with ``mixed_precision=True`` gets its optimizer wrapped in
     ``keras.optimizers.LossScaleOptimizer``. Under a ``tf.distribute`` strategy, build and compile

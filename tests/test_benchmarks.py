@@ -208,14 +208,16 @@ def test_throughput_benchmark_times_pipeline_cache_and_model_alone(tmp_path, cap
     assert bench.main(common + ["--one", "alone_mixed"]) == 0  # what each fresh process of a full run does
     child = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert child["images_per_s"] > 0 and child["dataset_seconds"] >= 0 and child["peak_rss_mb"] > 0
+    assert child["gpu_peak_mb"] is None  # no GPU here
     assert bench.main(common + ["--repeats", "1", "--in-process", "--out", str(tmp_path / "tp"),
-                                "--variants", "files,cached,alone"]) == 0
+                                "--variants", "files,cached,alone", "--batch-size", "16"]) == 0
     out = capsys.readouterr().out
     assert "full pipeline (decoded-image cache)" in out and "model-FLOP utilisation" in out
-    assert "mixed_float16 (model.mixed_precision)  not measured" in out
+    assert "mixed_float16 (model.mixed_precision)  not measured" in out and "full pipeline, XLA" in out
     r = json.loads((tmp_path / "tp" / "results.json").read_text())["synthetic"]
     assert set(r["runs"]) == {"files", "cached", "alone"} and all(len(v) == 1 for v in r["runs"].values())
     assert r["input_shape"] == TINY_MODEL["input_shape"] and r["forward_flops_per_image"] > 0
+    assert r["batch_size"] == 16 and r["precision"] == "float32" and "float32 matmul peak (2048^3)" in out
     assert 0 < r["model_flop_utilisation"] < 1 and r["inference_images_per_s"] > 0 and r["peak_rss_mb"] > 0
     assert bench.main(["--setting", "real", "--data", str(tmp_path / "none")]) == 0  # no real data: a message
     assert "real data not found" in capsys.readouterr().out

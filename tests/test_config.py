@@ -15,6 +15,7 @@ BASE = {"sources": ["synthetic:lab?n=8"]}
     ({"training": {"optimizer": "adagrad"}}, r"'training.optimizer'"),
     ({"training": {"loss_normalization": "mean"}}, r"'training.loss_normalization'"),
     ({"training": {"augment": "yes"}}, r"'training.augment': expected true or false"),
+    ({"training": {"jit_compile": "gpu"}}, r"'training.jit_compile': expected true, false or auto"),
     ({"training": {"loss_weights": [1, 2]}}, r"'training.loss_weights': expected a mapping"),
     ({"training": {"loss_weights": {"age": -1}}}, r"'training.loss_weights.age': expected a number >= 0"),
 ])
@@ -26,6 +27,7 @@ def test_bad_keys_and_values_name_the_key_path(cfg, match):
 def test_defaults_and_files(tmp_path):
     cfg = resolve_config(BASE)
     assert cfg["training"]["loss_normalization"] == "mean_with_sample_weight"
+    assert cfg["training"]["jit_compile"] == "auto"
     assert cfg["tasks"][0] == "age" and cfg["model"]["input_shape"] == [64, 64, 3]
     with pytest.raises(ConfigError, match="at least one training source"):
         resolve_config({})

@@ -203,7 +203,8 @@ def test_train_run_with_both_couplings_and_distillation(tmp_path):
         "eval_sources": ["synthetic:webcam?split=test&n=16"],
         "unlabelled_sources": ["synthetic:street?n=32"],
         "model": {"input_shape": [16, 16, 3], "widths": [8, 16], "depths": [1, 1], "embedding_dim": 16},
-        "training": {"epochs": 2, "steps_per_epoch": 2, "batch_size": 16, "mixing": "balanced"},
+        "training": {"epochs": 2, "steps_per_epoch": 2, "batch_size": 16, "mixing": "balanced",
+                     "jit_compile": True},  # XLA, as jit_compile: auto does on a GPU
         "distillation": {"rounds": 1, "epochs_per_round": 1},
         "coupling": {"coannotation": True, "distribution_matching": True,
                      "relations": [{"source": "expression", "target": "action_units", "table": "estimate"},

@@ -131,6 +131,16 @@ def test_a_run_killed_mid_epoch_resumes_without_losing_a_finished_epoch(tmp_path
     assert report["epochs_done"] == 4 and (out / "model.keras").exists()
 
 
+def test_xla_is_on_by_default_only_where_a_gpu_is():
+    import tensorflow as tf
+    small = dict(SMALL, input_shape=(16, 16, 3))
+    gpu = bool(tf.config.list_physical_devices("GPU"))
+    assert compile_model(build_model(TASKS, **small)).jit_compile is gpu  # "auto": off on this CPU
+    assert compile_model(build_model(TASKS, **small), jit_compile=True).jit_compile is True
+    with tf.distribute.MirroredStrategy(["/cpu:0"]).scope():  # "auto" is off under tf.distribute
+        assert compile_model(build_model(TASKS, **small)).jit_compile is False
+
+
 def test_sources_must_label_a_task_of_the_model(tmp_path):
     cfg = _cfg()
     cfg["sources"] = ["synthetic:affect?n=16&tasks=valence_arousal"]
