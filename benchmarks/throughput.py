@@ -127,11 +127,10 @@ def one_variant(cfg: dict, variant: str, steps: int, warmup: int, model_override
     mixed = variant == "alone_mixed" or precision == "mixed_float16"
     model = compile_model(build_model(tasks, **dict(mc, mixed_precision=mixed)), tr["optimizer"],
                           tr["learning_rate"], jit_compile=variant.endswith("_xla"))
-    clock = StepClock()
+    clock = StepClock(warmup)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        model.fit(ds, epochs=1, steps_per_epoch=warmup, verbose=0)  # tracing and the first batches, untimed
-        model.fit(ds, epochs=1, steps_per_epoch=steps, verbose=0, callbacks=[clock])
+        warnings.simplefilter("ignore", UserWarning)  # one fit: the first ``warmup`` steps (tracing) untimed
+        model.fit(ds, epochs=1, steps_per_epoch=warmup + steps, verbose=0, callbacks=[clock])
     gpu = tf.config.list_physical_devices("GPU")
     return {"images_per_s": steps * tr["batch_size"] / clock.seconds, "dataset_seconds": built,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -139,15 +138,23 @@ def one_variant(cfg: dict, variant: str, steps: int, warmup: int, model_override
 
 
 class StepClock(keras.callbacks.Callback):
-    """Seconds from the first step's start to the last step's end: the steps, not ``fit``'s set-up and tear-down
+    """Seconds from the end of step ``skip`` (the untimed warm-up: tracing, compiling, filling the pipeline's
+    buffers) to the last step's end, inside one ``fit``: the steady state, not ``fit``'s set-up and tear-down
     (closing a dataset iterator with parallel maps in flight sometimes took 5 s here, half of a 40-step timing)."""
 
+    def __init__(self, skip: int = 0):
+        super().__init__()
+        self.skip = skip
+
     def on_train_batch_begin(self, batch, logs=None):
-        if batch == 0:
+        if batch == 0 and self.skip == 0:
             self.start = time.perf_counter()
 
     def on_train_batch_end(self, batch, logs=None):
-        self.seconds = time.perf_counter() - self.start
+        if self.skip and batch == self.skip - 1:
+            self.start = time.perf_counter()
+        elif batch >= self.skip:
+            self.seconds = time.perf_counter() - self.start
 
 
 def measure(cfg: dict, steps: int, warmup: int, repeats: int = 3, model_overrides: dict | None = None,

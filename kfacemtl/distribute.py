@@ -21,8 +21,8 @@ checkpoints and ``--resume`` run unchanged under every strategy.
 ``model.mixed_precision: true`` computes in float16 (keeping float32 weights, outputs and
 losses, with loss scaling); it pays on GPUs with tensor cores and is slower on CPUs.
 ``training.jit_compile`` compiles the train step with XLA: ``auto`` (the default) where a GPU is and the
-strategy is ``default`` (4.6× faster steps on an H100 at batch 64), not on a CPU (1.06-1.11× there, after about
-10 s of compiling per run) nor under ``mirrored``/``multi_worker``; ``true`` or ``false`` force it (see
+strategy is ``default`` (4.6× faster steps on an H100 at batch 64), not on a CPU (0.57-1.11× on 2-core CPUs,
+after about 10 s of compiling per run) nor under ``mirrored``/``multi_worker``; ``true`` or ``false`` force it (see
 ``benchmarks/throughput.py``).
 
 Example:

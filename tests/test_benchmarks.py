@@ -223,6 +223,17 @@ def test_throughput_benchmark_times_pipeline_cache_and_model_alone(tmp_path, cap
     assert "real data not found" in capsys.readouterr().out
 
 
+def test_throughput_step_clock_leaves_the_warm_up_steps_out():
+    import time
+    from throughput import StepClock
+    clock = StepClock(skip=2)
+    for batch, pause in enumerate([0.3, 0.3, 0.01, 0.01, 0.01]):  # two slow warm-up steps (tracing), three timed
+        clock.on_train_batch_begin(batch)
+        time.sleep(pause)
+        clock.on_train_batch_end(batch)
+    assert 0.03 <= clock.seconds < 0.25
+
+
 def test_backbone_benchmark_trains_variants_for_equal_time_and_compares_them(tmp_path, capsys):
     import backbone
     _real_layout(tmp_path / "data")
