@@ -58,7 +58,7 @@ from kfacemtl.evaluation import evaluate_sources, headline_metric, text_table, t
 from kfacemtl.files import atomic_write_text  # noqa: E402
 from kfacemtl.model import load_model  # noqa: E402
 from kfacemtl.tasks import resolve_tasks  # noqa: E402
-from kfacemtl.training import build_sources, demo_config, train_run  # noqa: E402
+from kfacemtl.training import RESUME_MAY_CHANGE, build_sources, demo_config, train_run  # noqa: E402
 from real_mtl_vs_stl import missing_real_data, single_task_configs, with_data_root  # noqa: E402
 from throughput_gpu import parse_variants  # noqa: E402
 
@@ -106,8 +106,13 @@ def with_variant(cfg: dict, overrides: dict) -> dict:
 
 
 def _comparable(cfg: dict) -> dict:
+    """What makes two runs the same experiment: the resolved config, less where and how fast it runs (the settings
+    a resumed run may change, such as ``jit_compile``, whose default changed; ``epochs`` is checked apart)."""
     c = resolve_config(cfg)
     c.pop("eval_sources", None)  # evaluated again here when a finished run's report lacks a test set
+    for key in RESUME_MAY_CHANGE:
+        if key != "epochs":
+            c["training"].pop(key, None)
     return json.loads(json.dumps(c))
 
 

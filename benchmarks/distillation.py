@@ -38,7 +38,7 @@ Also written to --out: results.txt and results.json. A benchmark measures and pr
 nothing.
 
     python benchmarks/distillation.py [--settings synthetic real] [--seeds 0 1 2] [--rounds 2]
-        [--epochs-per-round 3] [--thresholds gender=0.9 ...] [--same-labelled-rows]
+        [--epochs-per-round 3] [--thresholds gender=0.9 ...] [--same-labelled-rows] [--pseudo-weight W] [--soft]
         [--trained-teachers] [--out runs/distillation]
 
 Finished runs in --out are reused (their config must match); interrupted ones resume.
@@ -102,10 +102,12 @@ def with_rounds(cfg: dict, rounds: int, epochs_per_round: int) -> dict:
 
 def variant_config(base: dict, variant: str, unlabelled: list, rounds: int, epochs_per_round: int,
                    teachers: dict | None = None, thresholds: dict | None = None,
-                   same_labelled_rows: bool = False, multi_task_teacher: str | None = None) -> dict:
+                   same_labelled_rows: bool = False, multi_task_teacher: str | None = None,
+                   options: dict | None = None) -> dict:
     """The config of one of ``VARIANTS``; ``same_labelled_rows``: the batch of (b) and (c) grows by the unlabelled
     sources' share of balanced mixing, so that a step carries as many labelled rows as (a)'s on average;
-    ``multi_task_teacher``: (c)'s fixed teacher (a run directory) instead of the student itself."""
+    ``multi_task_teacher``: (c)'s fixed teacher (a run directory) instead of the student itself; ``options``: other
+    ``distillation`` settings of (b) and (c), e.g. ``{"soft": True, "pseudo_weight": 1.0}``."""
     cfg = with_rounds(base, rounds, epochs_per_round)
     if variant == "no distillation":
         return cfg
@@ -116,7 +118,7 @@ def variant_config(base: dict, variant: str, unlabelled: list, rounds: int, epoc
                              f"the config has {cfg['training'].get('mixing')!r}")
         n = len(cfg["sources"])
         cfg["training"]["batch_size"] = int(round(cfg["training"]["batch_size"] * (n + len(unlabelled)) / n))
-    cfg["distillation"] = {"rounds": rounds, "epochs_per_round": epochs_per_round}
+    cfg["distillation"] = {**(options or {}), "rounds": rounds, "epochs_per_round": epochs_per_round}
     if thresholds:
         cfg["distillation"]["thresholds"] = dict(thresholds)
     if variant == "single-task teachers":
@@ -136,7 +138,7 @@ def synthetic_base(seed: int, steps_per_epoch: int, faces: int, test_faces: int)
 
 def run_variants(name: str, seed: int, base: dict, unlabelled: list, target_test, rounds: int, epochs_per_round: int,
                  out: Path, thresholds: dict | None = None, same_labelled_rows: bool = False,
-                 trained_teachers: bool = False) -> dict:
+                 trained_teachers: bool = False, options: dict | None = None) -> dict:
     """Train the single-task teachers and the three students of one seed; returns their round logs and scores.
     ``trained_teachers``: the teachers are trained for the whole budget first (see the module's text)."""
     tasks = resolve_tasks(base["tasks"])
@@ -155,7 +157,7 @@ def run_variants(name: str, seed: int, base: dict, unlabelled: list, target_test
     for variant, vfolder in folders.items():
         print(f"[{name} seed {seed}] {variant}", flush=True)
         cfg = variant_config(base, variant, unlabelled, rounds, epochs_per_round, teachers, thresholds,
-                             same_labelled_rows, folders["no distillation"] if trained_teachers else None)
+                             same_labelled_rows, folders["no distillation"] if trained_teachers else None, options)
         callback = RoundEvaluation(epochs_per_round, [target_test], tasks, vfolder / "round_evaluation.json")
         run(cfg, vfolder, extra_callbacks=[callback])
         log_path = vfolder / "distillation.json"
@@ -299,8 +301,11 @@ def main(argv=None):
     ap.add_argument("--trained-teachers", action="store_true",
                     help="train the teachers for the whole budget first: single-task teachers for the student's "
                          "steps, and (a)'s final model as (c)'s fixed multi-task teacher")
+    ap.add_argument("--pseudo-weight", type=float, help="pseudo-labelled rows' weight (the package's default: 0.5)")
+    ap.add_argument("--soft", action="store_true", help="soft pseudo-labels (the ensemble's probabilities) for classes")
     ap.add_argument("--out", default=str(ROOT / "runs" / "distillation"))
     args = ap.parse_args(argv)
+    options = {k: v for k, v in (("pseudo_weight", args.pseudo_weight), ("soft", args.soft or None)) if v is not None}
     try:
         thresholds = {k: float(v) for k, v in (t.split("=", 1) for t in args.thresholds)}
     except ValueError:
@@ -318,7 +323,7 @@ def main(argv=None):
                     test = build_sources([f"synthetic:street?split=test&n={args.synthetic_test_faces}&seed={seed}"])[0]
                 per_seed[seed] = run_variants("synthetic", seed, base, unlabelled, test, args.rounds,
                                               args.epochs_per_round, out, thresholds, args.same_labelled_rows,
-                                              args.trained_teachers)
+                                              args.trained_teachers, options)
                 if cost is None:
                     student = load_model(Path(per_seed[seed]["multi-task teacher"]["folder"]) / "model.keras")
                     ds = make_dataset([test], resolve_tasks(base["tasks"]), batch_size=512,
@@ -345,7 +350,7 @@ def main(argv=None):
                 unlabelled = [f"csv:{labels}?name=lfw-unlabelled&domain=lfw"]  # trained on without its labels
                 per_seed[seed] = run_variants("real", seed, base, unlabelled, lfw, args.rounds,
                                               args.real_epochs_per_round, out, thresholds, args.same_labelled_rows,
-                                              args.trained_teachers)
+                                              args.trained_teachers, options)
                 runs = per_seed[seed]
                 per_seed[seed]["fer_agreement"] = agreement(
                     runs["single-task teachers"]["folder"], runs["multi-task teacher"]["folder"], "fer2013-Training",
