@@ -66,11 +66,17 @@ def pipeline_rate(ds, steps: int, warmup: int) -> float:
     return n / (time.perf_counter() - start)
 
 
-def matmul_peak(n: int | None = None, reps: int = 10, dtype: str = "float32") -> float:
-    """FLOP/s of an n x n matmul in ``dtype``, the best of ``reps`` timed runs (after one untimed); n defaults to
-    2048 on a CPU and 8192 on a GPU (a small product there measures launch overhead, not the chip)."""
+def matmul_size() -> int:
+    """The peak's matmul size: 2048 on a CPU, 8192 on a GPU (a small product there measures launch overhead)."""
     import tensorflow as tf
-    n = n or (8192 if tf.config.list_physical_devices("GPU") else 2048)
+    return 8192 if tf.config.list_physical_devices("GPU") else 2048
+
+
+def matmul_peak(n: int | None = None, reps: int = 10, dtype: str = "float32") -> float:
+    """FLOP/s of an n x n matmul in ``dtype`` (n: :func:`matmul_size` by default), the best of ``reps`` timed runs
+    (after one untimed)."""
+    import tensorflow as tf
+    n = n or matmul_size()
     a = tf.cast(tf.random.normal((n, n)), dtype)
     b = tf.cast(tf.random.normal((n, n)), dtype)
     f = tf.function(lambda a, b: tf.reduce_sum(tf.cast(tf.matmul(a, b), "float32")))  # a scalar back, not n^2
@@ -138,8 +144,8 @@ def one_variant(cfg: dict, variant: str, steps: int, warmup: int, model_override
 
 
 class StepClock(keras.callbacks.Callback):
-    """Seconds from the end of step ``skip`` (the untimed warm-up: tracing, compiling, filling the pipeline's
-    buffers) to the last step's end, inside one ``fit``: the steady state, not ``fit``'s set-up and tear-down
+    """Seconds from the start of step ``skip`` (after the untimed warm-up: tracing, compiling, filling the
+    pipeline's buffers) to the last step's end, inside one ``fit``: the steady state, not ``fit``'s set-up and tear-down
     (closing a dataset iterator with parallel maps in flight sometimes took 5 s here, half of a 40-step timing)."""
 
     def __init__(self, skip: int = 0):
@@ -147,13 +153,11 @@ class StepClock(keras.callbacks.Callback):
         self.skip = skip
 
     def on_train_batch_begin(self, batch, logs=None):
-        if batch == 0 and self.skip == 0:
+        if batch == self.skip:
             self.start = time.perf_counter()
 
     def on_train_batch_end(self, batch, logs=None):
-        if self.skip and batch == self.skip - 1:
-            self.start = time.perf_counter()
-        elif batch >= self.skip:
+        if batch >= self.skip:
             self.seconds = time.perf_counter() - self.start
 
 
@@ -179,7 +183,8 @@ def measure(cfg: dict, steps: int, warmup: int, repeats: int = 3, model_override
     cached, files = (make_dataset(sources, tasks, cache=c, **common) for c in ("auto", "none"))
     mixed = precision == "mixed_float16"
     model = build_model(tasks, **dict(mc, mixed_precision=mixed))
-    flops, peak, full = count_flops(model), matmul_peak(dtype="float16" if mixed else "float32"), med["cached"]
+    size = matmul_size()
+    flops, peak, full = count_flops(model), matmul_peak(size, dtype="float16" if mixed else "float32"), med["cached"]
     gpu_peaks = [r.get("gpu_peak_mb") for r in runs["cached"]]
     return {
         "sources": [s.name for s in sources], "batch_size": tr["batch_size"], "input_shape": list(mc["input_shape"]),
@@ -197,7 +202,7 @@ def measure(cfg: dict, steps: int, warmup: int, repeats: int = 3, model_override
         "peak_rss_mb": max(r["peak_rss_mb"] for r in runs["cached"]),
         "peak_rss_no_cache_mb": max(r["peak_rss_mb"] for r in runs["files"]),
         "cpu_count": os.cpu_count(), "devices": [d.device_type for d in tf.config.list_physical_devices()],
-        "precision": precision, "gpu_peak_mb": max(gpu_peaks) if None not in gpu_peaks else None,
+        "precision": precision, "matmul_size": size, "gpu_peak_mb": max(gpu_peaks) if None not in gpu_peaks else None,
     }
 
 
@@ -225,7 +230,7 @@ def format_table(r: dict, setting: str) -> str:
         ["forward FLOPs per image", f"{r['forward_flops_per_image'] / 1e6:.1f} MFLOP", f"{r['parameters']:,} parameters"],
         ["achieved training FLOP/s", f"{r['train_flops_per_s'] / 1e9:.1f} GFLOP/s", "3 x forward FLOPs x images/s"],
         [f"{'float16' if r.get('precision') == 'mixed_float16' else 'float32'} matmul peak "
-         f"({8192 if 'GPU' in r['devices'] else 2048}^3)", f"{r['matmul_peak_flops_per_s'] / 1e9:.1f} GFLOP/s",
+         f"({r.get('matmul_size', 2048)}^3)", f"{r['matmul_peak_flops_per_s'] / 1e9:.1f} GFLOP/s",
          "measured in this run"],
         ["model-FLOP utilisation", f"{100 * r['model_flop_utilisation']:.1f} %", ""],
         ["inference, batch 64, in memory", f"{r['inference_images_per_s']:.0f} images/s", ""],
