@@ -11,6 +11,9 @@ Variants, all at the same budget:
                                q(AU_k | x) = sum_i p(expression_i | x) d(i, k), and expression predictions on faces
                                without expression labels to the expression distribution the AU predictions imply
   + both                       the two together
+  + fused outputs              plain MTL whose AU output, where the model answers (not in training), is the product of
+                               experts of the AU head and the AUs its expression head implies (coupling.fuse_outputs)
+  + both + fused outputs       both couplings in training, fused outputs in evaluation
 The relatedness d is estimated from the lab training split (the rows that carry both labels; --table du2014 uses Du,
 Tao & Martinez's PNAS 2014 table instead), and "+ both (Du 2014 table)" runs both couplings with the published table
 to show what a prior that does not fit the data's AUs does.
@@ -52,12 +55,14 @@ from real_mtl_vs_stl import single_task_configs  # noqa: E402
 
 DOMAINS = ("lab", "webcam", "affect", "portraits", "street")
 WITHOUT_AU_LABELS = ("webcam", "affect", "portraits", "street")
-VARIANTS = {  # name: (co-annotation, distribution matching, table or None for --table)
-    "plain MTL": (False, False, None),
-    "+ co-annotation": (True, False, None),
-    "+ distribution matching": (False, True, None),
-    "+ both": (True, True, None),
-    "+ both (Du 2014 table)": (True, True, "du2014"),
+VARIANTS = {  # name: (co-annotation, distribution matching, table or None for --table, fused outputs)
+    "plain MTL": (False, False, None, False),
+    "+ co-annotation": (True, False, None, False),
+    "+ distribution matching": (False, True, None, False),
+    "+ both": (True, True, None, False),
+    "+ both (Du 2014 table)": (True, True, "du2014", False),
+    "+ fused outputs": (False, False, None, True),
+    "+ both + fused outputs": (True, True, None, True),
 }
 
 
@@ -78,10 +83,10 @@ def base_config(seed: int, steps: int, faces: int = 3000, test_faces: int = 500,
 
 
 def with_coupling(cfg: dict, variant: str, table: str) -> dict:
-    co, dm, own_table = VARIANTS[variant]
+    co, dm, own_table, fuse = VARIANTS[variant]
     cfg = copy.deepcopy(cfg)
-    if co or dm:
-        cfg["coupling"] = {"coannotation": co, "distribution_matching": dm,
+    if co or dm or fuse:
+        cfg["coupling"] = {"coannotation": co, "distribution_matching": dm, "fuse_outputs": fuse,
                            "relations": [{"source": "expression", "target": "action_units", "table": own_table or table}]}
     return cfg
 
@@ -98,7 +103,8 @@ def run_seed(seed: int, cfg: dict, variants, table: str, out: Path) -> list:
         stl.update(scores(stl_cfg, run(stl_cfg, folder), folder, eval_sources))
     results = [{"seed": seed, "variant": "single-task", "scores": _flat(stl), "train_seconds": None}]
     for variant in variants:
-        folder = out / f"seed{seed}" / variant.strip("+ ").replace(" ", "_").replace("(", "").replace(")", "")
+        folder = out / f"seed{seed}" / variant.strip("+ ").replace(" + ", " ").replace(" ", "_").replace(
+            "(", "").replace(")", "")
         print(f"[seed {seed}] {variant}", flush=True)
         vcfg = with_coupling(cfg, variant, table)
         report = run(vcfg, folder)

@@ -22,7 +22,8 @@ A config has these sections (``unlabelled_sources``, ``distillation`` and ``coup
     unlabelled_sources: [synthetic:street?n=6000]  # pseudo-labelled by distillation
     distillation: {rounds: 3, epochs_per_round: 2, soft: false, thresholds: {expression: 0.8},
                    pseudo_weight: 0.5, reinit: false}   # rounds: 0 (the default) turns it off
-    coupling: {coannotation: true, distribution_matching: true,   # both off by default
+    coupling: {coannotation: true, distribution_matching: true,   # all three off by default
+               fuse_outputs: true,                # AU output fused with the AUs the expression head implies
                relations: [{source: expression, target: action_units, table: du2014}],  # or estimate, or a mapping
                coannotation_weight: 0.5, matching_weight: 1.0, inverse: true, stop_gradient: false}
 
@@ -102,6 +103,7 @@ DEFAULTS: dict[str, Any] = {
     "coupling": {
         "coannotation": False,
         "distribution_matching": False,
+        "fuse_outputs": False,
         "relations": None,
         "coannotation_weight": 0.5,
         "matching_weight": 1.0,

@@ -17,6 +17,9 @@ still shapes the AU head and vice versa. Three parts, one class each:
   ``q(AU_k | x) = Σ_i p(expression_i | x) · d(i, k)``, with the task's own masked loss (binary
   cross-entropy for AUs, cross-entropy for expressions implied by AU predictions, the regression
   loss for valence/arousal implied by expressions).
+- :class:`OutputFusion` (prediction side): at inference, a multilabel head's probabilities combined with the
+  ones its related classification head implies, as two independent pieces of evidence (a product of experts),
+  so the AU output also carries what the expression head learnt on datasets without AU labels.
 
 Example:
     >>> from kfacemtl.tasks import get_task
@@ -425,24 +428,106 @@ class DistributionMatching:
         return self.weight * ops.sum(ops.stack(list(terms.values()))), terms
 
 
+class OutputFusion:
+    """At inference, a multilabel head's probabilities fused with those its related classification head implies.
+
+    For a relation source → target (a multilabel target, e.g. expression → action units), with ``p_k`` the
+    target head's probability of label ``k``, ``q_k = forward(p_source)_k`` the probability the source head
+    implies and ``m_k`` the label's base rate under the relation (``forward(prior)``), the fused probability
+    treats the two as independent evidence about the label (a product of experts, as naive Bayes combines
+    them): ``logit(fused_k) = logit(p_k) + logit(q_k) - logit(m_k)``; ``q`` and ``m`` are clipped to
+    [``FLOOR``, 1 - ``FLOOR``], so no table entry of 0 or 1 overrules the head. It acts only where the model
+    answers (``training=False``: ``predict``, ``evaluate``, exports); training sees the head itself, so the
+    head's own loss never learns to lean on the fusion. On the synthetic benchmark the fused AUs are better
+    than the AU head on every domain without AU labels (README: *Coupling related tasks*).
+
+    Args:
+        source, target: the tasks' names (the model's output names).
+        matrix: ``d``, (source classes, target labels).
+        known: the source classes ``d`` covers.
+        prior: the source class distribution the base rates are taken under.
+
+    Example:
+        >>> from kfacemtl.tasks import get_task
+        >>> rel = Relatedness.du_2014(get_task("expression"), get_task("action_units"))
+        >>> fusion = OutputFusion.from_relation(rel)
+        >>> happy = np.eye(7, dtype="float32")[[3]]
+        >>> aus = np.full((1, 14), 0.5, "float32")   # an AU head that cannot tell
+        >>> out = fusion.apply({"expression": happy, "action_units": aus})
+        >>> [round(float(v), 2) for v in np.asarray(out["action_units"])[0, [7, 0]]]   # AU12 up, AU1 down
+        [0.99, 0.08]
+    """
+
+    def __init__(self, source: str, target: str, matrix, known, prior):
+        self.source, self.target = str(source), str(target)
+        self.matrix = np.asarray(matrix, "float32")
+        self.known = np.asarray(known, bool)
+        self.prior = np.asarray(prior, "float32")
+        if self.matrix.shape[0] != len(self.known) or self.prior.shape != self.known.shape:
+            raise ValueError(f"fusion {self.source}->{self.target}: matrix {self.matrix.shape}, known "
+                             f"{self.known.shape} and prior {self.prior.shape} do not fit together")
+        p = np.where(self.known, self.prior, 0.0)
+        self.base_rate = (p / p.sum()) @ self.matrix
+
+    @classmethod
+    def from_relation(cls, relation: Relatedness) -> "OutputFusion":
+        if not relation.invertible:
+            raise ConfigError("coupling.fuse_outputs", f"{relation.name}: fusing outputs needs a multilabel target "
+                                                       f"(e.g. action units), not {relation.target.kind}")
+        return cls(relation.source.name, relation.target.name, relation.matrix, relation.known, relation.prior)
+
+    def apply(self, outputs: Mapping) -> dict:
+        """``outputs`` (``{task: probabilities}``) with the target's replaced by the fused probabilities."""
+        from keras import ops
+
+        def logit(v, floor):
+            v = ops.clip(v, floor, 1.0 - floor)
+            return ops.log(v) - ops.log(1.0 - v)
+
+        p = ops.convert_to_tensor(outputs[self.source], "float32")
+        p = p * self.known.astype("float32")
+        q = ops.matmul(p / ops.maximum(ops.sum(p, axis=-1, keepdims=True), 1e-6), self.matrix)
+        fused = ops.sigmoid(logit(ops.cast(outputs[self.target], "float32"), 1e-6) + logit(q, FLOOR)
+                            - logit(ops.convert_to_tensor(self.base_rate, "float32"), FLOOR))
+        return dict(outputs, **{self.target: fused})
+
+    def get_config(self) -> dict:
+        return {"source": self.source, "target": self.target, "matrix": self.matrix.tolist(),
+                "known": self.known.tolist(), "prior": self.prior.tolist()}
+
+    @classmethod
+    def from_config(cls, config: Mapping) -> "OutputFusion":
+        return cls(**config)
+
+
 def make_coupling(cfg: Mapping, tasks: Sequence, sources: Sequence = ()):
-    """``(CoAnnotation or None, DistributionMatching or None, relations)`` from a config's ``coupling`` section.
+    """``(CoAnnotation or None, DistributionMatching or None, [OutputFusion], relations)`` from a config's
+    ``coupling`` section (``fuse_outputs``: one :class:`OutputFusion` per relation with a multilabel target).
 
     Example:
         >>> from kfacemtl.tasks import resolve_tasks
-        >>> co, dm, rel = make_coupling({"coannotation": True, "distribution_matching": False, "relations": None,
-        ...                              "coannotation_weight": 0.5, "matching_weight": 1.0, "inverse": True,
-        ...                              "stop_gradient": False}, resolve_tasks(["expression", "action_units"]))
-        >>> type(co).__name__, dm
-        ('CoAnnotation', None)
+        >>> co, dm, fusions, rel = make_coupling({"coannotation": True, "distribution_matching": False,
+        ...     "fuse_outputs": True, "relations": None, "coannotation_weight": 0.5, "matching_weight": 1.0,
+        ...     "inverse": True, "stop_gradient": False}, resolve_tasks(["expression", "action_units"]))
+        >>> type(co).__name__, dm, [(f.source, f.target) for f in fusions]
+        ('CoAnnotation', None, [('expression', 'action_units')])
     """
-    if not (cfg["coannotation"] or cfg["distribution_matching"]):
-        return None, None, []
+    fuse = bool(cfg.get("fuse_outputs", False))
+    if not (cfg["coannotation"] or cfg["distribution_matching"] or fuse):
+        return None, None, [], []
     relations = make_relations(cfg["relations"], tasks, sources)
     if not relations:
-        raise ConfigError("coupling.relations", "co-annotation and distribution matching need a relation between "
-                                                "two tasks of the model (e.g. expression -> action_units)")
+        raise ConfigError("coupling.relations", "co-annotation, distribution matching and fused outputs need a "
+                                                "relation between two tasks of the model (e.g. expression -> "
+                                                "action_units)")
     co = CoAnnotation(relations, cfg["coannotation_weight"], cfg["inverse"]) if cfg["coannotation"] else None
     dm = DistributionMatching(relations, cfg["matching_weight"], cfg["inverse"],
                               cfg["stop_gradient"]) if cfg["distribution_matching"] else None
-    return co, dm, relations
+    fusions = [OutputFusion.from_relation(r) for r in relations if r.invertible] if fuse else []
+    if fuse and not fusions:
+        raise ConfigError("coupling.fuse_outputs", f"no relation has a multilabel target to fuse "
+                                                   f"({[r.name for r in relations]}); e.g. expression -> action_units")
+    targets = [f.target for f in fusions]
+    if len(set(targets)) != len(targets):
+        raise ConfigError("coupling.fuse_outputs", f"two relations fuse the same output: {targets}")
+    return co, dm, fusions, relations

@@ -300,6 +300,8 @@ def model_card(model, name: str, version: int, run_dir: Path | None, max_bytes: 
             "serving_float": f"images: DT_FLOAT [batch, {model.input_shape[1]}, {model.input_shape[2]}, 3] RGB in [0, 1]",
         },
         "tasks": [dict(t.to_config(), outputs=output_names(t)) for t in tasks],
+        # outputs fused with what a related head implies (coupling.OutputFusion): target -> source
+        "fused_outputs": {f.target: f.source for f in getattr(model, "fusions", [])},
         "training": None, "evaluation": None,
     }
     if run_dir is not None:
@@ -321,6 +323,8 @@ def _card_markdown(card: dict) -> str:
     for t in card["tasks"]:
         what = ", ".join(t["classes"]) if t["classes"] else f"{t['value_range']} {', '.join(t['value_names'])}"
         lines.append(f"| {t['name']} | {t['kind']} | {what} | {', '.join('`%s`' % o for o in t['outputs'])} |")
+    lines += [f"\n`{target}` is the product of experts of its head and the {target} the `{source}` head implies "
+              "(coupling.OutputFusion)." for target, source in card.get("fused_outputs", {}).items()]
     if card["training"]:
         lines += ["", "## Training sources", ""] + [f"- `{s}`" for s in card["training"].get("sources") or []]
     if card["evaluation"] and card["evaluation"].get("table"):

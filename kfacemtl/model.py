@@ -221,6 +221,56 @@ class MultiTaskModel(keras.Model):
         """The task-weighting strategy in use, or None."""
         return self.__dict__.get("_weighting")
 
+    def set_fusions(self, fusions):
+        """Fuse outputs at inference: each :class:`~kfacemtl.coupling.OutputFusion` replaces its target's
+        probabilities with the product of experts of that head and the related head (``[]``: off).
+
+        Unlike the weighting and the matching, the fusions are part of the network: saved with it (``.keras``,
+        exports) and applied wherever the model answers with ``training=False`` (``predict``, ``evaluate``,
+        SavedModel signatures); training sees the heads themselves.
+
+        Example:
+            >>> from kfacemtl.coupling import OutputFusion, Relatedness
+            >>> from kfacemtl.tasks import resolve_tasks
+            >>> tasks = resolve_tasks(["expression", "action_units"])
+            >>> model = build_model(tasks, input_shape=(16, 16, 3), widths=(4,), depths=1, embedding_dim=4,
+            ...                     head_units=4)
+            >>> model.set_fusions([OutputFusion.from_relation(Relatedness.du_2014(*tasks))])
+            >>> [f"{f.source}->{f.target}" for f in model.fusions]
+            ['expression->action_units']
+        """
+        self.__dict__["_fusions"] = list(fusions or [])
+        self.predict_function = self.test_function = None  # traced without them: trace again
+
+    @property
+    def fusions(self) -> list:
+        """The output fusions in use (:meth:`set_fusions`)."""
+        return self.__dict__.get("_fusions", [])
+
+    def call(self, inputs, training=None, mask=None, **kwargs):
+        outputs = super().call(inputs, training=training, mask=mask, **kwargs)
+        if training or not self.fusions:
+            return outputs
+        by_name = dict(zip(self.output_names, outputs))
+        for fusion in self.fusions:
+            by_name = fusion.apply(by_name)
+        return [by_name[n] for n in self.output_names]
+
+    def get_config(self):
+        config = super().get_config()
+        if self.fusions:
+            config["fusions"] = [f.get_config() for f in self.fusions]
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        from kfacemtl.coupling import OutputFusion
+        config = dict(config)
+        fusions = [OutputFusion.from_config(f) for f in config.pop("fusions", [])]
+        model = super().from_config(config, custom_objects=custom_objects)
+        model.set_fusions(fusions)
+        return model
+
     def set_matching(self, matching):
         """Add the terms of a :class:`~kfacemtl.coupling.DistributionMatching` to the training loss (None: off).
 

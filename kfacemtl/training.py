@@ -354,9 +354,10 @@ def train_run(config: Mapping, out_dir, resume: bool = False, verbose="auto", ex
                           tr["label_smoothing"], loss_weights=tr["loss_weights"], weighting=tr["weighting"],
                           weighting_options=tr["weighting_options"], jit_compile=tr["jit_compile"])
     image_size = tuple(mc["input_shape"][:2])
-    coannotation, matching, relations = make_coupling(cfg["coupling"], tasks, labelled)
+    coannotation, matching, fusions, relations = make_coupling(cfg["coupling"], tasks, labelled)
     with strategy.scope():
         model.set_matching(matching)  # training state like the weighting: set again on a resumed model
+    model.set_fusions(fusions)  # part of the network (saved with it); the same on a resumed run
     skipped: dict = {}  # bad_images: skip → {source: rows left out}
     # every image decoded once, checked and cached here, so distillation's predictions read the cache too
     sources = cached_sources(sources, image_size, tr["cache_limit_mb"], tr["cache"], tr["cache_dir"],
@@ -426,6 +427,7 @@ def train_run(config: Mapping, out_dir, resume: bool = False, verbose="auto", ex
         "table": format_table(results, tasks) if results else "",
         "distillation": distillation.log if distillation else None,
         "coupling": {"coannotation": coannotation is not None, "distribution_matching": matching is not None,
+                     "fused_outputs": [f"{f.source}->{f.target}" for f in fusions],
                      "relations": [r.describe() for r in relations]} if relations else None,
         "plots": plots,
         "nan_events": [{"epoch": e + 1, "batch": b + 1, "action": a} for e, b, a in guard.events] if guard else [],

@@ -182,7 +182,7 @@ def test_distillation_benchmark_options_keep_labelled_rows_and_fix_the_teacher()
 def test_distribution_matching_benchmark_runs_every_variant_and_its_baselines(tmp_path, monkeypatch, capsys):
     import distribution_matching as bench
     monkeypatch.setattr(bench, "SYNTHETIC_MODEL", TINY_MODEL)
-    variants = ["plain MTL", "+ both", "+ both (Du 2014 table)"]
+    variants = ["plain MTL", "+ both", "+ both (Du 2014 table)", "+ both + fused outputs"]
     args = ["--seeds", "0", "--steps", "4", "--faces", "96", "--test-faces", "16", "--mixing", "sqrt",
             "--variants", *variants, "--out", str(tmp_path / "runs")]
     assert bench.main(args) == 0
@@ -199,6 +199,9 @@ def test_distribution_matching_benchmark_runs_every_variant_and_its_baselines(tm
     assert yaml.safe_load((seed0 / "both_Du_2014_table" / "config.yaml").read_text())[
         "coupling"]["relations"][0]["table"] == "du2014"
     assert json.loads((seed0 / "plain_MTL" / "report.json").read_text())["coupling"] is None
+    assert both["fuse_outputs"] is False
+    fused = json.loads((seed0 / "both_fused_outputs" / "report.json").read_text())["coupling"]
+    assert fused["fused_outputs"] == ["expression->action_units"] and fused["coannotation"]
     assert yaml.safe_load((seed0 / "plain_MTL" / "config.yaml").read_text())["training"]["mixing"] == "sqrt"
     stl = yaml.safe_load((seed0 / "single-task_action_units" / "config.yaml").read_text())
     assert [s.split("?")[0] for s in stl["sources"]] == ["synthetic:lab"]  # AUs: the lab domain only

@@ -4,7 +4,8 @@ import keras
 import numpy as np
 import pytest
 
-from kfacemtl.coupling import DU_2014, CoAnnotation, DistributionMatching, Relatedness, make_coupling, make_relations
+from kfacemtl.coupling import (DU_2014, CoAnnotation, DistributionMatching, OutputFusion, Relatedness, make_coupling,
+                               make_relations)
 from kfacemtl.errors import ConfigError
 from kfacemtl.model import build_model
 from kfacemtl.pipeline import make_dataset
@@ -206,7 +207,7 @@ def test_train_run_with_both_couplings_and_distillation(tmp_path):
         "training": {"epochs": 2, "steps_per_epoch": 2, "batch_size": 16, "mixing": "balanced",
                      "jit_compile": True},  # XLA, as jit_compile: auto does on a GPU
         "distillation": {"rounds": 1, "epochs_per_round": 1},
-        "coupling": {"coannotation": True, "distribution_matching": True,
+        "coupling": {"coannotation": True, "distribution_matching": True, "fuse_outputs": True,
                      "relations": [{"source": "expression", "target": "action_units", "table": "estimate"},
                                    {"source": "expression", "target": "valence_arousal", "table": "estimate"}]},
     }
@@ -219,5 +220,73 @@ def test_train_run_with_both_couplings_and_distillation(tmp_path):
     assert metrics["match_action_units"] > 0 and metrics["match_valence_arousal"] > 0 and "match_expression" in metrics
     assert (tmp_path / "run" / "plots" / "relatedness_expression_action_units.png").stat().st_size > 0
     assert json.loads((tmp_path / "run" / "report.json").read_text())["distillation"]
+    assert report["coupling"]["fused_outputs"] == ["expression->action_units"]  # valence/arousal: not multilabel
+    from kfacemtl.model import load_model
+    model = load_model(tmp_path / "run" / "model.keras")
+    assert [(f.source, f.target) for f in model.fusions] == [("expression", "action_units")]
     again = train_run({**cfg, "training": {**cfg["training"], "epochs": 2}}, tmp_path / "run", resume=True, verbose=0)
     assert again["epochs_done"] == 2
+
+
+def _logit(v):
+    return np.log(v) - np.log1p(-v)
+
+
+def test_output_fusion_is_a_product_of_experts_with_the_implied_labels():
+    rel = Relatedness.du_2014(EXPR, AUS)
+    fusion = OutputFusion.from_relation(rel)
+    rng = np.random.default_rng(0)
+    p_expr = rng.dirichlet(np.ones(7), size=5).astype("float32")
+    p_aus = rng.uniform(0.02, 0.98, size=(5, len(ACTION_UNITS))).astype("float32")
+    out = fusion.apply({"expression": p_expr, "action_units": p_aus, "gender": p_expr[:, :2]})
+    q = np.clip(np.asarray(rel.forward(p_expr)), 0.05, 0.95)
+    base = np.clip(rel.prior @ rel.matrix, 0.05, 0.95)
+    expected = 1 / (1 + np.exp(-(_logit(p_aus) + _logit(q) - _logit(base))))
+    np.testing.assert_allclose(np.asarray(out["action_units"]), expected, atol=1e-5)
+    assert out["expression"] is p_expr and out["gender"] is not None  # the other outputs pass through
+    # an expression head that says no more than the prior leaves the AU head as it is
+    neutral = fusion.apply({"expression": np.tile(rel.prior, (5, 1)), "action_units": p_aus})["action_units"]
+    np.testing.assert_allclose(np.asarray(neutral), p_aus, atol=1e-5)
+    # a confident "happy" raises AU12 and lowers AU4 (frown), whatever the AU head said
+    happy = fusion.apply({"expression": np.eye(7, dtype="float32")[[3] * 5], "action_units": p_aus})["action_units"]
+    happy = np.asarray(happy)
+    au12, au4 = ACTION_UNITS.index("AU12"), ACTION_UNITS.index("AU4")
+    assert (happy[:, au12] > p_aus[:, au12]).all() and (happy[:, au4] < p_aus[:, au4]).all()
+    with pytest.raises(ConfigError, match="coupling.fuse_outputs.*multilabel"):
+        OutputFusion.from_relation(Relatedness.from_table({"happy": [0.8, 0.5]}, EXPR, VA))
+
+
+def test_fused_outputs_only_where_the_model_answers_and_saved_with_it(tmp_path):
+    import tensorflow as tf
+
+    from kfacemtl.export import export_model
+    from kfacemtl.model import load_model
+    tasks = resolve_tasks(["expression", "action_units"])
+    model = build_model(tasks, input_shape=(16, 16, 3), widths=(4,), depths=1, embedding_dim=4, head_units=4)
+    x = np.random.default_rng(1).random((4, 16, 16, 3)).astype("float32")
+    raw = model.predict(x, verbose=0)
+    model.set_fusions([OutputFusion.from_relation(Relatedness.du_2014(EXPR, AUS))])
+    fused = model.predict(x, verbose=0)
+    np.testing.assert_allclose(fused[0], raw[0], atol=1e-6)  # expression: the head's own
+    assert np.abs(fused[1] - raw[1]).max() > 1e-3  # AUs: fused
+    model.save(tmp_path / "m.keras")
+    again = load_model(tmp_path / "m.keras")
+    assert [(f.source, f.target) for f in again.fusions] == [("expression", "action_units")]
+    np.testing.assert_allclose(again.predict(x, verbose=0)[1], fused[1], atol=1e-6)
+    path = export_model(again, base=tmp_path / "exports", name="fused")
+    out = tf.saved_model.load(str(path)).signatures["serving_float"](images=x)
+    assert "`action_units` is the product of experts" in (path / "model_card.md").read_text()
+    np.testing.assert_allclose(out["action_units_probs"].numpy(), fused[1], atol=1e-5)
+    # training sees the heads themselves (training-mode outputs are random with dropout: count the fusions instead)
+    calls = []
+
+    class Counted(OutputFusion):
+        def apply(self, outputs):
+            calls.append(1)
+            return super().apply(outputs)
+
+    again.set_fusions([Counted.from_relation(Relatedness.du_2014(EXPR, AUS))])
+    again(x, training=True)
+    assert calls == []
+    again(x, training=False)
+    assert calls == [1]
