@@ -2,7 +2,7 @@
 
 Expressions and action units describe the same faces at two levels; Kollias et al. (arXiv
 1910.11111, 2105.03790) let each teach the other, so a dataset labelled only for expressions
-still shapes the AU head and vice versa. Three parts, one class each:
+still shapes the AU head and vice versa. Four parts, one class each:
 
 - :class:`Relatedness`: ``d(i, k)``, how likely label ``k`` of a target task is given class ``i``
   of a classification task (for a regression target: the target's expected value given ``i``).

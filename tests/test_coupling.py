@@ -195,6 +195,15 @@ def test_config_errors_name_the_key():
     rel = make_relations([{"source": "expression", "target": "valence_arousal",
                            "table": {"happy": [0.8, 0.5], "sad": [-0.6, -0.3]}}], va_tasks)[0]
     assert rel.known.sum() == 2 and rel.value("sad", "arousal") == -0.3
+    fuse = {"coannotation": False, "distribution_matching": False, "fuse_outputs": True, "coannotation_weight": 0.5,
+            "matching_weight": 1.0, "inverse": True, "stop_gradient": False}
+    with pytest.raises(ConfigError, match="coupling.fuse_outputs.*no relation has a multilabel target"):
+        make_coupling(dict(fuse, relations=[{"source": "expression", "target": "valence_arousal",
+                                             "table": {"happy": [0.8, 0.5]}}]), va_tasks)
+    with pytest.raises(ConfigError, match="coupling.fuse_outputs.*two relations fuse the same output"):
+        make_coupling(dict(fuse, relations=[{"source": "expression", "target": "action_units"},
+                                            {"source": "gender", "target": "action_units",
+                                             "table": {"female": {"AU12": 0.5}}}]), tasks)
 
 
 def test_train_run_with_both_couplings_and_distillation(tmp_path):
