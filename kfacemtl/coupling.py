@@ -439,7 +439,7 @@ class OutputFusion:
     [``FLOOR``, 1 - ``FLOOR``], so no table entry of 0 or 1 overrules the head. It acts only where the model
     answers (``training=False``: ``predict``, ``evaluate``, exports); training sees the head itself, so the
     head's own loss never learns to lean on the fusion. On the synthetic benchmark the fused AUs are better
-    than the AU head on every domain without AU labels (README: *Coupling related tasks*).
+    than the AU head on the domains without AU labels, in every seed measured (README: *Coupling related tasks*).
 
     Args:
         source, target: the tasks' names (the model's output names).
