@@ -61,6 +61,21 @@ REAL = "real/"
 FLOOR = 0.05  # d(i, k) is clipped to [FLOOR, 1 - FLOOR] when AUs are turned into an expression distribution
 
 
+def implied(p, known, matrix):
+    """``Σ_i p_i · d(i, ·)`` with ``p`` ``(n, classes)`` renormalised over the ``known`` classes: what a
+    :class:`Relatedness` (``d`` = ``matrix``) implies for its target (:meth:`Relatedness.forward`,
+    :class:`OutputFusion`).
+
+    Example:
+        >>> np.asarray(implied(np.array([[0.5, 0.5]], "float32"), [True, False], np.eye(2, dtype="float32"))).tolist()
+        [[1.0, 0.0]]
+    """
+    from keras import ops
+    p = ops.convert_to_tensor(p, "float32") * ops.convert_to_tensor(np.asarray(known, "float32"))
+    p = p / ops.maximum(ops.sum(p, axis=-1, keepdims=True), 1e-6)
+    return ops.matmul(p, ops.convert_to_tensor(np.asarray(matrix, "float32")))
+
+
 def _check_kinds(source, target, where: str = "coupling.relations"):
     if source.kind != "classification":
         raise ConfigError(f"{where}.source", f"the source of a relation must be a classification task, "
@@ -216,9 +231,7 @@ class Relatedness:
         p = ops.convert_to_tensor(p, "float32")
         if len(p.shape) == 1:
             p = ops.one_hot(ops.cast(p, "int32"), len(self.source.classes))
-        p = p * ops.convert_to_tensor(self.known.astype("float32"))
-        p = p / ops.maximum(ops.sum(p, axis=-1, keepdims=True), 1e-6)
-        return ops.matmul(p, ops.convert_to_tensor(self.matrix))
+        return implied(p, self.known, self.matrix)
 
     def inverse(self, a, temperature: float = 1.0):
         """The source distribution implied by target labels or probabilities ``a`` ``(n, K)`` (multilabel targets):
@@ -466,8 +479,7 @@ class OutputFusion:
         if self.matrix.shape[0] != len(self.known) or self.prior.shape != self.known.shape:
             raise ValueError(f"fusion {self.source}->{self.target}: matrix {self.matrix.shape}, known "
                              f"{self.known.shape} and prior {self.prior.shape} do not fit together")
-        p = np.where(self.known, self.prior, 0.0)
-        self.base_rate = (p / p.sum()) @ self.matrix
+        self.base_rate = np.asarray(implied(self.prior[None], self.known, self.matrix))[0]
 
     @classmethod
     def from_relation(cls, relation: Relatedness) -> "OutputFusion":
@@ -484,9 +496,7 @@ class OutputFusion:
             v = ops.clip(v, floor, 1.0 - floor)
             return ops.log(v) - ops.log(1.0 - v)
 
-        p = ops.convert_to_tensor(outputs[self.source], "float32")
-        p = p * self.known.astype("float32")
-        q = ops.matmul(p / ops.maximum(ops.sum(p, axis=-1, keepdims=True), 1e-6), self.matrix)
+        q = implied(outputs[self.source], self.known, self.matrix)
         fused = ops.sigmoid(logit(ops.cast(outputs[self.target], "float32"), 1e-6) + logit(q, FLOOR)
                             - logit(ops.convert_to_tensor(self.base_rate, "float32"), FLOOR))
         return dict(outputs, **{self.target: fused})
