@@ -14,6 +14,9 @@ Variants, all at the same budget:
   + fused outputs              plain MTL whose AU output, where the model answers (not in training), is the product of
                                experts of the AU head and the AUs its expression head implies (coupling.fuse_outputs)
   + both + fused outputs       both couplings in training, fused outputs in evaluation
+  + both (class means)         both couplings at coupling.level: class: each expression's mean AU prediction over
+                               the faces without AU labels matched to d(expression, ·), not each face's to its q
+  + both (class means) + fused outputs   the same with fused outputs
 The relatedness d is estimated from the lab training split (the rows that carry both labels; --table du2014 uses Du,
 Tao & Martinez's PNAS 2014 table instead), and "+ both (Du 2014 table)" runs both couplings with the published table
 to show what a prior that does not fit the data's AUs does.
@@ -55,14 +58,16 @@ from real_mtl_vs_stl import single_task_configs  # noqa: E402
 
 DOMAINS = ("lab", "webcam", "affect", "portraits", "street")
 WITHOUT_AU_LABELS = ("webcam", "affect", "portraits", "street")
-VARIANTS = {  # name: (co-annotation, distribution matching, table or None for --table, fused outputs)
-    "plain MTL": (False, False, None, False),
-    "+ co-annotation": (True, False, None, False),
-    "+ distribution matching": (False, True, None, False),
-    "+ both": (True, True, None, False),
-    "+ both (Du 2014 table)": (True, True, "du2014", False),
-    "+ fused outputs": (False, False, None, True),
-    "+ both + fused outputs": (True, True, None, True),
+VARIANTS = {  # name: (co-annotation, distribution matching, table or None for --table, fused outputs, level)
+    "plain MTL": (False, False, None, False, "sample"),
+    "+ co-annotation": (True, False, None, False, "sample"),
+    "+ distribution matching": (False, True, None, False, "sample"),
+    "+ both": (True, True, None, False, "sample"),
+    "+ both (Du 2014 table)": (True, True, "du2014", False, "sample"),
+    "+ fused outputs": (False, False, None, True, "sample"),
+    "+ both + fused outputs": (True, True, None, True, "sample"),
+    "+ both (class means)": (True, True, None, False, "class"),
+    "+ both (class means) + fused outputs": (True, True, None, True, "class"),
 }
 
 
@@ -83,10 +88,10 @@ def base_config(seed: int, steps: int, faces: int = 3000, test_faces: int = 500,
 
 
 def with_coupling(cfg: dict, variant: str, table: str) -> dict:
-    co, dm, own_table, fuse = VARIANTS[variant]
+    co, dm, own_table, fuse, level = VARIANTS[variant]
     cfg = copy.deepcopy(cfg)
     if co or dm or fuse:
-        cfg["coupling"] = {"coannotation": co, "distribution_matching": dm, "fuse_outputs": fuse,
+        cfg["coupling"] = {"coannotation": co, "distribution_matching": dm, "fuse_outputs": fuse, "level": level,
                            "relations": [{"source": "expression", "target": "action_units", "table": own_table or table}]}
     return cfg
 

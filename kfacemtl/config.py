@@ -25,7 +25,8 @@ A config has these sections (``unlabelled_sources``, ``distillation`` and ``coup
     coupling: {coannotation: true, distribution_matching: true,   # all three off by default
                fuse_outputs: true,                # AU output fused with the AUs the expression head implies
                relations: [{source: expression, target: action_units, table: du2014}],  # or estimate, or a mapping
-               coannotation_weight: 0.5, matching_weight: 1.0, inverse: true, stop_gradient: false}
+               coannotation_weight: 0.5, matching_weight: 1.0, inverse: true, stop_gradient: false,
+               level: sample}                     # or class: match class means, not each row
 
 Example:
     >>> from kfacemtl.config import resolve_config
@@ -109,6 +110,7 @@ DEFAULTS: dict[str, Any] = {
         "matching_weight": 1.0,
         "inverse": True,
         "stop_gradient": False,
+        "level": "sample",
     },
 }
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -223,6 +225,8 @@ def resolve_config(config: Mapping | None) -> dict:
     c = cfg["coupling"]
     if not 0 < c["coannotation_weight"] <= 1:
         raise ConfigError("coupling.coannotation_weight", f"expected a weight in (0, 1], got {c['coannotation_weight']}")
+    if c["level"] not in ("sample", "class"):
+        raise ConfigError("coupling.level", f"expected sample or class, got {c['level']!r}")
     if not c["matching_weight"] > 0:
         raise ConfigError("coupling.matching_weight", f"expected a number > 0, got {c['matching_weight']}")
     if c["relations"] is not None and not isinstance(c["relations"], list):

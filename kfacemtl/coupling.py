@@ -17,6 +17,9 @@ still shapes the AU head and vice versa. Four parts, one class each:
   ``q(AU_k | x) = Σ_i p(expression_i | x) · d(i, k)``, with the task's own masked loss (binary
   cross-entropy for AUs, cross-entropy for expressions implied by AU predictions, the regression
   loss for valence/arousal implied by expressions).
+- Both at one of two levels: ``"sample"`` (Kollias et al.: each row's target is what its expression
+  implies) or ``"class"`` (each expression class's mean AU prediction is matched to ``d(class, ·)``,
+  leaving each row free to differ from its class).
 - :class:`OutputFusion` (prediction side): at inference, a multilabel head's probabilities combined with the
   ones its related classification head implies, as two independent pieces of evidence (a product of experts),
   so the AU output also carries what the expression head learnt on datasets without AU labels.
@@ -58,6 +61,9 @@ TABLES = ("du2014", "estimate")
 # Co-annotated batches also carry, in their weights dict, ``REAL + task``: 1 where the row's label of the task is a real
 # one (not co-annotated), so distribution matching still covers the rows co-annotation filled.
 REAL = "real/"
+# and, at the class level, ``COANNOTATED + task``: 1 where co-annotation filled the row's label of the task
+COANNOTATED = "coannotated/"
+LEVELS = ("sample", "class")  # what a co-annotated label or the implied distribution constrains
 FLOOR = 0.05  # d(i, k) is clipped to [FLOOR, 1 - FLOOR] when AUs are turned into an expression distribution
 
 
@@ -74,6 +80,30 @@ def implied(p, known, matrix):
     p = ops.convert_to_tensor(p, "float32") * ops.convert_to_tensor(np.asarray(known, "float32"))
     p = p / ops.maximum(ops.sum(p, axis=-1, keepdims=True), 1e-6)
     return ops.matmul(p, ops.convert_to_tensor(np.asarray(matrix, "float32")))
+
+
+def class_means(groups, values, weights):
+    """Weighted means of ``values`` ``(n, k)`` per class, each row counted in the classes of ``groups`` ``(n,
+    classes)`` (one-hot or distributions) with its weight ``weights`` ``(n,)``: ``(means (classes, k), totals
+    (classes,))``, a class without rows having mean 0 and total 0.
+
+    Example:
+        >>> m, w = class_means(np.eye(2, dtype="float32")[[0, 0, 1]], np.array([[1.], [0.], [1.]], "float32"),
+        ...                    np.ones(3, "float32"))
+        >>> np.asarray(m).ravel().tolist(), np.asarray(w).tolist()
+        ([0.5, 1.0], [2.0, 1.0])
+    """
+    from keras import ops
+    gw = ops.convert_to_tensor(groups, "float32") * ops.reshape(ops.convert_to_tensor(weights, "float32"), (-1, 1))
+    totals = ops.sum(gw, axis=0)
+    means = ops.matmul(ops.transpose(gw), ops.convert_to_tensor(values, "float32"))
+    return means / ops.reshape(ops.maximum(totals, 1e-6), (-1, 1)), totals
+
+
+def _check_level(level) -> str:
+    if level not in LEVELS:
+        raise ConfigError("coupling.level", f"expected one of {LEVELS}, got {level!r}")
+    return level
 
 
 def _check_kinds(source, target, where: str = "coupling.relations"):
@@ -319,10 +349,21 @@ class CoAnnotation:
     labels are read, so nothing co-annotated spreads further. The weights also get ``real/<task>`` entries
     (1 where the label is real) for every task a relation fills, which :class:`DistributionMatching` reads.
 
+    ``level="class"`` changes what the filled target labels (AUs from an expression) constrain: not each row,
+    pulled towards its class's ``d(class, ·)`` (which is the AUs the expression implies, not the face's own),
+    but each class's mean prediction over a batch's co-annotated rows, matched to ``d(class, ·)`` with the
+    target task's loss (:meth:`class_terms`, weighted by ``weight``; the model takes those rows out of the
+    target's per-row loss, :meth:`split`), so a row may differ from its class as its face does: expectation
+    regularisation (Mann & McCallum, ICML 2007) with the relatedness as the expectations. The inverse fill
+    (an expression from AUs) stays per row. The batches then also carry ``coannotated/<task>`` (1 where
+    co-annotation filled the label).
+
     Args:
         relations: :class:`Relatedness` list.
-        weight: the weight of a co-annotated label, in (0, 1].
+        weight: the weight of a co-annotated label, in (0, 1]; at ``level="class"``, the coefficient of the
+            class-mean terms.
         inverse: also fill the source task from the target (AUs → expression).
+        level: ``"sample"`` (Kollias et al.) or ``"class"``.
 
     Example:
         >>> from kfacemtl.tasks import resolve_tasks
@@ -335,10 +376,22 @@ class CoAnnotation:
         ([0.5, 0.0], (2, 7))
     """
 
-    def __init__(self, relations: Sequence[Relatedness], weight: float = 0.5, inverse: bool = True):
+    def __init__(self, relations: Sequence[Relatedness], weight: float = 0.5, inverse: bool = True,
+                 level: str = "sample"):
         if not 0 < float(weight) <= 1:
             raise ConfigError("coupling.coannotation_weight", f"expected a weight in (0, 1], got {weight!r}")
         self.relations, self.weight, self.inverse = list(relations), float(weight), bool(inverse)
+        self.level = _check_level(level)
+
+    @property
+    def class_targets(self) -> list[str]:
+        """Tasks whose co-annotated rows are matched by class means (``level="class"``), else none."""
+        return [r.target.name for r in self.relations] if self.level == "class" else []
+
+    @property
+    def term_names(self) -> list[str]:
+        """The loss terms :meth:`class_terms` returns (logged as such)."""
+        return [f"coannot_{t}" for t in self.class_targets]
 
     @property
     def soft_tasks(self) -> set:
@@ -367,12 +420,49 @@ class CoAnnotation:
                 new[fill] = np.asarray(r.forward(src_ids[fill]))
                 labels[t] = new.reshape(np.shape(labels[t]))
                 weights[t][fill] = self.weight * ws[fill]
+            if t in self.class_targets:
+                weights[COANNOTATED + t] = fill.astype("float32")
             if self.inverse and r.invertible:
                 fill = (wt > 0) & (ws <= 0) & (weights[s] <= 0)
                 if fill.any():
                     labels[s][fill] = np.asarray(r.inverse(np.asarray(real_labels[t])[fill]))
                     weights[s][fill] = self.weight * wt[fill]
         return labels, weights
+
+    def split(self, weights: Mapping) -> tuple[dict, dict]:
+        """At ``level="class"``: a batch's task weights without the co-annotated rows of the class targets (the
+        per-row losses then see real labels and pseudo-labels only), and those rows' weights by target task."""
+        from keras import ops
+        weights, moved = dict(weights), {}
+        for t in self.class_targets:
+            if COANNOTATED + t in weights:
+                filled = ops.reshape(weights[COANNOTATED + t], ops.shape(weights[t]))
+                moved[t] = weights[t] * filled
+                weights[t] = weights[t] * (1.0 - filled)
+        return weights, moved
+
+    def class_terms(self, y_true: Mapping, y_pred: Mapping, moved: Mapping) -> dict:
+        """``{coannot_<task>: weight × loss}``: for each class target, the task's loss between the class means of
+        the co-annotated labels (``d(class, ·)``) and of the predictions over the rows of ``moved`` (weights from
+        :meth:`split`), each class weighted by its rows' weight."""
+        from keras import ops
+        from kfacemtl.losses import task_loss
+        out = {}
+        for r in self.relations:
+            t = r.target.name
+            if t not in self.class_targets:
+                continue
+            if t not in moved:  # a batch that co-annotation never saw (no such rows)
+                out[f"coannot_{t}"] = ops.zeros(())
+                continue
+            groups = ops.convert_to_tensor(y_true[r.source.name])
+            if len(groups.shape) != 2 or groups.shape[-1] != len(r.source.classes):
+                groups = ops.one_hot(ops.cast(ops.reshape(groups, (-1,)), "int32"), len(r.source.classes))
+            weights = ops.reshape(moved[t], (-1,))
+            wanted, totals = class_means(groups, y_true[t], weights)
+            predicted, _ = class_means(groups, y_pred[t], weights)
+            out[f"coannot_{t}"] = self.weight * task_loss(r.target)(wanted, predicted, totals)
+        return out
 
 
 class DistributionMatching:
@@ -391,6 +481,11 @@ class DistributionMatching:
         inverse: also match the source head to what the target head implies.
         stop_gradient: treat ``q`` as a constant (only the matched head learns); default False, as Kollias
             et al.: both heads learn from the disagreement.
+        level: ``"sample"`` (Kollias et al.) or ``"class"``: the source → target terms match, for each class
+            ``i``, the target head's mean prediction over the rows (each counted by ``p(i | x)``, held constant)
+            to ``d(i, ·)``, instead of each row's prediction to its ``q``; a row may then differ from what its
+            expression implies (see :class:`CoAnnotation`). Only the target head learns from those terms; the
+            inverse terms stay per row.
 
     Example:
         >>> from kfacemtl.tasks import resolve_tasks
@@ -400,12 +495,13 @@ class DistributionMatching:
     """
 
     def __init__(self, relations: Sequence[Relatedness], weight: float = 1.0, inverse: bool = True,
-                 stop_gradient: bool = False):
+                 stop_gradient: bool = False, level: str = "sample"):
         if not float(weight) > 0:
             raise ConfigError("coupling.matching_weight", f"expected a number > 0, got {weight!r}")
         from kfacemtl.losses import task_loss
         self.relations, self.weight = list(relations), float(weight)
         self.inverse, self.stop_gradient = bool(inverse), bool(stop_gradient)
+        self.level = _check_level(level)
         self._terms = []  # (name, relation, direction, loss)
         for r in self.relations:
             self._terms.append((f"match_{r.target.name}", r, "forward", task_loss(r.target)))
@@ -426,11 +522,17 @@ class DistributionMatching:
         out = {}
         for name, r, direction, loss in self._terms:
             given, matched = (r.source.name, r.target.name) if direction == "forward" else (r.target.name, r.source.name)
+            real = weights.get(REAL + matched, weights[matched])  # a pseudo-label counts as a label
+            mask = ops.cast(ops.reshape(real, (-1,)) <= 0, "float32")
+            if direction == "forward" and self.level == "class":
+                groups = ops.stop_gradient(ops.convert_to_tensor(y_pred[given])) * np.asarray(r.known, "float32")
+                groups = groups / ops.maximum(ops.sum(groups, axis=-1, keepdims=True), 1e-6)
+                predicted, totals = class_means(groups, y_pred[matched], mask)
+                out[name] = loss(ops.convert_to_tensor(r.matrix), predicted, totals)
+                continue
             q = r.forward(y_pred[given]) if direction == "forward" else r.inverse(y_pred[given])
             if self.stop_gradient:
                 q = ops.stop_gradient(q)
-            real = weights.get(REAL + matched, weights[matched])  # a pseudo-label counts as a label
-            mask = ops.cast(ops.reshape(real, (-1,)) <= 0, "float32")
             out[name] = loss(q, y_pred[matched], mask)
         return out
 
@@ -530,9 +632,10 @@ def make_coupling(cfg: Mapping, tasks: Sequence, sources: Sequence = ()):
         raise ConfigError("coupling.relations", "co-annotation, distribution matching and fused outputs need a "
                                                 "relation between two tasks of the model (e.g. expression -> "
                                                 "action_units)")
-    co = CoAnnotation(relations, cfg["coannotation_weight"], cfg["inverse"]) if cfg["coannotation"] else None
-    dm = DistributionMatching(relations, cfg["matching_weight"], cfg["inverse"],
-                              cfg["stop_gradient"]) if cfg["distribution_matching"] else None
+    level = cfg.get("level", "sample")
+    co = CoAnnotation(relations, cfg["coannotation_weight"], cfg["inverse"], level) if cfg["coannotation"] else None
+    dm = DistributionMatching(relations, cfg["matching_weight"], cfg["inverse"], cfg["stop_gradient"],
+                              level) if cfg["distribution_matching"] else None
     fusions = [OutputFusion.from_relation(r) for r in relations if r.invertible] if fuse else []
     if fuse and not fusions:
         raise ConfigError("coupling.fuse_outputs", f"no relation has a multilabel target to fuse "

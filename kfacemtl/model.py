@@ -169,8 +169,11 @@ class MultiTaskModel(keras.Model):
     def _by_task(self, data):
         x, y, sw = keras.utils.unpack_x_y_sample_weight(data)
         names = self.output_names
-        from kfacemtl.coupling import REAL  # co-annotated batches: which labels are real, for distribution matching
+        from kfacemtl.coupling import COANNOTATED, REAL  # co-annotated batches: which labels are real or filled
         self.__dict__["_real_weights"] = {k: v for k, v in sw.items() if k.startswith(REAL)} if isinstance(sw, dict) else {}
+        self.__dict__["_moved_weights"] = {}
+        if isinstance(sw, dict) and self.coannotation is not None and any(k.startswith(COANNOTATED) for k in sw):
+            sw, self.__dict__["_moved_weights"] = self.coannotation.split(sw)  # class level: rows out of the task losses
         if isinstance(y, dict):
             y = tuple(y[n] for n in names)
         if isinstance(sw, dict):
@@ -278,27 +281,56 @@ class MultiTaskModel(keras.Model):
         ``match_<task>`` (its epoch mean). Works with every task weighting (the terms are added to its total).
         """
         self.__dict__["_matching"] = matching
-        self.__dict__["match_trackers"] = [keras.metrics.Mean(name=n) for n in matching.term_names] if matching else []
+        self._coupling_trackers()
 
     @property
     def matching(self):
         """The distribution matching in use, or None."""
         return self.__dict__.get("_matching")
 
-    def _matching_loss(self, y_pred, sample_weight):
-        """The matching terms' total as one replica's loss (scaled for distribution, like the task losses)."""
+    def set_coannotation(self, coannotation):
+        """Train with a :class:`~kfacemtl.coupling.CoAnnotation` of ``level="class"`` (None: off): the rows it
+        co-annotated leave their task's per-row loss and its class-mean terms join the training loss (logged as
+        ``coannot_<task>``). At ``level="sample"`` the co-annotated labels are ordinary labels and the model needs
+        nothing (setting it changes nothing). Training state, like :meth:`set_matching`.
+        """
+        self.__dict__["_coannotation"] = coannotation if coannotation is not None and coannotation.class_targets else None
+        self._coupling_trackers()
+
+    @property
+    def coannotation(self):
+        """The class-level co-annotation in use, or None."""
+        return self.__dict__.get("_coannotation")
+
+    def _coupling_trackers(self):
+        names = [*(self.matching.term_names if self.matching else []),
+                 *(self.coannotation.term_names if self.coannotation else [])]
+        self.__dict__["match_trackers"] = [keras.metrics.Mean(name=n) for n in names]
+
+    def _coupling_loss(self, y, y_pred, sample_weight):
+        """The matching and class-level co-annotation terms' total as one replica's loss (scaled for distribution,
+        like the task losses), or None."""
+        if sample_weight is None or (self.matching is None and self.coannotation is None):
+            return None
         names = self.output_names
-        weights = dict(zip(names, sample_weight), **self.__dict__.get("_real_weights", {}))
-        total, terms = self.matching.total(dict(zip(names, y_pred)), weights)
+        terms, total = {}, []
+        if self.matching is not None:
+            weights = dict(zip(names, sample_weight), **self.__dict__.get("_real_weights", {}))
+            matched, terms = self.matching.total(dict(zip(names, y_pred)), weights)
+            total.append(matched)
+        if self.coannotation is not None:
+            class_terms = self.coannotation.class_terms(dict(zip(names, y)), dict(zip(names, y_pred)),
+                                                        self.__dict__.get("_moved_weights", {}))
+            terms = {**terms, **class_terms}
+            total.extend(class_terms.values())
         for tracker in self.__dict__["match_trackers"]:
             tracker.update_state(unscale_loss_for_distribution(terms[tracker.name]))
-        return total
+        return ops.sum(ops.stack(total))
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         loss = super().compute_loss(x, y, y_pred, sample_weight, training)
-        if training and self.matching is not None and sample_weight is not None:
-            loss = loss + self._matching_loss(y_pred, sample_weight)
-        return loss
+        coupled = self._coupling_loss(y, y_pred, sample_weight) if training else None
+        return loss if coupled is None else loss + coupled
 
     def reset_metrics(self):
         super().reset_metrics()
@@ -348,8 +380,9 @@ class MultiTaskModel(keras.Model):
             total, weights, aux = weighting.combine(losses, present, features, **extra)
             if self.losses:
                 total = total + ops.sum(self.losses)
-            if self.matching is not None:
-                total = total + unscale_loss_for_distribution(self._matching_loss(y_pred, sw))
+            coupled = self._coupling_loss(y, y_pred, sw)
+            if coupled is not None:
+                total = total + unscale_loss_for_distribution(coupled)
             # the gradients of every replica are summed: scale for that (and for mixed precision's loss scale)
             scaled = self.optimizer.scale_loss(scale_loss_for_distribution(total))
             aux = None if aux is None else scale_loss_for_distribution(aux)

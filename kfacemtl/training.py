@@ -357,6 +357,7 @@ def train_run(config: Mapping, out_dir, resume: bool = False, verbose="auto", ex
     coannotation, matching, fusions, relations = make_coupling(cfg["coupling"], tasks, labelled)
     with strategy.scope():
         model.set_matching(matching)  # training state like the weighting: set again on a resumed model
+        model.set_coannotation(coannotation)  # class level: its class-mean terms join the loss
     model.set_fusions(fusions)  # part of the network (saved with it); the same on a resumed run
     skipped: dict = {}  # bad_images: skip → {source: rows left out}
     # every image decoded once, checked and cached here, so distillation's predictions read the cache too
@@ -427,6 +428,7 @@ def train_run(config: Mapping, out_dir, resume: bool = False, verbose="auto", ex
         "table": format_table(results, tasks) if results else "",
         "distillation": distillation.log if distillation else None,
         "coupling": {"coannotation": coannotation is not None, "distribution_matching": matching is not None,
+                     "level": cfg["coupling"]["level"],
                      "fused_outputs": [f"{f.source}->{f.target}" for f in fusions],
                      "relations": [r.describe() for r in relations]} if relations else None,
         "plots": plots,

@@ -182,7 +182,8 @@ def test_distillation_benchmark_options_keep_labelled_rows_and_fix_the_teacher()
 def test_distribution_matching_benchmark_runs_every_variant_and_its_baselines(tmp_path, monkeypatch, capsys):
     import distribution_matching as bench
     monkeypatch.setattr(bench, "SYNTHETIC_MODEL", TINY_MODEL)
-    variants = ["plain MTL", "+ both", "+ both (Du 2014 table)", "+ both + fused outputs"]
+    variants = ["plain MTL", "+ both", "+ both (Du 2014 table)", "+ both + fused outputs",
+                "+ both (class means) + fused outputs"]
     args = ["--seeds", "0", "--steps", "4", "--faces", "96", "--test-faces", "16", "--mixing", "sqrt",
             "--variants", *variants, "--out", str(tmp_path / "runs")]
     assert bench.main(args) == 0
@@ -202,6 +203,10 @@ def test_distribution_matching_benchmark_runs_every_variant_and_its_baselines(tm
     assert both["fuse_outputs"] is False
     fused = json.loads((seed0 / "both_fused_outputs" / "report.json").read_text())["coupling"]
     assert fused["fused_outputs"] == ["expression->action_units"] and fused["coannotation"]
+    assert fused["level"] == "sample" and both["level"] == "sample"
+    class_level = json.loads((seed0 / "both_class_means_fused_outputs" / "report.json").read_text())
+    assert class_level["coupling"]["level"] == "class" and class_level["coupling"]["fused_outputs"]
+    assert "coannot_action_units" in class_level["final_epoch_metrics"]
     assert yaml.safe_load((seed0 / "plain_MTL" / "config.yaml").read_text())["training"]["mixing"] == "sqrt"
     stl = yaml.safe_load((seed0 / "single-task_action_units" / "config.yaml").read_text())
     assert [s.split("?")[0] for s in stl["sources"]] == ["synthetic:lab"]  # AUs: the lab domain only

@@ -162,6 +162,88 @@ def test_stop_gradient_keeps_the_given_head_out_of_the_matching_gradient(stop_gr
     assert (g_expr is None or float(tf.reduce_sum(tf.abs(g_expr))) == 0) == stop_gradient
 
 
+def _bce(t, p):
+    return -np.mean(t * np.log(p) + (1 - t) * np.log(1 - p), axis=-1)
+
+
+def test_class_level_matching_constrains_class_means_not_rows():
+    import tensorflow as tf
+    rel = Relatedness.du_2014(EXPR, AUS)
+    rng = np.random.default_rng(0)
+    p_expr = rng.dirichlet(np.ones(7), 6).astype("float32")
+    p_au = rng.uniform(0.05, 0.95, (6, 14)).astype("float32")
+    w = {"expression": np.ones(6, "float32"), "action_units": np.array([1, 1, 0, 0, 0, 0], "float32")}
+    dm = DistributionMatching([rel], level="class", inverse=False)
+    term = float(dm.terms({"expression": p_expr, "action_units": p_au}, w)["match_action_units"])
+    g = p_expr[2:] * rel.known / (p_expr[2:] * rel.known).sum(1, keepdims=True)   # rows without AU labels
+    means, totals = g.T @ p_au[2:] / g.sum(0)[:, None], g.sum(0)
+    assert term == pytest.approx(float((totals * _bce(rel.matrix, means)).sum() / totals.sum()), rel=1e-4)
+    # two happy faces, AU6 on in one and off in the other: their mean is happy's AU6 rate (0.51), so the class
+    # level asks nothing of either row, while the sample level pulls both towards 0.51
+    happy = np.eye(7, dtype="float32")[[3, 3]]
+    p = np.tile(rel.matrix[3].clip(0.05, 0.95), (2, 1)).astype("float32")
+    au6 = ACTION_UNITS.index("AU6")
+    p[:, au6] = [0.9, 0.12]
+    grads = {}
+    for level in ("class", "sample"):
+        v = tf.Variable(p)
+        with tf.GradientTape() as tape:
+            t = DistributionMatching([rel], level=level, inverse=False).terms(
+                {"expression": happy, "action_units": v}, {"expression": np.ones(2, "float32"),
+                                                           "action_units": np.zeros(2, "float32")})
+        grads[level] = tape.gradient(t["match_action_units"], v).numpy()[:, au6]
+    assert np.abs(grads["class"]).max() < 0.05 * np.abs(grads["sample"]).max()
+    assert grads["sample"][0] > 0 > grads["sample"][1]  # the sample level: AU6 down in one face, up in the other
+    # class level: only the AU head learns from the forward terms (the groups are constant)
+    pe = tf.Variable(p_expr)
+    with tf.GradientTape() as tape:
+        t = dm.terms({"expression": pe, "action_units": tf.constant(p_au)}, w)["match_action_units"]
+    assert tape.gradient(t, pe) is None
+    with pytest.raises(ConfigError, match="coupling.level"):
+        DistributionMatching([rel], level="batch")
+
+
+def test_class_level_coannotation_moves_filled_rows_to_class_means():
+    rel = Relatedness.du_2014(EXPR, AUS)
+    co = CoAnnotation([rel], weight=0.4, level="class")
+    labels = {"expression": np.array([3, 3, 0, 5]),
+              "action_units": np.stack([np.zeros(14), np.zeros(14), aus_of("AU1"), np.zeros(14)]).astype("float32")}
+    weights = {"expression": np.array([1, 1, 1, 0], "float32"), "action_units": np.array([0, 0, 1, 0], "float32")}
+    new, w = co.apply(labels, weights)
+    np.testing.assert_allclose(w["coannotated/action_units"], [1, 1, 0, 0])
+    np.testing.assert_allclose(w["action_units"], [0.4, 0.4, 1, 0])   # the labels are filled as at the sample level
+    kept, moved = co.split(w)
+    np.testing.assert_allclose(kept["action_units"], [0, 0, 1, 0])    # out of the per-row AU loss
+    np.testing.assert_allclose(moved["action_units"], [0.4, 0.4, 0, 0])
+    p_au = np.random.default_rng(0).uniform(0.05, 0.95, (4, 14)).astype("float32")
+    term = co.class_terms(new, {"expression": None, "action_units": p_au}, moved)["coannot_action_units"]
+    mean = p_au[:2].mean(0)                                             # the two happy rows' mean prediction
+    assert float(term) == pytest.approx(0.4 * float(_bce(rel.matrix[3], mean)), rel=1e-4)
+    assert co.term_names == ["coannot_action_units"] and CoAnnotation([rel]).term_names == []
+    _, sample_w = CoAnnotation([rel]).apply(labels, weights)
+    assert "coannotated/action_units" not in sample_w
+
+
+def test_class_level_coupling_trains_the_au_head_from_expression_labels():
+    import tensorflow as tf
+    keras.utils.set_random_seed(0)
+    tasks = resolve_tasks(["expression", "action_units"])
+    model = compile_model(build_model(tasks, input_shape=(16, 16, 3), widths=(8,), depths=1, embedding_dim=16,
+                                      head_units=0, dropout=0.0), learning_rate=0.01)
+    co = CoAnnotation(make_relations(None, tasks), level="class")
+    model.set_coannotation(co)
+    x = np.random.default_rng(0).uniform(0, 1, (32, 16, 16, 3)).astype("float32")
+    y, w = co.apply({"expression": np.full(32, 3), "action_units": np.zeros((32, 14), "float32")},
+                    {"expression": np.ones(32, "float32"), "action_units": np.zeros(32, "float32")})  # all happy
+    history = model.fit(tf.data.Dataset.from_tensor_slices((x, y, w)).batch(32), epochs=60, verbose=0).history
+    assert history["coannot_action_units"][-1] < 0.5 * history["coannot_action_units"][0]
+    assert history["action_units_loss"][-1] == 0  # the co-annotated rows left the per-row AU loss
+    p_au = model.predict(x, verbose=0)[1].mean(0)
+    assert p_au[ACTION_UNITS.index("AU12")] > 0.7 and p_au[ACTION_UNITS.index("AU9")] < 0.3
+    model.set_coannotation(CoAnnotation(make_relations(None, tasks)))  # the sample level needs nothing of the model
+    assert model.coannotation is None
+
+
 def test_matching_composes_with_a_weighting_strategy():
     tasks = resolve_tasks(["expression", "action_units"])
     model = compile_model(build_model(tasks, input_shape=(16, 16, 3), widths=(8,), depths=1, embedding_dim=16),
@@ -189,6 +271,8 @@ def test_config_errors_name_the_key():
     from kfacemtl.config import resolve_config
     with pytest.raises(ConfigError, match="coupling.coannotation_weight"):
         resolve_config({"sources": ["synthetic:lab?n=4"], "coupling": {"coannotation_weight": 2}})
+    with pytest.raises(ConfigError, match="coupling.level.*sample or class"):
+        resolve_config({"sources": ["synthetic:lab?n=4"], "coupling": {"level": "rows"}})
     assert [r.name for r in make_relations(None, tasks)] == ["expression->action_units"]
     va_tasks = resolve_tasks(["expression", "valence_arousal"])
     assert make_relations(None, va_tasks) == []  # no source labels both: no mapping to estimate
@@ -217,6 +301,7 @@ def test_train_run_with_both_couplings_and_distillation(tmp_path):
                      "jit_compile": True},  # XLA, as jit_compile: auto does on a GPU
         "distillation": {"rounds": 1, "epochs_per_round": 1},
         "coupling": {"coannotation": True, "distribution_matching": True, "fuse_outputs": True,
+                     "level": "class",  # the sample level trains in benchmarks/distribution_matching.py's test
                      "relations": [{"source": "expression", "target": "action_units", "table": "estimate"},
                                    {"source": "expression", "target": "valence_arousal", "table": "estimate"}]},
     }
@@ -227,6 +312,8 @@ def test_train_run_with_both_couplings_and_distillation(tmp_path):
     metrics = report["final_epoch_metrics"]
     # webcam and affect have no real AU labels (co-annotation gives them soft ones): matched all the same
     assert metrics["match_action_units"] > 0 and metrics["match_valence_arousal"] > 0 and "match_expression" in metrics
+    assert metrics["coannot_action_units"] > 0 and metrics["coannot_valence_arousal"] > 0
+    assert report["coupling"]["level"] == "class"
     assert (tmp_path / "run" / "plots" / "relatedness_expression_action_units.png").stat().st_size > 0
     assert json.loads((tmp_path / "run" / "report.json").read_text())["distillation"]
     assert report["coupling"]["fused_outputs"] == ["expression->action_units"]  # valence/arousal: not multilabel
