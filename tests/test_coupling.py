@@ -252,6 +252,13 @@ def test_matching_composes_with_a_weighting_strategy():
     ds = make_dataset([make_source("synthetic:webcam?n=16")], tasks, batch_size=8, image_size=(16, 16))
     logs = model.fit(ds, epochs=2, steps_per_epoch=2, verbose=0).history
     assert logs["match_action_units"][-1] > 0 and "weight_expression" in logs and np.isfinite(logs["loss"]).all()
+    co = CoAnnotation(make_relations(None, tasks), level="class")  # the class level's terms join the weighted total
+    model.set_coannotation(co)
+    ds = make_dataset([make_source("synthetic:webcam?n=16")], tasks, batch_size=8, image_size=(16, 16),
+                      coannotation=co)
+    logs = model.fit(ds, epochs=1, steps_per_epoch=2, verbose=0).history
+    assert logs["coannot_action_units"][-1] > 0 and logs["action_units_loss"][-1] == 0  # webcam: no real AU label
+    assert np.isfinite(logs["loss"]).all()
 
 
 def test_config_errors_name_the_key():
