@@ -225,8 +225,8 @@ def resolve_config(config: Mapping | None) -> dict:
     c = cfg["coupling"]
     if not 0 < c["coannotation_weight"] <= 1:
         raise ConfigError("coupling.coannotation_weight", f"expected a weight in (0, 1], got {c['coannotation_weight']}")
-    if c["level"] not in ("sample", "class"):
-        raise ConfigError("coupling.level", f"expected sample or class, got {c['level']!r}")
+    from kfacemtl.coupling import LEVELS
+    check_choice("coupling.level", c["level"], LEVELS)
     if not c["matching_weight"] > 0:
         raise ConfigError("coupling.matching_weight", f"expected a number > 0, got {c['matching_weight']}")
     if c["relations"] is not None and not isinstance(c["relations"], list):

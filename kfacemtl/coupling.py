@@ -41,7 +41,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from kfacemtl.errors import ConfigError
+from kfacemtl.errors import ConfigError, check_choice
 
 # Du, Tao & Martinez (2014), "Compound facial expressions of emotion", PNAS 111(15) E1454-E1462, Table 1, the six
 # basic emotions. 1.0: an AU "consistently active", i.e. used by more than 70 % of the 230 subjects (the paper gives no
@@ -77,9 +77,14 @@ def implied(p, known, matrix):
         [[1.0, 0.0]]
     """
     from keras import ops
+    return ops.matmul(_over_known(p, known), ops.convert_to_tensor(np.asarray(matrix, "float32")))
+
+
+def _over_known(p, known):
+    """Class probabilities ``p`` ``(n, classes)`` restricted to the ``known`` classes and renormalised."""
+    from keras import ops
     p = ops.convert_to_tensor(p, "float32") * ops.convert_to_tensor(np.asarray(known, "float32"))
-    p = p / ops.maximum(ops.sum(p, axis=-1, keepdims=True), 1e-6)
-    return ops.matmul(p, ops.convert_to_tensor(np.asarray(matrix, "float32")))
+    return p / ops.maximum(ops.sum(p, axis=-1, keepdims=True), 1e-6)
 
 
 def class_means(groups, values, weights):
@@ -98,12 +103,6 @@ def class_means(groups, values, weights):
     totals = ops.sum(gw, axis=0)
     means = ops.matmul(ops.transpose(gw), ops.convert_to_tensor(values, "float32"))
     return means / ops.reshape(ops.maximum(totals, 1e-6), (-1, 1)), totals
-
-
-def _check_level(level) -> str:
-    if level not in LEVELS:
-        raise ConfigError("coupling.level", f"expected one of {LEVELS}, got {level!r}")
-    return level
 
 
 def _check_kinds(source, target, where: str = "coupling.relations"):
@@ -381,12 +380,14 @@ class CoAnnotation:
         if not 0 < float(weight) <= 1:
             raise ConfigError("coupling.coannotation_weight", f"expected a weight in (0, 1], got {weight!r}")
         self.relations, self.weight, self.inverse = list(relations), float(weight), bool(inverse)
-        self.level = _check_level(level)
+        self.level = check_choice("coupling.level", level, LEVELS)
+        from kfacemtl.losses import task_loss
+        self._class_losses = {r.target.name: task_loss(r.target) for r in self.relations if self.level == "class"}
 
     @property
     def class_targets(self) -> list[str]:
         """Tasks whose co-annotated rows are matched by class means (``level="class"``), else none."""
-        return [r.target.name for r in self.relations] if self.level == "class" else []
+        return list(self._class_losses)
 
     @property
     def term_names(self) -> list[str]:
@@ -446,11 +447,10 @@ class CoAnnotation:
         the co-annotated labels (``d(class, ·)``) and of the predictions over the rows of ``moved`` (weights from
         :meth:`split`), each class weighted by its rows' weight."""
         from keras import ops
-        from kfacemtl.losses import task_loss
         out = {}
         for r in self.relations:
             t = r.target.name
-            if t not in self.class_targets:
+            if t not in self._class_losses:
                 continue
             if t not in moved:  # a batch that co-annotation never saw (no such rows)
                 out[f"coannot_{t}"] = ops.zeros(())
@@ -461,7 +461,7 @@ class CoAnnotation:
             weights = ops.reshape(moved[t], (-1,))
             wanted, totals = class_means(groups, y_true[t], weights)
             predicted, _ = class_means(groups, y_pred[t], weights)
-            out[f"coannot_{t}"] = self.weight * task_loss(r.target)(wanted, predicted, totals)
+            out[f"coannot_{t}"] = self.weight * self._class_losses[t](wanted, predicted, totals)
         return out
 
 
@@ -501,7 +501,7 @@ class DistributionMatching:
         from kfacemtl.losses import task_loss
         self.relations, self.weight = list(relations), float(weight)
         self.inverse, self.stop_gradient = bool(inverse), bool(stop_gradient)
-        self.level = _check_level(level)
+        self.level = check_choice("coupling.level", level, LEVELS)
         self._terms = []  # (name, relation, direction, loss)
         for r in self.relations:
             self._terms.append((f"match_{r.target.name}", r, "forward", task_loss(r.target)))
@@ -525,8 +525,7 @@ class DistributionMatching:
             real = weights.get(REAL + matched, weights[matched])  # a pseudo-label counts as a label
             mask = ops.cast(ops.reshape(real, (-1,)) <= 0, "float32")
             if direction == "forward" and self.level == "class":
-                groups = ops.stop_gradient(ops.convert_to_tensor(y_pred[given])) * np.asarray(r.known, "float32")
-                groups = groups / ops.maximum(ops.sum(groups, axis=-1, keepdims=True), 1e-6)
+                groups = _over_known(ops.stop_gradient(ops.convert_to_tensor(y_pred[given])), r.known)
                 predicted, totals = class_means(groups, y_pred[matched], mask)
                 out[name] = loss(ops.convert_to_tensor(r.matrix), predicted, totals)
                 continue

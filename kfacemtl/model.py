@@ -169,11 +169,11 @@ class MultiTaskModel(keras.Model):
     def _by_task(self, data):
         x, y, sw = keras.utils.unpack_x_y_sample_weight(data)
         names = self.output_names
-        from kfacemtl.coupling import COANNOTATED, REAL  # co-annotated batches: which labels are real or filled
+        from kfacemtl.coupling import REAL  # co-annotated batches: which labels are real, for distribution matching
         self.__dict__["_real_weights"] = {k: v for k, v in sw.items() if k.startswith(REAL)} if isinstance(sw, dict) else {}
         self.__dict__["_moved_weights"] = {}
-        if isinstance(sw, dict) and self.coannotation is not None and any(k.startswith(COANNOTATED) for k in sw):
-            sw, self.__dict__["_moved_weights"] = self.coannotation.split(sw)  # class level: rows out of the task losses
+        if isinstance(sw, dict) and self.coannotation is not None:  # class level: co-annotated rows out of the task losses
+            sw, self.__dict__["_moved_weights"] = self.coannotation.split(sw)
         if isinstance(y, dict):
             y = tuple(y[n] for n in names)
         if isinstance(sw, dict):

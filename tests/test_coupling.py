@@ -278,7 +278,7 @@ def test_config_errors_name_the_key():
     from kfacemtl.config import resolve_config
     with pytest.raises(ConfigError, match="coupling.coannotation_weight"):
         resolve_config({"sources": ["synthetic:lab?n=4"], "coupling": {"coannotation_weight": 2}})
-    with pytest.raises(ConfigError, match="coupling.level.*sample or class"):
+    with pytest.raises(ConfigError, match=r"coupling.level.*expected one of \('sample', 'class'\), got 'rows'"):
         resolve_config({"sources": ["synthetic:lab?n=4"], "coupling": {"level": "rows"}})
     assert [r.name for r in make_relations(None, tasks)] == ["expression->action_units"]
     va_tasks = resolve_tasks(["expression", "valence_arousal"])
