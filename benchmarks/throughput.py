@@ -28,6 +28,13 @@ results.json. A benchmark measures and prints; it asserts nothing.
     python benchmarks/throughput.py [--setting real|synthetic] [--steps 40] [--repeats 3] [--warmup 10]
         [--in-process] [--variants files,cached,alone,alone_xla,alone_mixed,cached_xla] [--out runs/throughput]
         [--precision float32|mixed_float16] [--batch-size N]
+
+``--one A,B,...`` times training variants one after the other in this process and prints one JSON line each and a
+table comparing them (images/s, the ratio to the first, and each pipeline variant's share of the model alone with
+the same step). A variant is a base, ``files``, ``cached`` or ``alone``, and tags joined by ``_``: ``xla``,
+``mixed`` (mixed_float16), ``step`` (augmentation in the train step: training.augment_on: step), ``dev`` (batches
+prefetched to the GPU: pipeline.prefetch_to_gpu), ``speN`` (N steps per call: training.steps_per_execution), e.g.
+``--one alone_xla_step_dev_spe8,cached_xla_step_dev_spe8`` (the defaults on a GPU).
 """
 
 import argparse
@@ -50,7 +57,7 @@ from kfacemtl.config import load_config, resolve_config  # noqa: E402
 from kfacemtl.evaluation import text_table  # noqa: E402
 from kfacemtl.files import atomic_write_text  # noqa: E402
 from kfacemtl.model import build_model, count_flops  # noqa: E402
-from kfacemtl.pipeline import make_dataset  # noqa: E402
+from kfacemtl.pipeline import make_dataset, prefetch_to_gpu  # noqa: E402
 from kfacemtl.tasks import resolve_tasks  # noqa: E402
 from kfacemtl.training import build_sources, compile_model, demo_config  # noqa: E402
 from real_mtl_vs_stl import with_data_root  # noqa: E402
@@ -103,6 +110,25 @@ def inference_rate(model, image_shape, batch: int = 64, steps: int = 30) -> floa
 
 
 VARIANTS = ("files", "cached", "alone", "alone_xla", "alone_mixed", "cached_xla")
+TAGS = {"xla": "XLA", "mixed": "mixed_float16", "step": "augmented in the train step (not the pipeline)",
+        "dev": "prefetch to the GPU (tf.data prefetch_to_device)", "speN": "N steps per call (steps_per_execution)"}
+
+
+def parse_variant(name: str) -> dict:
+    """A variant's name, ``BASE[_TAG...]``: BASE ``files``, ``cached`` or ``alone``, tags of :data:`TAGS`.
+
+    Example:
+        >>> parse_variant("cached_xla_step_spe8")["steps_per_execution"], parse_variant("alone")["xla"]
+        (8, False)
+    """
+    base, *tags = name.split("_")
+    spe = [t for t in tags if t.startswith("spe") and t[3:].isdigit() and int(t[3:]) > 0]
+    unknown = set(tags) - set(TAGS) - set(spe)
+    if base not in ("files", "cached", "alone") or unknown or len(spe) > 1:
+        raise ValueError(f"variant {name!r}: expected files, cached or alone, then tags of "
+                         f"{', '.join(TAGS)} joined by _")
+    return {"base": base, "xla": "xla" in tags, "mixed": "mixed" in tags, "step": "step" in tags,
+            "dev": "dev" in tags, "steps_per_execution": int(spe[0][3:]) if spe else 1}
 
 
 def _setup(cfg: dict, model_overrides: dict):
@@ -119,26 +145,35 @@ def _setup(cfg: dict, model_overrides: dict):
 
 def one_variant(cfg: dict, variant: str, steps: int, warmup: int, model_overrides: dict,
                 precision: str = "float32") -> dict:
-    """Training images/s of one variant (in a process of its own, so no other dataset's threads run beside it):
-    ``files`` (cache: none), ``cached`` (cache: auto), ``alone`` (one batch held in memory, repeated), the model
-    alone compiled with XLA (``alone_xla``) or computing in float16 (``alone_mixed``, and every variant with
-    ``precision="mixed_float16"``), and the full pipeline with XLA (``cached_xla``)."""
+    """Training images/s of one variant (see :func:`parse_variant`; in a process of its own, so no other
+    dataset's threads run beside it): ``files`` (cache: none), ``cached`` (cache: auto), ``alone`` (one batch held
+    in memory, repeated; with tag ``step`` the step still augments it), tags: XLA, mixed precision (also every
+    variant with ``precision="mixed_float16"``), augmentation in the train step, prefetch to the GPU, several steps
+    per call. ``steps`` and ``warmup`` are rounded up to whole calls."""
     import tensorflow as tf
+    v = parse_variant(variant)
     tasks, tr, mc, sources, common = _setup(cfg, model_overrides)
+    spe = v["steps_per_execution"]
+    steps, warmup = -(-steps // spe) * spe, -(-warmup // spe) * spe
     start = time.perf_counter()
-    ds = make_dataset(sources, tasks, cache="auto" if variant.startswith("cached") else "none", **common)
+    ds = make_dataset(sources, tasks, cache="none" if v["base"] == "files" else "auto",
+                      **dict(common, augment=common["augment"] and not v["step"]))
     built = time.perf_counter() - start
-    if variant.startswith("alone"):
+    if v["base"] == "alone":
         ds = tf.data.Dataset.from_tensors(next(iter(ds))).repeat()
-    mixed = variant == "alone_mixed" or precision == "mixed_float16"
+    gpu = tf.config.list_physical_devices("GPU")
+    if v["dev"]:  # (on a CPU: prefetch_to_device onto the CPU, the same work as kfacemtl's prefetch_to_gpu)
+        ds = prefetch_to_gpu(ds) if gpu else ds.apply(tf.data.experimental.prefetch_to_device("/CPU:0", 2))
+    mixed = v["mixed"] or precision == "mixed_float16"
     model = compile_model(build_model(tasks, **dict(mc, mixed_precision=mixed)), tr["optimizer"],
-                          tr["learning_rate"], jit_compile=variant.endswith("_xla"))
+                          tr["learning_rate"], jit_compile=v["xla"], steps_per_execution=spe)
+    if v["step"] and common["augment"]:
+        model.set_augmentation(common["seed"])
     clock = StepClock(warmup)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # one fit: the first ``warmup`` steps (tracing) untimed
         model.fit(ds, epochs=1, steps_per_epoch=warmup + steps, verbose=0, callbacks=[clock])
-    gpu = tf.config.list_physical_devices("GPU")
-    return {"images_per_s": steps * tr["batch_size"] / clock.seconds, "dataset_seconds": built,
+    return {"variant": variant, "images_per_s": steps * tr["batch_size"] / clock.seconds, "dataset_seconds": built,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "gpu_peak_mb": tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2 ** 20 if gpu else None}
 
@@ -206,6 +241,39 @@ def measure(cfg: dict, steps: int, warmup: int, repeats: int = 3, model_override
     }
 
 
+def _alone_twins(variant: str) -> list:
+    """The model-alone variants with the same step as ``variant``: base ``alone`` and the same tags (its batch
+    prefetched to the GPU too: resident there), then without ``dev`` (copied from the host at every step)."""
+    base, *tags = variant.split("_")
+    same = "_".join(["alone"] + tags)
+    return [same] + (["_".join(["alone"] + [t for t in tags if t != "dev"])] if "dev" in tags else [])
+
+
+def compare_table(rows: list, precision: str = "float32") -> str:
+    """Variants timed one after another (``--one a,b,c``): images/s, the ratio to the first variant, and for a
+    pipeline variant the percentage of the model alone with the same step (same tags), where that was timed.
+
+    Example:
+        >>> print(compare_table([{"variant": "alone", "images_per_s": 100.0}, {"variant": "cached", "images_per_s": 96.0}]))
+        ... # doctest: +NORMALIZE_WHITESPACE
+        variant  what                            images/s  vs alone  % of the model alone, same step
+        -------  ------------------------------  --------  --------  -------------------------------
+        alone    float32                         100       1.00x
+        cached   float32, decoded-image cache    96        0.96x     96.0 % of alone
+    """
+    rates = {r["variant"]: r["images_per_s"] for r in rows}
+    first = rows[0]["variant"]
+    out = []
+    for r in rows:
+        v, parsed = r["variant"], parse_variant(r["variant"])
+        what = [precision] + {"files": ["no cache"], "cached": ["decoded-image cache"], "alone": []}[parsed["base"]]
+        what += [TAGS[t].split(" (")[0] if t in TAGS else f"{t[3:]} steps per call" for t in v.split("_")[1:]]
+        share = ", ".join(f"{100 * r['images_per_s'] / rates[twin]:.1f} % of {twin}" for twin in _alone_twins(v)
+                          if parsed["base"] != "alone" and twin in rates)
+        out.append([v, ", ".join(what), f"{r['images_per_s']:.0f}", f"{r['images_per_s'] / rates[first]:.2f}x", share])
+    return text_table(["variant", "what", "images/s", f"vs {first}", "% of the model alone, same step"], out)
+
+
 def _against(rate, alone):
     return ["not measured", ""] if rate is None else [f"{rate:.0f} images/s", f"{rate / alone:.2f}x the model alone"]
 
@@ -264,7 +332,9 @@ def main(argv=None):
     ap.add_argument("--precision", default="float32", choices=["float32", "mixed_float16"],
                     help="every network of the table in this precision (mixed_float16: float16 compute on a GPU)")
     ap.add_argument("--batch-size", type=int, help="override the config's training.batch_size")
-    ap.add_argument("--one", choices=VARIANTS, help=argparse.SUPPRESS)  # a child process: one training rate
+    ap.add_argument("--one", help="time these variants (comma-separated, BASE[_TAG...]: tags "
+                                   + "; ".join(f"{k}: {v}" for k, v in TAGS.items())
+                                   + ") one after the other in this process and print one JSON line each")
     args = ap.parse_args(argv)
     if args.setting == "real":
         data = Path(args.data)
@@ -278,7 +348,21 @@ def main(argv=None):
         cfg.setdefault("training", {})["batch_size"] = args.batch_size
     overrides = json.loads(args.model)
     if args.one:
-        print(json.dumps(one_variant(cfg, args.one, args.steps, args.warmup, overrides, args.precision)))
+        for variant in args.one.split(","):
+            try:
+                parse_variant(variant)
+            except ValueError as e:
+                ap.error(f"--one: {e}")
+        rows = []
+        for variant in args.one.split(","):
+            try:
+                rows.append(one_variant(cfg, variant, args.steps, args.warmup, overrides, args.precision))
+            except Exception as e:  # noqa: BLE001 - one variant failing (e.g. no GPU to prefetch to) ends only it
+                print(json.dumps({"variant": variant, "error": f"{type(e).__name__}: {e}"[:500]}), flush=True)
+                continue
+            print(json.dumps(rows[-1]), flush=True)
+        if len(rows) > 1:
+            print("\n" + compare_table(rows, args.precision), flush=True)
         return 0
     child = ["--setting", args.setting, "--data", args.data, "--config", args.config,
              "--synthetic-faces", str(args.synthetic_faces)] + (["--batch-size", str(args.batch_size)]

@@ -351,22 +351,22 @@ class NaNGuard(keras.callbacks.Callback):
         self.verbose = verbose
         self.events: list[tuple[int, int, str]] = []
         self.diverged: tuple[int, int] | None = None
-        self._snapshot, self._epoch = None, 0
+        self._snapshot, self._epoch, self._last = None, 0, -1
 
     def _complete(self) -> bool:
         """Whether the snapshot holds the whole optimizer state (Keras builds it at the first step)."""
         return self._snapshot is not None and len(self._snapshot[1]) == len(self.model.optimizer.variables)
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._epoch = epoch
+        self._epoch, self._last = epoch, -1
         if self._complete():
             self._snapshot = _snapshot(self.model)
 
     def on_train_batch_end(self, batch, logs=None):
         loss = float((logs or {}).get("loss", 0.0))
-        if math.isfinite(loss):
-            if not self._complete() or (batch + 1) % self.every == 0:
-                self._snapshot = _snapshot(self.model)
+        if math.isfinite(loss):  # (batch counts by steps_per_execution when that is > 1: compare, don't divide)
+            if not self._complete() or batch - self._last >= self.every:
+                self._snapshot, self._last = _snapshot(self.model), batch
             return
         rollbacks = sum(1 for e in self.events if e[2].startswith("rollback"))
         if self.mode == "stop" or rollbacks >= self.max_rollbacks:

@@ -77,7 +77,7 @@ def _cmd_export(args):
             raise ExportError(f"--label {item!r}: expected NAME=VERSION, e.g. stable=3")
         labels[key] = int(value)
     path = export_model(args.model, args.base, args.name, version=args.version, labels=labels or None,
-                        serving_base=args.serving_base)
+                        serving_base=args.serving_base, jit_compile=args.jit_compile)
     print(f"exported {path}\n  signatures: serving_default (encoded images), serving_float (float tensors)\n"
           f"  model card: {path / 'model_card.md'}\n  server config: {path.parent / 'models.config'}, "
           f"{path.parent / 'batching_parameters.txt'}")
@@ -218,6 +218,9 @@ kfacemtl export runs/real_mtl --name faces --label stable=1 --label canary=2
     p.add_argument("--label", action="append", metavar="NAME=VERSION",
                    help="version label for models.config, e.g. stable=1 (default: stable = previous, canary = new)")
     p.add_argument("--serving-base", default="/models", help="where --base is mounted in the serving container")
+    p.add_argument("--jit-compile", action="store_true",
+                   help="compile the forward pass with XLA: for serving on a GPU (TF Serving's CPU build then needs "
+                        "--xla_cpu_compilation_enabled)")
 
     p = _subcommand(sub, "predict", "predict every task for image files, via TF Serving or a local SavedModel",
                     "Prints a table (age in years, each class task's class and probability, AUs present,\n"

@@ -16,6 +16,8 @@ A config has these sections (``unlabelled_sources``, ``distillation`` and ``coup
                loss_weights: {expression: 2.0},   # static task weights (default 1 each)
                strategy: default,                 # or mirrored, multi_worker (kfacemtl.distribute)
                jit_compile: auto, cache: auto,    # XLA on a GPU; model: {mixed_precision: true}: float16
+               augment_on: auto,                  # pipeline (CPU threads) or step (in the train step, on a GPU)
+               steps_per_execution: auto,         # train steps per call: 8 on a GPU, 1 on a CPU
                bad_images: error,                 # or skip: undecodable image files left out, counted
                on_nan: rollback,                  # or stop: a NaN loss stops the run (TrainingDiverged)
                deterministic: false}              # true: op determinism, the same seed gives the same run
@@ -79,6 +81,7 @@ DEFAULTS: dict[str, Any] = {
         "label_smoothing": 0.0,
         "mixing": "proportional",
         "augment": True,
+        "augment_on": "auto",
         "cache": "auto",
         "cache_limit_mb": 4096.0,
         "cache_dir": None,
@@ -88,6 +91,7 @@ DEFAULTS: dict[str, Any] = {
         "strategy": "default",
         "strategy_devices": None,
         "jit_compile": "auto",
+        "steps_per_execution": "auto",
         "seed": 0,
     },
     "distillation": {
@@ -115,10 +119,12 @@ DEFAULTS: dict[str, Any] = {
 }
 OPTIMIZERS = ("adam", "adamw", "sgd")
 STRATEGIES = ("default", "mirrored", "multi_worker")  # kfacemtl.distribute
+AUGMENT_ON = ("auto", "pipeline", "step")  # kfacemtl.training.augment_on
 LR_SCHEDULES = ("constant", "cosine", "dynamic")
 _FREE_FORM = {"tasks", "sources", "eval_sources", "unlabelled_sources", "training.mixing", "training.steps_per_epoch",
               "training.loss_weights", "training.weighting_options", "training.dynamic_lr_options",
-              "training.cache_dir", "training.strategy_devices", "training.jit_compile", "distillation.thresholds",
+              "training.cache_dir", "training.strategy_devices", "training.jit_compile", "training.steps_per_execution",
+              "distillation.thresholds",
               "distillation.teachers",
               "coupling.relations"}
 
@@ -190,11 +196,16 @@ def resolve_config(config: Mapping | None) -> dict:
     from kfacemtl.weighting import WEIGHTINGS
     for key, choices in (("lr_schedule", LR_SCHEDULES), ("cache", CACHE_MODES), ("on_nan", NAN_MODES),
                          ("bad_images", BAD_IMAGES), ("strategy", STRATEGIES), ("optimizer", OPTIMIZERS),
+                         ("augment_on", AUGMENT_ON),
                          ("loss_normalization", NORMALIZATIONS), ("weighting", sorted(WEIGHTINGS))):
         check_choice(f"training.{key}", tr[key], choices)
     if not (isinstance(tr["jit_compile"], bool) or tr["jit_compile"] == "auto"):
         raise ConfigError("training.jit_compile", f"expected true, false or auto (XLA where a GPU is, under the "
                                                   f"default strategy), got {tr['jit_compile']!r}")
+    spe = tr["steps_per_execution"]
+    if spe != "auto" and (isinstance(spe, bool) or not isinstance(spe, int) or spe < 1):
+        raise ConfigError("training.steps_per_execution", f"expected a positive integer or auto (8 where a GPU is, "
+                                                          f"else 1), got {spe!r}")
     devices = tr["strategy_devices"]
     if devices is not None and (tr["strategy"] != "mirrored" or not isinstance(devices, list) or not devices
                                 or not all(isinstance(d, str) for d in devices)):

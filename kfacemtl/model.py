@@ -283,6 +283,47 @@ class MultiTaskModel(keras.Model):
         self.__dict__["_matching"] = matching
         self._coupling_trackers()
 
+    def set_augmentation(self, seed=None):
+        """Augment each training batch inside the train step (``None``: not, the default: the pipeline augments).
+
+        The step applies :func:`~kfacemtl.pipeline.augment_batch` to its images, drawn from ``seed``, the optimizer's
+        step number and the replica, so the augmentation runs where the step runs (on a GPU, fused into the step
+        under XLA) instead of in the input pipeline's CPU threads. Training state, like :meth:`set_matching`;
+        ``training.augment_on`` sets it (:func:`~kfacemtl.training.train_run`).
+
+        Example:
+            >>> from kfacemtl.tasks import resolve_tasks
+            >>> from kfacemtl.training import compile_model
+            >>> model = compile_model(build_model(resolve_tasks(["gender"]), input_shape=(16, 16, 3), widths=(4,),
+            ...                                   depths=1, embedding_dim=4, head_units=4))
+            >>> model.set_augmentation(seed=0)
+            >>> x = keras.ops.ones((2, 16, 16, 3)) * 0.5
+            >>> bool(keras.ops.any(model.augmented(x) != x))
+            True
+        """
+        self.__dict__["_augment_seed"] = None if seed is None else int(seed)
+        self.train_function = None  # traced again with (or without) the augmentation
+
+    def augmented(self, images):
+        """``images`` as the train step augments them at the optimizer's current step (unchanged when
+        :meth:`set_augmentation` is off; a step compiled with XLA draws other numbers from the same seed)."""
+        seed = self.__dict__.get("_augment_seed")
+        if seed is None:
+            return images
+        import tensorflow as tf
+
+        from kfacemtl.pipeline import augment_batch
+        replica = tf.distribute.get_replica_context()
+        replica = 0 if replica is None else replica.replica_id_in_sync_group
+        step = tf.stack([tf.constant(seed, tf.int64), tf.cast(self.optimizer.iterations, tf.int64)])
+        return augment_batch(images, tf.random.experimental.stateless_fold_in(step, replica))
+
+    def _augment(self, data):
+        if self.__dict__.get("_augment_seed") is None:
+            return data
+        x, y, sw = keras.utils.unpack_x_y_sample_weight(data)
+        return keras.utils.pack_x_y_sample_weight(self.augmented(x), y, sw)
+
     @property
     def matching(self):
         """The distribution matching in use, or None."""
@@ -353,6 +394,7 @@ class MultiTaskModel(keras.Model):
         return {k: ops.reshape(ops.cast(v, "float32"), (1,)) for k, v in logs.items()}
 
     def train_step(self, data):
+        data = self._augment(data)
         if self.weighting is None:
             return self._with_matching_logs(super().train_step(self._by_task(data)))
         import tensorflow as tf

@@ -710,6 +710,22 @@ def make_dataset(sources: Sequence[Source], tasks: Sequence[Task], batch_size: i
     return ds.prefetch(auto)
 
 
+def prefetch_to_gpu(ds: tf.data.Dataset, buffer_size: int = 2) -> tf.data.Dataset:
+    """``ds`` with its next ``buffer_size`` batches copied to the first GPU while the current step runs
+    (``tf.data.experimental.prefetch_to_device``), where a GPU is; else ``ds`` itself. The last transformation of a
+    training dataset: without it each step waits for its batch's copy (measured on an H200 with XLA: training 8 %
+    faster, README "On a GPU").
+
+    Example:
+        >>> ds = tf.data.Dataset.range(3)
+        >>> prefetch_to_gpu(ds) is ds or bool(tf.config.list_physical_devices("GPU"))
+        True
+    """
+    if not tf.config.list_physical_devices("GPU"):
+        return ds
+    return ds.apply(tf.data.experimental.prefetch_to_device("/GPU:0", buffer_size))
+
+
 def steps_per_epoch(sources: Sequence[Source], batch_size: int) -> int:
     """Batches in one pass over all sources (at least 1).
 

@@ -34,14 +34,14 @@ from typing import Mapping, Sequence
 import keras
 
 from kfacemtl.callbacks import AtomicBackupAndRestore, NaNGuard, TaskWeightingCallback, make_dynamic_lr
-from kfacemtl.config import DEMO_EPOCHS, DEMO_STEPS, dump_config, resolve_config
+from kfacemtl.config import AUGMENT_ON, DEMO_EPOCHS, DEMO_STEPS, dump_config, resolve_config
 from kfacemtl.coupling import make_coupling
 from kfacemtl.distribute import distribute_options, is_chief, make_strategy, synchronize_batch_norm, worker_dir
-from kfacemtl.errors import ConfigError, TrainingDiverged
+from kfacemtl.errors import ConfigError, TrainingDiverged, check_choice
 from kfacemtl.files import atomic_write, atomic_write_text
 from kfacemtl.losses import class_accuracy, label_accuracy, task_loss
 from kfacemtl.model import build_model, count_flops, load_model, model_file, model_tasks
-from kfacemtl.pipeline import cached_sources, make_dataset, steps_per_epoch
+from kfacemtl.pipeline import cached_sources, make_dataset, prefetch_to_gpu, steps_per_epoch
 from kfacemtl.sources import Source, WithoutLabels, make_source
 from kfacemtl.tasks import Task, resolve_tasks
 from kfacemtl.weighting import make_weighting
@@ -104,7 +104,7 @@ def learning_rate_schedule(learning_rate: float, schedule: str = "constant", tot
 def compile_model(model, optimizer="adam", learning_rate: float = 1e-3, weight_decay: float = 0.0,
                   loss_normalization: str = "mean_with_sample_weight", label_smoothing: float = 0.0,
                   loss_weights: Mapping[str, float] | None = None, weighting=None,
-                  weighting_options: Mapping | None = None, jit_compile="auto"):
+                  weighting_options: Mapping | None = None, jit_compile="auto", steps_per_execution: int = 1):
     """Wire masked per-task losses, loss weights and weighted metrics into ``model.compile``.
 
     Args:
@@ -119,6 +119,8 @@ def compile_model(model, optimizer="adam", learning_rate: float = 1e-3, weight_d
         jit_compile: XLA: ``True``, ``False`` or ``"auto"`` (the default, Keras's rule: on where a GPU is and no
             ``tf.distribute`` strategy is active, off on a CPU). Measured: 4.6× faster steps on an H100 at batch 64;
             0.57-1.11× on 2-core CPUs, after about 10 s of compiling.
+        steps_per_execution: train steps per call of the compiled train function (Keras's option; callbacks then
+            see every ``steps_per_execution``-th batch).
 
     A model built with ``mixed_precision=True`` gets its optimizer wrapped in
     ``keras.optimizers.LossScaleOptimizer``. Under a ``tf.distribute`` strategy, build and compile
@@ -150,9 +152,42 @@ def compile_model(model, optimizer="adam", learning_rate: float = 1e-3, weight_d
                   loss=[task_loss(t, loss_normalization, label_smoothing) for t in tasks],
                   loss_weights=weights,
                   weighted_metrics=[task_metrics_for(t) for t in tasks],
-                  jit_compile=jit_compile)
+                  jit_compile=jit_compile, steps_per_execution=int(steps_per_execution))
     attach_weighting(model, weighting, weighting_options, loss_weights)
     return model
+
+
+def augment_on(where: str = "auto") -> str:
+    """Where training augments its images (``training.augment_on``): ``pipeline`` (a map of the input pipeline, in
+    its CPU threads) or ``step`` (inside the train step, :meth:`~kfacemtl.model.MultiTaskModel.set_augmentation`: on
+    the GPU, fused into the step under XLA). ``auto``: ``step`` where a GPU is, ``pipeline`` on a CPU, where moving
+    the work into the step did not make training faster (measured: README, "Training throughput").
+
+    Example:
+        >>> augment_on("pipeline"), augment_on("auto") in ("pipeline", "step")
+        ('pipeline', True)
+    """
+    check_choice("training.augment_on", where, AUGMENT_ON)
+    if where != "auto":
+        return where
+    import tensorflow as tf
+    return "step" if tf.config.list_physical_devices("GPU") else "pipeline"
+
+
+def steps_per_execution(value="auto", lr_schedule: str = "constant") -> int:
+    """Train steps per call of the compiled train function (``training.steps_per_execution``). ``auto``: 8 where a
+    GPU is (a step there is short enough for the call's own overhead to count: 1.55× faster training with the full
+    pipeline, measured on an H200 at batch 64, README "On a GPU"), 1 on a CPU and with ``lr_schedule: dynamic`` (whose windows count
+    calls). Callbacks' batch hooks then run once per call.
+
+    Example:
+        >>> steps_per_execution(4), steps_per_execution("auto", "dynamic")
+        (4, 1)
+    """
+    if value != "auto":
+        return int(value)
+    import tensorflow as tf
+    return 8 if lr_schedule != "dynamic" and tf.config.list_physical_devices("GPU") else 1
 
 
 def _with_loss_scaling(model, optimizer):
@@ -245,7 +280,8 @@ def check_sources_match_tasks(sources: Sequence[Source], tasks: Sequence[Task]):
 
 
 # may change when a run resumes: its length, and where and how fast it runs (not what it computes)
-RESUME_MAY_CHANGE = ("epochs", "strategy", "strategy_devices", "jit_compile", "cache", "cache_limit_mb", "cache_dir")
+RESUME_MAY_CHANGE = ("epochs", "strategy", "strategy_devices", "jit_compile", "cache", "cache_limit_mb", "cache_dir",
+                     "augment_on", "steps_per_execution")
 
 
 def _config_without_epochs(cfg):
@@ -352,25 +388,30 @@ def train_run(config: Mapping, out_dir, resume: bool = False, verbose="auto", ex
             lr = learning_rate_schedule(tr["learning_rate"], tr["lr_schedule"], tr["epochs"] * steps)
             compile_model(model, tr["optimizer"], lr, tr["weight_decay"], tr["loss_normalization"],
                           tr["label_smoothing"], loss_weights=tr["loss_weights"], weighting=tr["weighting"],
-                          weighting_options=tr["weighting_options"], jit_compile=tr["jit_compile"])
+                          weighting_options=tr["weighting_options"], jit_compile=tr["jit_compile"],
+                          steps_per_execution=steps_per_execution(tr["steps_per_execution"], tr["lr_schedule"]))
     image_size = tuple(mc["input_shape"][:2])
     coannotation, matching, fusions, relations = make_coupling(cfg["coupling"], tasks, labelled)
     with strategy.scope():
         model.set_matching(matching)  # training state like the weighting: set again on a resumed model
         model.set_coannotation(coannotation)  # class level: its class-mean terms join the loss
     model.set_fusions(fusions)  # part of the network (saved with it); the same on a resumed run
+    in_step = tr["augment"] and augment_on(tr["augment_on"]) == "step"
+    model.set_augmentation(tr["seed"] if in_step else None)
     skipped: dict = {}  # bad_images: skip → {source: rows left out}
     # every image decoded once, checked and cached here, so distillation's predictions read the cache too
     sources = cached_sources(sources, image_size, tr["cache_limit_mb"], tr["cache"], tr["cache_dir"],
                              tr["bad_images"], skipped)
     distillation = make_distillation(cfg, sources, tasks, out_dir, verbose=int(verbose != 0))
     ds = make_dataset(sources, tasks, batch_size=tr["batch_size"], image_size=image_size, training=True,
-                      mixing=tr["mixing"], augment=tr["augment"], seed=tr["seed"],
+                      mixing=tr["mixing"], augment=tr["augment"] and not in_step, seed=tr["seed"],
                       pseudo_labels=distillation.pseudo_labels if distillation else None, coannotation=coannotation,
                       cache=tr["cache"], cache_limit_mb=tr["cache_limit_mb"], cache_dir=tr["cache_dir"])
     if strategy.num_replicas_in_sync > 1:
         ds = ds.with_options(distribute_options())  # each replica (and worker) keeps its share of every batch
         synchronize_batch_norm(model)  # statistics of the global batch: every replica's model stays the same
+    elif tr["strategy"] == "default":
+        ds = prefetch_to_gpu(ds)  # (a strategy places its batches itself)
     callbacks = [
         AtomicBackupAndRestore(str(out_dir / "backup")),  # the last finished epoch, never half written
         keras.callbacks.CSVLogger(str(out_dir / "history.csv"), append=resume),
@@ -419,6 +460,7 @@ def train_run(config: Mapping, out_dir, resume: bool = False, verbose="auto", ex
         "eval_sources": [s.describe() for s in eval_sources],
         "epochs_done": tr["epochs"],
         "steps_per_epoch": steps,
+        "augmented_in": ("step" if in_step else "pipeline") if tr["augment"] else None,
         "train_seconds_this_session": round(train_seconds, 1),
         "parameters": int(model.count_params()),
         "forward_flops_per_image": count_flops(model),

@@ -235,6 +235,37 @@ def test_throughput_benchmark_times_pipeline_cache_and_model_alone(tmp_path, cap
     assert "real data not found" in capsys.readouterr().out
 
 
+def test_throughput_variants_are_a_base_and_tags_and_compare_in_one_process(capsys):
+    import throughput as bench
+    assert bench.parse_variant("cached_xla_step_dev_spe8") == {
+        "base": "cached", "xla": True, "mixed": False, "step": True, "dev": True, "steps_per_execution": 8}
+    for bad in ("cache", "cached_fast", "alone_spe0", "alone_spe2_spe4"):
+        with pytest.raises(ValueError, match="expected files, cached or alone"):
+            bench.parse_variant(bad)
+    common = ["--setting", "synthetic", "--synthetic-faces", "64", "--steps", "3", "--warmup", "1",
+              "--model", json.dumps(TINY_MODEL), "--batch-size", "16"]
+    assert bench.main(common + ["--one", "alone_step_spe2,cached_step_spe2,cached_dev"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    rows = [json.loads(line) for line in lines if line.startswith("{")]
+    assert [r["variant"] for r in rows] == ["alone_step_spe2", "cached_step_spe2", "cached_dev"]
+    assert all(r["images_per_s"] > 0 for r in rows)
+    table = "\n".join(lines)
+    assert "% of alone_step_spe2" in table and "2 steps per call" in table and "augmented in the train step" in table
+    with pytest.raises(SystemExit):
+        bench.main(common + ["--one", "alone,fast"])
+
+
+def test_serving_benchmark_times_signatures_single_task_models_and_decoding(capsys):
+    import serving
+    assert serving.main(["--seconds", "0.02", "--image-size", "32", "--jpeg-size", "48", "--streams", "2",
+                         "--tasks", "gender,age"]) == 0
+    out = capsys.readouterr().out
+    for row in ("(a) SavedModel bytes signature", "(b) SavedModel float signature", "(c) keras model.predict",
+                "(d) 2 single-task models", "decoding alone"):
+        assert f"| {row}" in out, row
+    assert "(b)/(d) [target ≥ 1.6]" in out and "(a)/(b) [target ≥ 0.90]" in out and "2 streams" in out
+
+
 def test_throughput_step_clock_leaves_the_warm_up_steps_out():
     import time
     from throughput import StepClock

@@ -174,3 +174,31 @@ def test_a_nan_loss_rolls_back_to_the_last_good_weights_with_a_lower_learning_ra
     with pytest.raises(TrainingDiverged, match="epoch 1, batch 5 .*no model was written"):
         train_run(cfg, tmp_path / "stop", verbose=0, extra_callbacks=[_PoisonAt(3)])
     assert not (tmp_path / "stop" / "model.keras").exists()
+
+
+def test_nan_guard_snapshots_every_n_batches_when_batches_come_several_per_call(monkeypatch):
+    from kfacemtl import callbacks
+    from kfacemtl.callbacks import NaNGuard
+    taken = []
+    monkeypatch.setattr(callbacks, "_snapshot", lambda model: taken.append(len(taken)) or ("weights", []))
+    guard = NaNGuard("rollback", every=50)
+    monkeypatch.setattr(guard, "_complete", lambda: bool(taken))
+    seen = []
+    for batch in range(7, 400, 8):  # steps_per_execution 8: the hooks see every eighth batch
+        before = len(taken)
+        guard.on_train_batch_end(batch, {"loss": 1.0})
+        seen += [batch] if len(taken) > before else []
+    # every 56 batches (the first call at or past 50): (batch + 1) % 50 == 0 would hold only every 200 batches
+    assert seen == [7, 63, 119, 175, 231, 287, 343, 399]
+
+
+def test_a_nan_rolls_back_with_several_steps_per_call(tmp_path):
+    import json
+
+    from kfacemtl.training import train_run
+    cfg = json.loads(json.dumps(NAN_CONFIG))
+    cfg["training"]["steps_per_execution"] = 2
+    report = train_run(cfg, tmp_path / "run", verbose=0, extra_callbacks=[_PoisonAt(3)])
+    assert [e["action"] for e in report["nan_events"]] == ["rollback, learning rate 0.005"]
+    assert report["nan_events"][0]["batch"] == 6  # the call that ran steps 5 and 6 (0-based 4, 5)
+    assert all(np.isfinite(v) for v in report["final_epoch_metrics"].values())

@@ -16,6 +16,9 @@ BASE = {"sources": ["synthetic:lab?n=8"]}
     ({"training": {"loss_normalization": "mean"}}, r"'training.loss_normalization'"),
     ({"training": {"augment": "yes"}}, r"'training.augment': expected true or false"),
     ({"training": {"jit_compile": "gpu"}}, r"'training.jit_compile': expected true, false or auto"),
+    ({"training": {"augment_on": "gpu"}}, r"'training.augment_on': expected one of \('auto', 'pipeline', 'step'\)"),
+    ({"training": {"steps_per_execution": 0}}, r"'training.steps_per_execution': expected a positive integer or auto"),
+    ({"training": {"steps_per_execution": "8"}}, r"'training.steps_per_execution': expected a positive integer"),
     ({"training": {"loss_weights": [1, 2]}}, r"'training.loss_weights': expected a mapping"),
     ({"training": {"loss_weights": {"age": -1}}}, r"'training.loss_weights.age': expected a number >= 0"),
 ])
@@ -28,6 +31,7 @@ def test_defaults_and_files(tmp_path):
     cfg = resolve_config(BASE)
     assert cfg["training"]["loss_normalization"] == "mean_with_sample_weight"
     assert cfg["training"]["jit_compile"] == "auto"
+    assert cfg["training"]["augment_on"] == "auto" and cfg["training"]["steps_per_execution"] == "auto"
     assert cfg["tasks"][0] == "age" and cfg["model"]["input_shape"] == [64, 64, 3]
     with pytest.raises(ConfigError, match="at least one training source"):
         resolve_config({})

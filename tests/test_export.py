@@ -65,6 +65,27 @@ def test_versions_are_numbered_atomic_and_never_overwritten(model, tmp_path):
         ["1", "2", "7", "batching_parameters.txt", "models.config"]
 
 
+def test_an_xla_export_answers_as_the_plain_one_and_decodes_on_the_cpu(model, exported, tmp_path):
+    xla = export_model(model, tmp_path, "faces", jit_compile=True)
+    assert json.loads((xla / "model_card.json").read_text())["xla"] is True
+    assert "compiled with XLA" in (xla / "model_card.md").read_text()
+    x = np.random.default_rng(1).random((3, 64, 64, 3)).astype("float32")
+    data = tf.constant([tf.io.encode_jpeg((x[i] * 255).astype("uint8")).numpy() for i in range(3)])
+    plain, compiled = (tf.saved_model.load(str(d)).signatures for d in (exported, xla))
+    for sig, arg in (("serving_float", tf.constant(x)), ("serving_default", data)):
+        a, b = plain[sig](images=arg), compiled[sig](images=arg)
+        assert set(a) == set(b)
+        for key in a:
+            if a[key].dtype == tf.string:
+                assert a[key].numpy().tolist() == b[key].numpy().tolist(), key
+            else:
+                np.testing.assert_allclose(a[key].numpy(), b[key].numpy(), atol=1e-4, err_msg=key)
+    # the decoding's ops are pinned to the CPU (JPEG decoding has no GPU kernel; the batch crosses over once)
+    library = plain["serving_default"].graph.as_graph_def().library.function
+    placed = {n.op: n.device for f in library for n in f.node_def if n.op in ("While", "DecodeImage")}
+    assert set(placed) == {"While", "DecodeImage"} and all("CPU" in d for d in placed.values())
+
+
 def test_a_crash_mid_export_leaves_no_version(model, tmp_path, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("disk full")

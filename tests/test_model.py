@@ -67,3 +67,40 @@ def test_model_files_load_in_safe_mode_so_they_cannot_run_code(tmp_path):
     keras.Model(inputs, outputs).save(tmp_path / "lambda.keras")
     with pytest.raises(ValueError, match="safe_mode"):
         load_model(tmp_path / "lambda.keras")
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_the_train_step_augments_its_batch_when_asked(jit):
+    # One step of a model that augments in its step = one step of the same model on the images augmented beforehand
+    # with augment_batch and the step's seed (seed, optimizer step 0, replica 0): the step applies exactly that.
+    import keras
+    import tensorflow as tf
+
+    from kfacemtl.pipeline import augment_batch
+    tasks = resolve_tasks(["gender", "age"])
+    rng = np.random.default_rng(0)
+    x = rng.random((8, 16, 16, 3)).astype("float32")
+    y = {"gender": rng.integers(0, 2, 8).astype("float32"), "age": rng.uniform(1, 80, 8).astype("float32")}
+    w = {k: np.ones(8, "float32") for k in y}
+
+    def one_step(augment_seed, images):
+        keras.utils.set_random_seed(1)
+        model = compile_model(build_model(tasks, input_shape=(16, 16, 3), widths=(4,), depths=1, embedding_dim=4,
+                                          head_units=4, dropout=0.0), "sgd", 0.1, jit_compile=jit)
+        # (SGD: Adam's first step is lr · sign(gradient), which float noise in a near-zero gradient flips)
+        model.set_augmentation(augment_seed)
+        model.fit(tf.data.Dataset.from_tensors((images, y, w)), epochs=1, verbose=0)
+        return model
+
+    by_step = one_step(7, x)
+    # (under XLA the same stateless seed draws other numbers than without: the augmentation compiled likewise)
+    before = tf.function(augment_batch, jit_compile=jit)(
+        tf.constant(x), tf.random.experimental.stateless_fold_in(tf.constant([7, 0], tf.int64), 0))
+    beforehand, plain = one_step(None, before.numpy()), one_step(None, x)
+    for a, b, c in zip(by_step.get_weights(), beforehand.get_weights(), plain.get_weights()):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    assert any(np.abs(a - c).max() > 1e-4 for a, c in zip(by_step.get_weights(), plain.get_weights()))
+    assert int(by_step.optimizer.iterations) == 1  # the next step draws from (7, 1): another augmentation
+    assert not np.allclose(by_step.augmented(tf.constant(x)).numpy(), before.numpy())
+    by_step.set_augmentation(None)
+    assert by_step.augmented(x) is x and by_step.train_function is None  # traced again, without it

@@ -4,7 +4,7 @@ import tensorflow as tf
 
 from conftest import write_png
 from kfacemtl.errors import ConfigError, SourceError
-from kfacemtl.pipeline import decode_image, make_dataset, mixing_weights
+from kfacemtl.pipeline import decode_image, make_dataset, mixing_weights, prefetch_to_gpu
 from kfacemtl.sources import CsvSource, Source, make_source
 from kfacemtl.tasks import resolve_tasks
 
@@ -339,3 +339,11 @@ def test_images_declaring_too_many_pixels_are_refused_before_decoding(tmp_path):
                                          "(checked before decoding)"}
     small = find_bad_images(paths, max_pixels=100)  # real images over a (tiny) limit: refused the same way
     assert small[0] == small[2] == "declares 30 x 20 pixels, more than the limit of 100 (checked before decoding)"
+
+
+def test_prefetch_to_gpu_is_a_no_op_without_a_gpu():
+    ds = tf.data.Dataset.range(4)
+    if tf.config.list_physical_devices("GPU"):
+        assert [int(v) for v in prefetch_to_gpu(ds)] == [0, 1, 2, 3]
+    else:
+        assert prefetch_to_gpu(ds) is ds

@@ -141,6 +141,31 @@ def test_xla_is_on_by_default_only_where_a_gpu_is():
         assert compile_model(build_model(TASKS, **small)).jit_compile is False
 
 
+def test_augmentation_steps_per_call_and_prefetch_follow_the_hardware(tmp_path, monkeypatch):
+    import tensorflow as tf
+
+    from kfacemtl import training
+    from kfacemtl.training import augment_on, steps_per_execution
+    gpu = bool(tf.config.list_physical_devices("GPU"))
+    assert augment_on("auto") == ("step" if gpu else "pipeline") and augment_on("step") == "step"
+    assert steps_per_execution("auto") == (8 if gpu else 1) and steps_per_execution(3) == 3
+    assert steps_per_execution("auto", "dynamic") == 1  # its windows count calls
+    with pytest.raises(ConfigError, match="training.augment_on"):
+        augment_on("gpu")
+    asked = []
+    real = training.make_dataset
+    monkeypatch.setattr(training, "make_dataset", lambda *a, **k: asked.append(k["augment"]) or real(*a, **k))
+    cfg = _cfg(epochs=2)
+    cfg["training"].update(steps_per_epoch=5, augment_on="step", steps_per_execution=2)  # 5: not a multiple of 2
+    report = train_run(cfg, tmp_path / "run", verbose=0)
+    assert asked == [False] and report["augmented_in"] == "step"  # the pipeline leaves it to the step
+    assert report["steps_per_epoch"] == 5 and _logged_epochs(tmp_path / "run") == [0, 1]
+    cfg["training"].update(augment_on="pipeline")
+    assert train_run(cfg, tmp_path / "pipe", verbose=0)["augmented_in"] == "pipeline" and asked[-1] is True
+    cfg["training"].update(augment=False)
+    assert train_run(cfg, tmp_path / "none", verbose=0)["augmented_in"] is None and asked[-1] is False
+
+
 def test_sources_must_label_a_task_of_the_model(tmp_path):
     cfg = _cfg()
     cfg["sources"] = ["synthetic:affect?n=16&tasks=valence_arousal"]
