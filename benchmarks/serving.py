@@ -19,9 +19,14 @@ so with ``--streams N`` (default 8) the same run also measures throughput at bat
 threads calling (a), (b) and (d) concurrently: on a GPU one request's decoding (on the CPU cores)
 overlaps another's forward pass (on the GPU), which one stream of calls cannot show.
 
+``--xla`` adds (a), (b) and (d) exported with their forward pass compiled with XLA (``kfacemtl export
+--jit-compile``); the last row times the bytes signature's decoding alone (``export.decode_batch``), what (a)
+does before the network.
+
 A benchmark measures and prints; it asserts nothing.
 
-    python benchmarks/serving.py [--seconds 2] [--image-size 64] [--jpeg-size 112] [--streams 8]
+    python benchmarks/serving.py [--seconds 2] [--image-size 64] [--jpeg-size 112] [--streams 8] [--xla]
+        [--tasks age,gender,race,expression,action_units,valence_arousal]
 """
 
 import argparse

@@ -254,8 +254,8 @@ def compare_table(rows: list, precision: str = "float32") -> str:
     pipeline variant the percentage of the model alone with the same step (same tags), where that was timed.
 
     Example:
-        >>> print(compare_table([{"variant": "alone", "images_per_s": 100.0}, {"variant": "cached", "images_per_s": 96.0}]))
-        ... # doctest: +NORMALIZE_WHITESPACE
+        >>> rows = [{"variant": "alone", "images_per_s": 100.0}, {"variant": "cached", "images_per_s": 96.0}]
+        >>> print(compare_table(rows))  # doctest: +NORMALIZE_WHITESPACE
         variant  what                            images/s  vs alone  % of the model alone, same step
         -------  ------------------------------  --------  --------  -------------------------------
         alone    float32                         100       1.00x
@@ -266,8 +266,10 @@ def compare_table(rows: list, precision: str = "float32") -> str:
     out = []
     for r in rows:
         v, parsed = r["variant"], parse_variant(r["variant"])
-        what = [precision] + {"files": ["no cache"], "cached": ["decoded-image cache"], "alone": []}[parsed["base"]]
-        what += [TAGS[t].split(" (")[0] if t in TAGS else f"{t[3:]} steps per call" for t in v.split("_")[1:]]
+        what = ["mixed_float16" if parsed["mixed"] else precision]
+        what += {"files": ["no cache"], "cached": ["decoded-image cache"], "alone": []}[parsed["base"]]
+        what += [TAGS[t].split(" (")[0] if t in TAGS else f"{t[3:]} steps per call" for t in v.split("_")[1:]
+                 if t != "mixed"]
         share = ", ".join(f"{100 * r['images_per_s'] / rates[twin]:.1f} % of {twin}" for twin in _alone_twins(v)
                           if parsed["base"] != "alone" and twin in rates)
         out.append([v, ", ".join(what), f"{r['images_per_s']:.0f}", f"{r['images_per_s'] / rates[first]:.2f}x", share])

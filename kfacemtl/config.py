@@ -206,6 +206,11 @@ def resolve_config(config: Mapping | None) -> dict:
     if spe != "auto" and (isinstance(spe, bool) or not isinstance(spe, int) or spe < 1):
         raise ConfigError("training.steps_per_execution", f"expected a positive integer or auto (8 where a GPU is, "
                                                           f"else 1), got {spe!r}")
+    if spe not in ("auto", 1) and tr["strategy"] != "default":
+        raise ConfigError("training.steps_per_execution", f"{spe} steps per call need strategy: default (Keras's "
+                                                          f"several-step train function fails under tf.distribute "
+                                                          f"strategies: 'You must feed a value for placeholder'); "
+                                                          f"use 1 or auto with strategy: {tr['strategy']}")
     devices = tr["strategy_devices"]
     if devices is not None and (tr["strategy"] != "mirrored" or not isinstance(devices, list) or not devices
                                 or not all(isinstance(d, str) for d in devices)):

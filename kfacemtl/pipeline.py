@@ -47,16 +47,19 @@ def preprocess_image(image, image_size=(64, 64)):
         >>> tuple(preprocess_image(gray, (32, 32)).shape)
         (32, 32, 3)
     """
-    image = tf.convert_to_tensor(image)
-    channels = tf.shape(image)[-1]
-    image = tf.cond(channels < 3, lambda: tf.repeat(image[..., :1], 3, axis=-1),  # gray, gray + alpha
-                    lambda: image[..., :3])
-    image = tf.image.convert_image_dtype(image, tf.float32)
+    image = tf.image.convert_image_dtype(_rgb(image), tf.float32)
     if tuple(image.shape[-3:-1]) == tuple(image_size):  # already that size (the training cache): nothing to resize
         return image
     image = tf.image.resize(image, image_size, method="bilinear", antialias=True)
     image.set_shape(image.shape[:-3].concatenate(tuple(image_size) + (3,)))
     return tf.clip_by_value(image, 0.0, 1.0)
+
+
+def _rgb(image):
+    """Gray (+ alpha) → RGB, RGBA → RGB, in the image's own dtype."""
+    image = tf.convert_to_tensor(image)
+    return tf.cond(tf.shape(image)[-1] < 3, lambda: tf.repeat(image[..., :1], 3, axis=-1),  # gray, gray + alpha
+                   lambda: image[..., :3])
 
 
 def decode_image(data, image_size=(64, 64)):
@@ -139,7 +142,7 @@ def augment_image(image, seed):
     return augment_batch(image[None], seed)[0]
 
 
-def augment_batch(images, seed):
+def augment_batch(images, seed, compiled: bool = False):
     """Light training augmentation in TF ops, drawn per image, computed for the whole batch at once: flip, shift
     (as if padded with black and cropped at a random offset of up to ``max(2, H/16)`` pixels), brightness
     (± 0.12), contrast (× 0.8 to 1.25 around each channel's mean), clipped to [0, 1]. The same distributions as
@@ -148,33 +151,48 @@ def augment_batch(images, seed):
     contrast one affine map, ``factor · x + (1 − factor) · mean + brightness``.
 
     Args:
-        images: float32 (B, H, W, 3) in [0, 1].
+        images: float32 (B, H, W, 3) in [0, 1], or uint8 (B, H, W, 3): the flip and the shift then move bytes, and
+            the images become float32 in [0, 1] before brightness and contrast (the same numbers as converting
+            first, for a quarter of the memory traffic).
         seed: a stateless seed, shape (2,) int.
+        compiled: apply the drawn transforms with XLA (the draws themselves are not compiled, so they are the same
+            numbers): one fused loop instead of a dozen passes over the batch, a third of the CPU time (0.59 against
+            1.73 ms per batch of 64 at 48 px on one core here). The input pipeline uses it.
 
     Example:
         >>> out = augment_batch(tf.zeros((2, 8, 8, 3)), tf.constant([0, 1]))
         >>> tuple(out.shape), float(tf.reduce_max(out)) <= 1.0
         ((2, 8, 8, 3), True)
     """
-    h, w = images.shape[1], images.shape[2]
+    h = images.shape[1]
     b = tf.shape(images)[0]
     seeds = tf.random.experimental.stateless_split(seed, 5)
-    flip = tf.random.stateless_uniform([b], seeds[0]) < 0.5
     pad = max(2, h // 16)
-    dy = tf.random.stateless_uniform([b], seeds[1], 0, 2 * pad + 1, dtype=tf.int32)
-    dx = tf.random.stateless_uniform([b], seeds[2], 0, 2 * pad + 1, dtype=tf.int32)
+    draws = (tf.random.stateless_uniform([b], seeds[0]) < 0.5,  # flip
+             tf.random.stateless_uniform([b], seeds[1], 0, 2 * pad + 1, dtype=tf.int32),  # dy
+             tf.random.stateless_uniform([b], seeds[2], 0, 2 * pad + 1, dtype=tf.int32),  # dx
+             tf.random.stateless_uniform([b, 1, 1, 1], seeds[3], -0.12, 0.12),  # brightness
+             tf.random.stateless_uniform([b, 1, 1, 1], seeds[4], 0.8, 1.25))  # contrast factor
+    return (_apply_augmentation_xla if compiled else _apply_augmentation)(images, *draws)
+
+
+def _apply_augmentation(images, flip, dy, dx, brightness, factor):
+    """:func:`augment_batch`'s transforms, given its draws."""
+    h, w = images.shape[1], images.shape[2]
+    pad = max(2, h // 16)
     # output pixel (y, x) is pixel (y + dy, x + dx) of the padded image, flipped first when drawn: as the padding is
     # symmetric, the flipped padded image's column c is the padded image's column (w + 2·pad − 1 − c)
     padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
     cols = dx[:, None] + tf.range(w)[None]
     cols = tf.where(flip[:, None], (w + 2 * pad - 1) - cols, cols)
     images = tf.gather(padded, dy[:, None] + tf.range(h)[None], axis=1, batch_dims=1)
-    images = tf.gather(images, cols, axis=2, batch_dims=1)
-    brightness = tf.random.stateless_uniform([b, 1, 1, 1], seeds[3], -0.12, 0.12)
-    factor = tf.random.stateless_uniform([b, 1, 1, 1], seeds[4], 0.8, 1.25)
+    images = tf.image.convert_image_dtype(tf.gather(images, cols, axis=2, batch_dims=1), tf.float32)
     # contrast around the mean of the brightened image: (x + c − (m + c)) · f + m + c = f · x + (1 − f) · m + c
     mean = tf.reduce_mean(images, axis=[1, 2], keepdims=True)
     return tf.clip_by_value(images * factor + ((1.0 - factor) * mean + brightness), 0.0, 1.0)
+
+
+_apply_augmentation_xla = tf.function(_apply_augmentation, jit_compile=True)
 
 
 def mixing_weights(sources: Sequence[Source], mixing: str | Mapping[str, float] = "proportional") -> np.ndarray:
@@ -534,7 +552,7 @@ def _in_memory_images(sources: Sequence[Source], batch_size: int) -> list | None
 
 def _batched_training_dataset(sources: Sequence[Source], arrays: Sequence[np.ndarray], tasks: Sequence[Task],
                               batch_size: int, image_size, probs: np.ndarray, seed: int, coannotation,
-                              pseudo_labels) -> tf.data.Dataset:
+                              pseudo_labels, augment: bool = False) -> tf.data.Dataset:
     """Training batches of in-memory sources, made a batch at a time.
 
     Each batch draws its row ids (:func:`_mixed_row_ids`: every slot's source drawn with ``probs``,
@@ -547,6 +565,10 @@ def _batched_training_dataset(sources: Sequence[Source], arrays: Sequence[np.nda
     for src, images in zip(sources, arrays):
         _check_images(src, images)
         tables.append(tf.nest.map_structure(tf.constant, (images, *_label_tables(src, tasks, coannotation))))
+    # to be augmented and every table at the model's size (the training cache): the batch stays uint8, and the
+    # augmentation's flip and shift move bytes before it becomes float (augment_batch)
+    as_bytes = augment and all(tuple(a.shape[1:3]) == tuple(image_size) for a in arrays)
+    prepare = _rgb if as_bytes else lambda x: preprocess_image(x, image_size)
 
     def gather(which, rows):
         where, xs, ys, ws = [], [], [], []
@@ -554,7 +576,7 @@ def _batched_training_dataset(sources: Sequence[Source], arrays: Sequence[np.nda
             at = tf.cast(tf.where(tf.equal(which, i))[:, 0], tf.int32)
             mine = tf.gather(rows, at)
             where.append(at)
-            xs.append(preprocess_image(tf.gather(images, mine), image_size))
+            xs.append(prepare(tf.gather(images, mine)))
             y, w = ({t: tf.gather(v, mine) for t, v in table.items()} for table in (labels, weights))
             if pseudo_labels is not None:
                 y, w = pseudo_labels.merge(sources[i].name, mine, y, w)
@@ -683,7 +705,7 @@ def make_dataset(sources: Sequence[Source], tasks: Sequence[Task], batch_size: i
     arrays = _in_memory_images(sources, batch_size) if training else None
     if arrays is not None:  # every source in memory: whole batches at a time, nothing sample by sample
         ds = _batched_training_dataset(sources, arrays, tasks, batch_size, image_size, mixing_weights(sources, mixing),
-                                       seed, coannotation, pseudo_labels)
+                                       seed, coannotation, pseudo_labels, training and augment)
     else:
         parts = []
         for i, src in enumerate(sources):
@@ -705,7 +727,7 @@ def make_dataset(sources: Sequence[Source], tasks: Sequence[Task], batch_size: i
         ds = ds.batch(int(batch_size), drop_remainder=drop, num_parallel_calls=auto)
     if training and augment:  # per batch: a few batched ops instead of several per image
         ds = tf.data.Dataset.zip((ds, tf.data.Dataset.counter())).map(
-            lambda e, c: (augment_batch(e[0], tf.stack([tf.cast(seed, tf.int64), c])), e[1], e[2]),
+            lambda e, c: (augment_batch(e[0], tf.stack([tf.cast(seed, tf.int64), c]), compiled=True), *e[1:]),
             num_parallel_calls=auto)
     return ds.prefetch(auto)
 

@@ -174,20 +174,24 @@ def augment_on(where: str = "auto") -> str:
     return "step" if tf.config.list_physical_devices("GPU") else "pipeline"
 
 
-def steps_per_execution(value="auto", lr_schedule: str = "constant") -> int:
+def steps_per_execution(value="auto", lr_schedule: str = "constant", strategy: str = "default") -> int:
     """Train steps per call of the compiled train function (``training.steps_per_execution``). ``auto``: 8 where a
     GPU is (a step there is short enough for the call's own overhead to count: 1.55× faster training with the full
-    pipeline, measured on an H200 at batch 64, README "On a GPU"), 1 on a CPU and with ``lr_schedule: dynamic`` (whose windows count
-    calls). Callbacks' batch hooks then run once per call.
+    pipeline, measured on an H200 at batch 64, README "On a GPU"); 1 on a CPU, with ``lr_schedule: dynamic`` (whose
+    windows count calls) and under a ``tf.distribute`` strategy (where Keras's several-step train function fails).
+    Callbacks' batch hooks then run once per call.
 
     Example:
         >>> steps_per_execution(4), steps_per_execution("auto", "dynamic")
         (4, 1)
+        >>> steps_per_execution("auto", strategy="mirrored")
+        1
     """
     if value != "auto":
         return int(value)
     import tensorflow as tf
-    return 8 if lr_schedule != "dynamic" and tf.config.list_physical_devices("GPU") else 1
+    gpu = bool(tf.config.list_physical_devices("GPU"))
+    return 8 if gpu and lr_schedule != "dynamic" and strategy == "default" else 1
 
 
 def _with_loss_scaling(model, optimizer):
@@ -389,7 +393,8 @@ def train_run(config: Mapping, out_dir, resume: bool = False, verbose="auto", ex
             compile_model(model, tr["optimizer"], lr, tr["weight_decay"], tr["loss_normalization"],
                           tr["label_smoothing"], loss_weights=tr["loss_weights"], weighting=tr["weighting"],
                           weighting_options=tr["weighting_options"], jit_compile=tr["jit_compile"],
-                          steps_per_execution=steps_per_execution(tr["steps_per_execution"], tr["lr_schedule"]))
+                          steps_per_execution=steps_per_execution(tr["steps_per_execution"], tr["lr_schedule"],
+                                                                  tr["strategy"]))
     image_size = tuple(mc["input_shape"][:2])
     coannotation, matching, fusions, relations = make_coupling(cfg["coupling"], tasks, labelled)
     with strategy.scope():

@@ -19,6 +19,8 @@ BASE = {"sources": ["synthetic:lab?n=8"]}
     ({"training": {"augment_on": "gpu"}}, r"'training.augment_on': expected one of \('auto', 'pipeline', 'step'\)"),
     ({"training": {"steps_per_execution": 0}}, r"'training.steps_per_execution': expected a positive integer or auto"),
     ({"training": {"steps_per_execution": "8"}}, r"'training.steps_per_execution': expected a positive integer"),
+    ({"training": {"steps_per_execution": 8, "strategy": "mirrored"}},
+     r"'training.steps_per_execution': 8 steps per call need strategy: default"),
     ({"training": {"loss_weights": [1, 2]}}, r"'training.loss_weights': expected a mapping"),
     ({"training": {"loss_weights": {"age": -1}}}, r"'training.loss_weights.age': expected a number >= 0"),
 ])

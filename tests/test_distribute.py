@@ -100,6 +100,11 @@ MIRRORED = """
                                                           weighting="uncertainty")
     train_run(c, f"{root}/mirrored", resume=True, verbose=0)
     out["epochs_after_resume"] = len(open(f"{root}/mirrored/history.csv").read().strip().splitlines()) - 1
+    # augmentation in the step (each replica its own draws), on two devices
+    c = json.loads(json.dumps(cfg)); c["training"].update(strategy="mirrored", strategy_devices=devices,
+                                                          augment=True, augment_on="step")
+    report = train_run(c, f"{root}/augmented", verbose=0)
+    out["augmented_in"], out["augmented_loss"] = report["augmented_in"], report["final_epoch_metrics"]["loss"]
     print(json.dumps(out))
 """
 
@@ -123,6 +128,7 @@ def test_mirrored_over_two_cpu_devices_matches_one_device():
         if key.startswith("weight_"):
             assert two[key] == pytest.approx(one[key], abs=0.05), key
     assert out["epochs_after_resume"] == 3
+    assert out["augmented_in"] == "step" and np.isfinite(out["augmented_loss"])
 
 
 WORKER = """

@@ -347,3 +347,15 @@ def test_prefetch_to_gpu_is_a_no_op_without_a_gpu():
         assert [int(v) for v in prefetch_to_gpu(ds)] == [0, 1, 2, 3]
     else:
         assert prefetch_to_gpu(ds) is ds
+
+
+def test_augmentation_of_bytes_and_compiled_with_xla_gives_the_same_images():
+    from kfacemtl.pipeline import augment_batch
+    rng = np.random.default_rng(0)
+    u8 = tf.constant(rng.integers(0, 256, (6, 24, 24, 3), dtype=np.uint8))
+    seed = tf.constant([3, 9], tf.int64)
+    reference = augment_batch(tf.image.convert_image_dtype(u8, tf.float32), seed).numpy()
+    np.testing.assert_array_equal(augment_batch(u8, seed).numpy(), reference)  # bytes moved, then converted
+    for images in (u8, tf.image.convert_image_dtype(u8, tf.float32)):  # the same draws, the transforms fused
+        np.testing.assert_allclose(augment_batch(images, seed, compiled=True).numpy(), reference, atol=1e-5)
+    assert not np.allclose(reference, augment_batch(u8, tf.constant([3, 10], tf.int64)).numpy())

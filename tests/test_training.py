@@ -150,6 +150,7 @@ def test_augmentation_steps_per_call_and_prefetch_follow_the_hardware(tmp_path, 
     assert augment_on("auto") == ("step" if gpu else "pipeline") and augment_on("step") == "step"
     assert steps_per_execution("auto") == (8 if gpu else 1) and steps_per_execution(3) == 3
     assert steps_per_execution("auto", "dynamic") == 1  # its windows count calls
+    assert steps_per_execution("auto", strategy="mirrored") == 1  # Keras's several-step function fails there
     with pytest.raises(ConfigError, match="training.augment_on"):
         augment_on("gpu")
     asked = []
