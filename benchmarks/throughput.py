@@ -256,10 +256,10 @@ def compare_table(rows: list, precision: str = "float32") -> str:
     Example:
         >>> rows = [{"variant": "alone", "images_per_s": 100.0}, {"variant": "cached", "images_per_s": 96.0}]
         >>> print(compare_table(rows))  # doctest: +NORMALIZE_WHITESPACE
-        variant  what                            images/s  vs alone  % of the model alone, same step
-        -------  ------------------------------  --------  --------  -------------------------------
-        alone    float32                         100       1.00x
-        cached   float32, decoded-image cache    96        0.96x     96.0 % of alone
+        variant  what                          images/s  vs alone  % of the model alone, same step
+        -------  ----------------------------  --------  --------  -------------------------------
+        alone    float32                       100       1.00x
+        cached   float32, decoded-image cache  96        0.96x     96.0 % of alone
     """
     rates = {r["variant"]: r["images_per_s"] for r in rows}
     first = rows[0]["variant"]

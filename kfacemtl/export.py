@@ -163,7 +163,8 @@ def serving_functions(model, image_size=None, max_bytes: int = MAX_BYTES, max_pi
                       jit_compile: bool = False) -> dict:
     """``{signature name: (fn, input_signature)}`` for a kfacemtl model (used by :func:`export_model`).
 
-    ``jit_compile=True`` compiles the network's forward pass with XLA (the outputs' class-name lookups and the
+    Both signatures copy the heads' outputs to the host once, packed in one matrix, and make the outputs there
+    (labels, class names, AU names). ``jit_compile=True`` compiles the network's forward pass with XLA (the outputs' class-name lookups and the
     decoding stay outside): on a GPU one call is then a few fused kernels instead of hundreds of small ones (see the
     README's serving benchmark). TF Serving's GPU build runs XLA; its CPU build needs
     ``--xla_cpu_compilation_enabled``.
@@ -180,12 +181,22 @@ def serving_functions(model, image_size=None, max_bytes: int = MAX_BYTES, max_pi
     from kfacemtl.model import model_tasks
     tasks = model_tasks(model)
     h, w = image_size or model.input_shape[1:3]
-    forward = lambda images: model(images, training=False)  # noqa: E731
-    if jit_compile:
-        forward = tf.function(forward, jit_compile=True)
+    shapes = [tuple(o.shape[1:]) for o in model.outputs]
+
+    def packed(images):  # every head's output in one float32 matrix: one copy to the host per call
+        outs = model(images, training=False)
+        outs = outs if isinstance(outs, (list, tuple)) else [outs]
+        return tf.concat([tf.reshape(tf.cast(o, tf.float32), [tf.shape(images)[0], -1]) for o in outs], axis=1)
+
+    forward = tf.function(packed, jit_compile=True) if jit_compile else packed
 
     def from_float(images):
-        return _task_outputs(tasks, forward(images))
+        matrix = forward(images)
+        # the outputs are made on the host from one copy of the heads' outputs (labels, class names, AU names: a
+        # GPU would otherwise copy each head's values out separately, several times for a class task)
+        with tf.device("/CPU:0"):
+            parts = tf.split(tf.identity(matrix), [int(np.prod(shape)) for shape in shapes], axis=1)
+            return _task_outputs(tasks, [tf.reshape(p, [-1, *shape]) for p, shape in zip(parts, shapes)])
 
     def from_bytes(images):
         return from_float(decode_batch(images, (h, w), max_bytes, max_pixels))

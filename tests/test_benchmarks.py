@@ -236,7 +236,10 @@ def test_throughput_benchmark_times_pipeline_cache_and_model_alone(tmp_path, cap
 
 
 def test_throughput_variants_are_a_base_and_tags_and_compare_in_one_process(capsys):
+    import doctest
+
     import throughput as bench
+    assert doctest.testmod(bench, optionflags=doctest.NORMALIZE_WHITESPACE).failed == 0
     assert bench.parse_variant("cached_xla_step_dev_spe8") == {
         "base": "cached", "xla": True, "mixed": False, "step": True, "dev": True, "steps_per_execution": 8}
     for bad in ("cache", "cached_fast", "alone_spe0", "alone_spe2_spe4"):
