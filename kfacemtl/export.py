@@ -164,9 +164,9 @@ def serving_functions(model, image_size=None, max_bytes: int = MAX_BYTES, max_pi
     """``{signature name: (fn, input_signature)}`` for a kfacemtl model (used by :func:`export_model`).
 
     Both signatures copy the heads' outputs to the host once, packed in one matrix, and make the outputs there
-    (labels, class names, AU names). ``jit_compile=True`` compiles the network's forward pass with XLA (the outputs' class-name lookups and the
-    decoding stay outside): on a GPU one call is then a few fused kernels instead of hundreds of small ones (see the
-    README's serving benchmark). TF Serving's GPU build runs XLA; its CPU build needs
+    (labels, class names, AU names). ``jit_compile=True`` compiles the network's forward pass with XLA (the
+    outputs and the decoding stay outside): on a GPU one call is then a few fused kernels instead of hundreds of
+    small ones (see the README's serving benchmark). TF Serving's GPU build runs XLA; its CPU build needs
     ``--xla_cpu_compilation_enabled``.
 
     Example:

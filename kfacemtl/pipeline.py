@@ -558,8 +558,9 @@ def _batched_training_dataset(sources: Sequence[Source], arrays: Sequence[np.nda
     Each batch draws its row ids (:func:`_mixed_row_ids`: every slot's source drawn with ``probs``,
     each source's rows in a fresh random permutation per pass), then gathers its images and labels
     from every source's table at once (with ``pseudo_labels``' labels where a real one is missing)
-    and converts, recolours and resizes them with :func:`preprocess_image`, a batch at once. Nothing
-    goes sample by sample, and the same seed gives the same batches.
+    and converts, recolours and resizes them with :func:`preprocess_image`, a batch at once; with ``augment`` and
+    every table at the model's size, the batch stays uint8 (recoloured only) for :func:`augment_batch`, which then
+    converts it. Nothing goes sample by sample, and the same seed gives the same batches.
     """
     tables = []
     for src, images in zip(sources, arrays):
