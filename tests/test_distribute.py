@@ -135,7 +135,7 @@ WORKER = """
     import json, os
     from kfacemtl.training import train_run
     cfg = json.loads('''%s''')
-    cfg["training"].update(strategy="multi_worker", weighting="dwa")
+    cfg["training"].update(strategy="multi_worker", weighting="dwa", augment=True)  # the pipeline's XLA augmentation
     report = train_run(cfg, os.environ["RUN_DIR"], verbose=0)
     import keras
     from kfacemtl.distribute import is_chief, make_strategy
