@@ -39,7 +39,7 @@ nothing.
 
     python benchmarks/distillation.py [--settings synthetic real] [--seeds 0 1 2] [--rounds 2]
         [--epochs-per-round 3] [--thresholds gender=0.9 ...] [--same-labelled-rows] [--pseudo-weight W] [--soft]
-        [--trained-teachers] [--out runs/distillation]
+        [--reinit] [--trained-teachers] [--out runs/distillation]
 
 Finished runs in --out are reused (their config must match); interrupted ones resume.
 """
@@ -303,9 +303,12 @@ def main(argv=None):
                          "steps, and (a)'s final model as (c)'s fixed multi-task teacher")
     ap.add_argument("--pseudo-weight", type=float, help="pseudo-labelled rows' weight (the package's default: 0.5)")
     ap.add_argument("--soft", action="store_true", help="soft pseudo-labels (the ensemble's probabilities) for classes")
+    ap.add_argument("--reinit", action="store_true", help="re-initialise the student of (b) and (c) at each round "
+                                                          "boundary (distillation.reinit), as the paper's students")
     ap.add_argument("--out", default=str(ROOT / "runs" / "distillation"))
     args = ap.parse_args(argv)
-    options = {k: v for k, v in (("pseudo_weight", args.pseudo_weight), ("soft", args.soft or None)) if v is not None}
+    options = {k: v for k, v in (("pseudo_weight", args.pseudo_weight), ("soft", args.soft or None),
+                                 ("reinit", args.reinit or None)) if v is not None}
     try:
         thresholds = {k: float(v) for k, v in (t.split("=", 1) for t in args.thresholds)}
     except ValueError:

@@ -174,6 +174,8 @@ def test_distillation_benchmark_options_keep_labelled_rows_and_fix_the_teacher()
     fixed = bench.variant_config(base, "multi-task teacher", street, 2, 1, multi_task_teacher="runs/a")
     assert fixed["distillation"]["teachers"] == "runs/a"  # --trained-teachers: (a)'s model teaches (c)
     assert "teachers" not in bench.variant_config(base, "multi-task teacher", street, 2, 1)["distillation"]
+    reinit = bench.variant_config(base, "single-task teachers", street, 2, 1, {}, options={"reinit": True})
+    assert reinit["distillation"]["reinit"] is True  # --reinit
     base["training"]["mixing"] = "proportional"  # the unlabelled share is then not a fixed fraction
     with pytest.raises(SystemExit, match="balanced"):
         bench.variant_config(base, "multi-task teacher", street, 2, 1, same_labelled_rows=True)
