@@ -19,6 +19,10 @@ so with ``--streams N`` (default 8) the same run also measures throughput at bat
 threads calling (a), (b) and (d) concurrently: on a GPU one request's decoding (on the CPU cores)
 overlaps another's forward pass (on the GPU), which one stream of calls cannot show.
 
+The JPEGs of one call all have one size (112 px by default), which the bytes signature resizes as one batch
+(``pipeline.resize_batch``, on the GPU where there is one); a row for (a) with JPEGs of 12 sizes around it
+shows the other case, where each image is resized alone on the CPU.
+
 ``--xla`` adds (a), (b) and (d) exported with their forward pass compiled with XLA (``kfacemtl export
 --jit-compile``); the last row times the bytes signature's decoding alone (``export.decode_batch``), what (a)
 does before the network.
@@ -120,11 +124,16 @@ def main(argv=None):
     faces, _ = synthetic.generate("street", 64, split="test", seed=0)
     big = tf.image.resize(faces, (args.jpeg_size, args.jpeg_size)).numpy().astype("uint8")
     jpegs = [tf.io.encode_jpeg(im, quality=90).numpy() for im in big]
+    # the same faces at 12 sizes around --jpeg-size: a batch of mixed sizes is resized image by image
+    sizes = args.jpeg_size + np.arange(-12, 12, 2)
+    mixed = [tf.io.encode_jpeg(tf.cast(tf.image.resize(face, (int(sizes[i % 12]),) * 2), tf.uint8),
+                               quality=90).numpy() for i, face in enumerate(faces)]
     floats = tf.stack([decode_image(j, size[:2]) for j in jpegs]).numpy()  # the same images, decoded
 
     def reps(arr, n):
         return arr[np.arange(n) % len(arr)]
 
+    as_mixed = lambda n: tf.constant(reps(np.array(mixed, dtype=object), n))  # noqa: E731
     as_bytes, as_float = (lambda n: tf.constant(reps(np.array(jpegs, dtype=object), n)),
                           lambda n: tf.constant(reps(floats, n)))
     decode = tf.function(lambda x: decode_batch(x, size[:2]), input_signature=[tf.TensorSpec([None], tf.string)])
@@ -139,6 +148,8 @@ def main(argv=None):
         variants[f"(b) SavedModel float signature{suffix}"] = (
             lambda x, f=sig_float: _on_host(f(images=x)), as_float)
         if not suffix:
+            variants[f"(a) bytes signature, JPEGs of 12 sizes ({sizes[0]}-{sizes[-1]} px)"] = (
+                lambda x, f=sig_bytes: _on_host(f(images=x)), as_mixed)
             variants["(c) keras model.predict"] = (
                 lambda x, m=mtl: m.predict(x, batch_size=len(x), verbose=0), lambda n: reps(floats, n))
         variants[f"(d) {k} single-task models{suffix}"] = (

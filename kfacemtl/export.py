@@ -11,7 +11,8 @@ Signatures (outputs are named per task, see :func:`output_names`):
 
 - ``serving_default``: ``images``, a batch of encoded JPEG/PNG bytes (any size; gray, RGB
   or RGBA), decoded, resized and scaled in the graph with the training pipeline's ops
-  (:func:`kfacemtl.pipeline.decode_image`). Inputs over ``max_bytes`` or whose header
+  (:func:`decode_batch`; a batch of one size is resized at once, on the GPU where there is one, by
+  :func:`kfacemtl.pipeline.resize_batch`). Inputs over ``max_bytes`` or whose header
   declares more than ``max_pixels`` are refused before decoding.
 - ``serving_float``: ``images``, float32 ``(batch, H, W, 3)`` in [0, 1] at the model's size.
 
@@ -37,7 +38,7 @@ import tensorflow as tf
 
 from kfacemtl.errors import KfacemtlError
 from kfacemtl.files import atomic_write_text
-from kfacemtl.pipeline import MAX_PIXELS, header_size, png_or_jpeg, preprocess_image
+from kfacemtl.pipeline import MAX_PIXELS, _rgb, header_size, png_or_jpeg, preprocess_image, resize_batch
 from kfacemtl.tasks import Task
 
 MAX_BYTES = 20 * 2 ** 20  # 20 MiB per encoded image
@@ -97,54 +98,76 @@ def _task_outputs(tasks: Sequence[Task], outputs) -> dict:
     return result
 
 
-def decode_checked(data, image_size=(64, 64), max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS,
-                   index=None):
-    """One encoded JPEG/PNG → float32 ``image_size`` RGB in [0, 1], refusing oversized input.
+def check_images(images, max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS):
+    """Checks a batch of encoded images (DT_STRING ``[n]``) before anything is decoded; returns the ``(width,
+    height)`` each header declares, int64 ``[n, 2]``.
 
-    The byte length, the format and the size the header declares are checked, in that order,
-    before decoding (control dependencies make the order deterministic); bad input raises
-    ``tf.errors.InvalidArgumentError`` whose message names the image (``index`` in the batch)
-    and what was wrong, e.g. ``assertion failed: [image] [2] [is empty (0 bytes)]``.
+    In this order, over the whole batch: the byte length (not empty, at most ``max_bytes``), the format (JPEG or
+    PNG magic bytes), the header (a PNG's IHDR, a JPEG's frame header), the declared size (more than 0, at most
+    ``max_pixels``). Bad input raises ``tf.errors.InvalidArgumentError`` whose message names the first image
+    (its index in the batch) that fails the first failing check, e.g. ``assertion failed: [image] [2] [is empty
+    (0 bytes)]``; a JPEG without a frame header fails with TF's own message (``Invalid JPEG data``).
 
     Example:
         >>> png = tf.io.encode_png(tf.zeros((20, 30, 3), tf.uint8))
-        >>> tuple(decode_checked(png, (16, 16)).shape)
-        (16, 16, 3)
-        >>> try:
-        ...     decode_checked(tf.constant(b"not an image"))
+        >>> check_images(tf.stack([png, png])).numpy().tolist()
+        [[30, 20], [30, 20]]
+        >>> try:  # as in a signature (a graph; eagerly, the message reads differently)
+        ...     tf.function(check_images)(tf.constant([png.numpy(), b"not an image"]))
         ... except tf.errors.InvalidArgumentError as e:
-        ...     print("is not a JPEG or PNG" in e.message)
-        True
+        ...     print(e.message.split("assertion failed: ")[1][:51])
+        [image] [1] [is not a JPEG or PNG (bad magic bytes)
     """
-    which = ["image"] if index is None else ["image", index]
-    n = tf.strings.length(data)
-    is_png, is_jpeg = png_or_jpeg(data)
-    checks = [tf.debugging.Assert(n > 0, which + ["is empty (0 bytes)"])]
-    with tf.control_dependencies(checks):
-        checks.append(tf.debugging.Assert(n <= max_bytes, which + ["has", n, f"bytes; the limit is {max_bytes}"]))
-    with tf.control_dependencies(checks):
-        # the first bytes as numbers: raw bytes in an error message are not valid UTF-8 (the client could not
-        # even read the error; found by the property test of the bytes signature)
-        checks.append(tf.debugging.Assert(is_png | is_jpeg, which + [
-            "is not a JPEG or PNG (bad magic bytes); first bytes:",
-            tf.io.decode_raw(tf.strings.substr(data, 0, 8), tf.uint8)]))
-    with tf.control_dependencies(checks):
-        wh = header_size(data, is_png, which)
-    pixels = wh[0] * wh[1]
-    checks.append(tf.debugging.Assert(pixels <= max_pixels, which + [
-        "declares", wh[0], "x", wh[1], f"pixels; the limit is {max_pixels} pixels"]))
-    with tf.control_dependencies(checks):
-        checks.append(tf.debugging.Assert(pixels > 0, which + ["declares an empty image:", wh[0], "x", wh[1]]))
-    with tf.control_dependencies(checks):
-        image = tf.io.decode_image(data, channels=0, expand_animations=False)
-    return preprocess_image(image, image_size)
+    n = tf.strings.length(images)
+    is_png, is_jpeg = png_or_jpeg(images)
+    passed = _checked([(n > 0, lambda i: ["is empty (0 bytes)"]),
+                       (n <= max_bytes, lambda i: ["has", n[i], f"bytes; the limit is {max_bytes}"]),
+                       # the first bytes as numbers: raw bytes in an error message are not valid UTF-8 (the client
+                       # could not even read the error; found by the property test of the bytes signature)
+                       (is_png | is_jpeg, lambda i: [
+                           "is not a JPEG or PNG (bad magic bytes); first bytes:",
+                           tf.cast(tf.io.decode_raw(tf.strings.substr(images[i], 0, 8), tf.uint8), tf.int32)]),
+                       (~is_png | (n >= 24), lambda i: ["is a PNG shorter than its header"])])
+    with tf.control_dependencies([passed]):  # the headers are read only from images that passed
+        wh = tf.map_fn(lambda a: header_size(a[0], a[1]), (images, is_png),
+                       fn_output_signature=tf.TensorSpec([2], tf.int64))
+    pixels = wh[:, 0] * wh[:, 1]
+
+    def size(i):
+        return [tf.strings.as_string(wh[i, 0]), "x", tf.strings.as_string(wh[i, 1])]
+
+    limit = f"pixels; the limit is {max_pixels} pixels"
+    passed = _checked([(pixels <= max_pixels, lambda i: ["declares", *size(i), limit]),
+                       (pixels > 0, lambda i: ["declares an empty image:", *size(i)])])
+    with tf.control_dependencies([passed]):
+        return tf.identity(wh)
+
+
+def _checked(checks):
+    """Asserts ``[(ok, message), ...]`` in order, ``ok`` a boolean per image and ``message(i)`` what the error
+    says of image ``i``, the first one failing; the messages are built only when a check fails (one ``tf.cond``),
+    so a batch that passes runs a handful of ops. Returns a boolean tensor to depend on."""
+    def fail():
+        done = []
+        for ok, message in checks:
+            i = tf.argmin(tf.cast(ok, tf.int32), output_type=tf.int32)
+            with tf.control_dependencies(done):
+                done.append(tf.debugging.Assert(tf.reduce_all(ok), ["image", i, *message(i)]))
+        with tf.control_dependencies(done):
+            return tf.constant(False)
+
+    return tf.cond(tf.reduce_all(tf.stack([ok for ok, _ in checks])), lambda: tf.constant(True), fail)
 
 
 def decode_batch(images, image_size=(64, 64), max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS):
-    """A batch of encoded images (DT_STRING ``[n]``) → float32 ``[n, H, W, 3]``: :func:`decode_checked` on each,
-    up to 16 at a time, on the host's CPU (JPEG/PNG decoding has only CPU kernels: a loop whose body moved between
-    CPU and GPU would copy every image both ways; the decoded batch goes to the GPU once). What the bytes signature
-    does before the network.
+    """A batch of encoded images (DT_STRING ``[n]``) → float32 ``[n, H, W, 3]`` in [0, 1]: what the bytes
+    signature does before the network.
+
+    :func:`check_images` first (nothing is decoded when any image is bad), then the images are decoded on the
+    host's CPU (JPEG/PNG decoding has only CPU kernels), up to 16 at a time, with the training pipeline's ops. When
+    they all have one size (a client sending crops from one camera, say), the decoded ``uint8`` batch is resized
+    by :func:`kfacemtl.pipeline.resize_batch`, on the GPU where there is one (and on all CPU cores otherwise);
+    images of different sizes are each resized by :func:`kfacemtl.pipeline.preprocess_image` as in training.
 
     Example:
         >>> png = tf.io.encode_png(tf.zeros((20, 30, 3), tf.uint8))
@@ -154,9 +177,28 @@ def decode_batch(images, image_size=(64, 64), max_bytes: int = MAX_BYTES, max_pi
     h, w = image_size
     tf.debugging.Assert(tf.size(images) > 0, ["empty batch: send at least one image"])
     with tf.device("/CPU:0"):
-        return tf.map_fn(lambda a: decode_checked(a[0], (h, w), max_bytes, max_pixels, index=a[1]),
-                         (images, tf.range(tf.size(images))), fn_output_signature=tf.TensorSpec((h, w, 3), tf.float32),
-                         parallel_iterations=16)
+        wh = check_images(images, max_bytes, max_pixels)
+        one_size = (tf.size(images) > 1) & tf.reduce_all(tf.equal(wh, wh[:1]))
+
+    def decoded(data):
+        return _rgb(tf.io.decode_image(data, channels=0, expand_animations=False))
+
+    def each(fn, spec):  # a loop on the CPU: a body that moved between CPU and GPU would copy each image both ways
+        with tf.device("/CPU:0"):
+            return tf.map_fn(lambda data: fn(decoded(data)), images, fn_output_signature=spec,
+                             parallel_iterations=16)
+
+    def alone(image):  # as in training
+        return preprocess_image(image, (h, w))
+
+    def one():  # a single image: no loop
+        with tf.device("/CPU:0"):
+            return alone(decoded(images[0]))[None]
+
+    out = tf.cond(one_size, lambda: resize_batch(each(tf.identity, tf.TensorSpec([None, None, 3], tf.uint8)), (h, w)),
+                  lambda: tf.cond(tf.size(images) == 1, one, lambda: each(alone, tf.TensorSpec((h, w, 3), tf.float32))))
+    out.set_shape([None, h, w, 3])
+    return out
 
 
 def serving_functions(model, image_size=None, max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS,

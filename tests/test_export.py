@@ -27,12 +27,13 @@ def exported(model, tmp_path_factory):
     return export_model(model, base, "faces")
 
 
-def _images(tmp_path):
-    """PNG and JPEG files of several sizes and channel layouts."""
+def _images(tmp_path, one_size=None):
+    """PNG and JPEG files of several sizes (or all of ``one_size``) and channel layouts."""
     rng = np.random.default_rng(0)
     files = []
     for i, (shape, fmt) in enumerate([((64, 64, 3), "png"), ((97, 80, 3), "jpeg"), ((50, 70, 1), "png"),
                                       ((40, 40, 4), "png"), ((120, 90, 1), "jpeg"), ((33, 61, 2), "png")]):
+        shape = (*one_size, shape[2]) if one_size else shape
         arr = rng.integers(0, 256, shape, dtype=np.uint8)
         data = tf.io.encode_png(arr) if fmt == "png" else tf.io.encode_jpeg(arr)
         path = tmp_path / f"img{i}.{fmt}"
@@ -82,9 +83,13 @@ def test_an_xla_export_answers_as_the_plain_one_and_decodes_on_the_cpu(model, ex
                 np.testing.assert_allclose(a[key].numpy(), b[key].numpy(), atol=1e-4, err_msg=key)
     # the decoding's ops are pinned to the CPU (JPEG decoding has no GPU kernel; the batch crosses over once)
     library = plain["serving_default"].graph.as_graph_def().library.function
-    placed = {n.op: n.device for f in library for n in f.node_def if n.op in ("While", "DecodeImage", "SplitV")}
+    nodes = [n for f in library for n in f.node_def]
+    placed = {n.op: n.device for n in nodes if n.op in ("While", "DecodeImage", "SplitV")}
     # and the outputs are made on the host from one copy of the heads' outputs
     assert set(placed) == {"While", "DecodeImage", "SplitV"} and all("CPU" in d for d in placed.values())
+    # a batch of one size is resized by matrix products left to the device (on a GPU where there is one)
+    resize = [n for n in nodes if n.op == "BatchMatMulV2"]
+    assert resize and all(n.device == "" for n in resize)
 
 
 def test_a_crash_mid_export_leaves_no_version(model, tmp_path, monkeypatch):
@@ -120,8 +125,9 @@ def test_float_signature_equals_the_keras_model(model, exported):
         assert set(output_names(task)) <= set(out)
 
 
-def test_bytes_signature_matches_the_training_preprocessing(model, exported, tmp_path):
-    files = _images(tmp_path)
+@pytest.mark.parametrize("one_size", [None, (97, 80), (64, 64)], ids=["sizes", "one-size", "model-size"])
+def test_bytes_signature_matches_the_training_preprocessing(model, exported, tmp_path, one_size):
+    files = _images(tmp_path, one_size)  # several sizes: each resized alone; one size: resized at once
     sig = tf.saved_model.load(str(exported)).signatures["serving_default"]
     out = sig(images=tf.constant([f.read_bytes() for f in files]))
     decoded = tf.stack([decode_image(f.read_bytes()) for f in files])  # what the training pipeline feeds
@@ -134,6 +140,9 @@ def test_bytes_signature_matches_the_training_preprocessing(model, exported, tmp
         np.testing.assert_allclose(got, want, atol=1e-5 * max(1.0, np.abs(want).max()), err_msg=task.name)
 
 
+_GOOD = tf.io.encode_png(np.zeros((8, 8, 3), np.uint8)).numpy()
+
+
 @pytest.mark.parametrize("payload, message", [
     ([b"\xff\xd8\xff\xe0 not really a jpeg"], "Invalid JPEG data"),
     ([], "empty batch"),
@@ -142,14 +151,19 @@ def test_bytes_signature_matches_the_training_preprocessing(model, exported, tmp
     # a PNG header declaring 20000 x 20000 pixels: refused before any decoding
     ([b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + (20000).to_bytes(4, "big") * 2 + b"\x08\x02\x00\x00\x00"],
      "declares 20000 x 20000 pixels"),
+    # in a batch: the message names the image (its index)
+    ([_GOOD, _GOOD, b""], "image 2 is empty (0 bytes)"),
+    ([_GOOD, b"GIF89a, not allowed"], "image 1 is not a JPEG or PNG"),
+    ([_GOOD, _GOOD[:20]], "image 1 is a PNG shorter than its header"),
+    ([_GOOD, b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + (0).to_bytes(4, "big") * 2 + b"\x08\x02\x00\x00\x00"],
+     "image 1 declares an empty image: 0 x 0"),
 ])
 def test_bad_input_is_an_error_for_that_request(exported, payload, message):
     sig = tf.saved_model.load(str(exported)).signatures["serving_default"]
     with pytest.raises(tf.errors.InvalidArgumentError) as err:
         sig(images=tf.constant(payload, dtype=tf.string))
     assert message in err.value.message.replace("] [", " ")
-    good = tf.io.encode_png(np.zeros((8, 8, 3), np.uint8))
-    assert sig(images=tf.stack([good]))["age"].shape == (1,)  # the model still answers
+    assert sig(images=tf.constant([_GOOD]))["age"].shape == (1,)  # the model still answers
 
 
 def test_byte_limit_is_checked_before_decoding(model, tmp_path):
@@ -228,12 +242,15 @@ def test_property_any_image_gives_the_outputs_of_the_training_preprocessing(mode
     if fmt == "jpeg" and image.shape[-1] not in (1, 3):
         image = image[..., :1]  # JPEG holds gray or RGB
     data = (tf.io.encode_png(image) if fmt == "png" else tf.io.encode_jpeg(image)).numpy()
-    out = _serving(exported)(images=tf.constant([data]))
     ref = model(decode_image(data)[None], training=False)
-    for task, r in zip(model.tasks, ref):
-        key = task.name if task.kind == "regression" else f"{task.name}_probs"
-        want = r.numpy()[:, 0] if task.kind == "regression" and task.dim == 1 else r.numpy()
-        np.testing.assert_allclose(out[key].numpy(), want, atol=1e-5 * max(1.0, np.abs(want).max()), err_msg=task.name)
+    # alone (resized as in training) and twice in a batch (one size: decoded at once, resized by resize_batch)
+    for batch in ([data], [data, data]):
+        out = _serving(exported)(images=tf.constant(batch))
+        for task, r in zip(model.tasks, ref):
+            key = task.name if task.kind == "regression" else f"{task.name}_probs"
+            want = r.numpy()[:, 0] if task.kind == "regression" and task.dim == 1 else r.numpy()
+            for row in out[key].numpy():
+                np.testing.assert_allclose(row, want[0], atol=1e-5 * max(1.0, np.abs(want).max()), err_msg=task.name)
 
 
 @PROPERTY

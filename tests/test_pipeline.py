@@ -4,7 +4,8 @@ import tensorflow as tf
 
 from conftest import write_png
 from kfacemtl.errors import ConfigError, SourceError
-from kfacemtl.pipeline import decode_image, make_dataset, mixing_weights, prefetch_to_gpu
+from kfacemtl.pipeline import (decode_image, make_dataset, mixing_weights, prefetch_to_gpu, preprocess_image,
+                               resize_batch)
 from kfacemtl.sources import CsvSource, Source, make_source
 from kfacemtl.tasks import resolve_tasks
 
@@ -57,6 +58,15 @@ def test_files_gray_rgba_any_size_become_rgb_model_size(tmp_path):
     deep = (np.arange(16 * 16 * 3).reshape(16, 16, 3) * 250).astype("uint16")  # a 16-bit PNG: scaled to [0, 1]
     np.testing.assert_allclose(decode_image(tf.io.encode_png(deep).numpy(), (16, 16)).numpy(), deep / 65535,
                                atol=1 / 255)
+
+
+@pytest.mark.parametrize("size", [(112, 112), (48, 48), (64, 64), (200, 37), (1, 5), (65, 63)])
+def test_resize_batch_gives_the_training_resize_of_each_image(size):
+    images = tf.constant(np.random.default_rng(sum(size)).integers(0, 256, (3, *size, 3), dtype=np.uint8))
+    got = resize_batch(images, (64, 64))
+    want = tf.stack([preprocess_image(im, (64, 64)) for im in images])  # one at a time, as training does
+    assert got.shape == (3, 64, 64, 3)
+    np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-6)
 
 
 def test_augmentation_changes_training_images_only():
