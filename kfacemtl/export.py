@@ -38,7 +38,7 @@ import tensorflow as tf
 
 from kfacemtl.errors import KfacemtlError
 from kfacemtl.files import atomic_write_text
-from kfacemtl.pipeline import MAX_PIXELS, _rgb, header_size, png_or_jpeg, preprocess_image, resize_batch
+from kfacemtl.pipeline import MAX_PIXELS, decode_rgb, header_size, png_or_jpeg, preprocess_image, resize_batch
 from kfacemtl.tasks import Task
 
 MAX_BYTES = 20 * 2 ** 20  # 20 MiB per encoded image
@@ -180,12 +180,9 @@ def decode_batch(images, image_size=(64, 64), max_bytes: int = MAX_BYTES, max_pi
         wh = check_images(images, max_bytes, max_pixels)
         one_size = (tf.size(images) > 1) & tf.reduce_all(tf.equal(wh, wh[:1]))
 
-    def decoded(data):
-        return _rgb(tf.io.decode_image(data, channels=0, expand_animations=False))
-
     def each(fn, spec):  # a loop on the CPU: a body that moved between CPU and GPU would copy each image both ways
         with tf.device("/CPU:0"):
-            return tf.map_fn(lambda data: fn(decoded(data)), images, fn_output_signature=spec,
+            return tf.map_fn(lambda data: fn(decode_rgb(data)), images, fn_output_signature=spec,
                              parallel_iterations=16)
 
     def alone(image):  # as in training
@@ -193,7 +190,7 @@ def decode_batch(images, image_size=(64, 64), max_bytes: int = MAX_BYTES, max_pi
 
     def one():  # a single image: no loop
         with tf.device("/CPU:0"):
-            return alone(decoded(images[0]))[None]
+            return alone(decode_rgb(images[0]))[None]
 
     out = tf.cond(one_size, lambda: resize_batch(each(tf.identity, tf.TensorSpec([None, None, 3], tf.uint8)), (h, w)),
                   lambda: tf.cond(tf.size(images) == 1, one, lambda: each(alone, tf.TensorSpec((h, w, 3), tf.float32))))

@@ -115,6 +115,19 @@ def decode_image(data, image_size=(64, 64)):
     return preprocess_image(image, image_size)
 
 
+def decode_rgb(data):
+    """Encoded JPEG/PNG/BMP/GIF bytes → ``uint8`` RGB at the image's own size (gray → RGB, RGBA → RGB): what
+    :func:`decode_image` does before it resizes.
+
+    Example:
+        >>> png = tf.io.encode_png(tf.fill((20, 30, 2), tf.constant(7, tf.uint8)))   # gray + alpha
+        >>> img = decode_rgb(png)
+        >>> tuple(img.shape), img.dtype.name
+        ((20, 30, 3), 'uint8')
+    """
+    return _rgb(tf.io.decode_image(data, channels=0, expand_animations=False))
+
+
 MAX_PIXELS = 40_000_000  # declared width × height (a 12 MP photo passes; a 20000² PNG bomb does not)
 
 
