@@ -42,6 +42,9 @@ from kfacemtl.pipeline import MAX_PIXELS, decode_rgb, header_size, png_or_jpeg, 
 from kfacemtl.tasks import Task
 
 MAX_BYTES = 20 * 2 ** 20  # 20 MiB per encoded image
+# a batch of one size up to this many pixels per image is resized at once (pipeline.resize_batch): beyond it, on a
+# CPU the dense products cost more than TF's own resize of each image, and the float32 batch grows large
+RESIZE_AT_ONCE_MAX_PIXELS = 224 * 224
 WARMUP_FILE = "tf_serving_warmup_requests"
 SIGNATURES = ("serving_default", "serving_float")
 
@@ -165,9 +168,10 @@ def decode_batch(images, image_size=(64, 64), max_bytes: int = MAX_BYTES, max_pi
 
     :func:`check_images` first (nothing is decoded when any image is bad), then the images are decoded on the
     host's CPU (JPEG/PNG decoding has only CPU kernels), up to 16 at a time, with the training pipeline's ops. When
-    they all have one size (a client sending crops from one camera, say), the decoded ``uint8`` batch is resized
-    by :func:`kfacemtl.pipeline.resize_batch`, on the GPU where there is one (and on all CPU cores otherwise);
-    images of different sizes are each resized by :func:`kfacemtl.pipeline.preprocess_image` as in training.
+    they all have one size (a client sending face crops from one camera, say) of at most
+    ``RESIZE_AT_ONCE_MAX_PIXELS`` (224 × 224), the decoded ``uint8`` batch is resized by
+    :func:`kfacemtl.pipeline.resize_batch`, on the GPU where there is one (and on all CPU cores otherwise); other
+    images are each resized by :func:`kfacemtl.pipeline.preprocess_image` as in training.
 
     Example:
         >>> png = tf.io.encode_png(tf.zeros((20, 30, 3), tf.uint8))
@@ -178,7 +182,8 @@ def decode_batch(images, image_size=(64, 64), max_bytes: int = MAX_BYTES, max_pi
     tf.debugging.Assert(tf.size(images) > 0, ["empty batch: send at least one image"])
     with tf.device("/CPU:0"):
         wh = check_images(images, max_bytes, max_pixels)
-        one_size = (tf.size(images) > 1) & tf.reduce_all(tf.equal(wh, wh[:1]))
+        one_size = ((tf.size(images) > 1) & tf.reduce_all(tf.equal(wh, wh[:1]))
+                    & (wh[0, 0] * wh[0, 1] <= RESIZE_AT_ONCE_MAX_PIXELS))
 
     def each(fn, spec):  # a loop on the CPU: a body that moved between CPU and GPU would copy each image both ways
         with tf.device("/CPU:0"):

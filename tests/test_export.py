@@ -125,7 +125,8 @@ def test_float_signature_equals_the_keras_model(model, exported):
         assert set(output_names(task)) <= set(out)
 
 
-@pytest.mark.parametrize("one_size", [None, (97, 80), (64, 64)], ids=["sizes", "one-size", "model-size"])
+@pytest.mark.parametrize("one_size", [None, (97, 80), (64, 64), (230, 240)],
+                         ids=["sizes", "one-size", "model-size", "one-size-large"])
 def test_bytes_signature_matches_the_training_preprocessing(model, exported, tmp_path, one_size):
     files = _images(tmp_path, one_size)  # several sizes: each resized alone; one size: resized at once
     sig = tf.saved_model.load(str(exported)).signatures["serving_default"]
