@@ -290,13 +290,17 @@ def _load(model_or_path):
 
 
 def _warmup_records(name: str, image_size, n: int = 4) -> bytes:
-    """A TFRecord of PredictionLog warmup requests (``n`` random PNGs through ``serving_default``)."""
+    """A TFRecord of PredictionLog warmup requests through ``serving_default``: one random PNG, ``n`` of one size,
+    two of different sizes (the bytes signature's three paths, see :func:`decode_batch`)."""
     from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
     rng = np.random.default_rng(0)
-    images = [tf.io.encode_png(rng.integers(0, 256, tuple(image_size) + (3,), dtype=np.uint8)).numpy()
-              for _ in range(n)]
+
+    def png(size):
+        return tf.io.encode_png(rng.integers(0, 256, tuple(size) + (3,), dtype=np.uint8)).numpy()
+
+    images = [png(image_size) for _ in range(n)]
     out = io.BytesIO()
-    for batch in (images[:1], images):
+    for batch in (images[:1], images, [images[0], png([s + 8 for s in image_size])]):
         request = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(name=name,
                                                                           signature_name="serving_default"))
         request.inputs["images"].CopyFrom(tf.make_tensor_proto(batch, dtype=tf.string))
