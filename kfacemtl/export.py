@@ -179,11 +179,11 @@ def decode_batch(images, image_size=(64, 64), max_bytes: int = MAX_BYTES, max_pi
         (2, 16, 16, 3)
     """
     h, w = image_size
-    tf.debugging.Assert(tf.size(images) > 0, ["empty batch: send at least one image"])
-    with tf.device("/CPU:0"):
+    nonempty = tf.debugging.Assert(tf.size(images) > 0, ["empty batch: send at least one image"])
+    with tf.control_dependencies([nonempty]), tf.device("/CPU:0"):
         wh = check_images(images, max_bytes, max_pixels)
         one_size = ((tf.size(images) > 1) & tf.reduce_all(tf.equal(wh, wh[:1]))
-                    & (wh[0, 0] * wh[0, 1] <= RESIZE_AT_ONCE_MAX_PIXELS))
+                    & (tf.reduce_max(wh[:, 0] * wh[:, 1]) <= RESIZE_AT_ONCE_MAX_PIXELS))
 
     def each(fn, spec):  # a loop on the CPU: a body that moved between CPU and GPU would copy each image both ways
         with tf.device("/CPU:0"):
