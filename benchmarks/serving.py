@@ -133,9 +133,11 @@ def main(argv=None):
     def reps(arr, n):
         return arr[np.arange(n) % len(arr)]
 
-    as_mixed = lambda n: tf.constant(reps(np.array(mixed, dtype=object), n))  # noqa: E731
-    as_bytes, as_float = (lambda n: tf.constant(reps(np.array(jpegs, dtype=object), n)),
-                          lambda n: tf.constant(reps(floats, n)))
+    def encoded(blobs):  # n encoded images, repeating the list
+        blobs = np.array(blobs, dtype=object)
+        return lambda n: tf.constant(reps(blobs, n))
+
+    as_bytes, as_mixed, as_float = encoded(jpegs), encoded(mixed), lambda n: tf.constant(reps(floats, n))
     decode = tf.function(lambda x: decode_batch(x, size[:2]), input_signature=[tf.TensorSpec([None], tf.string)])
     k = len(tasks)
     sets = {"": _exports(tasks, size, work, False)}

@@ -221,10 +221,9 @@ def augment_batch(images, seed, compiled: bool = False):
         >>> tuple(out.shape), float(tf.reduce_max(out)) <= 1.0
         ((2, 8, 8, 3), True)
     """
-    h = images.shape[1]
     b = tf.shape(images)[0]
     seeds = tf.random.experimental.stateless_split(seed, 5)
-    pad = max(2, h // 16)
+    pad = _shift_pad(images.shape[1])
     draws = (tf.random.stateless_uniform([b], seeds[0]) < 0.5,  # flip
              tf.random.stateless_uniform([b], seeds[1], 0, 2 * pad + 1, dtype=tf.int32),  # dy
              tf.random.stateless_uniform([b], seeds[2], 0, 2 * pad + 1, dtype=tf.int32),  # dx
@@ -233,10 +232,15 @@ def augment_batch(images, seed, compiled: bool = False):
     return (_apply_augmentation_xla if compiled else _apply_augmentation)(images, *draws)
 
 
+def _shift_pad(height: int) -> int:
+    """The augmentation's largest shift in pixels, for images ``height`` pixels high."""
+    return max(2, height // 16)
+
+
 def _apply_augmentation(images, flip, dy, dx, brightness, factor):
     """:func:`augment_batch`'s transforms, given its draws."""
     h, w = images.shape[1], images.shape[2]
-    pad = max(2, h // 16)
+    pad = _shift_pad(h)
     # output pixel (y, x) is pixel (y + dy, x + dx) of the padded image, flipped first when drawn: as the padding is
     # symmetric, the flipped padded image's column c is the padded image's column (w + 2·pad − 1 − c)
     padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
