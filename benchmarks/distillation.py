@@ -18,11 +18,18 @@ labelled rows, and (b) and (c) compute more. --trained-teachers trains the teach
 first, as the paper and Radosavovic et al. do (a teacher trained to convergence, then a student): the
 single-task teachers for the student's steps, and for (c) the fixed model (a) itself, the multi-task model
 trained for the whole budget on the labels alone; the student then starts from scratch as before.
+--images-control adds a fourth row, "target images only": (c)'s batches, target images included, with
+thresholds that no prediction passes (class confidence 2, age spread 0), so that no pseudo-label is
+accepted: what the target domain's images alone do (they only reach the batch-norm statistics, as
+their rows carry no loss), apart from what the pseudo-labels add.
 
 Settings:
   synthetic  the demo's four labelled domains (age, gender, race, expression; 32x32 input) with the
              street domain as the unlabelled target (its training split has no labels; its ground
-             truth only scores the pseudo-labels; street test scores the student), over --seeds
+             truth only scores the pseudo-labels; street test scores the student), over --seeds;
+             --target-domain cctv: street faces through a gray 32-px camera instead, a shift that only
+             the webcam domain (labelled for expression alone) covers, so that a multi-task teacher has
+             seen such images and the single-task age, gender and race teachers have not
   real       configs/real_mtl.yaml (UTKFace + FER2013 labelled) with the LFW expressions images as the
              unlabelled target (an unlabelled source: its labels only score the pseudo-labels; the
              student is scored on the same faces, transductively): expression on LFW; and where the single-task
@@ -33,13 +40,15 @@ Printed per setting: the pseudo-labels of each round (share of candidates accept
 the accepted ones; MAE for age) on the target domain, the student's metric on the target test set
 after each round (round 0: before any pseudo-label), and the cost of the transform ensemble
 (pseudo-labelling images/s against plain batched inference images/s divided by T, in the same run:
-the ensemble alone on in-memory images, and a whole round through the pipeline).
+the ensemble alone on in-memory images, and a whole round through the pipeline), and the students after
+the last round paired seed by seed against no distillation (mean difference ± std, t, seeds ahead).
 Also written to --out: results.txt and results.json. A benchmark measures and prints; it asserts
 nothing.
 
     python benchmarks/distillation.py [--settings synthetic real] [--seeds 0 1 2] [--rounds 2]
         [--epochs-per-round 3] [--thresholds gender=0.9 ...] [--same-labelled-rows] [--pseudo-weight W] [--soft]
-        [--reinit] [--trained-teachers] [--out runs/distillation]
+        [--reinit] [--trained-teachers] [--target-domain street|cctv] [--images-control]
+        [--out runs/distillation]
 
 Finished runs in --out are reused (their config must match); interrupted ones resume.
 """
@@ -73,6 +82,7 @@ from kfacemtl.training import build_sources, demo_config  # noqa: E402
 from real_mtl_vs_stl import single_task_configs  # noqa: E402
 
 VARIANTS = ("no distillation", "single-task teachers", "multi-task teacher")
+CONTROL = "target images only"  # --images-control: (c)'s batches, no pseudo-label accepted
 SHORT = {"age": "age", "gender": "gender", "race": "race", "expression": "expr"}
 
 
@@ -104,10 +114,10 @@ def variant_config(base: dict, variant: str, unlabelled: list, rounds: int, epoc
                    teachers: dict | None = None, thresholds: dict | None = None,
                    same_labelled_rows: bool = False, multi_task_teacher: str | None = None,
                    options: dict | None = None) -> dict:
-    """The config of one of ``VARIANTS``; ``same_labelled_rows``: the batch of (b) and (c) grows by the unlabelled
-    sources' share of balanced mixing, so that a step carries as many labelled rows as (a)'s on average;
-    ``multi_task_teacher``: (c)'s fixed teacher (a run directory) instead of the student itself; ``options``: other
-    ``distillation`` settings of (b) and (c), e.g. ``{"soft": True, "pseudo_weight": 1.0}``."""
+    """The config of one of ``VARIANTS`` or ``CONTROL``; ``same_labelled_rows``: the batch of (b), (c) and the
+    control grows by the unlabelled sources' share of balanced mixing, so that a step carries as many labelled rows
+    as (a)'s on average; ``multi_task_teacher``: (c)'s fixed teacher (a run directory) instead of the student itself;
+    ``options``: other ``distillation`` settings of (b) and (c), e.g. ``{"soft": True, "pseudo_weight": 1.0}``."""
     cfg = with_rounds(base, rounds, epochs_per_round)
     if variant == "no distillation":
         return cfg
@@ -121,7 +131,10 @@ def variant_config(base: dict, variant: str, unlabelled: list, rounds: int, epoc
     cfg["distillation"] = {**(options or {}), "rounds": rounds, "epochs_per_round": epochs_per_round}
     if thresholds:
         cfg["distillation"]["thresholds"] = dict(thresholds)
-    if variant == "single-task teachers":
+    if variant == CONTROL:  # thresholds no prediction passes: confidence <= 1, an ensemble's spread > 0
+        cfg["distillation"]["thresholds"] = {t.name: 0.0 if t.kind == "regression" else 2.0
+                                             for t in resolve_tasks(cfg["tasks"])}
+    elif variant == "single-task teachers":
         cfg["distillation"]["teachers"] = {task: str(path) for task, path in teachers.items()}
     elif multi_task_teacher is not None:
         cfg["distillation"]["teachers"] = str(multi_task_teacher)
@@ -138,9 +151,9 @@ def synthetic_base(seed: int, steps_per_epoch: int, faces: int, test_faces: int)
 
 def run_variants(name: str, seed: int, base: dict, unlabelled: list, target_test, rounds: int, epochs_per_round: int,
                  out: Path, thresholds: dict | None = None, same_labelled_rows: bool = False,
-                 trained_teachers: bool = False, options: dict | None = None) -> dict:
-    """Train the single-task teachers and the three students of one seed; returns their round logs and scores.
-    ``trained_teachers``: the teachers are trained for the whole budget first (see the module's text)."""
+                 trained_teachers: bool = False, options: dict | None = None, variants=VARIANTS) -> dict:
+    """Train the single-task teachers and the students of one seed (``variants``); returns their round logs and
+    scores. ``trained_teachers``: the teachers are trained for the whole budget first (see the module's text)."""
     tasks = resolve_tasks(base["tasks"])
     folder = out / name / f"seed{seed}"
     with warnings.catch_warnings():
@@ -153,7 +166,7 @@ def run_variants(name: str, seed: int, base: dict, unlabelled: list, target_test
         teachers[task] = folder / f"teacher_{task}"
         print(f"[{name} seed {seed}] single-task teacher {task}", flush=True)
         run(stl_cfg, teachers[task])
-    result, folders = {}, {variant: folder / variant.replace(" ", "_").replace("-", "_") for variant in VARIANTS}
+    result, folders = {}, {variant: folder / variant.replace(" ", "_").replace("-", "_") for variant in variants}
     for variant, vfolder in folders.items():
         print(f"[{name} seed {seed}] {variant}", flush=True)
         cfg = variant_config(base, variant, unlabelled, rounds, epochs_per_round, teachers, thresholds,
@@ -218,6 +231,7 @@ def _target_stats(entry: dict, target: str, task) -> tuple:
 
 def format_tables(name: str, per_seed: dict, tasks, target: str, target_test: str, rounds: int) -> str:
     seeds = sorted(per_seed)
+    variants = [v for v in VARIANTS + (CONTROL,) if v in per_seed[seeds[0]]]
     title = f"{name}: seeds {', '.join(map(str, seeds))}" + (" (mean ± std)" if len(seeds) > 1 else "")
     by_name = {t.name: t for t in tasks}
 
@@ -226,9 +240,9 @@ def format_tables(name: str, per_seed: dict, tasks, target: str, target_test: st
         return _cell(values, digits) if values else "-"
 
     shown = [t.name for t in tasks if any(np.isfinite(_target_stats(e, target, t.name)[0])
-                                          for s in seeds for v in VARIANTS[1:] for e in per_seed[s][v]["rounds"])]
+                                          for s in seeds for v in variants[1:] for e in per_seed[s][v]["rounds"])]
     rows = []
-    for v in VARIANTS[1:]:
+    for v in variants[1:]:
         for r in range(1, rounds + 1):
             row = [v, str(r)]
             for t in shown:
@@ -243,13 +257,39 @@ def format_tables(name: str, per_seed: dict, tasks, target: str, target_test: st
     rows = []
     student_tasks = [t.name for t in tasks if any(t.name in per_seed[s][VARIANTS[0]]["student"]["0"].get(target_test, {})
                                                   for s in seeds)]
-    for v in VARIANTS:
+    for v in variants:
         for r in range(rounds + 1):
             rows.append([v, str(r)] + [cell([per_seed[s][v]["student"][str(r)][target_test][t] for s in seeds])
                                        for t in student_tasks])
     header = ["student", "round"] + [f"{SHORT.get(t, t)} {headline_metric(by_name[t])}" for t in student_tasks]
     student = f"student on {target_test} after each round (round 0: before any pseudo-label)\n" + text_table(header, rows)
-    return "\n\n".join([title, pseudo, student])
+    parts = [title, pseudo, student]
+    if len(seeds) > 1:
+        parts.append(format_paired(per_seed, [by_name[t] for t in student_tasks], target_test, rounds, variants))
+    return "\n\n".join(parts)
+
+
+def format_paired(per_seed: dict, tasks, target_test: str, rounds: int, variants) -> str:
+    """The students after the last round against no distillation, seed by seed: the mean difference ± its std,
+    t = mean / (std / sqrt(seeds)), and in how many seeds the row is ahead (lower MAE, higher accuracy)."""
+    seeds = sorted(per_seed)
+
+    def score(v, s, t):
+        return per_seed[s][v]["student"][str(rounds)][target_test][t.name]
+
+    rows = []
+    for v in variants[1:]:
+        row = [v]
+        for t in tasks:
+            d = np.array([score(v, s, t) - score(VARIANTS[0], s, t) for s in seeds])
+            better = d < 0 if t.kind == "regression" else d > 0
+            sd = d.std(ddof=1)
+            tval = d.mean() / (sd / np.sqrt(len(d))) if sd > 0 else np.nan
+            row.append(f"{d.mean():+.3f} ± {sd:.3f} (t = {tval:.1f}), {int(better.sum())} of {len(d)}")
+        rows.append(row)
+    header = ["student"] + [f"{SHORT.get(t.name, t.name)} {headline_metric(t)}" for t in tasks]
+    return (f"paired against no distillation after round {rounds} (difference per seed: mean ± std, t, seeds ahead)\n"
+            + text_table(header, rows))
 
 
 def format_cost(cost: dict, whole: dict) -> str:
@@ -288,6 +328,8 @@ def main(argv=None):
     ap.add_argument("--synthetic-steps-per-epoch", type=int, default=150)
     ap.add_argument("--synthetic-faces", type=int, default=3000, help="training faces per domain (street too)")
     ap.add_argument("--synthetic-test-faces", type=int, default=500)
+    ap.add_argument("--target-domain", default="street", choices=["street", "cctv"],
+                    help="the synthetic setting's unlabelled target domain (cctv: street faces, gray, 32 px)")
     ap.add_argument("--real-seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--real-epochs-per-round", type=int, default=3)
     ap.add_argument("--real-steps-per-epoch", type=int, default=300)
@@ -305,6 +347,8 @@ def main(argv=None):
     ap.add_argument("--soft", action="store_true", help="soft pseudo-labels (the ensemble's probabilities) for classes")
     ap.add_argument("--reinit", action="store_true", help="re-initialise the student of (b) and (c) at each round "
                                                           "boundary (distillation.reinit), as the paper's students")
+    ap.add_argument("--images-control", action="store_true",
+                    help=f"add a row {CONTROL!r}: (c)'s batches with the target images, no pseudo-label accepted")
     ap.add_argument("--out", default=str(ROOT / "runs" / "distillation"))
     args = ap.parse_args(argv)
     options = {k: v for k, v in (("pseudo_weight", args.pseudo_weight), ("soft", args.soft or None),
@@ -314,19 +358,22 @@ def main(argv=None):
     except ValueError:
         ap.error(f"--thresholds: expected TASK=VALUE pairs, got {args.thresholds}")
     out, start, texts, results = Path(args.out), time.time(), [], {}
+    variants = VARIANTS + ((CONTROL,) if args.images_control else ())
     for setting in args.settings:
         if setting == "synthetic":
             per_seed, cost, whole = {}, None, None
             for seed in args.seeds:
                 base = synthetic_base(seed, args.synthetic_steps_per_epoch, args.synthetic_faces,
                                       args.synthetic_test_faces)
-                unlabelled = [f"synthetic:street?n={args.synthetic_faces}&seed={seed}"]
+                target = args.target_domain
+                unlabelled = [f"synthetic:{target}?n={args.synthetic_faces}&seed={seed}"]
+                test_spec = f"synthetic:{target}?split=test&n={args.synthetic_test_faces}&seed={seed}"
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", UserWarning)
-                    test = build_sources([f"synthetic:street?split=test&n={args.synthetic_test_faces}&seed={seed}"])[0]
+                    test = build_sources([test_spec])[0]
                 per_seed[seed] = run_variants("synthetic", seed, base, unlabelled, test, args.rounds,
                                               args.epochs_per_round, out, thresholds, args.same_labelled_rows,
-                                              args.trained_teachers, options)
+                                              args.trained_teachers, options, variants)
                 if cost is None:
                     student = load_model(Path(per_seed[seed]["multi-task teacher"]["folder"]) / "model.keras")
                     ds = make_dataset([test], resolve_tasks(base["tasks"]), batch_size=512,
@@ -334,7 +381,7 @@ def main(argv=None):
                     cost = ensemble_cost(student, np.concatenate([x.numpy() for x, _, _ in ds]))
                     whole = round_cost(student, test, resolve_tasks(base["tasks"]))
             tasks = resolve_tasks(base["tasks"])
-            text = format_tables("synthetic", per_seed, tasks, "street-train", test.name, args.rounds)
+            text = format_tables("synthetic", per_seed, tasks, f"{args.target_domain}-train", test.name, args.rounds)
             text += "\n\n" + format_cost(cost, whole)
             results["synthetic"] = {"per_seed": per_seed, "cost": cost, "round_cost": whole}
         else:
@@ -353,7 +400,7 @@ def main(argv=None):
                 unlabelled = [f"csv:{labels}?name=lfw-unlabelled&domain=lfw"]  # trained on without its labels
                 per_seed[seed] = run_variants("real", seed, base, unlabelled, lfw, args.rounds,
                                               args.real_epochs_per_round, out, thresholds, args.same_labelled_rows,
-                                              args.trained_teachers, options)
+                                              args.trained_teachers, options, variants)
                 runs = per_seed[seed]
                 per_seed[seed]["fer_agreement"] = agreement(
                     runs["single-task teachers"]["folder"], runs["multi-task teacher"]["folder"], "fer2013-Training",

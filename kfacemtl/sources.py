@@ -141,7 +141,7 @@ class SyntheticSource(Source):
     """One split of one domain of the synthetic benchmark (see :mod:`kfacemtl.synthetic`).
 
     Args:
-        domain: ``portraits``, ``lab``, ``webcam``, ``affect`` or ``street``.
+        domain: ``portraits``, ``lab``, ``webcam``, ``affect``, ``street`` or ``cctv``.
         split: ``train`` or ``test``; test splits are labelled for every task by default.
         n: number of faces.
         seed: rendering seed.

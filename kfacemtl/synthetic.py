@@ -119,6 +119,9 @@ DOMAINS = {
                      expression_probs=(0.12, 0.06, 0.08, 0.3, 0.12, 0.1, 0.22), identities=4000),
     "street": Domain("street", (), color=True, resolution=40, pose=1.0, lighting=1.0, background="clutter",
                      noise=0.04, occluders=0.3, identities=4000),
+    # street faces through a gray, low-resolution camera: a shift that only webcam (labelled for expression) covers
+    "cctv": Domain("cctv", (), color=False, resolution=32, pose=1.0, lighting=1.0, background="clutter",
+                   noise=0.04, occluders=0.3, identities=4000),
 }
 LABELLED_DOMAINS = ("portraits", "lab", "webcam", "affect")
 

@@ -126,18 +126,18 @@ def test_distillation_benchmark_synthetic_and_real(tmp_path, monkeypatch, capsys
     args = ["--settings", "synthetic", "--seeds", "0", "--rounds", "1", "--epochs-per-round", "1",
             "--synthetic-steps-per-epoch", "2", "--synthetic-faces", "48", "--synthetic-test-faces", "24",
             "--thresholds", "gender=0.5", "--trained-teachers", "--pseudo-weight", "0.8", "--soft",
-            "--out", str(tmp_path / "runs")]
+            "--target-domain", "cctv", "--out", str(tmp_path / "runs")]
     assert bench.main(args) == 0
     out = capsys.readouterr().out
-    assert "pseudo-labels on street-train" in out and "student on street-test after each round" in out
+    assert "pseudo-labels on cctv-train" in out and "student on cctv-test after each round" in out
     assert "transform ensemble cost (T = 6" in out
     result = json.loads((tmp_path / "runs" / "results.json").read_text())["synthetic"]
     runs = result["per_seed"]["0"]
     assert set(runs) == set(bench.VARIANTS)
     assert runs["no distillation"]["rounds"] == [] and [e["round"] for e in runs["multi-task teacher"]["rounds"]] == [1]
     assert set(runs["multi-task teacher"]["student"]) == {"0", "1"}  # evaluated after each round
-    street = runs["single-task teachers"]["rounds"][0]["sources"]["street-train"]
-    assert street["age"]["candidates"] == 48 and "quality_candidates" in street["age"]
+    target = runs["single-task teachers"]["rounds"][0]["sources"]["cctv-train"]
+    assert target["age"]["candidates"] == 48 and "quality_candidates" in target["age"]
     seed0 = tmp_path / "runs" / "synthetic" / "seed0"
     teachers = yaml.safe_load((seed0 / "single_task_teachers" / "config.yaml").read_text())["distillation"]["teachers"]
     assert teachers == {t: str(seed0 / f"teacher_{t}") for t in ("age", "gender", "race", "expression")}
@@ -176,9 +176,31 @@ def test_distillation_benchmark_options_keep_labelled_rows_and_fix_the_teacher()
     assert "teachers" not in bench.variant_config(base, "multi-task teacher", street, 2, 1)["distillation"]
     reinit = bench.variant_config(base, "single-task teachers", street, 2, 1, {}, options={"reinit": True})
     assert reinit["distillation"]["reinit"] is True  # --reinit
+    # --images-control: (c)'s batches, target images included, and thresholds no prediction passes
+    control = bench.variant_config(base, bench.CONTROL, street, 2, 1, {}, {"gender": 0.9}, same_labelled_rows=True,
+                                   multi_task_teacher="runs/a")
+    assert control["unlabelled_sources"] == street and control["training"]["batch_size"] == 80
+    assert control["distillation"]["thresholds"] == {"age": 0.0, "gender": 2.0, "race": 2.0, "expression": 2.0}
+    assert "teachers" not in control["distillation"]
     base["training"]["mixing"] = "proportional"  # the unlabelled share is then not a fixed fraction
     with pytest.raises(SystemExit, match="balanced"):
         bench.variant_config(base, "multi-task teacher", street, 2, 1, same_labelled_rows=True)
+
+
+def test_distillation_benchmark_pairs_the_students_seed_by_seed():
+    import distillation as bench
+    from kfacemtl.tasks import resolve_tasks
+
+    def student(age, gender):
+        return {"student": {"2": {"street-test": {"age": age, "gender": gender}}}}
+
+    per_seed = {0: {"no distillation": student(10.0, 0.80), "single-task teachers": student(9.0, 0.85)},
+                1: {"no distillation": student(10.0, 0.70), "single-task teachers": student(10.5, 0.78)}}
+    text = bench.format_paired(per_seed, resolve_tasks(["age", "gender"]), "street-test", 2,
+                               ["no distillation", "single-task teachers"])
+    row = next(line for line in text.splitlines() if line.startswith("single-task teachers"))
+    # age: -1.0 and +0.5 (lower is better: ahead in one seed); gender: +0.05 and +0.08, t = 0.065 / (0.0212 / √2)
+    assert "-0.250 ± 1.061 (t = -0.3), 1 of 2" in row and "+0.065 ± 0.021 (t = 4.3), 2 of 2" in row
 
 
 def test_distribution_matching_benchmark_runs_every_variant_and_its_baselines(tmp_path, monkeypatch, capsys):

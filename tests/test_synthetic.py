@@ -55,8 +55,10 @@ def test_expression_lives_in_the_expression_regions():
 
 
 def test_grayscale_domain_and_cache(tmp_path):
-    img, _ = generate("webcam", 8, workers=1)
-    assert np.array_equal(img[..., 0], img[..., 1]) and np.array_equal(img[..., 1], img[..., 2])
+    for domain in ("cctv", "webcam"):  # cctv: the street domain through a gray camera, never labelled
+        img, _ = generate(domain, 8, workers=1)
+        assert np.array_equal(img[..., 0], img[..., 1]) and np.array_equal(img[..., 1], img[..., 2])
+    assert DOMAINS["cctv"].labels == () and DOMAINS["street"].color and not DOMAINS["cctv"].color
     a, la = load_split("webcam", 8, cache_dir=tmp_path)
     files = list(tmp_path.glob("*.npz"))
     assert len(files) == 1
