@@ -166,6 +166,8 @@ def test_distillation_benchmark_synthetic_and_real(tmp_path, monkeypatch, capsys
 def test_distillation_benchmark_options_keep_labelled_rows_and_fix_the_teacher():
     import distillation as bench
     base = bench.synthetic_base(0, steps_per_epoch=5, faces=64, test_faces=16)  # four labelled domains, balanced
+    scarce = bench.synthetic_base(0, steps_per_epoch=5, faces=64, test_faces=16, portraits_faces=20)["sources"]
+    assert scarce[0] == "synthetic:portraits?n=20&seed=0" and scarce[1:] == base["sources"][1:]  # --portraits-faces
     street = ["synthetic:street?n=64"]
     sizes = {v: bench.variant_config(base, v, street, 2, 1, {}, same_labelled_rows=True)["training"]["batch_size"]
              for v in bench.VARIANTS}
@@ -197,7 +199,8 @@ def test_distillation_benchmark_pairs_the_students_seed_by_seed():
     per_seed = {0: {"no distillation": student(10.0, 0.80), "single-task teachers": student(9.0, 0.85)},
                 1: {"no distillation": student(10.0, 0.70), "single-task teachers": student(10.5, 0.78)}}
     text = bench.format_paired(per_seed, resolve_tasks(["age", "gender"]), "street-test", 2,
-                               ["no distillation", "single-task teachers"])
+                               ["single-task teachers"], "no distillation")
+    assert text.startswith("paired against no distillation after round 2")
     row = next(line for line in text.splitlines() if line.startswith("single-task teachers"))
     # age: -1.0 and +0.5 (lower is better: ahead in one seed); gender: +0.05 and +0.08, t = 0.065 / (0.0212 / √2)
     assert "-0.250 ± 1.061 (t = -0.3), 1 of 2" in row and "+0.065 ± 0.021 (t = 4.3), 2 of 2" in row
