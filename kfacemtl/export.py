@@ -38,7 +38,7 @@ import tensorflow as tf
 
 from kfacemtl.errors import KfacemtlError
 from kfacemtl.files import atomic_write_text
-from kfacemtl.pipeline import MAX_PIXELS, decode_rgb, header_size, png_or_jpeg, preprocess_image, resize_batch
+from kfacemtl.pipeline import MAX_PIXELS, decode_image, decode_rgb, header_size, png_or_jpeg, resize_batch
 from kfacemtl.tasks import Task
 
 MAX_BYTES = 20 * 2 ** 20  # 20 MiB per encoded image
@@ -171,7 +171,7 @@ def decode_batch(images, image_size=(64, 64), max_bytes: int = MAX_BYTES, max_pi
     they all have one size (a client sending face crops from one camera, say) of at most
     ``RESIZE_AT_ONCE_MAX_PIXELS`` (224 × 224), the decoded ``uint8`` batch is resized by
     :func:`kfacemtl.pipeline.resize_batch`, on the GPU where there is one (and on all CPU cores otherwise); other
-    images are each resized by :func:`kfacemtl.pipeline.preprocess_image` as in training.
+    images are each decoded and resized by :func:`kfacemtl.pipeline.decode_image` as in training.
 
     Example:
         >>> png = tf.io.encode_png(tf.zeros((20, 30, 3), tf.uint8))
@@ -185,19 +185,18 @@ def decode_batch(images, image_size=(64, 64), max_bytes: int = MAX_BYTES, max_pi
         one_size = ((tf.size(images) > 1) & tf.reduce_all(tf.equal(wh, wh[:1]))
                     & (tf.reduce_max(wh[:, 0] * wh[:, 1]) <= RESIZE_AT_ONCE_MAX_PIXELS))
 
-    def each(fn, spec):  # a loop on the CPU: a body that moved between CPU and GPU would copy each image both ways
+    def each(decode, spec):  # a loop on the CPU: a body that moved between CPU and GPU would copy each image both ways
         with tf.device("/CPU:0"):
-            return tf.map_fn(lambda data: fn(decode_rgb(data)), images, fn_output_signature=spec,
-                             parallel_iterations=16)
+            return tf.map_fn(decode, images, fn_output_signature=spec, parallel_iterations=16)
 
-    def alone(image):  # as in training
-        return preprocess_image(image, (h, w))
+    def alone(data):  # as in training
+        return decode_image(data, (h, w))
 
     def one():  # a single image: no loop
         with tf.device("/CPU:0"):
-            return alone(decode_rgb(images[0]))[None]
+            return alone(images[0])[None]
 
-    out = tf.cond(one_size, lambda: resize_batch(each(tf.identity, tf.TensorSpec([None, None, 3], tf.uint8)), (h, w)),
+    out = tf.cond(one_size, lambda: resize_batch(each(decode_rgb, tf.TensorSpec([None, None, 3], tf.uint8)), (h, w)),
                   lambda: tf.cond(tf.size(images) == 1, one, lambda: each(alone, tf.TensorSpec((h, w, 3), tf.float32))))
     out.set_shape([None, h, w, 3])
     return out
