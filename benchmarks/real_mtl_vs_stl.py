@@ -20,9 +20,11 @@ LFW expressions, and prints per task and test set: single-task, multi-task, the 
 A benchmark measures and prints; it asserts nothing.
 
     python benchmarks/real_mtl_vs_stl.py [--data ../shared/data] [--out runs/real_mtl_vs_stl]
-                                         [--steps 3000] [--config configs/real_mtl.yaml]
+                                         [--steps 3000] [--seeds 0 1 2] [--config configs/real_mtl.yaml]
 
-Rerunning with the same ``--out`` resumes interrupted runs and reuses finished ones.
+Rerunning with the same ``--out`` resumes interrupted runs and reuses finished ones. With several ``--seeds``,
+each seed's runs go to ``OUT/seedN`` and a table over the seeds follows (``results_seeds.txt``): per task and
+test set the mean ± std of each side and of the delta, and in how many seeds multi-task was ahead.
 """
 
 import argparse
@@ -137,32 +139,14 @@ def format_rows(rows: list[dict]) -> str:
     return text_table(header, lines)
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default=os.environ.get("KFACEMTL_DATA", str(ROOT.parent / "shared" / "data")),
-                    help="the folder holding utkface/, fer2013/ and lfw_expressions/ (default ../shared/data)")
-    ap.add_argument("--config", default=str(ROOT / "configs" / "real_mtl.yaml"), help="the multi-task config (a)")
-    ap.add_argument("--out", default=str(ROOT / "runs" / "real_mtl_vs_stl"),
-                    help="where the runs go; rerunning with the same folder resumes")
-    ap.add_argument("--steps", type=int, help="total optimizer steps (default: the config's epochs x steps_per_epoch)")
-    args = ap.parse_args(argv)
-
-    data = Path(args.data)
-    if message := missing_real_data(data):
-        print(message)
-        return 0
-    cfg = with_data_root(load_config(args.config), str(data))
-    if args.steps:
-        cfg = with_steps(cfg, args.steps)
-    eval_specs, cfg["eval_sources"] = cfg["eval_sources"], []  # evaluated below, face by face
-    out = Path(args.out)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # UTKFace's one malformed file name, reported once per build
-        sources = build_sources(cfg["sources"])
-        eval_sources = build_sources(eval_specs, "eval_sources")
+def run_seed(cfg: dict, sources, eval_sources, out: Path) -> list[dict]:
+    """Train (or reuse) the multi-task model and the matched single-task models of ``cfg`` in ``out``, compare them
+    face by face on ``eval_sources``, print the table and write ``results.txt`` / ``results.json`` there; returns
+    the rows."""
     steps = cfg["training"]["epochs"] * cfg["training"]["steps_per_epoch"]
     runs = {"multi-task": cfg, **{f"single-task {t}": c for t, c in single_task_configs(cfg, sources).items()}}
-    print(f"{len(runs)} runs of {steps} steps; multi-task batch {cfg['training']['batch_size']}; "
+    print(f"{len(runs)} runs of {steps} steps, seed {cfg['training']['seed']}; multi-task batch "
+          f"{cfg['training']['batch_size']}; "
           + ", ".join(f"{n.split()[-1]} batch {c['training']['batch_size']}" for n, c in runs.items() if n != "multi-task"))
     start = time.time()
     seconds, models = {}, {}
@@ -206,6 +190,64 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "results.txt", text + "\n")
     atomic_write_text(out / "results.json", json.dumps({"rows": rows, "steps": steps, "seconds": seconds}, indent=2))
+    return rows
+
+
+def format_seeds(rows_by_seed: dict) -> str:
+    """Per task and test set over the seeds (``{seed: rows}``): single-task and multi-task mean ± std, the delta's
+    mean ± std (positive = multi-task better) and in how many seeds multi-task was ahead."""
+    seeds = sorted(rows_by_seed)
+    first = rows_by_seed[seeds[0]]
+    cell = lambda v: f"{np.mean(v):.4f} ± {np.std(v, ddof=1):.4f}"  # noqa: E731
+    lines = []
+    for i, r in enumerate(first):
+        per_seed = [rows_by_seed[s][i] for s in seeds]
+        deltas = [p["delta"] for p in per_seed]
+        lines.append([r["task"], r["test_set"], r["metric"], cell([p["stl"] for p in per_seed]),
+                      cell([p["mtl"] for p in per_seed]), f"{np.mean(deltas):+.4f} ± {np.std(deltas, ddof=1):.4f}",
+                      f"{sum(d > 0 for d in deltas)} of {len(seeds)}"])
+    header = ["task", "test set", "metric", "single-task", "multi-task", "delta (MTL better > 0)", "MTL ahead"]
+    return f"seeds {', '.join(map(str, seeds))} (mean ± std over seeds)\n" + text_table(header, lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default=os.environ.get("KFACEMTL_DATA", str(ROOT.parent / "shared" / "data")),
+                    help="the folder holding utkface/, fer2013/ and lfw_expressions/ (default ../shared/data)")
+    ap.add_argument("--config", default=str(ROOT / "configs" / "real_mtl.yaml"), help="the multi-task config (a)")
+    ap.add_argument("--out", default=str(ROOT / "runs" / "real_mtl_vs_stl"),
+                    help="where the runs go; rerunning with the same folder resumes")
+    ap.add_argument("--steps", type=int, help="total optimizer steps (default: the config's epochs x steps_per_epoch)")
+    ap.add_argument("--seeds", type=int, nargs="+",
+                    help="the seed of every run (default: the config's training.seed); with several, each seed's "
+                         "runs go to OUT/seedN and a table over the seeds follows")
+    args = ap.parse_args(argv)
+
+    data = Path(args.data)
+    if message := missing_real_data(data):
+        print(message)
+        return 0
+    cfg = with_data_root(load_config(args.config), str(data))
+    if args.steps:
+        cfg = with_steps(cfg, args.steps)
+    eval_specs, cfg["eval_sources"] = cfg["eval_sources"], []  # evaluated below, face by face
+    out = Path(args.out)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # UTKFace's one malformed file name, reported once per build
+        sources = build_sources(cfg["sources"])
+        eval_sources = build_sources(eval_specs, "eval_sources")
+    seeds = list(dict.fromkeys(args.seeds or [cfg["training"]["seed"]]))
+    rows_by_seed = {}
+    for seed in seeds:
+        seed_cfg = copy.deepcopy(cfg)
+        seed_cfg["training"]["seed"] = seed
+        rows_by_seed[seed] = run_seed(seed_cfg, sources, eval_sources, out / f"seed{seed}" if len(seeds) > 1 else out)
+    if len(rows_by_seed) > 1:
+        text = format_seeds(rows_by_seed)
+        print("\n" + text)
+        atomic_write_text(out / "results_seeds.txt", text + "\n")
+        atomic_write_text(out / "results_seeds.json", json.dumps({str(s): r for s, r in rows_by_seed.items()},
+                                                                 indent=2))
     return 0
 
 
