@@ -59,7 +59,7 @@ from kfacemtl.files import atomic_write_text  # noqa: E402
 from kfacemtl.model import load_model  # noqa: E402
 from kfacemtl.tasks import resolve_tasks  # noqa: E402
 from kfacemtl.training import RESUME_MAY_CHANGE, build_sources, demo_config, train_run  # noqa: E402
-from real_mtl_vs_stl import missing_real_data, single_task_configs, with_data_root  # noqa: E402
+from real_mtl_vs_stl import _cell, missing_real_data, single_task_configs, with_data_root  # noqa: E402
 from throughput_gpu import parse_variants  # noqa: E402
 
 # name: overrides of the config's training section
@@ -192,13 +192,6 @@ def _per_task(scores_: dict, tasks) -> dict:
 
 def _per_pair(scores_: dict) -> dict:
     return {f"{task}@{test_set}": v for (task, test_set), v in scores_.items()}
-
-
-def _cell(values, digits):
-    values = np.asarray(values, "float64")
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{values.mean():.{digits}f} ± {values.std(ddof=1):.{digits}f}"
 
 
 def format_table(results: list, by: str = "task", reference: str = "equal") -> str:

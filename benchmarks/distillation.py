@@ -71,7 +71,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from ablation_weighting_lr import SYNTHETIC_MODEL, _cell, real_config, run  # noqa: E402
+from ablation_weighting_lr import SYNTHETIC_MODEL, real_config, run  # noqa: E402
 from kfacemtl.distillation import EnsembleTeacher  # noqa: E402
 from kfacemtl.evaluation import evaluate_sources, headline_metric, text_table  # noqa: E402
 from kfacemtl.files import atomic_write_text  # noqa: E402
@@ -80,7 +80,7 @@ from kfacemtl.pipeline import make_dataset  # noqa: E402
 from kfacemtl.sources import CsvSource  # noqa: E402
 from kfacemtl.tasks import resolve_tasks  # noqa: E402
 from kfacemtl.training import build_sources, demo_config  # noqa: E402
-from real_mtl_vs_stl import single_task_configs  # noqa: E402
+from real_mtl_vs_stl import _cell, single_task_configs  # noqa: E402
 
 VARIANTS = ("no distillation", "single-task teachers", "multi-task teacher")
 CONTROL = "target images only"  # --images-control: (c)'s batches, no pseudo-label accepted

@@ -49,12 +49,12 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import numpy as np  # noqa: E402
 
-from ablation_weighting_lr import SYNTHETIC_MODEL, _cell, run, scores  # noqa: E402
+from ablation_weighting_lr import SYNTHETIC_MODEL, run, scores  # noqa: E402
 from kfacemtl.evaluation import text_table  # noqa: E402
 from kfacemtl.files import atomic_write_text  # noqa: E402
 from kfacemtl.pipeline import MIXING_MODES  # noqa: E402
 from kfacemtl.training import build_sources  # noqa: E402
-from real_mtl_vs_stl import single_task_configs  # noqa: E402
+from real_mtl_vs_stl import _cell, single_task_configs  # noqa: E402
 
 DOMAINS = ("lab", "webcam", "affect", "portraits", "street")
 WITHOUT_AU_LABELS = ("webcam", "affect", "portraits", "street")

@@ -193,18 +193,25 @@ def run_seed(cfg: dict, sources, eval_sources, out: Path) -> list[dict]:
     return rows
 
 
+def _cell(values, digits, signed: bool = False):
+    """``mean ± std`` of ``values`` over seeds (the value alone when there is one); ``signed``: the mean with its
+    sign."""
+    values = np.asarray(values, "float64")
+    mean = f"{values.mean():{'+' if signed else ''}.{digits}f}"
+    return mean if len(values) == 1 else f"{mean} ± {values.std(ddof=1):.{digits}f}"
+
+
 def format_seeds(rows_by_seed: dict) -> str:
     """Per task and test set over the seeds (``{seed: rows}``): single-task and multi-task mean ± std, the delta's
     mean ± std (positive = multi-task better) and in how many seeds multi-task was ahead."""
     seeds = sorted(rows_by_seed)
     first = rows_by_seed[seeds[0]]
-    cell = lambda v: f"{np.mean(v):.4f} ± {np.std(v, ddof=1):.4f}"  # noqa: E731
     lines = []
     for i, r in enumerate(first):
         per_seed = [rows_by_seed[s][i] for s in seeds]
         deltas = [p["delta"] for p in per_seed]
-        lines.append([r["task"], r["test_set"], r["metric"], cell([p["stl"] for p in per_seed]),
-                      cell([p["mtl"] for p in per_seed]), f"{np.mean(deltas):+.4f} ± {np.std(deltas, ddof=1):.4f}",
+        lines.append([r["task"], r["test_set"], r["metric"], _cell([p["stl"] for p in per_seed], 4),
+                      _cell([p["mtl"] for p in per_seed], 4), _cell(deltas, 4, signed=True),
                       f"{sum(d > 0 for d in deltas)} of {len(seeds)}"])
     header = ["task", "test set", "metric", "single-task", "multi-task", "delta (MTL better > 0)", "MTL ahead"]
     return f"seeds {', '.join(map(str, seeds))} (mean ± std over seeds)\n" + text_table(header, lines)
