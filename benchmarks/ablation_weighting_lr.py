@@ -53,10 +53,10 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import numpy as np  # noqa: E402
 
-from kfacemtl.config import load_config, resolve_config  # noqa: E402
-from kfacemtl.evaluation import evaluate_sources, headline_metric, text_table, to_json  # noqa: E402
+from kfacemtl.training.config import load_config, resolve_config  # noqa: E402
+from kfacemtl.analysis.evaluation import evaluate_sources, headline_metric, text_table, to_json  # noqa: E402
 from kfacemtl.files import atomic_write_text  # noqa: E402
-from kfacemtl.model import load_model  # noqa: E402
+from kfacemtl.models import load_model  # noqa: E402
 from kfacemtl.tasks import resolve_tasks  # noqa: E402
 from kfacemtl.training import RESUME_MAY_CHANGE, build_sources, demo_config, train_run  # noqa: E402
 from real_mtl_vs_stl import _cell, missing_real_data, single_task_configs, with_data_root  # noqa: E402
@@ -271,7 +271,7 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "results.txt", text)
     atomic_write_text(out / "results.json", json.dumps(all_results, indent=2))
-    from kfacemtl.plots import plot_relative_change
+    from kfacemtl.analysis.plots import plot_relative_change
     for setting in dict.fromkeys(r["setting"] for r in all_results):
         plot_relative_change([r for r in all_results if r["setting"] == setting], out / f"{setting}.png",
                              title=f"{setting}: mean relative change against single-task models\n"

@@ -33,10 +33,10 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import numpy as np  # noqa: E402
 
-from kfacemtl.config import load_config  # noqa: E402
-from kfacemtl.evaluation import headline_metric, text_table  # noqa: E402
+from kfacemtl.training.config import load_config  # noqa: E402
+from kfacemtl.analysis.evaluation import headline_metric, text_table  # noqa: E402
 from kfacemtl.files import atomic_write_text  # noqa: E402
-from kfacemtl.model import build_model, count_flops, load_model  # noqa: E402
+from kfacemtl.models import build_model, count_flops, load_model  # noqa: E402
 from kfacemtl.tasks import resolve_tasks  # noqa: E402
 from kfacemtl.training import build_sources  # noqa: E402
 from real_mtl_vs_stl import (compare, missing_real_data, per_face_score, predictions, train,  # noqa: E402

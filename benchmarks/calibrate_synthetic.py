@@ -22,11 +22,11 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import numpy as np  # noqa: E402
 
-from kfacemtl import synthetic  # noqa: E402
-from kfacemtl.evaluation import headline_metric  # noqa: E402
-from kfacemtl.sources import parse_spec  # noqa: E402
+from kfacemtl.data import synthetic  # noqa: E402
+from kfacemtl.analysis.evaluation import headline_metric  # noqa: E402
+from kfacemtl.data import parse_spec  # noqa: E402
 from kfacemtl.tasks import resolve_tasks  # noqa: E402
-from kfacemtl.config import DEMO_EPOCHS, DEMO_STEPS  # noqa: E402
+from kfacemtl.training import DEMO_EPOCHS, DEMO_STEPS  # noqa: E402
 from kfacemtl.training import demo_config, train_run  # noqa: E402
 
 

@@ -10,7 +10,7 @@ Three ways to train the same multi-task student for the same steps (rounds × ep
   (c) multi-task teacher       the student itself at each round boundary (Distill-2MD-MTL's rounds)
 
 (b) and (c) also train on the unlabelled target domain, pseudo-labelled with the same ensemble of
-transforms, thresholds and pseudo-label weight (kfacemtl.distillation's defaults). With balanced mixing its
+transforms, thresholds and pseudo-label weight (kfacemtl.training.distillation's defaults). With balanced mixing its
 rows take their share of each batch (a fifth on synthetic), so (b) and (c) see fewer labelled rows per step
 than (a); --same-labelled-rows grows their batch by that share instead (synthetic: 80 rows, 64 of them
 labelled on average), so that every row is an addition: the comparison is then at equal steps and equal
@@ -72,12 +72,12 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from ablation_weighting_lr import SYNTHETIC_MODEL, real_config, run  # noqa: E402
-from kfacemtl.distillation import EnsembleTeacher  # noqa: E402
-from kfacemtl.evaluation import evaluate_sources, headline_metric, text_table  # noqa: E402
+from kfacemtl.training.distillation import EnsembleTeacher  # noqa: E402
+from kfacemtl.analysis.evaluation import evaluate_sources, headline_metric, text_table  # noqa: E402
 from kfacemtl.files import atomic_write_text  # noqa: E402
-from kfacemtl.model import load_model  # noqa: E402
-from kfacemtl.pipeline import make_dataset  # noqa: E402
-from kfacemtl.sources import CsvSource  # noqa: E402
+from kfacemtl.models import load_model  # noqa: E402
+from kfacemtl.data import make_dataset  # noqa: E402
+from kfacemtl.data import CsvSource  # noqa: E402
 from kfacemtl.tasks import resolve_tasks  # noqa: E402
 from kfacemtl.training import build_sources, demo_config  # noqa: E402
 from real_mtl_vs_stl import _cell, single_task_configs  # noqa: E402
@@ -214,8 +214,8 @@ def ensemble_cost(model, images: np.ndarray, batch_size: int = 128, repeats: int
 def round_cost(model, source, tasks, batch_size: int = 128) -> dict:
     """Images/s of a whole pseudo-labelling round (pipeline, ensemble, selection) on ``source`` against plain
     batched inference through the same pipeline, both timed on a second pass (the first traces)."""
-    from kfacemtl.distillation import DataDistillation
-    from kfacemtl.sources import WithoutLabels
+    from kfacemtl.training.distillation import DataDistillation
+    from kfacemtl.data import WithoutLabels
     ds = make_dataset([source], tasks, batch_size=batch_size, image_size=tuple(model.input_shape[1:3]), training=False)
     plain = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
     for _ in range(2):

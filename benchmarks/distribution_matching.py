@@ -50,9 +50,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import numpy as np  # noqa: E402
 
 from ablation_weighting_lr import SYNTHETIC_MODEL, run, scores  # noqa: E402
-from kfacemtl.evaluation import text_table  # noqa: E402
+from kfacemtl.analysis.evaluation import text_table  # noqa: E402
 from kfacemtl.files import atomic_write_text  # noqa: E402
-from kfacemtl.pipeline import MIXING_MODES  # noqa: E402
+from kfacemtl.data.mixing import MIXING_MODES  # noqa: E402
 from kfacemtl.training import build_sources  # noqa: E402
 from real_mtl_vs_stl import _cell, single_task_configs  # noqa: E402
 
@@ -126,10 +126,10 @@ def implied_scores(cfg: dict, folder: Path, eval_sources) -> dict:
     cache = folder / "implied_scores.json"
     if cache.exists():
         return json.loads(cache.read_text())
-    from kfacemtl.coupling import Relatedness
-    from kfacemtl.evaluation import multilabel_metrics
-    from kfacemtl.model import load_model
-    from kfacemtl.pipeline import make_dataset
+    from kfacemtl.training.coupling import Relatedness
+    from kfacemtl.analysis.evaluation import multilabel_metrics
+    from kfacemtl.models import load_model
+    from kfacemtl.data import make_dataset
     model = load_model(folder / "model.keras", compile=False)
     expr, aus = (next(t for t in model.tasks if t.name == n) for n in ("expression", "action_units"))
     with warnings.catch_warnings():
@@ -216,7 +216,7 @@ def format_tables(results: list) -> str:
 
 
 def plot(results: list, out_png: Path) -> Path:
-    from kfacemtl.plots import save_figure, subplots
+    from kfacemtl.analysis.plots import save_figure, subplots
     variants = list(dict.fromkeys(r["variant"] for r in results))
     fig, axes = subplots(1, 2, figsize=(12, 4))
     for ax, (key, label) in zip(axes, (("AU F1 without AU labels", "AU mean F1, domains without AU labels"),

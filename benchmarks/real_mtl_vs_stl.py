@@ -42,11 +42,11 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from kfacemtl.config import load_config  # noqa: E402
-from kfacemtl.evaluation import headline_metric, text_table  # noqa: E402
+from kfacemtl.training.config import load_config  # noqa: E402
+from kfacemtl.analysis.evaluation import headline_metric, text_table  # noqa: E402
 from kfacemtl.files import atomic_write_text  # noqa: E402
-from kfacemtl.model import load_model, model_tasks  # noqa: E402
-from kfacemtl.pipeline import make_dataset, mixing_weights  # noqa: E402
+from kfacemtl.models import load_model, model_tasks  # noqa: E402
+from kfacemtl.data import make_dataset, mixing_weights  # noqa: E402
 from kfacemtl.training import build_sources, train_run  # noqa: E402
 
 DATA_PREFIX = "../shared/data"  # how configs/real_mtl.yaml names the data folder

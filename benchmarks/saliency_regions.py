@@ -18,9 +18,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import numpy as np  # noqa: E402
 
-from kfacemtl import synthetic  # noqa: E402
-from kfacemtl.explain import METHODS, explain, region_ratio  # noqa: E402
-from kfacemtl.model import load_model  # noqa: E402
+from kfacemtl.data import synthetic  # noqa: E402
+from kfacemtl.analysis.explain import METHODS, explain, region_ratio  # noqa: E402
+from kfacemtl.models import load_model  # noqa: E402
 
 # each head on the test split of a domain that labels it in the demo
 HEADS = {"expression": "lab", "action_units": "lab", "gender": "portraits", "age": "portraits", "race": "portraits"}

@@ -44,10 +44,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from kfacemtl import synthetic  # noqa: E402
-from kfacemtl.export import decode_batch, export_model  # noqa: E402
-from kfacemtl.model import build_model  # noqa: E402
-from kfacemtl.pipeline import decode_image  # noqa: E402
+from kfacemtl.data import synthetic  # noqa: E402
+from kfacemtl.serving import decode_batch, export_model  # noqa: E402
+from kfacemtl.models import build_model  # noqa: E402
+from kfacemtl.data import decode_image  # noqa: E402
 from kfacemtl.tasks import resolve_tasks  # noqa: E402
 
 BATCHES = (1, 8, 64)

@@ -53,11 +53,11 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from kfacemtl.config import load_config, resolve_config  # noqa: E402
-from kfacemtl.evaluation import text_table  # noqa: E402
+from kfacemtl.training.config import load_config, resolve_config  # noqa: E402
+from kfacemtl.analysis.evaluation import text_table  # noqa: E402
 from kfacemtl.files import atomic_write_text  # noqa: E402
-from kfacemtl.model import build_model, count_flops  # noqa: E402
-from kfacemtl.pipeline import make_dataset, prefetch_to_gpu  # noqa: E402
+from kfacemtl.models import build_model, count_flops  # noqa: E402
+from kfacemtl.data import make_dataset, prefetch_to_gpu  # noqa: E402
 from kfacemtl.tasks import resolve_tasks  # noqa: E402
 from kfacemtl.training import build_sources, compile_model, demo_config  # noqa: E402
 from real_mtl_vs_stl import with_data_root  # noqa: E402

@@ -43,7 +43,7 @@ def portable_architecture(model) -> dict:
     output's task kind and size.
 
     Example:
-        >>> from kfacemtl.model import build_model
+        >>> from kfacemtl.models import build_model
         >>> from kfacemtl.tasks import resolve_tasks
         >>> m = build_model(resolve_tasks(["gender", "age"]), input_shape=(16, 16, 3), widths=(4,), depths=1,
         ...                 embedding_dim=4, head_units=4)
@@ -78,9 +78,9 @@ def export(config: str, variants: dict, out: Path) -> dict:
     """Each network (the config's model section, then with each variant's overrides) as a portable architecture
     with its forward FLOPs and parameters, written to ``out``."""
     sys.path.insert(0, str(ROOT))
-    from kfacemtl.config import load_config, resolve_config
+    from kfacemtl.training.config import load_config, resolve_config
     from kfacemtl.files import atomic_write_text
-    from kfacemtl.model import build_model, count_flops
+    from kfacemtl.models import build_model, count_flops
     from kfacemtl.tasks import resolve_tasks
     cfg = resolve_config(load_config(config))
     tasks = resolve_tasks(cfg["tasks"])

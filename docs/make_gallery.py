@@ -13,7 +13,7 @@ import matplotlib  # noqa: E402
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from kfacemtl import synthetic  # noqa: E402
+from kfacemtl.data import synthetic  # noqa: E402
 from kfacemtl.tasks import EXPRESSION_CLASSES  # noqa: E402
 
 

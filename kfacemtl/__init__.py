@@ -10,7 +10,8 @@ Example:
     >>> sources = [kfacemtl.make_source("synthetic:lab?n=64"), kfacemtl.make_source("synthetic:portraits?n=64")]
     >>> ds = kfacemtl.make_dataset(sources, tasks, batch_size=32)
     >>> model = kfacemtl.compile_model(kfacemtl.build_model(tasks))
-    >>> # model.fit(ds, steps_per_epoch=4, epochs=1)
+    >>> model.fit(ds, steps_per_epoch=2, epochs=1, verbose=0).history["loss"][0] > 0
+    True
 """
 
 import os as _os
@@ -18,29 +19,26 @@ import os as _os
 _os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from kfacemtl.callbacks import DynamicLearningRate, lr_range_test  # noqa: E402
-from kfacemtl.coupling import CoAnnotation, DistributionMatching, Relatedness  # noqa: E402
-from kfacemtl.distillation import DataDistillation, PseudoLabels, distill  # noqa: E402
-from kfacemtl.distribute import make_strategy  # noqa: E402
+# the layers, lowest first: each imports only from those above it
+from kfacemtl.version import __version__  # noqa: E402
 from kfacemtl.errors import ConfigError, KfacemtlError, LabelError, SourceError  # noqa: E402
-from kfacemtl.evaluation import evaluate_sources, format_table  # noqa: E402
-from kfacemtl.export import export_model  # noqa: E402
-from kfacemtl.losses import MaskedTaskLoss, task_loss  # noqa: E402
-from kfacemtl.model import MultiTaskModel, TaskOutput, VGGBackbone, build_model, load_model, model_tasks  # noqa: E402
-from kfacemtl.pipeline import make_dataset, steps_per_epoch  # noqa: E402
-from kfacemtl.sources import (CsvSource, FolderSource, ImagesSource, Source, SyntheticSource,  # noqa: E402
-                              WithoutLabels, make_source)
 from kfacemtl.tasks import Task, get_task, resolve_tasks  # noqa: E402
-from kfacemtl.training import compile_model, learning_rate_schedule, train_run  # noqa: E402
-from kfacemtl.weighting import TaskWeighting, make_weighting  # noqa: E402
+from kfacemtl.data import (CsvSource, FolderSource, ImagesSource, Source, SyntheticSource, WithoutLabels,  # noqa: E402
+                           make_dataset, make_source, register_source, steps_per_epoch)
+from kfacemtl.models import (MaskedTaskLoss, MultiTaskModel, TaskOutput, VGGBackbone, build_model,  # noqa: E402
+                             load_model, model_tasks, task_loss)
+from kfacemtl.analysis import evaluate_sources, format_table  # noqa: E402
+from kfacemtl.training import (CoAnnotation, DataDistillation, DistributionMatching, DynamicLearningRate,  # noqa: E402
+                               PseudoLabels, Relatedness, TaskWeighting, compile_model, distill,
+                               learning_rate_schedule, lr_range_test, make_strategy, make_weighting, train_run)
+from kfacemtl.serving import export_model  # noqa: E402
 
-__version__ = "0.1.0"
 __all__ = [
-    "ConfigError", "KfacemtlError", "LabelError", "SourceError", "evaluate_sources", "format_table",
-    "MaskedTaskLoss", "task_loss", "MultiTaskModel", "TaskOutput", "VGGBackbone", "build_model", "load_model",
-    "model_tasks", "make_dataset", "steps_per_epoch", "CsvSource", "FolderSource", "Source", "SyntheticSource",
-    "make_source", "Task", "get_task", "resolve_tasks", "compile_model", "train_run",
-    "export_model", "DynamicLearningRate", "lr_range_test", "learning_rate_schedule", "TaskWeighting",
-    "make_weighting", "DataDistillation", "PseudoLabels", "distill", "ImagesSource", "WithoutLabels",
-    "CoAnnotation", "DistributionMatching", "Relatedness", "make_strategy",
+    "__version__", "ConfigError", "KfacemtlError", "LabelError", "SourceError", "Task", "get_task", "resolve_tasks",
+    "CsvSource", "FolderSource", "ImagesSource", "Source", "SyntheticSource", "WithoutLabels", "make_dataset",
+    "make_source", "register_source", "steps_per_epoch", "MaskedTaskLoss", "MultiTaskModel", "TaskOutput",
+    "VGGBackbone", "build_model", "load_model", "model_tasks", "task_loss", "evaluate_sources", "format_table",
+    "CoAnnotation", "DataDistillation", "DistributionMatching", "DynamicLearningRate", "PseudoLabels", "Relatedness",
+    "TaskWeighting", "compile_model", "distill", "learning_rate_schedule", "lr_range_test", "make_strategy",
+    "make_weighting", "train_run", "export_model",
 ]

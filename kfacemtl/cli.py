@@ -17,12 +17,13 @@ import json
 import sys
 import time
 
-from kfacemtl.config import DEMO_EPOCHS, DEMO_STEPS, STRATEGIES
+from kfacemtl.training.demo import DEMO_EPOCHS, DEMO_STEPS
+from kfacemtl.training.distribute import STRATEGIES
 from kfacemtl.errors import KfacemtlError
 
 
 def _cmd_train(args):
-    from kfacemtl.config import load_config, resolve_config
+    from kfacemtl.training.config import load_config, resolve_config
     from kfacemtl.training import train_run
     cfg = load_config(args.config)
     if args.strategy:  # this host's setting (e.g. multi_worker on each host of a cluster), over the config's
@@ -37,8 +38,8 @@ def _cmd_train(args):
 
 
 def _cmd_evaluate(args):
-    from kfacemtl.evaluation import evaluate_sources, format_table, to_json
-    from kfacemtl.model import load_model, model_file, model_tasks
+    from kfacemtl.analysis.evaluation import evaluate_sources, format_table, to_json
+    from kfacemtl.models import load_model, model_file, model_tasks
     from kfacemtl.training import build_sources
     model = load_model(model_file(args.model), compile=False)
     tasks = model_tasks(model)
@@ -69,7 +70,7 @@ def _write_json(path, text: str):
 
 
 def _cmd_export(args):
-    from kfacemtl.export import ExportError, export_model
+    from kfacemtl.serving.export import ExportError, export_model
     labels = {}
     for item in args.label or []:
         key, sep, value = item.partition("=")
@@ -84,7 +85,7 @@ def _cmd_export(args):
 
 
 def _cmd_predict(args):
-    from kfacemtl.serving import Client, LocalPredictor, ServingError, format_results
+    from kfacemtl.serving.client import Client, LocalPredictor, ServingError, format_results
     if bool(args.server) == bool(args.saved_model):
         raise ServingError("give either --server HOST:PORT (with --model) or --saved-model DIR")
     if args.server:
@@ -103,8 +104,8 @@ def _cmd_predict(args):
 
 
 def _cmd_explain(args):
-    from kfacemtl.explain import METHODS, explain_files
-    from kfacemtl.model import load_model, model_file
+    from kfacemtl.analysis.explain import METHODS, explain_files
+    from kfacemtl.models import load_model, model_file
     path = model_file(args.model)
     methods = list(METHODS) if args.method == "all" else [args.method]
     written = explain_files(load_model(path, compile=False), args.images, args.out, heads=args.head,

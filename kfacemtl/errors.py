@@ -54,7 +54,7 @@ class SourceError(KfacemtlError, ValueError):
     """A data source cannot be read: a missing file, a bad column, an unreadable image.
 
     Example:
-        >>> from kfacemtl.sources import make_source
+        >>> from kfacemtl.data import make_source
         >>> try:
         ...     make_source("folder:no/such/folder")
         ... except SourceError as e:

@@ -45,3 +45,15 @@ def atomic_write_text(path, text: str) -> Path:
         'hello\\n'
     """
     return atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def cache_root() -> Path:
+    """The package's cache folder: ``$KFACEMTL_CACHE``, else ``~/.cache/kfacemtl`` (rendered synthetic splits and
+    decoded images live under it).
+
+    Example:
+        >>> import os
+        >>> cache_root() == Path(os.environ["KFACEMTL_CACHE"]) if "KFACEMTL_CACHE" in os.environ else True
+        True
+    """
+    return Path(os.environ.get("KFACEMTL_CACHE", Path.home() / ".cache" / "kfacemtl"))

@@ -29,7 +29,7 @@ def tiny_model(tasks=None, seed=0):
     """A small untrained kfacemtl model over ``tasks`` (default every built-in face task)."""
     import keras
 
-    from kfacemtl.model import build_model
+    from kfacemtl.models import build_model
     from kfacemtl.tasks import resolve_tasks
     keras.utils.set_random_seed(seed)
     return build_model(resolve_tasks(tasks), **TINY)

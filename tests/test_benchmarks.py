@@ -375,7 +375,7 @@ def test_backbone_benchmark_trains_variants_for_equal_time_and_compares_them(tmp
 def test_gpu_throughput_exports_plain_keras_networks_and_times_them(tmp_path, capsys):
     import keras
     import throughput_gpu as bench
-    from kfacemtl.model import build_model
+    from kfacemtl.models import build_model
     from kfacemtl.tasks import resolve_tasks
     cfg = yaml.safe_load((ROOT / "configs" / "real_mtl.yaml").read_text())
     cfg["model"].update(TINY_MODEL)

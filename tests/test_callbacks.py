@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from kfacemtl.callbacks import DynamicLearningRate, lr_range_test
+from kfacemtl.training import DynamicLearningRate, lr_range_test
 from kfacemtl.errors import ConfigError
 
 
@@ -162,7 +162,7 @@ def test_a_nan_loss_rolls_back_to_the_last_good_weights_with_a_lower_learning_ra
     import json
 
     from kfacemtl.errors import TrainingDiverged
-    from kfacemtl.model import load_model
+    from kfacemtl.models import load_model
     from kfacemtl.training import train_run
     report = train_run(NAN_CONFIG, tmp_path / "run", verbose=0, extra_callbacks=[_PoisonAt(3)])
     assert report["nan_events"] == [{"epoch": 1, "batch": 5, "action": "rollback, learning rate 0.005"}]
@@ -177,10 +177,10 @@ def test_a_nan_loss_rolls_back_to_the_last_good_weights_with_a_lower_learning_ra
 
 
 def test_nan_guard_snapshots_every_n_batches_when_batches_come_several_per_call(monkeypatch):
-    from kfacemtl import callbacks
-    from kfacemtl.callbacks import NaNGuard
+    from kfacemtl.training import callbacks
+    from kfacemtl.training import NaNGuard
     taken = []
-    monkeypatch.setattr(callbacks, "_snapshot", lambda model: taken.append(len(taken)) or ("weights", []))
+    monkeypatch.setattr(callbacks, "snapshot_state", lambda model: taken.append(len(taken)) or ("weights", []))
     guard = NaNGuard("rollback", every=50)
     monkeypatch.setattr(guard, "_complete", lambda: bool(taken))
     seen = []

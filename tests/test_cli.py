@@ -49,7 +49,7 @@ def test_console_entry_point_help():
 def test_export_then_predict_locally_and_through_a_server(tmp_path, capsys):
     import tensorflow as tf
 
-    from kfacemtl.model_server import LocalModelServer
+    from kfacemtl.serving.local_server import LocalModelServer
     # --strategy overrides the config's (devices go with mirrored); on this machine mirrored has one replica
     (tmp_path / "c.yaml").write_text(CONFIG.replace("batch_size: 16}", "batch_size: 16, strategy: mirrored, "
                                                                        "strategy_devices: ['/cpu:0']}"))

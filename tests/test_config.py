@@ -1,6 +1,6 @@
 import pytest
 
-from kfacemtl.config import load_config, resolve_config
+from kfacemtl.training.config import load_config, resolve_config
 from kfacemtl.errors import ConfigError
 
 BASE = {"sources": ["synthetic:lab?n=8"]}

@@ -4,13 +4,13 @@ import keras
 import numpy as np
 import pytest
 
-from kfacemtl.coupling import (DU_2014, CoAnnotation, DistributionMatching, OutputFusion, Relatedness, make_coupling,
+from kfacemtl.training.coupling import (DU_2014, CoAnnotation, DistributionMatching, OutputFusion, Relatedness, make_coupling,
                                make_relations)
 from kfacemtl.errors import ConfigError
-from kfacemtl.model import build_model
-from kfacemtl.pipeline import make_dataset
-from kfacemtl.sources import make_source
-from kfacemtl.synthetic import PROTOTYPES
+from kfacemtl.models import build_model
+from kfacemtl.data import make_dataset
+from kfacemtl.data import make_source
+from kfacemtl.data.synthetic.factors import PROTOTYPES
 from kfacemtl.tasks import ACTION_UNITS, EXPRESSION_CLASSES, get_task, resolve_tasks
 from kfacemtl.training import compile_model, train_run
 
@@ -85,7 +85,7 @@ def test_coannotation_fills_only_missing_labels_from_real_ones():
 
 
 def test_coannotated_batches_and_pseudo_labels_share_one_label_structure():
-    from kfacemtl.distillation import PseudoLabels
+    from kfacemtl.training.distillation import PseudoLabels
     tasks = resolve_tasks(["expression", "action_units"])
     lab, webcam = make_source("synthetic:lab?n=8"), make_source("synthetic:webcam?n=8")
     co = CoAnnotation(make_relations(None, tasks))
@@ -275,7 +275,7 @@ def test_config_errors_name_the_key():
         make_coupling({"coannotation": True, "distribution_matching": False, "relations": [],
                        "coannotation_weight": 0.5, "matching_weight": 1.0, "inverse": True, "stop_gradient": False},
                       tasks)
-    from kfacemtl.config import resolve_config
+    from kfacemtl.training.config import resolve_config
     with pytest.raises(ConfigError, match="coupling.coannotation_weight"):
         resolve_config({"sources": ["synthetic:lab?n=4"], "coupling": {"coannotation_weight": 2}})
     with pytest.raises(ConfigError, match=r"coupling.level.*expected one of \('sample', 'class'\), got 'rows'"):
@@ -324,7 +324,7 @@ def test_train_run_with_both_couplings_and_distillation(tmp_path):
     assert (tmp_path / "run" / "plots" / "relatedness_expression_action_units.png").stat().st_size > 0
     assert json.loads((tmp_path / "run" / "report.json").read_text())["distillation"]
     assert report["coupling"]["fused_outputs"] == ["expression->action_units"]  # valence/arousal: not multilabel
-    from kfacemtl.model import load_model
+    from kfacemtl.models import load_model
     model = load_model(tmp_path / "run" / "model.keras")
     assert [(f.source, f.target) for f in model.fusions] == [("expression", "action_units")]
     again = train_run({**cfg, "training": {**cfg["training"], "epochs": 2}}, tmp_path / "run", resume=True, verbose=0)
@@ -362,8 +362,8 @@ def test_output_fusion_is_a_product_of_experts_with_the_implied_labels():
 def test_fused_outputs_only_where_the_model_answers_and_saved_with_it(tmp_path):
     import tensorflow as tf
 
-    from kfacemtl.export import export_model
-    from kfacemtl.model import load_model
+    from kfacemtl.serving.export import export_model
+    from kfacemtl.models import load_model
     tasks = resolve_tasks(["expression", "action_units"])
     model = build_model(tasks, input_shape=(16, 16, 3), widths=(4,), depths=1, embedding_dim=4, head_units=4)
     x = np.random.default_rng(1).random((4, 16, 16, 3)).astype("float32")

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 
 from conftest import TINY, tiny_model, write_png
-from kfacemtl.distillation import (DataDistillation, EnsembleTeacher, PseudoLabels, distill, select,
+from kfacemtl.training.distillation import (DataDistillation, EnsembleTeacher, PseudoLabels, distill, select,
                                    transform_batch, transform_boxes)
 from kfacemtl.errors import ConfigError
-from kfacemtl.losses import MaskedTaskLoss, class_accuracy
-from kfacemtl.pipeline import DecodedImages, make_dataset
-from kfacemtl.sources import CsvSource, ImagesSource, RowSubset, SyntheticSource, WithoutLabels, make_source
+from kfacemtl.models import MaskedTaskLoss, class_accuracy
+from kfacemtl.data import DecodedImages, make_dataset
+from kfacemtl.data import CsvSource, ImagesSource, RowSubset, SyntheticSource, WithoutLabels, make_source
 from kfacemtl.tasks import get_task, resolve_tasks
 from kfacemtl.training import compile_model, train_run
 
@@ -207,7 +207,7 @@ def test_single_task_teachers_only_label_their_task_and_stay_fixed(tmp_path):
     assert all(np.array_equal(a, b) for a, b in zip(before, gender_teacher.get_weights()))
     with pytest.raises(ConfigError, match="teachers.age"):
         DataDistillation(sources, tasks, teacher={"age": gender_teacher})
-    from kfacemtl.model import build_model
+    from kfacemtl.models import build_model
     small = build_model(resolve_tasks(["gender"]), input_shape=(32, 32, 3), **TINY)
     with pytest.raises(ConfigError, match=r"takes \(32, 32\) images, the student \(64, 64\)"):
         DataDistillation(sources, tasks, teacher={"gender": small}).run_round(tiny_model(["gender", "expression"]))
@@ -310,7 +310,7 @@ def test_train_run_with_distillation_from_config(tmp_path):
     ({"distillation": {"rounds": 1, "epochs_per_round": 2, "rouns": 3}}, "distillation.rouns"),
 ])
 def test_distillation_config_errors_name_the_key(change, key):
-    from kfacemtl.config import resolve_config
+    from kfacemtl.training.config import resolve_config
     cfg = {"sources": ["synthetic:lab?n=8"], "unlabelled_sources": ["synthetic:street?n=8"],
            "training": {"epochs": 4}, "distillation": {"rounds": 1, "epochs_per_round": 2}}
     for section, values in change.items():

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kfacemtl.distribute import is_chief, make_strategy, tf_config, worker_dir
+from kfacemtl.training.distribute import is_chief, make_strategy, tf_config, worker_dir
 from kfacemtl.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,20 +54,20 @@ def test_strategy_settings_errors_and_roles(monkeypatch, tmp_path):
                                                                                                 "index": 2}}))
     with pytest.raises(ConfigError, match="TF_CONFIG.task"):
         tf_config()
-    from kfacemtl.config import resolve_config
+    from kfacemtl.training.config import resolve_config
     with pytest.raises(ConfigError, match="training.strategy_devices"):
         resolve_config(dict(TINY_CONFIG, training={"strategy_devices": ["/cpu:0"]}))  # without strategy: mirrored
 
 
 MIRRORED = """
     import json, tempfile
-    from kfacemtl.distribute import make_strategy, split_cpu, synchronize_batch_norm
+    from kfacemtl.training.distribute import make_strategy, split_cpu, synchronize_batch_norm
     devices = split_cpu(2)
     import keras, numpy as np, tensorflow as tf
     tf.config.experimental.enable_op_determinism()
-    from kfacemtl.model import build_model, load_model
-    from kfacemtl.pipeline import make_dataset
-    from kfacemtl.sources import make_source
+    from kfacemtl.models import build_model, load_model
+    from kfacemtl.data import make_dataset
+    from kfacemtl.data import make_source
     from kfacemtl.tasks import resolve_tasks
     from kfacemtl.training import compile_model, train_run
     cfg = json.loads('''%s''')
@@ -138,7 +138,7 @@ WORKER = """
     cfg["training"].update(strategy="multi_worker", weighting="dwa", augment=True)  # the pipeline's XLA augmentation
     report = train_run(cfg, os.environ["RUN_DIR"], verbose=0)
     import keras
-    from kfacemtl.distribute import is_chief, make_strategy
+    from kfacemtl.training.distribute import is_chief, make_strategy
     print(json.dumps({"metrics": report["final_epoch_metrics"], "table": report["table"]}))
 """
 
@@ -171,7 +171,7 @@ def test_two_workers_on_localhost_train_one_model_and_only_the_chief_writes_the_
     rows = (run_dir / "history.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + TINY_CONFIG["training"]["epochs"]
     [scratch] = scratch_root.glob("kfacemtl-worker1-*")  # the other worker wrote only its own scratch folder
-    from kfacemtl.model import load_model
+    from kfacemtl.models import load_model
     a, b = load_model(run_dir / "model.keras"), load_model(scratch / "model.keras")
     for wa, wb in zip(a.get_weights(), b.get_weights()):
         np.testing.assert_allclose(wa, wb, rtol=1e-6, atol=1e-6)
@@ -180,7 +180,7 @@ def test_two_workers_on_localhost_train_one_model_and_only_the_chief_writes_the_
 def test_mixed_precision_and_xla_options_train_with_float32_outputs_and_loss_scaling(tmp_path):
     import keras
 
-    from kfacemtl.model import load_model
+    from kfacemtl.models import load_model
     from kfacemtl.training import compile_model, train_run
     cfg = json.loads(json.dumps(TINY_CONFIG))
     cfg["model"]["mixed_precision"] = True

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from kfacemtl.evaluation import (classification_metrics, concordance_cc, format_table, multilabel_metrics,
+from kfacemtl.analysis.evaluation import (classification_metrics, concordance_cc, format_table, multilabel_metrics,
                                  regression_metrics)
 from kfacemtl.tasks import get_task, resolve_tasks
 
@@ -36,7 +36,7 @@ def test_table_lists_sources_and_headline_metrics():
 
 
 def test_compare_results_signs_every_metric_so_positive_means_better():
-    from kfacemtl.evaluation import compare_results
+    from kfacemtl.analysis.evaluation import compare_results
     tasks = resolve_tasks(["age", "gender", "action_units", "valence_arousal"])
     base = {"a": {"age": {"mae": 5.0, "n": 3}, "gender": {"accuracy": 0.8, "n": 3}},
             "b": {"action_units": {"mean_f1": 0.4, "n": 2}, "valence_arousal": {"mean_ccc": 0.5, "n": 2}}}

@@ -4,12 +4,12 @@ import pytest
 
 from conftest import tiny_model
 
-from kfacemtl import synthetic
+from kfacemtl.data import synthetic
 from kfacemtl.errors import ConfigError, SourceError
-from kfacemtl.explain import METHODS, explain, explain_files, last_conv_layer, region_ratio, resolve_target
-from kfacemtl.model import build_model
-from kfacemtl.pipeline import make_dataset
-from kfacemtl.sources import make_source
+from kfacemtl.analysis.explain import METHODS, explain, explain_files, last_conv_layer, region_ratio, resolve_target
+from kfacemtl.models import build_model
+from kfacemtl.data import make_dataset
+from kfacemtl.data import make_source
 from kfacemtl.tasks import get_task, resolve_tasks
 from kfacemtl.training import compile_model
 

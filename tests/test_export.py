@@ -11,9 +11,9 @@ from tensorflow_serving.apis import prediction_log_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
 from conftest import tiny_model
-from kfacemtl import export as export_mod
-from kfacemtl.export import ExportError, export_model, output_names
-from kfacemtl.pipeline import decode_image
+from kfacemtl.serving import export as export_mod
+from kfacemtl.serving import ExportError, export_model, output_names
+from kfacemtl.data import decode_image
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kfacemtl.losses import MaskedTaskLoss, task_loss
+from kfacemtl.models import MaskedTaskLoss, task_loss
 from kfacemtl.tasks import get_task
 
 TASKS = ["age", "gender", "race", "expression", "action_units", "valence_arousal"]

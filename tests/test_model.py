@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from kfacemtl.errors import ConfigError
-from kfacemtl.model import TaskOutput, build_model, count_flops, load_model, model_tasks
+from kfacemtl.models import TaskOutput, build_model, count_flops, load_model, model_tasks
 from kfacemtl.tasks import resolve_tasks
 from kfacemtl.training import compile_model
 
@@ -76,7 +76,7 @@ def test_the_train_step_augments_its_batch_when_asked(jit):
     import keras
     import tensorflow as tf
 
-    from kfacemtl.pipeline import augment_batch
+    from kfacemtl.data import augment_batch
     tasks = resolve_tasks(["gender", "age"])
     rng = np.random.default_rng(0)
     x = rng.random((8, 16, 16, 3)).astype("float32")

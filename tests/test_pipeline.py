@@ -4,9 +4,9 @@ import tensorflow as tf
 
 from conftest import write_png
 from kfacemtl.errors import ConfigError, SourceError
-from kfacemtl.pipeline import (decode_image, make_dataset, mixing_weights, prefetch_to_gpu, preprocess_image,
+from kfacemtl.data import (decode_image, make_dataset, mixing_weights, prefetch_to_gpu, preprocess_image,
                                resize_batch)
-from kfacemtl.sources import CsvSource, Source, make_source
+from kfacemtl.data import CsvSource, Source, make_source
 from kfacemtl.tasks import resolve_tasks
 
 TASKS = resolve_tasks(None)
@@ -79,7 +79,7 @@ def test_augmentation_changes_training_images_only():
 def test_batched_augmentation_draws_per_image_and_repeats_with_its_seed():
     import tensorflow as tf
 
-    from kfacemtl.pipeline import augment_batch
+    from kfacemtl.data import augment_batch
     ramp = np.tile(np.linspace(0.2, 0.8, 32, dtype="float32")[None, :, None], (32, 1, 3))  # brighter to the right
     images = tf.constant(np.repeat(ramp[None], 400, axis=0))
     out = augment_batch(images, tf.constant([3, 4])).numpy()
@@ -117,7 +117,7 @@ def _augment_reference(images, seed):
 def test_batched_augmentation_equals_flip_pad_crop_brightness_contrast_done_step_by_step():
     import tensorflow as tf
 
-    from kfacemtl.pipeline import augment_batch
+    from kfacemtl.data import augment_batch
     images = np.random.default_rng(0).random((64, 20, 24, 3), dtype="float32")  # not square: x and y kept apart
     for seed in ([0, 1], [5, 9]):
         np.testing.assert_allclose(augment_batch(tf.constant(images), tf.constant(seed)).numpy(),
@@ -176,7 +176,7 @@ class _NumberedSource(Source):
 
 
 def test_batches_gathered_at_once_pair_each_image_with_its_own_labels_and_preprocessing():
-    from kfacemtl.pipeline import preprocess_image
+    from kfacemtl.data import preprocess_image
     tasks = resolve_tasks(["age", "gender"])
     # gray at the input size, RGB at another size (resized), RGBA (alpha dropped): three tables, one batch
     sources = [_NumberedSource("gray", 90, 8, 1), _NumberedSource("rgb", 70, 12, 3), _NumberedSource("rgba", 50, 8, 4)]
@@ -222,7 +222,7 @@ def _rows_of(images, direct):
 
 
 def test_training_cache_decodes_files_once_into_the_same_images(tmp_path):
-    from kfacemtl.pipeline import DecodedImages, cached_sources
+    from kfacemtl.data import DecodedImages, cached_sources
     rng = np.random.default_rng(0)
     rows = ["path,gender"]
     for i in range(6):
@@ -250,7 +250,7 @@ def test_training_cache_decodes_files_once_into_the_same_images(tmp_path):
 
 
 def test_disk_cache_is_written_once_reused_rebuilt_when_broken_and_gives_the_memory_cache_images(tmp_path):
-    from kfacemtl.pipeline import DecodedImages, cached_sources
+    from kfacemtl.data import DecodedImages, cached_sources
     rng = np.random.default_rng(1)
     rows = ["path,gender"]
     for i in range(5):
@@ -297,7 +297,7 @@ def _bad_files_manifest(tmp_path):
 
 
 def test_image_files_that_cannot_be_decoded_are_named_with_their_rows_or_left_out_and_counted(tmp_path):
-    from kfacemtl.pipeline import BadImageFiles
+    from kfacemtl.data import BadImageFiles
     manifest = _bad_files_manifest(tmp_path)
     cache_dir = tmp_path / "cache"
     for cache, training in (("auto", True), ("disk", True), ("none", True), ("auto", False)):
@@ -337,7 +337,8 @@ def test_a_run_leaves_out_undecodable_images_when_asked_and_reports_them(tmp_pat
 
 
 def test_images_declaring_too_many_pixels_are_refused_before_decoding(tmp_path):
-    from kfacemtl.pipeline import declared_size, find_bad_images
+    from kfacemtl.data.cache import find_bad_images
+    from kfacemtl.data.images import declared_size
     write_png(tmp_path / "a.png", np.zeros((20, 30, 3), "uint8"))
     (tmp_path / "a.jpg").write_bytes(tf.io.encode_jpeg(np.zeros((20, 30, 3), "uint8")).numpy())
     png = bytearray((tmp_path / "a.png").read_bytes())
@@ -360,7 +361,7 @@ def test_prefetch_to_gpu_is_a_no_op_without_a_gpu():
 
 
 def test_augmentation_of_bytes_and_compiled_with_xla_gives_the_same_images():
-    from kfacemtl.pipeline import augment_batch
+    from kfacemtl.data import augment_batch
     rng = np.random.default_rng(0)
     u8 = tf.constant(rng.integers(0, 256, (6, 24, 24, 3), dtype=np.uint8))
     seed = tf.constant([3, 9], tf.int64)

@@ -15,9 +15,9 @@ import pytest
 import tensorflow as tf
 
 from conftest import tiny_model
-from kfacemtl.export import export_model, models_config
-from kfacemtl.model_server import LocalModelServer
-from kfacemtl.serving import (Client, InvalidInputError, LocalPredictor, ModelNotFoundError, ServerUnavailableError,
+from kfacemtl.serving.export import export_model, models_config
+from kfacemtl.serving.local_server import LocalModelServer
+from kfacemtl.serving.client import (Client, InvalidInputError, LocalPredictor, ModelNotFoundError, ServerUnavailableError,
                               ServingError, format_results, group_outputs)
 
 @pytest.fixture(scope="module")

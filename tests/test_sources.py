@@ -6,7 +6,7 @@ import pytest
 
 from conftest import write_png
 from kfacemtl.errors import ConfigError, LabelError, SourceError
-from kfacemtl.sources import CsvSource, FolderSource, celeba_attribute_task, make_source, parse_spec, split_rows
+from kfacemtl.data import CsvSource, FolderSource, celeba_attribute_task, make_source, parse_spec, split_rows
 from kfacemtl.tasks import resolve_tasks
 
 TASKS = resolve_tasks(["age", "gender", "expression", "action_units", "valence_arousal"])
@@ -360,7 +360,7 @@ def test_celeba_gender_attributes_and_partitions(tmp_path):
 
 
 def test_every_adapter_feeds_the_pipeline(tmp_path):
-    from kfacemtl.pipeline import make_dataset
+    from kfacemtl.data import make_dataset
     tasks = resolve_tasks({"gender": None, "expression": {"contempt": True}})
     sources = [make_source(f"ckplus:{_ckplus_fixture(tmp_path / 'ck')}"),
                make_source(f"rafdb:{_rafdb_fixture(tmp_path / 'raf')}"),

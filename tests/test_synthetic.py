@@ -1,7 +1,8 @@
 import numpy as np
 
-from kfacemtl import synthetic
-from kfacemtl.synthetic import AU_INDEX, DOMAINS, generate, load_split, render_faces, sample_factors
+from kfacemtl.data import synthetic
+from kfacemtl.data.synthetic import DOMAINS, generate, load_split, render_faces, sample_factors
+from kfacemtl.data.synthetic.factors import AU_INDEX
 from kfacemtl.tasks import ACTION_UNITS, EXPRESSION_CLASSES
 
 

@@ -4,12 +4,12 @@ import keras
 import numpy as np
 import pytest
 
-from kfacemtl.config import resolve_config
+from kfacemtl.training.config import resolve_config
 from kfacemtl.errors import ConfigError
-from kfacemtl.evaluation import evaluate_sources
-from kfacemtl.model import build_model
-from kfacemtl.pipeline import make_dataset
-from kfacemtl.sources import make_source
+from kfacemtl.analysis.evaluation import evaluate_sources
+from kfacemtl.models import build_model
+from kfacemtl.data import make_dataset
+from kfacemtl.data import make_source
 from kfacemtl.tasks import resolve_tasks
 from kfacemtl.training import compile_model, train_run
 
@@ -144,7 +144,7 @@ def test_xla_is_on_by_default_only_where_a_gpu_is():
 def test_augmentation_steps_per_call_and_prefetch_follow_the_hardware(tmp_path, monkeypatch):
     import tensorflow as tf
 
-    from kfacemtl import training
+    from kfacemtl.training import run as training
     from kfacemtl.training import augment_on, steps_per_execution
     gpu = bool(tf.config.list_physical_devices("GPU"))
     assert augment_on("auto") == ("step" if gpu else "pipeline") and augment_on("step") == "step"
@@ -176,7 +176,7 @@ def test_sources_must_label_a_task_of_the_model(tmp_path):
 
 
 def test_cosine_schedule_decays_over_the_run_and_is_saved(tmp_path):
-    from kfacemtl.model import load_model
+    from kfacemtl.models import load_model
     from kfacemtl.training import learning_rate_schedule
     sched = learning_rate_schedule(1e-3, "cosine", total_steps=6)
     assert float(sched(0)) == pytest.approx(1e-3) and float(sched(3)) == pytest.approx(0.505e-3, rel=1e-3)
@@ -217,7 +217,7 @@ def test_dynamic_learning_rate_options_reach_the_callback(tmp_path):
 DETERMINISTIC_RUNS = """
 import json, sys
 import numpy as np
-from kfacemtl.model import load_model
+from kfacemtl.models import load_model
 from kfacemtl.training import train_run
 cfg, out = json.loads(sys.argv[1]), sys.argv[2]
 metrics = [train_run(cfg, f"{out}/{i}", verbose=0)["final_epoch_metrics"] for i in range(2)]
@@ -242,7 +242,7 @@ def test_the_same_seed_gives_the_same_run_with_op_determinism(tmp_path):
 def test_a_full_disk_while_saving_the_checkpoint_leaves_the_previous_one(tmp_path, monkeypatch):
     import errno
 
-    from kfacemtl.model import MultiTaskModel
+    from kfacemtl.models import MultiTaskModel
     out, original, calls = tmp_path / "run", MultiTaskModel.save_weights, []
 
     def full_disk(self, filepath, *args, **kwargs):  # the second checkpoint: half written, then ENOSPC

@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from kfacemtl.errors import ConfigError
-from kfacemtl.weighting import DWAWeighting, DynamicWeighting, GradNormWeighting, UncertaintyWeighting, make_weighting
+from kfacemtl.training.weighting import DWAWeighting, DynamicWeighting, GradNormWeighting, UncertaintyWeighting, make_weighting
 
 NAMES = ["age", "gender", "expression"]
 LOSSES = np.array([2.0, 0.5, 1.0], "float32")
@@ -117,7 +117,7 @@ def test_gradnorm_targets_follow_the_relative_training_rate_and_skip_absent_task
 
 
 def test_config_choices_are_checked():
-    from kfacemtl.config import resolve_config
+    from kfacemtl.training.config import resolve_config
     base = {"sources": ["synthetic:lab?n=8"]}
     with pytest.raises(ConfigError, match="'training.weighting': expected one of"):
         resolve_config({**base, "training": {"weighting": "magic"}})
@@ -129,7 +129,7 @@ def test_config_choices_are_checked():
 
 @pytest.mark.parametrize("name", ["dynamic", "uncertainty", "dwa", "gradnorm"])
 def test_train_run_logs_plots_and_resumes_the_weighting(tmp_path, name):
-    from kfacemtl.model import load_model
+    from kfacemtl.models import load_model
     from kfacemtl.training import train_run
     cfg = {"tasks": ["gender", "expression"],
            "sources": ["synthetic:lab?n=64", "synthetic:portraits?n=64"],
@@ -157,7 +157,7 @@ def test_train_run_logs_plots_and_resumes_the_weighting(tmp_path, name):
 
 def test_the_callback_restores_a_saved_state_and_resets_the_logged_weights(tmp_path):
     from conftest import tiny_model
-    from kfacemtl.callbacks import TaskWeightingCallback
+    from kfacemtl.training import TaskWeightingCallback
     from kfacemtl.training import compile_model
     model = compile_model(tiny_model(["gender", "expression"]), weighting="uncertainty")
     np.savez(tmp_path / "w.npz", v0=np.array([0.5, -0.25], "float32"))

@@ -1,0 +1,321 @@
+"""What each head looks at: saliency maps with tf-keras-vis (Saliency + SmoothGrad, Grad-CAM++, ScoreCAM).
+
+:func:`explain` works on the list-output model through a per-head sub-model (the head's
+output, its softmax/sigmoid replaced by a linear output for the gradient methods, as
+tf-keras-vis recommends) and batches the work: many images per call. The Grad-CAM layer is the
+last convolution of the backbone unless ``layer`` names another. :func:`region_ratio` turns a
+map into a falsifiable number on the synthetic benchmark, whose renderer knows where the cues
+live (:func:`kfacemtl.synthetic.generate` with ``regions=True``).
+
+Example:
+    >>> # maps = explain(model, images, "expression", target="happy", method="gradcam++")
+    >>> # region_ratio(maps, regions["expression"]).mean()   # > 1: attention on the expression
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import keras
+import matplotlib
+import numpy as np
+import tensorflow as tf
+from matplotlib.image import imsave
+from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
+from tf_keras_vis.saliency import Saliency
+from tf_keras_vis.scorecam import Scorecam
+
+from kfacemtl.analysis.plots import save_figure, subplots
+from kfacemtl.data import decode_image
+from kfacemtl.errors import ConfigError, SourceError
+from kfacemtl.files import atomic_write
+from kfacemtl.models import model_tasks
+
+METHODS = ("saliency", "gradcam++", "scorecam")
+
+
+def last_conv_layer(model) -> str:
+    """The Grad-CAM layer: the rectified output of the backbone's last convolution.
+
+    That is the ReLU (or activation) that follows the last ``Conv2D`` (through its
+    BatchNormalization); the convolution itself when none follows. CAM methods weight these
+    feature maps, which must be the non-negative activations: the raw convolution output
+    before BatchNormalization is mostly negative in a trained network and gives empty maps.
+
+    Example:
+        >>> from kfacemtl.models import build_model
+        >>> from kfacemtl.tasks import resolve_tasks
+        >>> last_conv_layer(build_model(resolve_tasks(["gender"]), widths=(8, 16), depths=1))
+        'block2_relu1'
+    """
+    layers = model.layers
+    convs = [i for i, layer in enumerate(layers) if isinstance(layer, keras.layers.Conv2D)]
+    if not convs:
+        raise ConfigError("explain.layer", "the model has no Conv2D layer to compute a class activation map on")
+    for layer in layers[convs[-1] + 1:]:
+        if isinstance(layer, (keras.layers.ReLU, keras.layers.Activation)):
+            return layer.name
+        if not isinstance(layer, keras.layers.BatchNormalization):
+            break
+    return layers[convs[-1]].name
+
+
+def head_task(model, head: str):
+    """The :class:`Task` of output ``head``; an unknown head is an error listing the valid ones.
+
+    Example:
+        >>> from kfacemtl.models import build_model
+        >>> from kfacemtl.tasks import resolve_tasks
+        >>> model = build_model(resolve_tasks(["expression", "age"]), input_shape=(32, 32, 3), widths=(8, 16), depths=1,
+        ...                     embedding_dim=8, head_units=4)
+        >>> head_task(model, "age").kind
+        'regression'
+    """
+    tasks = {t.name: t for t in model_tasks(model)}
+    if head not in tasks:
+        raise ConfigError("explain.head", f"unknown head {head!r}; the model's heads are {sorted(tasks)}")
+    return tasks[head]
+
+
+def resolve_target(task, target) -> int | None:
+    """The output index to explain: a class name or index, an AU name, a value name
+    (``valence``/``arousal``), or ``None`` (the predicted class; the first value of a regression).
+
+    Example:
+        >>> from kfacemtl.tasks import get_task
+        >>> resolve_target(get_task("expression"), "happy")
+        3
+    """
+    names = list(task.classes) if task.kind != "regression" else \
+        list(task.value_names) or [f"{task.name}[{i}]" for i in range(task.dim)]
+    if target is None:
+        return None if task.kind == "classification" else 0
+    if isinstance(target, (int, np.integer)) or (isinstance(target, str) and target.isdigit()):
+        index = int(target)
+        if not 0 <= index < len(names):
+            raise ConfigError("explain.class", f"index {index} is out of range for head {task.name!r}: "
+                                               f"valid are 0..{len(names) - 1} ({', '.join(names)})")
+        return index
+    if target not in names:
+        raise ConfigError("explain.class", f"unknown class {target!r} for head {task.name!r}; "
+                                           f"valid are {', '.join(names)}")
+    return names.index(target)
+
+
+class _HeadModel:
+    """A sub-model ``image → one head`` (optionally with a linear output), built once per head."""
+
+    def __init__(self, model, head: str, linear: bool):
+        self.task = head_task(model, head)
+        sub = keras.Model(model.inputs, model.get_layer(head).output, name=f"{head}_head")
+        if linear and self.task.kind != "regression":  # gradients of logits, not of saturated probabilities
+            clone = keras.models.clone_model(sub)
+            clone.set_weights(sub.get_weights())
+            clone.get_layer(head).activation = keras.activations.linear
+            sub = clone
+        self.model = sub
+
+
+def explain(model, images, head: str, target=None, method: str = "gradcam++", layer: str | None = None,
+            batch_size: int = 32, smooth_samples: int = 20, smooth_noise: float = 0.15,
+            scorecam_max_n: int | None = 32) -> np.ndarray:
+    """Saliency maps of one head for a batch of images.
+
+    Args:
+        model: a kfacemtl model (list outputs named after tasks).
+        images: float32 ``(n, H, W, 3)`` in [0, 1] (as the pipeline feeds the model).
+        head: the task to explain.
+        target: class name/index (classification), AU name (multilabel), value name
+            (``valence``; regression), or ``None``: each image's predicted class, or the first value.
+        method: ``saliency`` (gradients with SmoothGrad), ``gradcam++`` or ``scorecam``.
+        layer: the feature-map layer of the CAM methods (default :func:`last_conv_layer`).
+        batch_size: images per tf-keras-vis call.
+        smooth_samples, smooth_noise: SmoothGrad's noisy copies and noise level.
+        scorecam_max_n: ScoreCAM's number of activation channels used (``None``: all).
+
+    Returns:
+        float32 ``(n, H, W)`` maps, each normalised to [0, 1].
+
+    Example:
+        >>> from kfacemtl.models import build_model
+        >>> from kfacemtl.tasks import resolve_tasks
+        >>> model = build_model(resolve_tasks(["expression", "age"]), input_shape=(32, 32, 3), widths=(8, 16), depths=1,
+        ...                     embedding_dim=8, head_units=4)
+        >>> maps = explain(model, np.random.default_rng(0).random((2, 32, 32, 3), dtype="float32"), "expression",
+        ...                target="happy", method="gradcam++")
+        >>> maps.shape, bool(maps.min() >= 0 and maps.max() <= 1)
+        ((2, 32, 32), True)
+    """
+    if method not in METHODS:
+        raise ConfigError("explain.method", f"unknown method {method!r}; valid are {', '.join(METHODS)}")
+    images = np.asarray(images, dtype="float32")
+    if images.ndim != 4 or images.shape[1:] != tuple(model.input_shape[1:]):
+        raise ConfigError("explain.images", f"expected images of shape (n, {', '.join(map(str, model.input_shape[1:]))})"
+                                            f", got {images.shape}")
+    task = head_task(model, head)
+    index = resolve_target(task, target)
+    layer = layer or last_conv_layer(model)
+    head_model = _HeadModel(model, head, linear=(method != "scorecam")).model
+    channels = int(model.get_layer(layer).output.shape[-1])
+    max_n = None if scorecam_max_n is None else max(1, min(int(scorecam_max_n), channels))
+    maps = []
+    with warnings.catch_warnings():  # tf-keras-vis passes the one input as a list; Keras warns about it
+        warnings.filterwarnings("ignore", message="The structure of `inputs` doesn't match")
+        for start in range(0, len(images), batch_size):
+            maps.append(_explain_batch(head_model, images[start:start + batch_size], index, method, layer,
+                                       smooth_samples, smooth_noise, max_n, batch_size))
+    return np.nan_to_num(np.concatenate(maps), nan=0.0)
+
+
+def _explain_batch(head_model, x, index, method, layer, smooth_samples, smooth_noise, max_n, batch_size):
+    if index is None:  # each image's predicted class
+        idx = np.argmax(np.asarray(head_model(x, training=False)), axis=-1)
+    else:
+        idx = np.full(len(x), index)
+
+    def score(output):
+        return tf.gather(output, idx, axis=-1, batch_dims=1)
+
+    if method == "saliency":
+        m = Saliency(head_model, clone=False)(score, x, smooth_samples=smooth_samples, smooth_noise=smooth_noise)
+    elif method == "gradcam++":
+        m = GradcamPlusPlus(head_model, clone=False)(score, x, penultimate_layer=layer,
+                                                     seek_penultimate_conv_layer=False)
+    else:
+        with contextlib.redirect_stdout(io.StringIO()):  # ScoreCAM's model.predict prints a progress bar
+            m = Scorecam(head_model, clone=False)(score, x, penultimate_layer=layer, max_N=max_n,
+                                                  seek_penultimate_conv_layer=False, batch_size=batch_size)
+    return np.asarray(m, dtype="float32").reshape(x.shape[:3])
+
+
+def region_ratio(maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Per image: (share of saliency mass inside ``masks``) / (share of the image area they cover).
+
+    1 = no preference for the region; > 1 = attention concentrated there. Images whose map is
+    all zero, or whose mask is empty, give NaN.
+
+    Example:
+        >>> m = np.zeros((1, 4, 4)); m[0, 0, 0] = 1.0
+        >>> r = np.zeros((1, 4, 4), bool); r[0, :2, :2] = True
+        >>> region_ratio(m, r).tolist()   # all the mass on a quarter of the image
+        [4.0]
+    """
+    maps = np.asarray(maps, dtype="float64")
+    masks = np.asarray(masks, dtype=bool)
+    total = maps.sum(axis=(1, 2))
+    area = masks.mean(axis=(1, 2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = (maps * masks).sum(axis=(1, 2)) / total
+        return np.where((total > 0) & (area > 0), share / area, np.nan)
+
+
+def _colormap(values: np.ndarray) -> np.ndarray:
+    return matplotlib.colormaps["jet"](np.clip(values, 0, 1))[..., :3]
+
+
+def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """An RGB float image with the map ``heat`` (H, W) in [0, 1] blended over it.
+
+    Example:
+        >>> overlay(np.zeros((4, 4, 3)), np.ones((4, 4))).shape
+        (4, 4, 3)
+    """
+    return np.clip((1 - alpha) * np.asarray(image, dtype="float32") + alpha * _colormap(heat), 0, 1)
+
+
+def save_maps(images, maps, out_dir, names: Sequence[str], head: str, method: str) -> list[Path]:
+    """Write ``<name>_<head>_<method>_{image,map,overlay}.png`` per image; returns the paths.
+
+    Example:
+        >>> paths = save_maps(np.zeros((1, 8, 8, 3)), np.ones((1, 8, 8)), "saliency", ["face1.jpg"], "expression", "gradcam++")
+        >>> [p.name for p in paths]
+        ['face1_expression_gradcampp_image.png', 'face1_expression_gradcampp_map.png', 'face1_expression_gradcampp_overlay.png']
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tag = method.replace("+", "p")
+    paths = []
+    for image, heat, name in zip(images, maps, names):
+        stem = f"{Path(name).stem}_{head}_{tag}"
+        for kind, arr in (("image", image), ("map", _colormap(heat)), ("overlay", overlay(image, heat))):
+            paths.append(atomic_write(out_dir / f"{stem}_{kind}.png",
+                                      lambda tmp, arr=arr: imsave(tmp, np.clip(arr, 0, 1))))
+    return paths
+
+
+def save_grid(images, maps_by_method: dict, path, names: Sequence[str] | None = None, title: str = ""):
+    """One figure: a row per image, the image then one overlay per method; written atomically.
+
+    Example:
+        >>> maps = {"saliency": np.ones((2, 8, 8)), "gradcam++": np.zeros((2, 8, 8))}
+        >>> save_grid(np.zeros((2, 8, 8, 3)), maps, "grid.png", names=["a.jpg", "b.jpg"], title="expression").name
+        'grid.png'
+    """
+    methods = list(maps_by_method)
+    n = len(images)
+    fig, axes = subplots(n, 1 + len(methods), figsize=(1.8 * (1 + len(methods)), 1.8 * n + 0.4), squeeze=False)
+    for i in range(n):
+        axes[i, 0].imshow(np.clip(images[i], 0, 1))
+        axes[i, 0].set_ylabel(Path(names[i]).stem if names else str(i), fontsize=7)
+        for j, m in enumerate(methods, start=1):
+            axes[i, j].imshow(overlay(images[i], maps_by_method[m][i]))
+            if i == 0:
+                axes[i, j].set_title(m, fontsize=8)
+        for ax in axes[i]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    axes[0, 0].set_title("image", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return save_figure(fig, path, dpi=100)
+
+
+def load_images(paths: Sequence, image_size) -> np.ndarray:
+    """Image files → float32 ``(n, H, W, 3)`` in [0, 1] with the training pipeline's decode and resize.
+
+    Example:
+        >>> import tensorflow as tf
+        >>> _ = open("face.png", "wb").write(tf.io.encode_png(tf.zeros((20, 10, 3), tf.uint8)).numpy())
+        >>> load_images(["face.png"], (16, 16)).shape
+        (1, 16, 16, 3)
+    """
+
+    out = []
+    for path in paths:
+        if not Path(path).is_file():
+            raise SourceError(f"image file {str(path)!r} does not exist")
+        try:
+            out.append(decode_image(Path(path).read_bytes(), tuple(image_size)).numpy())
+        except tf.errors.InvalidArgumentError:
+            raise SourceError(f"image file {str(path)!r} is not a readable JPEG/PNG/BMP/GIF image") from None
+    return np.stack(out)
+
+
+def explain_files(model, paths: Sequence, out_dir, heads: Sequence[str] | None = None, target=None,
+                  methods: Sequence[str] = ("gradcam++",), layer: str | None = None) -> list[Path]:
+    """Explain image files for each head and method; write per-image PNGs and a grid per head.
+
+    Writes ``<image>_<head>_<method>_{image,map,overlay}.png`` and ``grid_<head>.png`` (rows:
+    images; columns: the image, then one overlay per method) under ``out_dir``.
+
+    Example:
+        >>> # explain_files(model, ["a.jpg", "b.jpg"], "saliency/", heads=["expression"], methods=METHODS)
+    """
+    heads = list(heads or [t.name for t in model_tasks(model)])
+    for head in heads:
+        head_task(model, head)  # unknown heads fail before any work
+    images = load_images(paths, model.input_shape[1:3])
+    names = [str(p) for p in paths]
+    written = []
+    for head in heads:
+        maps = {m: explain(model, images, head, target=target, method=m, layer=layer) for m in methods}
+        for m, arr in maps.items():
+            written += save_maps(images, arr, out_dir, names, head, m)
+        what = f"class {target}" if target is not None else "predicted class" if \
+            head_task(model, head).kind == "classification" else "value"
+        written.append(save_grid(images, maps, Path(out_dir) / f"grid_{head}.png", names, title=f"{head}: {what}"))
+    return written

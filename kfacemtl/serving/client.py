@@ -1,0 +1,453 @@
+"""Call an exported model: over gRPC or REST (TF Serving) or locally from the SavedModel.
+
+All three predictors take a list of images (file paths or encoded JPEG/PNG bytes), send them
+in batches through the ``serving_default`` signature (see :mod:`kfacemtl.serving.export`) and return
+one result per image, keyed by task::
+
+    {"age": 31.4, "gender": {"class": "female", "label": 1, "probs": [0.07, 0.93]},
+     "action_units": {"active": "AU6,AU12", "probs": [...]}, "valence_arousal": [0.6, 0.3], ...}
+
+Errors are :class:`ServingError` subclasses naming the model, version and image.
+
+Example:
+    >>> # client = Client("localhost:8500", "faces", label="stable")
+    >>> # client.predict(["a.jpg", "b.png"])[0]["expression"]["class"]
+    >>> # LocalPredictor("saved_models/faces/1").predict(["a.jpg"])
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Sequence
+
+import grpc
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.framework import types_pb2
+from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, prediction_service_pb2_grpc
+
+from kfacemtl.errors import KfacemtlError
+from kfacemtl.tables import text_table
+
+DEFAULT_SIGNATURE = "serving_default"
+# messages of up to 256 MiB (a batch of photos); gRPC's own default is 4 MiB
+GRPC_OPTIONS = [("grpc.max_send_message_length", 256 * 2 ** 20), ("grpc.max_receive_message_length", 256 * 2 ** 20)]
+_SUFFIXES = ("_probs", "_label", "_class", "_active")
+
+
+class ServingError(KfacemtlError):
+    """A prediction request failed.
+
+    Example:
+        >>> try:
+        ...     LocalPredictor("saved_models/faces/1").predict(["no-such-face.jpg"])   # doctest: +SKIP
+        ... except ServingError as e:                   # every serving failure: model, input or server
+        ...     print(e)
+        >>> issubclass(InvalidInputError, ServingError) and issubclass(ModelNotFoundError, ServingError)
+        True
+    """
+
+
+class ModelNotFoundError(ServingError):
+    """The server does not have the model, version or label asked for (NOT_FOUND).
+
+    Example:
+        >>> # Client("localhost:8500", "faces", version=9).predict(["face.jpg"])
+        >>> #   ModelNotFoundError: model 'faces' version 9: not found on localhost:8500 ...
+        >>> issubclass(ModelNotFoundError, ServingError)
+        True
+    """
+
+
+class InvalidInputError(ServingError):
+    """The server refused the input (INVALID_ARGUMENT): corrupt, empty or oversized images.
+
+    ``image`` names the offending image when it is known, ``detail`` is the server's reason.
+
+    Example:
+        >>> e = InvalidInputError("notes.png: is not a JPEG or PNG", image="notes.png")
+        >>> e.image, e.detail
+        ('notes.png', 'notes.png: is not a JPEG or PNG')
+    """
+
+    def __init__(self, message: str, image: str | None = None, detail: str = ""):
+        super().__init__(message)
+        self.image, self.detail = image, detail or message
+
+
+class ServerUnavailableError(ServingError):
+    """The server did not answer, even after the retries (UNAVAILABLE or a timeout).
+
+    Example:
+        >>> # Client("localhost:8500", "faces", retries=3).predict(["face.jpg"])   # no server there
+        >>> #   ServerUnavailableError: localhost:8500 did not answer after 3 retries ...
+        >>> issubclass(ServerUnavailableError, ServingError)
+        True
+    """
+
+
+def read_images(images: Sequence) -> tuple[list[bytes], list[str]]:
+    """Paths or bytes → ``(encoded bytes, display names)``; a missing file is a clear error.
+
+    Example:
+        >>> data, names = read_images([b"any bytes"])
+        >>> names
+        ['image #0 (bytes)']
+        >>> try:
+        ...     read_images(["no-such-face.jpg"])
+        ... except ServingError as e:
+        ...     print(e)
+        image file 'no-such-face.jpg' does not exist
+    """
+    data, names = [], []
+    for i, item in enumerate(images):
+        if isinstance(item, (bytes, bytearray)):
+            data.append(bytes(item))
+            names.append(f"image #{i} (bytes)")
+        else:
+            path = Path(item)
+            if not path.is_file():
+                raise ServingError(f"image file {str(path)!r} does not exist")
+            data.append(path.read_bytes())
+            names.append(str(path))
+    return data, names
+
+
+def _clean_message(message: str) -> str:
+    """The useful part of a TensorFlow error: the failed assertion's text, without graph noise.
+
+    Example:
+        >>> _clean_message("Graph execution error:\\n\\nDetected at node x defined at (most recent call "
+        ...                "last):\\n<stack traces unavailable>\\nInvalid JPEG data, size 22\\n\\t [[{{node x}}]]")
+        'Invalid JPEG data, size 22'
+    """
+    m = re.search(r"assertion failed: (.*)", message)
+    if m:
+        return re.sub(r"\] \[", " ", m.group(1)).strip("[] ")
+    noise = ("Graph execution error", "Detected at node", "<stack traces", "[[", "[Op:")
+    lines = [ln.strip() for ln in message.splitlines()]
+    useful = [ln for ln in lines if ln and not ln.startswith(noise)]
+    return (useful or [ln for ln in lines if ln] or ["no message"])[0]
+
+
+def _which_image(message: str, names: Sequence[str]) -> tuple[str | None, str]:
+    """``(image name, reason)`` from a signature error ``image <i> <reason>`` (i: index in the batch)."""
+    m = re.match(r"image (\d+) (.*)", message)
+    if m and int(m.group(1)) < len(names):
+        return names[int(m.group(1))], m.group(2)
+    return (names[0] if len(names) == 1 else None), message
+
+
+def group_outputs(outputs: dict, n: int) -> list[dict]:
+    """Signature outputs ``{name: array (n, ...)}`` → one ``{task: result}`` dict per image.
+
+    ``<task>_probs``, ``<task>_label``, ``<task>_class`` and ``<task>_active`` are gathered
+    under ``<task>`` as ``probs``, ``label``, ``class``, ``active``; other outputs (``age``,
+    ``valence_arousal``) are the task's value.
+
+    Example:
+        >>> group_outputs({"age": np.array([30.5]), "gender_label": np.array([1]),
+        ...                "gender_class": np.array([b"female"])}, 1)
+        [{'age': 30.5, 'gender': {'label': 1, 'class': 'female'}}]
+    """
+    results = [{} for _ in range(n)]
+    for name, value in outputs.items():
+        value = np.asarray(value)
+        task, key = name, None
+        for suffix in _SUFFIXES:
+            if name.endswith(suffix):
+                task, key = name[: -len(suffix)], suffix[1:]
+        for i in range(n):
+            v = value[i]
+            v = v.decode() if isinstance(v, bytes) else v if isinstance(v, str) else v.tolist()
+            if key is None:
+                results[i][task] = v
+            else:
+                results[i].setdefault(task, {})[key] = v
+    return results
+
+
+class _Predictor:
+    """Batching and result assembly shared by the local and remote predictors."""
+
+    batch_size = 32
+
+    def _predict_batch(self, data: list[bytes], names: list[str]) -> dict:
+        raise NotImplementedError
+
+    def _invalid(self, details: str, names: Sequence[str]) -> InvalidInputError:
+        image, reason = _which_image(details, names)
+        where = f"{image}: " if image else ""
+        return InvalidInputError(f"{self.describe()}: {where}{reason}", image=image, detail=reason)
+
+    def _checked_batch(self, data, names) -> dict:
+        """One request; when it fails on bad input without saying which image, find it one by one."""
+        try:
+            return self._predict_batch(data, names)
+        except InvalidInputError as e:
+            if e.image is None and len(data) > 1:
+                for d, n in zip(data, names):
+                    self._checked_batch([d], [n])
+            raise
+
+    def predict(self, images: Sequence) -> list[dict]:
+        """Per-image results keyed by task, in input order (see the module docstring)."""
+        data, names = read_images(images)
+        if not data:
+            raise InvalidInputError(f"{self.describe()}: empty request: give at least one image")
+        results = []
+        for start in range(0, len(data), self.batch_size):
+            batch, batch_names = data[start:start + self.batch_size], names[start:start + self.batch_size]
+            results += group_outputs(self._checked_batch(batch, batch_names), len(batch))
+        return results
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+
+class LocalPredictor(_Predictor):
+    """Run an exported SavedModel version in this process (no server).
+
+    Args:
+        saved_model_dir: ``BASE/NAME/VERSION`` written by :func:`kfacemtl.export.export_model`.
+        signature: the signature to call (``serving_default`` takes encoded images).
+        batch_size: images per call.
+
+    Example:
+        >>> # LocalPredictor("saved_models/faces/1").predict(["face.jpg"])[0]["age"]
+    """
+
+    def __init__(self, saved_model_dir, signature: str = DEFAULT_SIGNATURE, batch_size: int = 32):
+        self.path = Path(saved_model_dir)
+        if not (self.path / "saved_model.pb").is_file():
+            raise ModelNotFoundError(f"{self.path} is not a SavedModel folder (no saved_model.pb); "
+                                     f"pass BASE/NAME/VERSION")
+        self._tf = tf
+        loaded = tf.saved_model.load(str(self.path))
+        if signature not in loaded.signatures:
+            raise ModelNotFoundError(f"{self.path} has no signature {signature!r}; it has {sorted(loaded.signatures)}")
+        self._loaded, self.signature, self.batch_size = loaded, loaded.signatures[signature], int(batch_size)
+
+    def describe(self) -> str:
+        return f"SavedModel {self.path}"
+
+    def _predict_batch(self, data, names):
+        tf = self._tf
+        try:
+            out = self.signature(images=tf.constant(data, dtype=tf.string))
+        except tf.errors.InvalidArgumentError as e:
+            raise self._invalid(_clean_message(e.message), names) from None
+        return {k: v.numpy() for k, v in out.items()}
+
+
+class Client(_Predictor):
+    """A TF Serving client over gRPC (``PredictionService``, port 8500) or REST (port 8501).
+
+    Args:
+        target: ``host:port``.
+        model_name: the served model's name.
+        version: a specific version number; or
+        label: a version label from ``models.config`` (``stable``, ``canary``); default the latest.
+        protocol: ``grpc`` or ``rest``.
+        signature: the signature to call.
+        timeout: seconds per request.
+        retries: extra attempts on UNAVAILABLE (server starting or restarting), with
+            exponential backoff starting at ``backoff`` seconds.
+        batch_size: images per request.
+
+    Example:
+        >>> # Client("localhost:8500", "faces", label="stable").predict(["a.jpg"])
+        >>> # Client("localhost:8501", "faces", protocol="rest").predict(["a.jpg"])
+    """
+
+    def __init__(self, target: str, model_name: str, version: int | None = None, label: str | None = None,
+                 protocol: str = "grpc", signature: str = DEFAULT_SIGNATURE, timeout: float = 10.0,
+                 retries: int = 3, backoff: float = 0.5, batch_size: int = 32):
+        if version is not None and label is not None:
+            raise ServingError("give a version or a label, not both")
+        if protocol not in ("grpc", "rest"):
+            raise ServingError(f"protocol must be 'grpc' or 'rest', got {protocol!r}")
+        self.target, self.model_name, self.version, self.label = target, model_name, version, label
+        self.protocol, self.signature, self.timeout = protocol, signature, float(timeout)
+        self.retries, self.backoff, self.batch_size = int(retries), float(backoff), int(batch_size)
+        self._stub = None
+
+    def describe(self) -> str:
+        which = f" version {self.version}" if self.version is not None else \
+            f" label {self.label!r}" if self.label else ""
+        return f"model {self.model_name!r}{which} at {self.target}"
+
+    # -- gRPC ----------------------------------------------------------------------------------
+    def _grpc_stub(self):
+        if self._stub is None:
+            self._channel = grpc.insecure_channel(self.target, options=GRPC_OPTIONS)
+            self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
+        return self._stub
+
+    def _model_spec(self, spec):
+        spec.name = self.model_name
+        if self.version is not None:
+            spec.version.value = int(self.version)
+        elif self.label:
+            spec.version_label = self.label
+
+    def _call(self, fn):
+        """Run ``fn`` with retries on UNAVAILABLE; map gRPC/HTTP failures to ServingError."""
+        delay = self.backoff
+        for attempt in range(self.retries + 1):
+            try:
+                return fn()
+            except ServerUnavailableError:
+                if attempt == self.retries:
+                    raise
+                time.sleep(delay)
+                delay *= 2
+        raise AssertionError("unreachable")
+
+    def _grpc_error(self, e, names):
+        code, details = e.code(), _clean_message(e.details() or "")
+        if code == grpc.StatusCode.UNAVAILABLE:
+            return ServerUnavailableError(f"{self.describe()}: server unavailable after {self.retries} "
+                                          f"retries ({details})")
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return ServerUnavailableError(f"{self.describe()}: no answer within {self.timeout:g} s")
+        if code == grpc.StatusCode.NOT_FOUND:
+            return ModelNotFoundError(f"{self.describe()}: not found on the server ({details})")
+        if code == grpc.StatusCode.INVALID_ARGUMENT:
+            return self._invalid(details, names)
+        return ServingError(f"{self.describe()}: {code.name}: {details}")
+
+    def _grpc_predict(self, data, names):
+        request = predict_pb2.PredictRequest()
+        self._model_spec(request.model_spec)
+        request.model_spec.signature_name = self.signature
+        request.inputs["images"].CopyFrom(tf.make_tensor_proto(data, dtype=tf.string))
+
+        def once():
+            try:
+                return self._grpc_stub().Predict(request, timeout=self.timeout)
+            except grpc.RpcError as e:
+                raise self._grpc_error(e, names) from None
+
+        response = self._call(once)
+        return {k: tf.make_ndarray(v) for k, v in response.outputs.items()}
+
+    # -- REST ----------------------------------------------------------------------------------
+    def _rest_url(self, verb: str) -> str:
+        url = f"http://{self.target}/v1/models/{self.model_name}"
+        if self.version is not None:
+            url += f"/versions/{int(self.version)}"
+        elif self.label:
+            url += f"/labels/{self.label}"
+        return url + verb
+
+    def _rest(self, url, body, names):
+        def once():
+            req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"},
+                                         method="POST" if body is not None else "GET")
+            try:
+                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                    return json.loads(resp.read())
+            except urllib.error.HTTPError as e:
+                try:
+                    details = _clean_message(json.loads(e.read()).get("error", ""))
+                except ValueError:
+                    details = e.reason
+                if e.code == 404:
+                    raise ModelNotFoundError(f"{self.describe()}: not found on the server ({details})") from None
+                if e.code == 400:
+                    raise self._invalid(details, names) from None
+                if e.code == 503:
+                    raise ServerUnavailableError(f"{self.describe()}: server unavailable ({details})") from None
+                raise ServingError(f"{self.describe()}: HTTP {e.code}: {details}") from None
+            except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
+                raise ServerUnavailableError(f"{self.describe()}: server unavailable after {self.retries} "
+                                             f"retries ({getattr(e, 'reason', e)})") from None
+
+        return self._call(once)
+
+    def _rest_predict(self, data, names):
+        body = json.dumps({"signature_name": self.signature,
+                           "inputs": {"images": [{"b64": base64.b64encode(d).decode()} for d in data]}})
+        out = self._rest(self._rest_url(":predict"), body.encode(), names)["outputs"]
+        return {k: np.asarray(v, dtype=object if _is_text(v) else None) for k, v in out.items()}
+
+    def _predict_batch(self, data, names):
+        return self._grpc_predict(data, names) if self.protocol == "grpc" else self._rest_predict(data, names)
+
+    def metadata(self) -> dict:
+        """``{signature: {"inputs": {name: dtype}, "outputs": {name: dtype}}}`` of the served model."""
+        if self.protocol == "rest":
+            meta = self._rest(self._rest_url("/metadata"), None, ())
+            defs = meta["metadata"]["signature_def"]["signature_def"]
+            return {s: {io: {k: v["dtype"] for k, v in d[io].items()} for io in ("inputs", "outputs")}
+                    for s, d in defs.items()}
+        request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+        self._model_spec(request.model_spec)
+
+        def once():
+            try:
+                return self._grpc_stub().GetModelMetadata(request, timeout=self.timeout)
+            except grpc.RpcError as e:
+                raise self._grpc_error(e, ()) from None
+
+        response = self._call(once)
+        sigs = get_model_metadata_pb2.SignatureDefMap()
+        response.metadata["signature_def"].Unpack(sigs)
+        return {s: {"inputs": {k: types_pb2.DataType.Name(v.dtype) for k, v in d.inputs.items()},
+                    "outputs": {k: types_pb2.DataType.Name(v.dtype) for k, v in d.outputs.items()}}
+                for s, d in sigs.signature_def.items()}
+
+    def close(self):
+        if self._stub is not None:
+            self._channel.close()
+            self._stub = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _is_text(values) -> bool:
+    while isinstance(values, list) and values:
+        values = values[0]
+    return isinstance(values, str)
+
+
+def format_results(results: Sequence[dict], names: Sequence[str]) -> str:
+    """A plain-text table: one row per image, one short column per task.
+
+    Example:
+        >>> results = [{"age": 31.4, "gender": {"class": "female", "probs": [0.1, 0.9]}}]
+        >>> print(format_results(results, ["face1.jpg"]))
+        image      age   gender
+        ---------  ----  -------------
+        face1.jpg  31.4  female (0.90)
+    """
+    if not results:
+        return "(no images)"
+    tasks = list(results[0])
+    rows = [[os.path.basename(n) if os.sep in n else n] + [_short(r[t]) for t in tasks]
+            for n, r in zip(names, results)]
+    return text_table(["image"] + tasks, rows)
+
+
+def _short(value) -> str:
+    if isinstance(value, dict):
+        if "class" in value:
+            return f"{value['class']} ({max(value['probs']):.2f})" if "probs" in value else value["class"]
+        if "active" in value:
+            return value["active"] or "-"
+        return json.dumps(value)
+    if isinstance(value, list):
+        return ", ".join(f"{v:+.2f}" for v in value)
+    return f"{value:.1f}" if isinstance(value, float) else str(value)

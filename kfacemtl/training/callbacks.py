@@ -1,0 +1,176 @@
+"""Training callbacks: task weighting's epoch work, a guard against NaN losses (:class:`NaNGuard`) and an epoch
+checkpoint that is never half written (:class:`AtomicBackupAndRestore`).
+
+Example:
+    >>> guard = NaNGuard("rollback", every=50)
+    >>> guard.mode, guard.max_rollbacks
+    ('rollback', 5)
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from kfacemtl.errors import check_choice
+from kfacemtl.files import atomic_write
+
+
+def snapshot_state(model) -> tuple[list, list]:
+    """Copies of the model's weights and its optimizer's state (:func:`restore_state` puts them back).
+
+    Example:
+        >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+        >>> model.compile("sgd", "mse")
+        >>> weights, optimizer_state = snapshot_state(model)
+        >>> [w.shape for w in weights]
+        [(2, 1), (1,)]
+    """
+    return [v.numpy().copy() for v in model.weights], [v.numpy().copy() for v in model.optimizer.variables]
+
+
+def restore_state(model, snapshot):
+    """Put back what :func:`snapshot_state` copied.
+
+    Example:
+        >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+        >>> model.compile("sgd", "mse")
+        >>> saved = snapshot_state(model)
+        >>> _ = model.layers[0].kernel.assign(np.ones((2, 1)))
+        >>> restore_state(model, saved)
+        >>> bool(np.array_equal(model.layers[0].kernel.numpy(), saved[0][0]))
+        True
+    """
+    for variables, values in zip((model.weights, model.optimizer.variables), snapshot):
+        for v, value in zip(variables, values):
+            v.assign(value)
+
+
+class TaskWeightingCallback(keras.callbacks.Callback):
+    """The epoch work of a model's task weighting (:meth:`~kfacemtl.model.MultiTaskModel.set_weighting`).
+
+    Resets the logged per-task weights (``weight_<task>``) at each epoch, gives the strategy the
+    epoch's mean loss per task (DWA needs it), and keeps the strategy's state in ``state_path``
+    (written atomically each epoch, read when training starts) so a resumed run continues it.
+
+    Example:
+        >>> cb = TaskWeightingCallback("runs/exp1/weighting.npz")
+    """
+
+    def __init__(self, state_path=None):
+        super().__init__()
+        self.state_path = Path(state_path) if state_path else None
+
+    def on_train_begin(self, logs=None):
+        weighting = getattr(self.model, "weighting", None)
+        if weighting is not None and self.state_path is not None and self.state_path.exists():
+            with np.load(self.state_path) as state:
+                weighting.set_state({k: state[k] for k in state.files})
+
+    def on_epoch_begin(self, epoch, logs=None):
+        for tracker in self.model.__dict__.get("weight_trackers", []):
+            tracker.reset_state()
+
+    def on_epoch_end(self, epoch, logs=None):
+        weighting = getattr(self.model, "weighting", None)
+        if weighting is None:
+            return
+        logs = logs or {}
+        weighting.on_epoch_end(epoch, {t: float(logs[f"{t}_loss"]) for t in weighting.task_names
+                                       if f"{t}_loss" in logs})
+        if self.state_path is not None:
+            atomic_write(self.state_path, lambda tmp: np.savez(tmp, **weighting.get_state()))
+
+
+NAN_MODES = ("rollback", "stop")
+
+
+class NaNGuard(keras.callbacks.Callback):
+    """What happens when the training loss becomes NaN or infinite (a divergence, or a bad batch).
+
+    ``rollback`` (default): the weights and optimizer state of the last good snapshot (taken after the first
+    step, then every ``every`` batches and at each epoch's start) are put back, the epoch's running metrics restart, and the learning rate
+    is multiplied by ``backoff`` (when it is a number; a schedule cannot be lowered, so only the weights go back);
+    after ``max_rollbacks`` in one run it stops as ``stop`` does. ``stop``: training stops at once, and
+    :attr:`diverged` says where (``train_run`` then raises :class:`~kfacemtl.errors.TrainingDiverged` and writes
+    no model; the last finished epoch stays in the run's ``backup/`` for ``--resume``).
+    Every rollback and stop is in :attr:`events` (``train_run`` copies them into ``report.json``).
+    (``lr_schedule: dynamic`` rolls back by itself: :class:`DynamicLearningRate`.)
+
+    Example:
+        >>> guard = NaNGuard("rollback", every=50)
+        >>> # model.fit(ds, epochs=3, steps_per_epoch=200, callbacks=[guard])
+    """
+
+    def __init__(self, mode: str = "rollback", every: int = 50, backoff: float = 0.5, max_rollbacks: int = 5,
+                 verbose: int = 1):
+        super().__init__()
+        check_choice("training.on_nan", mode, NAN_MODES)
+        self.mode, self.every, self.backoff, self.max_rollbacks = mode, int(every), float(backoff), int(max_rollbacks)
+        self.verbose = verbose
+        self.events: list[tuple[int, int, str]] = []
+        self.diverged: tuple[int, int] | None = None
+        self._snapshot, self._epoch, self._last = None, 0, -1
+
+    def _complete(self) -> bool:
+        """Whether the snapshot holds the whole optimizer state (Keras builds it at the first step)."""
+        return self._snapshot is not None and len(self._snapshot[1]) == len(self.model.optimizer.variables)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch, self._last = epoch, -1
+        if self._complete():
+            self._snapshot = snapshot_state(self.model)
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = float((logs or {}).get("loss", 0.0))
+        if math.isfinite(loss):  # (batch counts by steps_per_execution when that is > 1: compare, don't divide)
+            if not self._complete() or batch - self._last >= self.every:
+                self._snapshot, self._last = snapshot_state(self.model), batch
+            return
+        rollbacks = sum(1 for e in self.events if e[2].startswith("rollback"))
+        if self.mode == "stop" or rollbacks >= self.max_rollbacks:
+            self.diverged = (self._epoch, batch)
+            self.events.append((self._epoch, batch, "stop"))
+            self.model.stop_training = True
+            return
+        lr = self.model.optimizer.learning_rate
+        lowered = float(lr.numpy()) * self.backoff if hasattr(lr, "assign") else None
+        restore_state(self.model, self._snapshot)  # (the learning rate too, when it is a variable of the optimizer)
+        self.model.reset_metrics()  # the NaN is in the epoch's running means
+        what = "rollback"
+        if lowered is not None:
+            lr.assign(lowered)
+            what = f"rollback, learning rate {lowered:.3g}"
+        self.events.append((self._epoch, batch, what))
+        if self.verbose:
+            print(f"\nNaNGuard: the loss became {loss} at epoch {self._epoch + 1}, batch {batch + 1}: {what}")
+
+
+class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """Keras's ``BackupAndRestore`` (the last finished epoch, for ``--resume``) with a checkpoint that is never
+    half written: the weights and the epoch counter go to temporary files first and are renamed into place only
+    when both are complete. A crash, a kill or a full disk while saving leaves the previous checkpoint as it was
+    (Keras's own writes over ``latest.weights.h5`` in place, so a failed write left a file ``--resume`` could not
+    read).
+
+    Example:
+        >>> cb = AtomicBackupAndRestore("runs/exp1/backup")
+    """
+
+    def _save_model(self):
+        folder = Path(self.backup_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        weights = folder / f".latest.tmp{os.getpid()}.weights.h5"  # Keras wants the .weights.h5 ending
+        metadata = folder / f".training_metadata.tmp{os.getpid()}.json"
+        try:
+            self.model.save_weights(str(weights), overwrite=True)
+            metadata.write_text(json.dumps({"epoch": self._current_epoch, "batch": self._last_batch_seen}))
+            os.replace(weights, self._weights_path)
+            os.replace(metadata, self._training_metadata_path)
+        finally:
+            for tmp in (weights, metadata):
+                tmp.unlink(missing_ok=True)

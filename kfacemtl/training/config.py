@@ -1,0 +1,310 @@
+"""Run configuration: YAML (loaded safely), strict keys, defaults, errors that name the key path.
+
+A config has these sections (``unlabelled_sources``, ``distillation`` and ``coupling`` are optional):
+
+.. code-block:: yaml
+
+    tasks: [age, gender, race, expression, action_units, valence_arousal]
+    sources:                       # training data: FORMAT:PATH plus options
+      - synthetic:portraits?n=6000
+      - {spec: "csv:data/faces.csv", domain: studio, tasks: [gender]}
+    eval_sources:                  # evaluated after training (report.json, plots)
+      - synthetic:street?split=test&n=1000
+    model: {widths: [32, 64, 128, 256], depths: [1, 2, 2, 1], embedding_dim: 256}
+    training: {epochs: 8, batch_size: 64, optimizer: adam, learning_rate: 0.001,
+               mixing: proportional, loss_normalization: mean_with_sample_weight,
+               loss_weights: {expression: 2.0},   # static task weights (default 1 each)
+               strategy: default,                 # or mirrored, multi_worker (kfacemtl.training.distribute)
+               jit_compile: auto, cache: auto,    # XLA on a GPU; model: {mixed_precision: true}: float16
+               augment_on: auto,                  # pipeline (CPU threads) or step (in the train step, on a GPU)
+               steps_per_execution: auto,         # train steps per call: 8 on a GPU, 1 on a CPU
+               bad_images: error,                 # or skip: undecodable image files left out, counted
+               on_nan: rollback,                  # or stop: a NaN loss stops the run (TrainingDiverged)
+               deterministic: false}              # true: op determinism, the same seed gives the same run
+    unlabelled_sources: [synthetic:street?n=6000]  # pseudo-labelled by distillation
+    distillation: {rounds: 3, epochs_per_round: 2, soft: false, thresholds: {expression: 0.8},
+                   pseudo_weight: 0.5, reinit: false}   # rounds: 0 (the default) turns it off
+    coupling: {coannotation: true, distribution_matching: true,   # all three off by default
+               fuse_outputs: true,                # AU output fused with the AUs the expression head implies
+               relations: [{source: expression, target: action_units, table: du2014}],  # or estimate, or a mapping
+               coannotation_weight: 0.5, matching_weight: 1.0, inverse: true, stop_gradient: false,
+               level: sample}                     # or class: match class means, not each row
+
+Example:
+    >>> from kfacemtl.training.config import resolve_config
+    >>> cfg = resolve_config({"sources": ["synthetic:lab?n=10"], "training": {"epochs": 1}})
+    >>> cfg["training"]["batch_size"], cfg["model"]["stem_stride"]
+    (64, 2)
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from kfacemtl.data.cache import BAD_IMAGES, CACHE_MODES
+from kfacemtl.errors import ConfigError, check_choice
+from kfacemtl.models.losses import NORMALIZATIONS
+from kfacemtl.training.callbacks import NAN_MODES
+from kfacemtl.training.compile import AUGMENT_ON, OPTIMIZERS
+from kfacemtl.training.coupling import LEVELS
+from kfacemtl.training.distribute import STRATEGIES
+from kfacemtl.training.lr import LR_SCHEDULES, make_dynamic_lr
+from kfacemtl.training.weighting import WEIGHTINGS
+
+
+DEFAULTS: dict[str, Any] = {
+    "tasks": ["age", "gender", "race", "expression", "action_units", "valence_arousal"],
+    "sources": [],
+    "eval_sources": [],
+    "unlabelled_sources": [],
+    "model": {
+        "input_shape": [64, 64, 3],
+        "widths": [32, 64, 128, 256],
+        "depths": [1, 2, 2, 1],
+        "stem_stride": 2,
+        "pooling": "flatten",
+        "embedding_dim": 256,
+        "head_units": 64,
+        "dropout": 0.3,
+        "mixed_precision": False,
+    },
+    "training": {
+        "epochs": 8,
+        "batch_size": 64,
+        "steps_per_epoch": None,
+        "optimizer": "adam",
+        "learning_rate": 1e-3,
+        "lr_schedule": "constant",
+        "dynamic_lr_options": None,
+        "weight_decay": 0.0,
+        "loss_normalization": "mean_with_sample_weight",
+        "loss_weights": None,
+        "weighting": "equal",
+        "weighting_options": None,
+        "label_smoothing": 0.0,
+        "mixing": "proportional",
+        "augment": True,
+        "augment_on": "auto",
+        "cache": "auto",
+        "cache_limit_mb": 4096.0,
+        "cache_dir": None,
+        "bad_images": "error",
+        "on_nan": "rollback",
+        "deterministic": False,
+        "strategy": "default",
+        "strategy_devices": None,
+        "jit_compile": "auto",
+        "steps_per_execution": "auto",
+        "seed": 0,
+    },
+    "distillation": {
+        "rounds": 0,
+        "epochs_per_round": 1,
+        "soft": False,
+        "thresholds": None,
+        "balance": False,
+        "pseudo_weight": 0.5,
+        "reinit": False,
+        "teachers": None,
+        "batch_size": 128,
+    },
+    "coupling": {
+        "coannotation": False,
+        "distribution_matching": False,
+        "fuse_outputs": False,
+        "relations": None,
+        "coannotation_weight": 0.5,
+        "matching_weight": 1.0,
+        "inverse": True,
+        "stop_gradient": False,
+        "level": "sample",
+    },
+}
+
+
+_FREE_FORM = {"tasks", "sources", "eval_sources", "unlabelled_sources", "training.mixing", "training.steps_per_epoch",
+              "training.loss_weights", "training.weighting_options", "training.dynamic_lr_options",
+              "training.cache_dir", "training.strategy_devices", "training.jit_compile", "training.steps_per_execution",
+              "distillation.thresholds",
+              "distillation.teachers",
+              "coupling.relations"}
+
+
+def _check(value, default, path):
+    """Type-check one value against its default's type."""
+    if path in _FREE_FORM or default is None:
+        return value
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(path, f"expected true or false, got {value!r}")
+    elif isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(path, f"expected an integer, got {value!r}")
+    elif isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(path, f"expected a number, got {value!r}")
+        value = float(value)
+    elif isinstance(default, str):
+        if not isinstance(value, str):
+            raise ConfigError(path, f"expected a string, got {value!r}")
+    elif isinstance(default, list):
+        if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise ConfigError(path, f"expected a list of integers, got {value!r}")
+    return value
+
+
+def _merge(defaults: Mapping, given: Mapping, prefix: str) -> dict:
+    if not isinstance(given, Mapping):
+        raise ConfigError(prefix or "<top>", f"expected a mapping, got {given!r}")
+    out = copy.deepcopy(dict(defaults))
+    for key, value in given.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if key not in defaults:
+            close = difflib.get_close_matches(str(key), list(defaults), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(path, f"unknown key{hint} (known keys: {sorted(defaults)})")
+        if isinstance(defaults[key], Mapping):
+            out[key] = _merge(defaults[key], value if value is not None else {}, path)
+        else:
+            out[key] = _check(value, defaults[key], path)
+    return out
+
+
+def resolve_config(config: Mapping | None) -> dict:
+    """Merge a config onto :data:`DEFAULTS` and validate every key and value.
+
+    Raises:
+        ConfigError: naming the key path of an unknown key or a value of the wrong kind.
+
+    Example:
+        >>> cfg = resolve_config({"tasks": ["gender"], "sources": ["synthetic:portraits"], "training": {"epochs": 2}})
+        >>> cfg["training"]["epochs"], cfg["training"]["batch_size"], cfg["model"]["pooling"]
+        (2, 64, 'flatten')
+    """
+    cfg = _merge(DEFAULTS, config or {}, "")
+    tr = cfg["training"]
+    for key in ("epochs", "batch_size"):
+        if tr[key] < 1:
+            raise ConfigError(f"training.{key}", f"expected a positive integer, got {tr[key]}")
+    if tr["steps_per_epoch"] is not None and (not isinstance(tr["steps_per_epoch"], int) or tr["steps_per_epoch"] < 1):
+        raise ConfigError("training.steps_per_epoch", f"expected a positive integer or null, got {tr['steps_per_epoch']!r}")
+    if not tr["learning_rate"] > 0:
+        raise ConfigError("training.learning_rate", f"expected a positive number, got {tr['learning_rate']}")
+    for key, choices in (("lr_schedule", LR_SCHEDULES), ("cache", CACHE_MODES), ("on_nan", NAN_MODES),
+                         ("bad_images", BAD_IMAGES), ("strategy", STRATEGIES), ("optimizer", OPTIMIZERS),
+                         ("augment_on", AUGMENT_ON),
+                         ("loss_normalization", NORMALIZATIONS), ("weighting", sorted(WEIGHTINGS))):
+        check_choice(f"training.{key}", tr[key], choices)
+    if not (isinstance(tr["jit_compile"], bool) or tr["jit_compile"] == "auto"):
+        raise ConfigError("training.jit_compile", f"expected true, false or auto (XLA where a GPU is, under the "
+                                                  f"default strategy), got {tr['jit_compile']!r}")
+    spe = tr["steps_per_execution"]
+    if spe != "auto" and (isinstance(spe, bool) or not isinstance(spe, int) or spe < 1):
+        raise ConfigError("training.steps_per_execution", f"expected a positive integer or auto (8 where a GPU is, "
+                                                          f"else 1), got {spe!r}")
+    if spe not in ("auto", 1) and tr["strategy"] != "default":
+        raise ConfigError("training.steps_per_execution", f"{spe} steps per call need strategy: default (Keras's "
+                                                          f"several-step train function fails under tf.distribute "
+                                                          f"strategies: 'You must feed a value for placeholder'); "
+                                                          f"use 1 or auto with strategy: {tr['strategy']}")
+    devices = tr["strategy_devices"]
+    if devices is not None and (tr["strategy"] != "mirrored" or not isinstance(devices, list) or not devices
+                                or not all(isinstance(d, str) for d in devices)):
+        raise ConfigError("training.strategy_devices", f"expected a list of device names (e.g. ['/gpu:0', '/gpu:1']) "
+                                                       f"with strategy: mirrored, got {devices!r}")
+    if tr["cache_dir"] is not None and not isinstance(tr["cache_dir"], str):
+        raise ConfigError("training.cache_dir", f"expected a folder path, got {tr['cache_dir']!r}")
+    weights = tr["loss_weights"]
+    if weights is not None:
+        if not isinstance(weights, Mapping):
+            raise ConfigError("training.loss_weights", f"expected a mapping {{task: weight}}, got {weights!r}")
+        for task, w in weights.items():
+            if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w < float("inf"):
+                raise ConfigError(f"training.loss_weights.{task}", f"expected a number >= 0, got {w!r}")
+    if tr["weighting_options"] is not None and not isinstance(tr["weighting_options"], Mapping):
+        raise ConfigError("training.weighting_options", f"expected a mapping of options, got {tr['weighting_options']!r}")
+    options = tr["dynamic_lr_options"]
+    if options is not None:
+        if not isinstance(options, Mapping) or tr["lr_schedule"] != "dynamic":
+            raise ConfigError("training.dynamic_lr_options", f"expected a mapping of DynamicLearningRate options "
+                                                             f"with lr_schedule: dynamic, got {options!r}")
+        make_dynamic_lr(options)  # unknown or out-of-range options fail here, before anything is trained
+    if weights and tr["weighting"] not in ("equal", "static"):
+        raise ConfigError("training.loss_weights", f"static weights cannot be combined with weighting: "
+                                                   f"{tr['weighting']} (it sets the weights itself)")
+    _check_distillation(cfg)
+    c = cfg["coupling"]
+    if not 0 < c["coannotation_weight"] <= 1:
+        raise ConfigError("coupling.coannotation_weight", f"expected a weight in (0, 1], got {c['coannotation_weight']}")
+    check_choice("coupling.level", c["level"], LEVELS)
+    if not c["matching_weight"] > 0:
+        raise ConfigError("coupling.matching_weight", f"expected a number > 0, got {c['matching_weight']}")
+    if c["relations"] is not None and not isinstance(c["relations"], list):
+        raise ConfigError("coupling.relations", f"expected a list of {{source, target, table}}, got {c['relations']!r}")
+    for key in ("sources", "eval_sources", "unlabelled_sources"):
+        if not isinstance(cfg[key], list):
+            raise ConfigError(key, f"expected a list of FORMAT:PATH specs, got {cfg[key]!r}")
+    if not cfg["sources"]:
+        raise ConfigError("sources", "at least one training source is needed (FORMAT:PATH)")
+    if not isinstance(cfg["tasks"], (list, Mapping)):
+        raise ConfigError("tasks", f"expected a list of task names or a mapping, got {cfg['tasks']!r}")
+    return cfg
+
+
+def _check_distillation(cfg: dict):
+    d, epochs = cfg["distillation"], cfg["training"]["epochs"]
+    if d["rounds"] < 0 or d["epochs_per_round"] < 1 or d["batch_size"] < 1:
+        raise ConfigError("distillation", "expected rounds >= 0 (0: off), epochs_per_round >= 1 and batch_size >= 1")
+    if not 0 < d["pseudo_weight"] <= 1:
+        raise ConfigError("distillation.pseudo_weight", f"expected a weight in (0, 1], got {d['pseudo_weight']}")
+    if d["rounds"] and epochs != d["epochs_per_round"] * (d["rounds"] + 1):
+        raise ConfigError("training.epochs", f"with distillation, training runs epochs_per_round × (rounds + 1) = "
+                                             f"{d['epochs_per_round'] * (d['rounds'] + 1)} epochs (one round on real "
+                                             f"labels, then {d['rounds']} with pseudo-labels), got {epochs}")
+    if cfg["unlabelled_sources"] and not d["rounds"]:
+        raise ConfigError("unlabelled_sources", "unlabelled sources are only used by distillation; "
+                                                "set distillation.rounds >= 1")
+    if d["thresholds"] is not None and not isinstance(d["thresholds"], Mapping):
+        raise ConfigError("distillation.thresholds", f"expected a mapping {{task: value}}, got {d['thresholds']!r}")
+    for task, value in (d["thresholds"] or {}).items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+            raise ConfigError(f"distillation.thresholds.{task}", f"expected a number >= 0, got {value!r}")
+    teachers = d["teachers"]
+    if teachers is not None and not isinstance(teachers, (str, Mapping)):
+        raise ConfigError("distillation.teachers", f"expected a model path or {{task: model path}}, got {teachers!r}")
+
+
+def load_config(path) -> dict:
+    """Read a YAML config file (safe loading) and resolve it.
+
+    Raises:
+        ConfigError: the file is missing or not valid YAML (with its line), or a key is wrong.
+
+    Example:
+        >>> _ = open("exp.yaml", "w").write("tasks: [age]\\nsources: ['synthetic:portraits?n=64']\\n")
+        >>> load_config("exp.yaml")["sources"]
+        ['synthetic:portraits?n=64']
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("<file>", f"config file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError("<file>", f"{str(path)!r} is not valid YAML: {e}") from None
+    return resolve_config(data or {})
+
+
+def dump_config(config: Mapping) -> str:
+    """YAML text of a resolved config.
+
+    Example:
+        >>> text = dump_config(resolve_config({"tasks": ["age"], "sources": ["synthetic:portraits"]}))
+        >>> text.splitlines()[:2]
+        ['tasks: [age]', "sources: ['synthetic:portraits']"]
+    """
+    return yaml.safe_dump(dict(config), sort_keys=False, default_flow_style=None)

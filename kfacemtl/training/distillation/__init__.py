@@ -1,0 +1,15 @@
+"""Teacher-student data distillation rounds (Distill-2MD-MTL): the teacher's confident answers fill in the labels
+the datasets lack.
+
+Example:
+    >>> from kfacemtl.training.distillation import DEFAULT_TRANSFORMS
+    >>> len(DEFAULT_TRANSFORMS)
+    6
+"""
+from kfacemtl.training.distillation.pseudo_labels import PseudoLabels
+from kfacemtl.training.distillation.rounds import DataDistillation, distill, format_round
+from kfacemtl.training.distillation.teacher import (DEFAULT_THRESHOLDS, DEFAULT_TRANSFORMS, EnsembleTeacher,
+                                                    pseudo_label_quality, select, transform_batch, transform_boxes)
+
+__all__ = ["PseudoLabels", "DataDistillation", "distill", "format_round", "DEFAULT_THRESHOLDS", "DEFAULT_TRANSFORMS",
+           "EnsembleTeacher", "pseudo_label_quality", "select", "transform_batch", "transform_boxes"]

@@ -1,0 +1,173 @@
+"""The teacher's ensemble: one batched pass under T transforms (flips, scales, shifts), and which of its answers are
+confident enough to become pseudo-labels.
+
+Example:
+    >>> transform_boxes([(False, 1.0, 0.0, 0.0), (True, 2.0, 0.0, 0.0)]).tolist()
+    [[0.0, 0.0, 1.0, 1.0], [0.25, 0.75, 0.75, 0.25]]
+"""
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from kfacemtl.errors import ConfigError
+from kfacemtl.tasks import Task
+
+
+#: (flip, scale, dx, dy): scale > 1 zooms in; dx, dy shift the content by that fraction of the image
+DEFAULT_TRANSFORMS = ((False, 1.0, 0.0, 0.0), (True, 1.0, 0.0, 0.0), (False, 1.1, 0.0, 0.0),
+                      (True, 0.9, 0.0, 0.0), (False, 1.0, 0.05, 0.0), (True, 1.0, -0.05, 0.0))
+
+
+DEFAULT_THRESHOLDS = {"classification": 0.7, "multilabel": 0.8}
+
+
+REGRESSION_SPREAD = 0.05  # default regression threshold: this fraction of the task's value range
+
+
+def transform_boxes(transforms: Sequence) -> np.ndarray:
+    """``crop_and_resize`` boxes ``(T, 4)`` ``[y1, x1, y2, x2]`` of ``(flip, scale, dx, dy)`` transforms.
+
+    Example:
+        >>> transform_boxes([(False, 1.0, 0.0, 0.0), (True, 2.0, 0.0, 0.0)]).tolist()
+        [[0.0, 0.0, 1.0, 1.0], [0.25, 0.75, 0.75, 0.25]]
+    """
+    boxes = []
+    for i, t in enumerate(transforms):
+        if len(t) != 4:
+            raise ConfigError(f"distillation.transforms[{i}]", f"expected (flip, scale, dx, dy), got {t!r}")
+        flip, scale, dx, dy = bool(t[0]), float(t[1]), float(t[2]), float(t[3])
+        if not 0.25 <= scale <= 4 or abs(dx) >= 0.5 or abs(dy) >= 0.5:
+            raise ConfigError(f"distillation.transforms[{i}]", f"expected a scale in [0.25, 4] and shifts below 0.5, "
+                                                               f"got {t!r}")
+        half = 0.5 / scale
+        y1, y2, x1, x2 = 0.5 - dy - half, 0.5 - dy + half, 0.5 - dx - half, 0.5 - dx + half
+        boxes.append([y1, x2, y2, x1] if flip else [y1, x1, y2, x2])
+    return np.array(boxes, dtype="float32")
+
+
+def transform_batch(images, boxes):
+    """All T transformed copies of a batch in one op: ``(B, H, W, 3)`` → ``(T·B, H, W, 3)``, transform-major.
+
+    Outside the image (zoom-out, shift) is filled with 0, as the training augmentation's padding.
+
+    Example:
+        >>> boxes = transform_boxes(DEFAULT_TRANSFORMS)             # T = 6 transforms
+        >>> tuple(transform_batch(tf.zeros((2, 8, 8, 3)), boxes).shape)
+        (12, 8, 8, 3)
+    """
+    images = tf.convert_to_tensor(images, tf.float32)
+    boxes = tf.convert_to_tensor(boxes, tf.float32)
+    b, t = tf.shape(images)[0], tf.shape(boxes)[0]
+    size = tf.shape(images)[1:3]
+    return tf.image.crop_and_resize(images, tf.repeat(boxes, b, axis=0), tf.tile(tf.range(b), [t]), size,
+                                    extrapolation_value=0.0)
+
+
+class EnsembleTeacher:
+    """One or several models predicting batches under T transforms in one pass each.
+
+    Args:
+        models: a model (it answers all its tasks) or ``{task: model}`` (e.g. single-task
+            teachers; each answers the task it is named for).
+        transforms: ``(flip, scale, dx, dy)`` tuples (default :data:`DEFAULT_TRANSFORMS`).
+
+    Example:
+        >>> from kfacemtl.models import build_model
+        >>> from kfacemtl.tasks import resolve_tasks
+        >>> teacher = EnsembleTeacher(build_model(resolve_tasks(["age"]), input_shape=(16, 16, 3), widths=(4,), depths=1))
+        >>> mean, spread = teacher(np.zeros((2, 16, 16, 3), "float32"))["age"]
+        >>> mean.shape, spread.shape
+        ((2, 1), (2,))
+    """
+
+    def __init__(self, models, transforms: Sequence = DEFAULT_TRANSFORMS):
+        self.models = models
+        self.boxes = tf.constant(transform_boxes(transforms))
+        self.T = int(self.boxes.shape[0])
+        if isinstance(models, Mapping):
+            self._plan = [(m, [task]) for task, m in models.items()]
+        else:
+            self._plan = [(models, list(models.output_names))]
+        self._fns = [self._compile(m) for m, _ in self._plan]
+
+    def _compile(self, model):
+        boxes, T = self.boxes, self.T
+
+        @tf.function(reduce_retracing=True)
+        def predict(images):
+            outs = model(transform_batch(images, boxes), training=False)
+            outs = outs if isinstance(outs, (list, tuple)) else [outs]
+            b = tf.shape(images)[0]
+            result = []
+            for o in outs:
+                o = tf.reshape(tf.cast(o, tf.float32), tf.concat([[T, b], tf.shape(o)[1:]], 0))
+                result.append((tf.reduce_mean(o, 0), tf.reduce_mean(tf.math.reduce_std(o, 0), -1)))
+            return result
+        return predict
+
+    @property
+    def tasks(self) -> list[str]:
+        """The task names the teacher answers."""
+        return [t for _, tasks in self._plan for t in tasks]
+
+    def __call__(self, images, tasks: Sequence[str] | None = None) -> dict:
+        """``{task: (ensemble mean (B, ...), spread (B,))}`` as numpy arrays, for ``tasks`` (default all)
+        and whatever else the models that answer them give."""
+        out = {}
+        for (model, answers), fn in zip(self._plan, self._fns):
+            if tasks is not None and not set(answers) & set(tasks):
+                continue  # a single-task teacher whose task needs no answer here
+            results = fn(tf.convert_to_tensor(images, tf.float32))
+            names = list(model.output_names)
+            for task in answers:
+                mean, spread = results[names.index(task)]
+                out[task] = (mean.numpy(), spread.numpy())
+        return out
+
+
+def select(task: Task, mean: np.ndarray, spread: np.ndarray, candidates: np.ndarray, threshold: float,
+           balance: bool = False) -> np.ndarray:
+    """Which candidate rows' ensemble predictions are confident enough to become pseudo-labels.
+
+    Example:
+        >>> from kfacemtl.tasks import get_task
+        >>> probs = np.array([[0.9, 0.1], [0.55, 0.45], [0.2, 0.8]])
+        >>> select(get_task("gender"), probs, np.zeros(3), np.array([True, True, False]), 0.7).tolist()
+        [True, False, False]
+    """
+    if task.kind == "regression":
+        ok = spread <= threshold
+        confidence = -spread
+    else:
+        confidence = mean.max(-1) if task.kind == "classification" else np.maximum(mean, 1 - mean).mean(-1)
+        ok = confidence >= threshold
+    accepted = candidates & ok
+    if balance and task.kind == "classification" and accepted.any():
+        cls = mean.argmax(-1)
+        counts = np.bincount(cls[accepted], minlength=mean.shape[-1])
+        cap = int(math.ceil(np.median(counts[counts > 0])))
+        for c in np.flatnonzero(counts > cap):
+            rows = np.flatnonzero(accepted & (cls == c))
+            drop = rows[np.argsort(-confidence[rows], kind="stable")[cap:]]
+            accepted[drop] = False
+    return accepted
+
+
+def pseudo_label_quality(task: Task, mean: np.ndarray, truth: np.ndarray) -> float:
+    """Accuracy of pseudo-labels against ground truth: accuracy (classification), per-unit
+    accuracy (multilabel) or mean absolute error (regression).
+
+    Example:
+        >>> from kfacemtl.tasks import get_task
+        >>> pseudo_label_quality(get_task("gender"), np.array([[0.9, 0.1], [0.2, 0.8]]), np.array([0, 0]))
+        0.5
+    """
+    if task.kind == "classification":
+        return float(np.mean(mean.argmax(-1) == truth.reshape(-1).astype(int)))
+    if task.kind == "multilabel":
+        return float(np.mean((mean >= 0.5) == (truth >= 0.5)))
+    return float(np.mean(np.abs(mean.reshape(len(mean), -1) - truth.reshape(len(truth), -1))))

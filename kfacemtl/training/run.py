@@ -1,0 +1,306 @@
+"""Training runs that live in a run directory.
+
+From a notebook: build sources, the dataset and the model, call :func:`compile_model`,
+then plain ``model.fit``. From the CLI: :func:`train_run` reads a config and writes a run
+directory::
+
+    RUN_DIR/config.yaml    the resolved config
+    RUN_DIR/model.keras    the trained model (written atomically at the end)
+    RUN_DIR/history.csv    one row per epoch
+    RUN_DIR/logs/          TensorBoard
+    RUN_DIR/report.json    sources, timing, evaluation table
+    RUN_DIR/plots/*.png    loss curves; task weights; a confusion matrix per classification task per eval source
+    RUN_DIR/weighting.npz  the task-weighting strategy's state (when one is used), for --resume
+    RUN_DIR/backup/        the last finished epoch while training runs (for --resume)
+
+Example:
+    >>> import keras
+    >>> from kfacemtl.models import build_model
+    >>> from kfacemtl.tasks import resolve_tasks
+    >>> from kfacemtl.training import compile_model
+    >>> model = compile_model(build_model(resolve_tasks(["gender"]), widths=(8,), depths=1))
+    >>> model.loss[0].normalization
+    'mean_with_sample_weight'
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import keras
+import tensorflow as tf
+import yaml
+
+from kfacemtl.analysis.evaluation import evaluate_sources, format_table
+from kfacemtl.analysis.plots import plot_confusion, plot_history, plot_relatedness, plot_task_weights
+from kfacemtl.data import Source, WithoutLabels, cached_sources, make_dataset, make_source, prefetch_to_gpu, steps_per_epoch
+from kfacemtl.errors import ConfigError, TrainingDiverged
+from kfacemtl.files import atomic_write, atomic_write_text
+from kfacemtl.models import build_model, count_flops, load_model, model_file
+from kfacemtl.tasks import Task, resolve_tasks
+from kfacemtl.training.callbacks import AtomicBackupAndRestore, NaNGuard, TaskWeightingCallback
+from kfacemtl.training.compile import attach_weighting, augment_on, compile_model, learning_rate_schedule, steps_per_execution
+from kfacemtl.training.config import dump_config, resolve_config
+from kfacemtl.training.coupling import make_coupling
+from kfacemtl.training.distillation import DataDistillation
+from kfacemtl.training.distribute import distribute_options, is_chief, make_strategy, synchronize_batch_norm, worker_dir
+from kfacemtl.training.lr import make_dynamic_lr
+
+
+def build_sources(specs: Sequence, key: str = "sources") -> list[Source]:
+    """Sources from config entries (``FORMAT:PATH`` strings or mappings).
+
+    Example:
+        >>> [s.name for s in build_sources(["synthetic:lab?n=4", {"spec": "synthetic:webcam", "n": 4}])]
+        ['lab-train', 'webcam-train']
+    """
+    return [make_source(spec, key_path=f"{key}[{i}]") for i, spec in enumerate(specs)]
+
+
+def make_distillation(cfg: dict, sources: Sequence[Source], tasks: Sequence[Task], out_dir, verbose: int = 1):
+    """The :class:`~kfacemtl.distillation.DataDistillation` of a config's ``distillation`` section (None when off).
+
+    ``teachers`` is a ``.keras`` file or run directory (one fixed teacher) or ``{task: path}``
+    (e.g. single-task teachers); by default the model being trained teaches itself.
+
+    Example:
+        >>> from kfacemtl.training.config import resolve_config
+        >>> from kfacemtl.tasks import resolve_tasks
+        >>> cfg = resolve_config({"sources": ["synthetic:lab?n=8"], "training": {"epochs": 9},
+        ...                       "distillation": {"rounds": 2, "epochs_per_round": 3}})
+        >>> rounds = make_distillation(cfg, build_sources(cfg["sources"]), resolve_tasks(["expression"]), "run")
+        >>> rounds.total_epochs, rounds.rounds
+        (9, 2)
+    """
+    d = cfg["distillation"]
+    if not d["rounds"]:
+        return None
+    teachers = d["teachers"]
+    if isinstance(teachers, str):
+        teachers = load_model(model_file(teachers), compile=False)
+    elif teachers is not None:
+        teachers = {task: load_model(model_file(path), compile=False) for task, path in teachers.items()}
+    return DataDistillation(sources, tasks, rounds=d["rounds"], epochs_per_round=d["epochs_per_round"],
+                            teacher=teachers, soft=d["soft"], thresholds=d["thresholds"], balance=d["balance"],
+                            pseudo_weight=d["pseudo_weight"], reinit=d["reinit"], batch_size=d["batch_size"],
+                            state_dir=out_dir, verbose=verbose)
+
+
+def check_sources_match_tasks(sources: Sequence[Source], tasks: Sequence[Task]):
+    """Every source must label at least one task of the model (else it only costs time).
+
+    Example:
+        >>> from kfacemtl.tasks import resolve_tasks
+        >>> try:
+        ...     check_sources_match_tasks(build_sources(["synthetic:lab?n=4"]), resolve_tasks(["age"]))
+        ... except ConfigError as e:
+        ...     print(e)
+        config key 'sources': source 'lab-train' labels ['expression', 'action_units'], none of which is a task of the model ['age']
+    """
+    names = {t.name for t in tasks}
+    for s in sources:
+        if not set(s.tasks) & names:
+            raise ConfigError("sources", f"source {s.name!r} labels {list(s.tasks)}, none of which is a task "
+                                         f"of the model {sorted(names)}")
+
+
+# may change when a run resumes: its length, and where and how fast it runs (not what it computes)
+RESUME_MAY_CHANGE = ("epochs", "strategy", "strategy_devices", "jit_compile", "cache", "cache_limit_mb", "cache_dir",
+                     "augment_on", "steps_per_execution")
+
+
+def _config_without_epochs(cfg):
+    c = json.loads(json.dumps(cfg))
+    for key in RESUME_MAY_CHANGE:
+        c["training"].pop(key, None)
+    return c
+
+
+def prepare_run_dir(out_dir: Path, cfg: dict, resume: bool):
+    """Create or reopen a run directory; never clobber a finished or foreign run.
+
+    Example:
+        >>> from kfacemtl.training.config import resolve_config
+        >>> cfg = resolve_config({"sources": ["synthetic:lab"]})
+        >>> prepare_run_dir(Path("runs/exp1"), cfg, resume=False)      # new: writes config.yaml
+        >>> try:
+        ...     prepare_run_dir(Path("runs/exp1"), cfg, resume=False)  # never clobbered
+        ... except ConfigError as e:
+        ...     print(str(e)[:60])
+        config key '--out': 'runs/exp1' is not empty; pass --resume
+    """
+    config_path = out_dir / "config.yaml"
+    if resume:
+        if not config_path.exists():
+            raise ConfigError("--resume", f"{str(out_dir)!r} holds no run to resume (no config.yaml)")
+        saved = yaml.safe_load(config_path.read_text())
+        if _config_without_epochs(saved) != _config_without_epochs(cfg):
+            raise ConfigError("--resume", f"the config differs from the one {str(out_dir)!r} was started with "
+                                          f"(on resume only training.{', '.join(RESUME_MAY_CHANGE)} may change)")
+    elif out_dir.exists() and any(out_dir.iterdir()):
+        raise ConfigError("--out", f"{str(out_dir)!r} is not empty; pass --resume to continue that run, "
+                                   "or choose a new folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(config_path, dump_config(cfg))
+
+
+def _worker_resumes(scratch: Path, resume: bool) -> bool:
+    """A non-chief worker of a multi-worker run: resume from its own scratch folder, or start it afresh."""
+    if not resume:
+        shutil.rmtree(scratch, ignore_errors=True)  # a stale folder of an earlier run with this run directory
+        return False
+    if not (scratch / "config.yaml").exists():
+        raise ConfigError("--resume", f"this worker has no state to resume in {str(scratch)!r} (its scratch folder); "
+                                      "every worker must resume from the same epoch: start all of them again "
+                                      "without --resume into a new run directory")
+    return True
+
+
+def train_run(config: Mapping, out_dir, resume: bool = False, verbose="auto", extra_callbacks: Sequence = ()) -> dict:
+    """Train from a config into ``out_dir``; returns the report (also written as report.json).
+
+    ``resume=True`` continues an interrupted run from its last finished epoch (Keras
+    ``BackupAndRestore``); the config must match the original except ``training.epochs`` and the
+    settings of where it runs (:data:`RESUME_MAY_CHANGE`: a run started on one GPU may go on over two).
+    ``extra_callbacks`` are more Keras callbacks, run after the package's own.
+
+    ``training.strategy`` picks the devices (:mod:`kfacemtl.training.distribute`): under ``multi_worker``
+    every host runs this same call; the chief writes ``out_dir``, the others a scratch folder of
+    their own (:func:`~kfacemtl.distribute.worker_dir`), and each returns its report.
+
+    Example:
+        >>> # report = train_run(load_config("configs/real_mtl.yaml"), "runs/real_mtl")
+        >>> # report = train_run(load_config("configs/real_mtl.yaml"), "runs/real_mtl", resume=True)  # after a crash
+        >>> # print(report["table"])             # the evaluation of eval_sources; also in runs/real_mtl/report.json
+    """
+
+    cfg = resolve_config(config)
+    tr, mc = cfg["training"], cfg["model"]
+    strategy = make_strategy(tr["strategy"], tr["strategy_devices"])  # first: multi_worker sets up the runtime
+    out_dir = worker_dir(out_dir, strategy)
+    if not is_chief(strategy):
+        resume = _worker_resumes(out_dir, resume)
+    tasks = resolve_tasks(cfg["tasks"])
+    sources = build_sources(cfg["sources"])
+    check_sources_match_tasks(sources, tasks)
+    labelled = list(sources)
+    sources += [WithoutLabels(s) for s in build_sources(cfg["unlabelled_sources"], "unlabelled_sources")]
+    eval_sources = build_sources(cfg["eval_sources"], "eval_sources")
+    prepare_run_dir(out_dir, cfg, resume)
+    if tr["deterministic"]:  # for this whole process: TensorFlow cannot turn it off again
+        tf.config.experimental.enable_op_determinism()
+    keras.utils.set_random_seed(tr["seed"])
+    initial_epoch = 0
+    finished = out_dir / "model.keras"
+    steps = tr["steps_per_epoch"] or steps_per_epoch(sources, tr["batch_size"])
+    if resume and finished.exists() and (out_dir / "report.json").exists():
+        # A finished run asked for more epochs: continue from its model (optimizer state included;
+        # a cosine schedule stays at its floor past the original run's steps).
+        report = json.loads((out_dir / "report.json").read_text())
+        initial_epoch = int(report.get("epochs_done", 0))
+        if initial_epoch >= tr["epochs"]:
+            return report  # already finished: nothing to redo
+        with strategy.scope():
+            model = load_model(finished)
+            attach_weighting(model, tr["weighting"], tr["weighting_options"], tr["loss_weights"])
+    else:
+        with strategy.scope():  # variables (the model's, the optimizer's, the weighting's) mirrored across replicas
+            model = build_model(tasks, **mc)  # every model key is an argument of build_model
+            lr = learning_rate_schedule(tr["learning_rate"], tr["lr_schedule"], tr["epochs"] * steps)
+            compile_model(model, tr["optimizer"], lr, tr["weight_decay"], tr["loss_normalization"],
+                          tr["label_smoothing"], loss_weights=tr["loss_weights"], weighting=tr["weighting"],
+                          weighting_options=tr["weighting_options"], jit_compile=tr["jit_compile"],
+                          steps_per_execution=steps_per_execution(tr["steps_per_execution"], tr["lr_schedule"],
+                                                                  tr["strategy"]))
+    image_size = tuple(mc["input_shape"][:2])
+    coannotation, matching, fusions, relations = make_coupling(cfg["coupling"], tasks, labelled)
+    with strategy.scope():
+        model.set_matching(matching)  # training state like the weighting: set again on a resumed model
+        model.set_coannotation(coannotation)  # class level: its class-mean terms join the loss
+    model.set_fusions(fusions)  # part of the network (saved with it); the same on a resumed run
+    in_step = tr["augment"] and augment_on(tr["augment_on"]) == "step"
+    model.set_augmentation(tr["seed"] if in_step else None)
+    skipped: dict = {}  # bad_images: skip → {source: rows left out}
+    # every image decoded once, checked and cached here, so distillation's predictions read the cache too
+    sources = cached_sources(sources, image_size, tr["cache_limit_mb"], tr["cache"], tr["cache_dir"],
+                             tr["bad_images"], skipped)
+    distillation = make_distillation(cfg, sources, tasks, out_dir, verbose=int(verbose != 0))
+    ds = make_dataset(sources, tasks, batch_size=tr["batch_size"], image_size=image_size, training=True,
+                      mixing=tr["mixing"], augment=tr["augment"] and not in_step, seed=tr["seed"],
+                      pseudo_labels=distillation.pseudo_labels if distillation else None, coannotation=coannotation,
+                      cache=tr["cache"], cache_limit_mb=tr["cache_limit_mb"], cache_dir=tr["cache_dir"])
+    if strategy.num_replicas_in_sync > 1:
+        ds = ds.with_options(distribute_options())  # each replica (and worker) keeps its share of every batch
+        synchronize_batch_norm(model)  # statistics of the global batch: every replica's model stays the same
+    elif tr["strategy"] == "default":
+        ds = prefetch_to_gpu(ds)  # (a strategy places its batches itself)
+    callbacks = [
+        AtomicBackupAndRestore(str(out_dir / "backup")),  # the last finished epoch, never half written
+        keras.callbacks.CSVLogger(str(out_dir / "history.csv"), append=resume),
+        keras.callbacks.TensorBoard(str(out_dir / "logs"), write_graph=False, profile_batch=0),
+    ]
+    guard = None
+    if tr["lr_schedule"] == "dynamic":
+        # first, before the loggers, so they see the epoch's learning rate
+        callbacks.insert(0, make_dynamic_lr(tr["dynamic_lr_options"]))
+    else:  # (the dynamic learning rate rolls back by itself)
+        guard = NaNGuard(tr["on_nan"], verbose=int(verbose != 0))
+        callbacks.insert(0, guard)
+    if model.weighting is not None:
+        callbacks.insert(0, TaskWeightingCallback(out_dir / "weighting.npz"))
+    if distillation is not None:
+        callbacks.insert(0, distillation)  # first: it records the initial weights and adds pseudo_<task> to the logs
+    start = time.time()
+    history = model.fit(ds, epochs=tr["epochs"], initial_epoch=initial_epoch, steps_per_epoch=steps,
+                        callbacks=callbacks + list(extra_callbacks), verbose=verbose)
+    train_seconds = time.time() - start
+    if guard is not None and guard.diverged:
+        epoch, batch = guard.diverged
+        raise TrainingDiverged(f"the training loss became NaN or infinite at epoch {epoch + 1}, batch {batch + 1} "
+                               f"(training.on_nan: {tr['on_nan']}); no model was written. The last finished epoch "
+                               f"is in {str(out_dir / 'backup')!r} for --resume; lower training.learning_rate, or "
+                               "check the data")
+    atomic_write(out_dir / "model.keras", model.save)
+
+    results = evaluate_sources(model, eval_sources, tasks, image_size=image_size) if eval_sources else {}
+    plots = [str(plot_history(out_dir / "history.csv", out_dir / "plots" / "loss.png").relative_to(out_dir))]
+    weights_png = plot_task_weights(out_dir / "history.csv", out_dir / "plots" / "task_weights.png")
+    if weights_png is not None:
+        plots.append(str(weights_png.relative_to(out_dir)))
+    for rel in relations:
+        p = plot_relatedness(rel, out_dir / "plots" / f"relatedness_{rel.source.name}_{rel.target.name}.png")
+        plots.append(str(p.relative_to(out_dir)))
+    for src_name, entry in results.items():
+        for task in tasks:
+            if task.kind == "classification" and task.name in entry:
+                p = plot_confusion(entry[task.name]["confusion"], task.classes, f"{task.name} on {src_name}",
+                                   out_dir / "plots" / f"confusion_{src_name}_{task.name}.png")
+                plots.append(str(p.relative_to(out_dir)))
+    report = {
+        "tasks": [t.to_config() for t in tasks],
+        "sources": [s.describe() for s in sources],
+        "eval_sources": [s.describe() for s in eval_sources],
+        "epochs_done": tr["epochs"],
+        "steps_per_epoch": steps,
+        "augmented_in": ("step" if in_step else "pipeline") if tr["augment"] else None,
+        "train_seconds_this_session": round(train_seconds, 1),
+        "parameters": int(model.count_params()),
+        "forward_flops_per_image": count_flops(model),
+        "final_epoch_metrics": {k: float(v[-1]) for k, v in history.history.items()} if history.history else {},
+        "evaluation": {s: {t: {k: v for k, v in m.items() if k != "confusion"} for t, m in e.items()}
+                       for s, e in results.items()},
+        "table": format_table(results, tasks) if results else "",
+        "distillation": distillation.log if distillation else None,
+        "coupling": {"coannotation": coannotation is not None, "distribution_matching": matching is not None,
+                     "level": cfg["coupling"]["level"],
+                     "fused_outputs": [f"{f.source}->{f.target}" for f in fusions],
+                     "relations": [r.describe() for r in relations]} if relations else None,
+        "plots": plots,
+        "nan_events": [{"epoch": e + 1, "batch": b + 1, "action": a} for e, b, a in guard.events] if guard else [],
+        "skipped_images": {name: {"count": len(rows), "rows": rows[:20]} for name, rows in skipped.items()},
+    }
+    atomic_write_text(out_dir / "report.json", json.dumps(report, indent=2))
+    return report
