@@ -51,8 +51,9 @@ def portable_architecture(model) -> dict:
         >>> arch["outputs"], arch["model"]["class_name"]
         ({'gender': {'kind': 'classification', 'units': 2}, 'age': {'kind': 'regression', 'units': 1}}, 'Functional')
     """
+    from kfacemtl.models import flat_model
     from kfacemtl.tasks import Task
-    cfg = json.loads(model.to_json())
+    cfg = json.loads(flat_model(model).to_json())
     cfg.update(module="keras.src.models.functional", class_name="Functional", registered_name="Functional")
     outputs = {}
     for layer in cfg["config"]["layers"]:

@@ -8,6 +8,7 @@ Example:
     >>> str(ConfigError("model.widths", "expected a list of integers, got 'abc'"))
     "config key 'model.widths': expected a list of integers, got 'abc'"
 """
+import contextlib
 
 
 class KfacemtlError(Exception):
@@ -48,6 +49,31 @@ def check_choice(key_path: str, value, choices):
     if value not in choices:
         raise ConfigError(key_path, f"expected one of {choices}, got {value!r}")
     return value
+
+
+@contextlib.contextmanager
+def under_key(prefix: str):
+    """Name the config key of a plain error: inside, a ``ValueError`` or ``TypeError`` whose message reads
+    ``"<argument>: <what is wrong>"`` (how the modules word theirs) becomes a :class:`ConfigError` of
+    ``<prefix>.<argument>``; another message becomes one of ``prefix``. A :class:`ConfigError` passes as it is.
+
+    Example:
+        >>> try:
+        ...     with under_key("model"):
+        ...         raise ValueError("pooling: expected one of ('flatten', 'avg'), got 'max'")
+        ... except ConfigError as e:
+        ...     print(e)
+        config key 'model.pooling': expected one of ('flatten', 'avg'), got 'max'
+    """
+    try:
+        yield
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as e:
+        name, sep, message = str(e).partition(": ")
+        if sep and name.replace("_", "").replace(".", "").isalnum():
+            raise ConfigError(f"{prefix}.{name}", message) from None
+        raise ConfigError(prefix, str(e)) from None
 
 
 class SourceError(KfacemtlError, ValueError):

@@ -149,7 +149,7 @@ class _PoisonAt(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         if batch == self.at and not getattr(self, "done", False):
             self.done = True
-            kernel = self.model.get_layer("block1_conv1").kernel
+            kernel = self.model.backbone.get_layer("block1_conv1").kernel
             kernel.assign(np.full(kernel.shape, np.nan, "float32"))
 
 

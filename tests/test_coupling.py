@@ -4,8 +4,9 @@ import keras
 import numpy as np
 import pytest
 
-from kfacemtl.training.coupling import (DU_2014, CoAnnotation, DistributionMatching, OutputFusion, Relatedness, make_coupling,
-                               make_relations)
+from kfacemtl.training.coupling import (DU_2014, CoAnnotation, DistributionMatching, OutputFusion, Relatedness,
+                                        make_coupling, make_relations)
+from kfacemtl.data.batch import MaskedWeights
 from kfacemtl.errors import ConfigError
 from kfacemtl.models import build_model
 from kfacemtl.data import make_dataset
@@ -72,7 +73,7 @@ def test_coannotation_fills_only_missing_labels_from_real_ones():
     labels = {"expression": np.array([3, 0, 0, 5]), "action_units": np.stack([np.zeros(14), happy_aus,
                                                                               aus_of("AU1"), np.zeros(14)]).astype("float32")}
     weights = {"expression": np.array([1, 0, 1, 0], "float32"), "action_units": np.array([0, 1, 1, 0], "float32")}
-    new, w = co.apply(labels, weights)
+    new, w, real, _ = co.apply(labels, weights)
     np.testing.assert_allclose(new["action_units"][0], rel.matrix[3])          # expression -> soft AUs
     assert int(np.argmax(new["expression"][1])) == 3                           # AUs -> soft expression
     np.testing.assert_array_equal(new["expression"][2], np.eye(7)[0])          # real labels untouched (one-hot)
@@ -80,7 +81,8 @@ def test_coannotation_fills_only_missing_labels_from_real_ones():
     np.testing.assert_allclose(w["action_units"], [0.4, 1, 1, 0])
     np.testing.assert_allclose(w["expression"], [1, 0.4, 1, 0])                # row 3: nothing to read from
     assert weights["action_units"][0] == 0                                     # the inputs are not modified
-    forward_only, w2 = CoAnnotation([rel], inverse=False).apply(labels, weights)
+    forward_only, w2, _, _ = CoAnnotation([rel], inverse=False).apply(labels, weights)
+    np.testing.assert_array_equal(real["action_units"], [0, 1, 1, 0])                 # which labels are real
     assert forward_only["expression"].shape == (4,) and w2["expression"][1] == 0
 
 
@@ -93,12 +95,13 @@ def test_coannotated_batches_and_pseudo_labels_share_one_label_structure():
     store.assign("webcam-train", "expression", np.eye(7)[np.zeros(8, int)], np.full(8, 0.5))  # webcam has real ones
     ds = make_dataset([lab, webcam], tasks, batch_size=16, image_size=(16, 16), augment=False,
                       coannotation=co, pseudo_labels=store)
-    _, y, w = next(iter(ds))
+    _, y, masked = next(iter(ds))
+    w = masked.weights
     assert y["expression"].shape == (16, 7) and y["action_units"].shape == (16, 14)
     assert set(np.round(w["action_units"].numpy(), 3)) == {1.0, 0.5}  # lab's real AUs; webcam's co-annotated
     assert np.all(w["expression"].numpy() == 1.0)
     # which AU labels are real travels along, so distribution matching still covers the co-annotated rows
-    np.testing.assert_array_equal(w["real/action_units"].numpy(), w["action_units"].numpy() == 1.0)
+    np.testing.assert_array_equal(masked.real["action_units"].numpy(), w["action_units"].numpy() == 1.0)
 
 
 def test_distribution_matching_loss_is_masked_bce_against_the_implied_distribution():
@@ -119,8 +122,9 @@ def test_distribution_matching_loss_is_masked_bce_against_the_implied_distributi
     assert float(total) == pytest.approx(2.0 * (bce[[1, 2]].mean() + ce[[2, 3]].mean()), rel=1e-4)
     all_labelled = {k: np.ones(4, "float32") for k in w}
     assert float(dm.total({"expression": p_expr, "action_units": p_au}, all_labelled)[0]) == 0.0
-    coannotated = dict(all_labelled, **{"real/action_units": w["action_units"], "real/expression": w["expression"]})
-    assert float(dm.total({"expression": p_expr, "action_units": p_au}, coannotated)[0]) == pytest.approx(float(total))
+    real = {"action_units": w["action_units"], "expression": w["expression"]}  # every row labelled, some co-annotated
+    assert float(dm.total({"expression": p_expr, "action_units": p_au}, all_labelled, real)[0]) == pytest.approx(
+        float(total))
 
 
 def test_matching_trains_the_heads_on_rows_without_labels():
@@ -209,10 +213,10 @@ def test_class_level_coannotation_moves_filled_rows_to_class_means():
     labels = {"expression": np.array([3, 3, 0, 5]),
               "action_units": np.stack([np.zeros(14), np.zeros(14), aus_of("AU1"), np.zeros(14)]).astype("float32")}
     weights = {"expression": np.array([1, 1, 1, 0], "float32"), "action_units": np.array([0, 0, 1, 0], "float32")}
-    new, w = co.apply(labels, weights)
-    np.testing.assert_allclose(w["coannotated/action_units"], [1, 1, 0, 0])
+    new, w, _, coannotated = co.apply(labels, weights)
+    np.testing.assert_allclose(coannotated["action_units"], [1, 1, 0, 0])
     np.testing.assert_allclose(w["action_units"], [0.4, 0.4, 1, 0])   # the labels are filled as at the sample level
-    kept, moved = co.split(w)
+    kept, moved = co.split(w, coannotated)
     np.testing.assert_allclose(kept["action_units"], [0, 0, 1, 0])    # out of the per-row AU loss
     np.testing.assert_allclose(moved["action_units"], [0.4, 0.4, 0, 0])
     p_au = np.random.default_rng(0).uniform(0.05, 0.95, (4, 14)).astype("float32")
@@ -220,8 +224,8 @@ def test_class_level_coannotation_moves_filled_rows_to_class_means():
     mean = p_au[:2].mean(0)                                             # the two happy rows' mean prediction
     assert float(term) == pytest.approx(0.4 * float(_bce(rel.matrix[3], mean)), rel=1e-4)
     assert co.term_names == ["coannot_action_units"] and CoAnnotation([rel]).term_names == []
-    _, sample_w = CoAnnotation([rel]).apply(labels, weights)
-    assert "coannotated/action_units" not in sample_w
+    _, _, _, sample_coannotated = CoAnnotation([rel]).apply(labels, weights)
+    assert sample_coannotated == {}
 
 
 def test_class_level_coupling_trains_the_au_head_from_expression_labels():
@@ -233,9 +237,11 @@ def test_class_level_coupling_trains_the_au_head_from_expression_labels():
     co = CoAnnotation(make_relations(None, tasks), level="class")
     model.set_coannotation(co)
     x = np.random.default_rng(0).uniform(0, 1, (32, 16, 16, 3)).astype("float32")
-    y, w = co.apply({"expression": np.full(32, 3), "action_units": np.zeros((32, 14), "float32")},
-                    {"expression": np.ones(32, "float32"), "action_units": np.zeros(32, "float32")})  # all happy
-    history = model.fit(tf.data.Dataset.from_tensor_slices((x, y, w)).batch(32), epochs=60, verbose=0).history
+    y, w, real, coannotated = co.apply({"expression": np.full(32, 3), "action_units": np.zeros((32, 14), "float32")},
+                                       {"expression": np.ones(32, "float32"),
+                                        "action_units": np.zeros(32, "float32")})  # all happy
+    ds = tf.data.Dataset.from_tensor_slices((x, y, MaskedWeights(w, real, coannotated))).batch(32)
+    history = model.fit(ds, epochs=60, verbose=0).history
     assert history["coannot_action_units"][-1] < 0.5 * history["coannot_action_units"][0]
     assert history["action_units_loss"][-1] == 0  # the co-annotated rows left the per-row AU loss
     p_au = model.predict(x, verbose=0)[1].mean(0)
@@ -355,7 +361,7 @@ def test_output_fusion_is_a_product_of_experts_with_the_implied_labels():
     happy = np.asarray(happy)
     au12, au4 = ACTION_UNITS.index("AU12"), ACTION_UNITS.index("AU4")
     assert (happy[:, au12] > p_aus[:, au12]).all() and (happy[:, au4] < p_aus[:, au4]).all()
-    with pytest.raises(ConfigError, match="coupling.fuse_outputs.*multilabel"):
+    with pytest.raises(ValueError, match="fusing outputs needs a multilabel target"):
         OutputFusion.from_relation(Relatedness.from_table({"happy": [0.8, 0.5]}, EXPR, VA))
 
 
@@ -368,11 +374,12 @@ def test_fused_outputs_only_where_the_model_answers_and_saved_with_it(tmp_path):
     model = build_model(tasks, input_shape=(16, 16, 3), widths=(4,), depths=1, embedding_dim=4, head_units=4)
     x = np.random.default_rng(1).random((4, 16, 16, 3)).astype("float32")
     raw = model.predict(x, verbose=0)
-    model.set_fusions([OutputFusion.from_relation(Relatedness.du_2014(EXPR, AUS))])
-    fused = model.predict(x, verbose=0)
+    fused_model = model.with_fusions([OutputFusion.from_relation(Relatedness.du_2014(EXPR, AUS))])
+    assert isinstance(fused_model.get_layer("action_units"), OutputFusion)  # a layer of the network, after the head
+    fused = fused_model.predict(x, verbose=0)
     np.testing.assert_allclose(fused[0], raw[0], atol=1e-6)  # expression: the head's own
     assert np.abs(fused[1] - raw[1]).max() > 1e-3  # AUs: fused
-    model.save(tmp_path / "m.keras")
+    fused_model.save(tmp_path / "m.keras")
     again = load_model(tmp_path / "m.keras")
     assert [(f.source, f.target) for f in again.fusions] == [("expression", "action_units")]
     np.testing.assert_allclose(again.predict(x, verbose=0)[1], fused[1], atol=1e-6)
@@ -384,12 +391,12 @@ def test_fused_outputs_only_where_the_model_answers_and_saved_with_it(tmp_path):
     calls = []
 
     class Counted(OutputFusion):
-        def apply(self, outputs):
-            calls.append(1)
-            return super().apply(outputs)
+        def call(self, inputs, training=None):
+            calls.append(bool(training))
+            return super().call(inputs, training=training)
 
-    again.set_fusions([Counted.from_relation(Relatedness.du_2014(EXPR, AUS))])
-    again(x, training=True)
-    assert calls == []
-    again(x, training=False)
-    assert calls == [1]
+    counted = again.with_fusions([Counted.from_relation(Relatedness.du_2014(EXPR, AUS))])
+    calls.clear()
+    counted(x, training=True)
+    counted(x, training=False)
+    assert calls == [True, False]  # in training the layer passes the head through (OutputFusion's own test)

@@ -137,9 +137,19 @@ WORKER = """
     cfg = json.loads('''%s''')
     cfg["training"].update(strategy="multi_worker", weighting="dwa", augment=True)  # the pipeline's XLA augmentation
     report = train_run(cfg, os.environ["RUN_DIR"], verbose=0)
-    import keras
-    from kfacemtl.training.distribute import is_chief, make_strategy
-    print(json.dumps({"metrics": report["final_epoch_metrics"], "table": report["table"]}))
+    # keras-team/keras#20585: does Keras's own fit still fail under this strategy? (MultiTaskSteps works around it)
+    import keras, numpy as np, tensorflow as tf
+    from kfacemtl.training.distribute import make_strategy
+    with make_strategy("multi_worker").scope():
+        plain = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+        plain.compile("sgd", "mse")
+    try:
+        plain.fit(tf.data.Dataset.from_tensors((np.zeros((8, 4), "float32"), np.zeros((8, 1), "float32"))).repeat(),
+                  steps_per_epoch=1, verbose=0)
+        keras_bug = None
+    except Exception as e:  # the bug's error, whatever its type
+        keras_bug = f"{type(e).__name__}: {str(e)[:300]}"
+    print(json.dumps({"metrics": report["final_epoch_metrics"], "table": report["table"], "keras_bug": keras_bug}))
 """
 
 
@@ -167,6 +177,10 @@ def test_two_workers_on_localhost_train_one_model_and_only_the_chief_writes_the_
     with ThreadPoolExecutor(2) as pool:
         chief, other = pool.map(worker, range(2))
     assert chief["metrics"] == other["metrics"] and chief["table"] == other["table"]  # one model, in sync
+    # This test fails once Keras fixes keras-team/keras#20585: then remove MultiTaskSteps._maybe_symbolic_build and
+    # MultiTaskSteps._synced (their workaround) and this assertion.
+    assert chief["keras_bug"] is not None, "Keras's own fit now works under MultiWorkerMirroredStrategy"
+    assert "PerReplica" in chief["keras_bug"], chief["keras_bug"]  # the bug's own error, not another one
     assert (run_dir / "model.keras").is_file() and (run_dir / "report.json").is_file()
     rows = (run_dir / "history.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + TINY_CONFIG["training"]["epochs"]
@@ -188,7 +202,7 @@ def test_mixed_precision_and_xla_options_train_with_float32_outputs_and_loss_sca
     report = train_run(cfg, tmp_path / "run", verbose=0)
     assert all(np.isfinite(v) for v in report["final_epoch_metrics"].values())
     model = load_model(tmp_path / "run" / "model.keras")
-    conv = model.get_layer("block1_conv1")
+    conv = model.backbone.get_layer("block1_conv1")
     assert conv.dtype_policy.name == "mixed_float16" and conv.kernel.dtype == "float32"  # float16 math, float32 weights
     assert model.get_layer("embedding").compute_dtype == "float16"
     outputs = model(np.zeros((2, 32, 32, 3), "float32"))

@@ -7,6 +7,7 @@ import pytest
 from kfacemtl.errors import ConfigError
 from kfacemtl.models import TaskOutput, build_model, count_flops, load_model, model_tasks
 from kfacemtl.tasks import resolve_tasks
+from kfacemtl.training.config import resolve_config
 from kfacemtl.training import compile_model
 
 TASKS = resolve_tasks(None)
@@ -22,8 +23,8 @@ def test_outputs_are_a_list_in_task_order_named_after_tasks():
     out = model.predict_dict(x, verbose=0)
     np.testing.assert_allclose(out["expression"].sum(-1), 1, atol=1e-5)
     assert np.all((out["action_units"] > 0) & (out["action_units"] < 1))
-    # conv layers are reachable in the flat graph (saliency needs the last one)
-    assert any(layer.name == "block2_conv1" for layer in model.layers)
+    # the backbone's conv layers are reachable (saliency needs the last one)
+    assert any(layer.name == "block2_conv1" for layer in model.backbone.layers)
     assert count_flops(model) > 0
 
 
@@ -56,8 +57,10 @@ def test_pooling_is_a_backbone_option_with_a_clear_error():
     names = lambda m: {layer.name for layer in m.layers}  # noqa: E731
     assert "flatten" in names(build_model(TASKS[:1], widths=(8, 16), depths=1))  # default keeps feature positions
     assert "gap" in names(build_model(TASKS[:1], widths=(8, 16), depths=1, pooling="avg"))
-    with pytest.raises(ConfigError, match="model.pooling"):
+    with pytest.raises(ValueError, match="pooling: expected one of"):
         build_model(TASKS[:1], widths=(8, 16), depths=1, pooling="max")
+    with pytest.raises(ConfigError, match="model.pooling"):  # a config names the key
+        resolve_config({"sources": ["synthetic:lab"], "model": {"pooling": "max"}})
 
 
 def test_model_files_load_in_safe_mode_so_they_cannot_run_code(tmp_path):

@@ -17,8 +17,8 @@ import tensorflow as tf
 from conftest import tiny_model
 from kfacemtl.serving.export import export_model, models_config
 from kfacemtl.serving.local_server import LocalModelServer
-from kfacemtl.serving.client import (Client, InvalidInputError, LocalPredictor, ModelNotFoundError, ServerUnavailableError,
-                              ServingError, format_results, group_outputs)
+from kfacemtl.serving.client import (Client, InvalidInputError, LocalPredictor, ModelNotFoundError,
+                                     ServerUnavailableError, ServingError, format_results, group_outputs)
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):

@@ -33,18 +33,18 @@ from kfacemtl.analysis.plots import save_figure, subplots
 from kfacemtl.data import decode_image
 from kfacemtl.errors import ConfigError, SourceError
 from kfacemtl.files import atomic_write
-from kfacemtl.models import model_tasks
+from kfacemtl.models import flat_graph, model_tasks
 
 METHODS = ("saliency", "gradcam++", "scorecam")
 
 
 def last_conv_layer(model) -> str:
-    """The Grad-CAM layer: the rectified output of the backbone's last convolution.
+    """The Grad-CAM layer: the backbone's feature map (its output layer) for a multi-task model; otherwise the
+    rectified output of the last convolution.
 
-    That is the ReLU (or activation) that follows the last ``Conv2D`` (through its
-    BatchNormalization); the convolution itself when none follows. CAM methods weight these
-    feature maps, which must be the non-negative activations: the raw convolution output
-    before BatchNormalization is mostly negative in a trained network and gives empty maps.
+    That is the ReLU (or activation) that follows the last ``Conv2D`` (through its BatchNormalization); the convolution
+    itself when none follows. CAM methods weight these feature maps, which must be the non-negative activations: the
+    raw convolution output before BatchNormalization is mostly negative in a trained network and gives empty maps.
 
     Example:
         >>> from kfacemtl.models import build_model
@@ -52,6 +52,11 @@ def last_conv_layer(model) -> str:
         >>> last_conv_layer(build_model(resolve_tasks(["gender"]), widths=(8, 16), depths=1))
         'block2_relu1'
     """
+    backbone = getattr(model, "backbone", None)
+    if _is_functional(backbone):
+        return backbone.layers[-1].name
+    if backbone is not None:
+        return backbone.name
     layers = model.layers
     convs = [i for i, layer in enumerate(layers) if isinstance(layer, keras.layers.Conv2D)]
     if not convs:
@@ -62,6 +67,11 @@ def last_conv_layer(model) -> str:
         if not isinstance(layer, keras.layers.BatchNormalization):
             break
     return layers[convs[-1]].name
+
+
+def _is_functional(model) -> bool:
+    return isinstance(model, keras.Model) and getattr(model, "output", None) is not None and bool(model.layers) \
+        and isinstance(model.layers[0], keras.layers.InputLayer)
 
 
 def head_task(model, head: str):
@@ -106,18 +116,34 @@ def resolve_target(task, target) -> int | None:
     return names.index(target)
 
 
-class _HeadModel:
-    """A sub-model ``image → one head`` (optionally with a linear output), built once per head."""
+def head_model(model, head: str, linear: bool = False) -> keras.Model:
+    """A model ``image → one head`` that shares ``model``'s layers (and weights). For a multi-task model with a
+    functional backbone it runs through the backbone's own graph, so every backbone layer is one of its layers (the
+    CAM methods' feature maps); with ``linear`` the head's softmax or sigmoid is left out (a copy of its output layer
+    with a linear activation): gradients of logits, not of saturated probabilities. Fused outputs are not applied.
 
-    def __init__(self, model, head: str, linear: bool):
-        self.task = head_task(model, head)
-        sub = keras.Model(model.inputs, model.get_layer(head).output, name=f"{head}_head")
-        if linear and self.task.kind != "regression":  # gradients of logits, not of saturated probabilities
-            clone = keras.models.clone_model(sub)
-            clone.set_weights(sub.get_weights())
-            clone.get_layer(head).activation = keras.activations.linear
-            sub = clone
-        self.model = sub
+    Example:
+        >>> from kfacemtl.models import build_model
+        >>> from kfacemtl.tasks import resolve_tasks
+        >>> sub = head_model(build_model(resolve_tasks(["expression", "age"]), widths=(8, 16), depths=1), "expression")
+        >>> sub.output_shape, "block2_relu1" in [layer.name for layer in sub.layers]
+        ((None, 7), True)
+    """
+    task = head_task(model, head)
+    backbone = getattr(model, "backbone", None)
+    if _is_functional(backbone):
+        inputs, heads, _ = flat_graph(model, linear=[head] if linear else [])
+        return keras.Model(inputs, heads[head], name=f"{head}_head_model")
+    if backbone is not None:  # a subclassed backbone: the CAM methods see its output only
+        inputs, out_layer = model.inputs, model.task_output(head)
+    else:  # a flat graph (kfacemtl 0.1)
+        inputs, out_layer = model.inputs, model.get_layer(head)
+    out = out_layer.output
+    if linear and task.kind != "regression":
+        copy = type(out_layer).from_config({**out_layer.get_config(), "activation": "linear", "name": f"{head}_linear"})
+        out = copy(out_layer.input)
+        copy.set_weights(out_layer.get_weights())
+    return keras.Model(inputs, out, name=f"{head}_head_model")
 
 
 def explain(model, images, head: str, target=None, method: str = "gradcam++", layer: str | None = None,
@@ -159,14 +185,14 @@ def explain(model, images, head: str, target=None, method: str = "gradcam++", la
     task = head_task(model, head)
     index = resolve_target(task, target)
     layer = layer or last_conv_layer(model)
-    head_model = _HeadModel(model, head, linear=(method != "scorecam")).model
-    channels = int(model.get_layer(layer).output.shape[-1])
+    sub = head_model(model, head, linear=(method != "scorecam"))
+    channels = int(sub.get_layer(layer).output.shape[-1])
     max_n = None if scorecam_max_n is None else max(1, min(int(scorecam_max_n), channels))
     maps = []
     with warnings.catch_warnings():  # tf-keras-vis passes the one input as a list; Keras warns about it
         warnings.filterwarnings("ignore", message="The structure of `inputs` doesn't match")
         for start in range(0, len(images), batch_size):
-            maps.append(_explain_batch(head_model, images[start:start + batch_size], index, method, layer,
+            maps.append(_explain_batch(sub, images[start:start + batch_size], index, method, layer,
                                        smooth_samples, smooth_noise, max_n, batch_size))
     return np.nan_to_num(np.concatenate(maps), nan=0.0)
 

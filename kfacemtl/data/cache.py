@@ -255,10 +255,10 @@ def _checked(src: Source, where, image_size, cache_dir, bad_images: str, skipped
     """One file source, cached ``where`` (memory, disk or None), its undecodable files an error or left out."""
     def cache(s):
         out = s if where is None else DecodedImages(s, image_size, cache_dir=cache_dir if where == "disk" else None)
-        s.__dict__["_images_checked"] = True  # checked once per source object (evaluation, distillation rounds)
+        s.images_checked = True  # checked once per source object (evaluation, distillation rounds)
         return out
     try:
-        if where is None and not src.__dict__.get("_images_checked"):
+        if where is None and not getattr(src, "images_checked", False):
             bad = find_bad_images(src.paths())
             if bad:
                 raise BadImageFiles(src, bad)

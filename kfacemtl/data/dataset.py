@@ -1,4 +1,5 @@
-"""The tf.data pipeline for training and evaluation: decode → resize (or the decoded-image cache) → mix sources → batch → augment → prefetch.
+"""The tf.data pipeline for training and evaluation: decode → resize (or the decoded-image cache) → mix sources →
+batch → augment → prefetch.
 
 Every batch is ``(images, {task: label}, {task: weight})`` with every task of the model
 present; a missing label has weight 0 and a finite placeholder label. Images are float32
@@ -25,6 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from kfacemtl.data.augment import augment_batch
+from kfacemtl.data.batch import MaskedWeights
 from kfacemtl.data.cache import CACHE_MODES, cached_sources
 from kfacemtl.data.images import to_rgb, decode_image, preprocess_image
 from kfacemtl.data.mixing import mixed_row_ids, mixing_weights
@@ -48,7 +50,8 @@ def source_dataset(source: Source, tasks: Sequence[Task], shuffle_seed: int | No
     Example:
         >>> from kfacemtl.data import make_source
         >>> from kfacemtl.tasks import resolve_tasks
-        >>> image, labels, weights = next(iter(source_dataset(make_source("synthetic:lab?n=4"), resolve_tasks(["gender", "expression"]))))
+        >>> rows = source_dataset(make_source("synthetic:lab?n=4"), resolve_tasks(["gender", "expression"]))
+        >>> image, labels, weights = next(iter(rows))
         >>> tuple(image.shape), float(weights["gender"]), float(weights["expression"])   # lab has no gender labels
         ((64, 64, 3), 0.0, 1.0)
     """
@@ -68,16 +71,28 @@ def source_dataset(source: Source, tasks: Sequence[Task], shuffle_seed: int | No
 
     def row(i):
         x, y, w = tf.nest.map_structure(lambda t: tf.gather(t, i), table)
-        if pseudo_labels is not None:
-            y, w = pseudo_labels.merge(source.name, i, y, w)
-        return x, y, w
+        return (x, *_with_pseudo_labels(pseudo_labels, source.name, i, y, w))
     return order.repeat().map(row)
 
 
-def _label_tables(source: Source, tasks: Sequence[Task], coannotation) -> tuple[dict, dict]:
-    """A source's labels and weights for every task, with what co-annotation fills in."""
+def _label_tables(source: Source, tasks: Sequence[Task], coannotation) -> tuple:
+    """A source's labels and weights for every task, with what co-annotation fills in (and then the weights are a
+    :class:`~kfacemtl.data.batch.MaskedWeights`)."""
     labels, weights = source.labels(tasks)
-    return (labels, weights) if coannotation is None else coannotation.apply(labels, weights)
+    if coannotation is None:
+        return labels, weights
+    labels, weights, real, coannotated = coannotation.apply(labels, weights)
+    return labels, MaskedWeights(weights, real, coannotated)
+
+
+def _with_pseudo_labels(pseudo_labels, name: str, rows, labels, weights) -> tuple:
+    """``(labels, weights)`` with the rows' pseudo-labels where a real label is missing (as they are without)."""
+    if pseudo_labels is None:
+        return labels, weights
+    if isinstance(weights, MaskedWeights):
+        labels, merged = pseudo_labels.merge(name, rows, labels, weights.weights)
+        return labels, weights._replace(weights=merged)
+    return pseudo_labels.merge(name, rows, labels, weights)
 
 
 def _check_images(source: Source, images: np.ndarray):
@@ -123,14 +138,14 @@ def _batched_training_dataset(sources: Sequence[Source], arrays: Sequence[np.nda
             mine = tf.gather(rows, at)
             where.append(at)
             xs.append(prepare(tf.gather(images, mine)))
-            y, w = ({t: tf.gather(v, mine) for t, v in table.items()} for table in (labels, weights))
-            if pseudo_labels is not None:
-                y, w = pseudo_labels.merge(sources[i].name, mine, y, w)
+            y, w = (tf.nest.map_structure(lambda v: tf.gather(v, mine), table) for table in (labels, weights))
+            y, w = _with_pseudo_labels(pseudo_labels, sources[i].name, mine, y, w)
             ys.append(y)
             ws.append(w)
-        stitch = lambda parts_: tf.dynamic_stitch(where, parts_)  # noqa: E731
-        return (stitch(xs), {t: stitch([y[t] for y in ys]) for t in ys[0]},
-                {t: stitch([w[t] for w in ws]) for t in ws[0]})
+
+        def stitch(*parts):
+            return tf.dynamic_stitch(where, list(parts))
+        return stitch(*xs), tf.nest.map_structure(stitch, *ys), tf.nest.map_structure(stitch, *ws)
 
     ids = mixed_row_ids([len(a) for a in arrays], probs, int(batch_size), seed)
     return ids.map(gather, num_parallel_calls=tf.data.AUTOTUNE)

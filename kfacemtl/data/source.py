@@ -49,6 +49,8 @@ class Source(abc.ABC):
 
     #: short format name used in ``FORMAT:PATH`` specs
     format = ""
+    #: True once every image file of this source object decoded (the bad-image check runs once per object)
+    images_checked = False
 
     def __init__(self, name: str, domain: str, tasks: Sequence[str]):
         self.name = name

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 from typing import Mapping
 
+import keras
 import numpy as np
 from keras import ops
-
-from kfacemtl.errors import ConfigError
 
 
 FLOOR = 0.05  # d(i, k) is clipped to [FLOOR, 1 - FLOOR] when AUs are turned into an expression distribution
@@ -42,18 +41,21 @@ def over_known(p, known):
     return p / ops.maximum(ops.sum(p, axis=-1, keepdims=True), 1e-6)
 
 
-class OutputFusion:
+@keras.saving.register_keras_serializable(package="kfacemtl")
+class OutputFusion(keras.layers.Layer):
     """At inference, a multilabel head's probabilities fused with those its related classification head implies.
 
     For a relation source → target (a multilabel target, e.g. expression → action units), with ``p_k`` the
-    target head's probability of label ``k``, ``q_k = forward(p_source)_k`` the probability the source head
-    implies and ``m_k`` the label's base rate under the relation (``forward(prior)``), the fused probability
-    treats the two as independent evidence about the label (a product of experts, as naive Bayes combines
+    target head's probability of label ``k``, ``q_k = implied(p_source)_k`` the probability the source head
+    implies and ``m_k`` the label's base rate under the relation (the ``prior`` pushed through ``d``), the fused
+    probability treats the two as independent evidence about the label (a product of experts, as naive Bayes combines
     them): ``logit(fused_k) = logit(p_k) + logit(q_k) - logit(m_k)``; ``q`` and ``m`` are clipped to
-    [``FLOOR``, 1 - ``FLOOR``], so no table entry of 0 or 1 overrules the head. It acts only where the model
-    answers (``training=False``: ``predict``, ``evaluate``, exports); training sees the head itself, so the
-    head's own loss never learns to lean on the fusion. On the synthetic benchmark the fused AUs are better
-    than the AU head on the domains without AU labels, in every seed measured (README: *Coupling related tasks*).
+    [``FLOOR``, 1 - ``FLOOR``], so no table entry of 0 or 1 overrules the head.
+
+    A layer of the network: :func:`~kfacemtl.models.build_model` (``fusions=``) puts it after the target's head,
+    named after the target task, so it is saved, loaded and exported with the model. It acts only where the model
+    answers (``training=False``: ``predict``, ``evaluate``, exports); in training it passes the head through, so the
+    head's own loss never learns to lean on the fusion. Called on ``[source probabilities, target probabilities]``.
 
     Args:
         source, target: the tasks' names (the model's output names).
@@ -64,16 +66,20 @@ class OutputFusion:
     Example:
         >>> from kfacemtl.tasks import get_task
         >>> from kfacemtl.training.coupling import Relatedness
-        >>> rel = Relatedness.du_2014(get_task("expression"), get_task("action_units"))
-        >>> fusion = OutputFusion.from_relation(rel)
+        >>> fusion = OutputFusion.from_relation(Relatedness.du_2014(get_task("expression"), get_task("action_units")))
         >>> happy = np.eye(7, dtype="float32")[[3]]
         >>> aus = np.full((1, 14), 0.5, "float32")   # an AU head that cannot tell
-        >>> out = fusion.apply({"expression": happy, "action_units": aus})
-        >>> [round(float(v), 2) for v in np.asarray(out["action_units"])[0, [7, 0]]]   # AU12 up, AU1 down
+        >>> out = fusion([happy, aus])
+        >>> [round(float(v), 2) for v in np.asarray(out)[0, [7, 0]]]   # AU12 up, AU1 down
         [0.99, 0.08]
+        >>> bool(np.all(np.asarray(fusion([happy, aus], training=True)) == aus))   # training: the head as it is
+        True
     """
 
-    def __init__(self, source: str, target: str, matrix, known, prior):
+    def __init__(self, source: str, target: str, matrix, known, prior, **kwargs):
+        kwargs.setdefault("name", str(target))
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
         self.source, self.target = str(source), str(target)
         self.matrix = np.asarray(matrix, "float32")
         self.known = np.asarray(known, bool)
@@ -84,28 +90,48 @@ class OutputFusion:
         self.base_rate = np.asarray(implied(self.prior[None], self.known, self.matrix))[0]
 
     @classmethod
-    def from_relation(cls, relation) -> "OutputFusion":
-        if not relation.invertible:
-            raise ConfigError("coupling.fuse_outputs", f"{relation.name}: fusing outputs needs a multilabel target "
-                                                       f"(e.g. action units), not {relation.target.kind}")
-        return cls(relation.source.name, relation.target.name, relation.matrix, relation.known, relation.prior)
+    def from_relation(cls, relation, **kwargs) -> "OutputFusion":
+        """The fusion of a :class:`~kfacemtl.training.coupling.Relatedness` with a multilabel target.
 
-    def apply(self, outputs: Mapping) -> dict:
-        """``outputs`` (``{task: probabilities}``) with the target's replaced by the fused probabilities."""
+        Example:
+            >>> from kfacemtl.tasks import get_task
+            >>> from kfacemtl.training.coupling import Relatedness
+            >>> OutputFusion.from_relation(Relatedness.du_2014(get_task("expression"), get_task("action_units"))).name
+            'action_units'
+        """
+        if not relation.invertible:
+            raise ValueError(f"{relation.name}: fusing outputs needs a multilabel target (e.g. action units), not "
+                             f"{relation.target.kind}")
+        return cls(relation.source.name, relation.target.name, relation.matrix, relation.known, relation.prior,
+                   **kwargs)
+
+    def call(self, inputs, training=None):
+        source, target = inputs
+        if training:
+            return target
 
         def logit(v, floor):
             v = ops.clip(v, floor, 1.0 - floor)
             return ops.log(v) - ops.log(1.0 - v)
 
-        q = implied(outputs[self.source], self.known, self.matrix)
-        fused = ops.sigmoid(logit(ops.cast(outputs[self.target], "float32"), 1e-6) + logit(q, FLOOR)
-                            - logit(ops.convert_to_tensor(self.base_rate, "float32"), FLOOR))
-        return dict(outputs, **{self.target: fused})
+        q = implied(source, self.known, self.matrix)
+        return ops.sigmoid(logit(ops.cast(target, "float32"), 1e-6) + logit(q, FLOOR)
+                           - logit(ops.convert_to_tensor(self.base_rate, "float32"), FLOOR))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[1]
+
+    def apply(self, outputs: Mapping) -> dict:
+        """``outputs`` (``{task: probabilities}``) with the target's replaced by the fused probabilities.
+
+        Example:
+            >>> fusion = OutputFusion("expression", "action_units", np.eye(2), [True, True], [0.5, 0.5])
+            >>> out = fusion.apply({"expression": np.array([[1.0, 0.0]]), "action_units": np.array([[0.5, 0.5]])})
+            >>> [round(float(v), 2) for v in np.asarray(out["action_units"])[0]]
+            [0.95, 0.05]
+        """
+        return dict(outputs, **{self.target: self([outputs[self.source], outputs[self.target]], training=False)})
 
     def get_config(self) -> dict:
-        return {"source": self.source, "target": self.target, "matrix": self.matrix.tolist(),
+        return {**super().get_config(), "source": self.source, "target": self.target, "matrix": self.matrix.tolist(),
                 "known": self.known.tolist(), "prior": self.prior.tolist()}
-
-    @classmethod
-    def from_config(cls, config: Mapping) -> "OutputFusion":
-        return cls(**config)

@@ -5,7 +5,7 @@ Example:
     >>> resolve_config({"sources": ["synthetic:lab?n=10"]})["training"]["batch_size"]
     64
 """
-from kfacemtl.training.callbacks import AtomicBackupAndRestore, NaNGuard, TaskWeightingCallback
+from kfacemtl.training.callbacks import EpochCheckpoint, NaNGuard, TaskWeightingCallback
 from kfacemtl.training.compile import (attach_weighting, augment_on, compile_model, learning_rate_schedule,
                                        make_optimizer, steps_per_execution)
 from kfacemtl.training.config import DEFAULTS, dump_config, load_config, resolve_config
@@ -18,7 +18,7 @@ from kfacemtl.training.lr import DynamicLearningRate, lr_range_test, make_dynami
 from kfacemtl.training.run import RESUME_MAY_CHANGE, build_sources, make_distillation, prepare_run_dir, train_run
 from kfacemtl.training.weighting import TaskWeighting, make_weighting
 
-__all__ = ["AtomicBackupAndRestore", "NaNGuard", "TaskWeightingCallback", "attach_weighting", "augment_on",
+__all__ = ["EpochCheckpoint", "NaNGuard", "TaskWeightingCallback", "attach_weighting", "augment_on",
            "compile_model", "learning_rate_schedule", "make_optimizer", "steps_per_execution", "DEFAULTS",
            "dump_config", "load_config", "resolve_config", "CoAnnotation", "DistributionMatching", "OutputFusion",
            "Relatedness", "make_coupling", "make_relations", "DEMO_EPOCHS", "DEMO_STEPS", "demo_config",

@@ -1,5 +1,5 @@
 """Training callbacks: task weighting's epoch work, a guard against NaN losses (:class:`NaNGuard`) and an epoch
-checkpoint that is never half written (:class:`AtomicBackupAndRestore`).
+checkpoint that is never half written (:class:`EpochCheckpoint`).
 
 Example:
     >>> guard = NaNGuard("rollback", every=50)
@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from pathlib import Path
 
 import keras
@@ -70,10 +71,6 @@ class TaskWeightingCallback(keras.callbacks.Callback):
         if weighting is not None and self.state_path is not None and self.state_path.exists():
             with np.load(self.state_path) as state:
                 weighting.set_state({k: state[k] for k in state.files})
-
-    def on_epoch_begin(self, epoch, logs=None):
-        for tracker in self.model.__dict__.get("weight_trackers", []):
-            tracker.reset_state()
 
     def on_epoch_end(self, epoch, logs=None):
         weighting = getattr(self.model, "weighting", None)
@@ -150,27 +147,52 @@ class NaNGuard(keras.callbacks.Callback):
             print(f"\nNaNGuard: the loss became {loss} at epoch {self._epoch + 1}, batch {batch + 1}: {what}")
 
 
-class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
-    """Keras's ``BackupAndRestore`` (the last finished epoch, for ``--resume``) with a checkpoint that is never
-    half written: the weights and the epoch counter go to temporary files first and are renamed into place only
-    when both are complete. A crash, a kill or a full disk while saving leaves the previous checkpoint as it was
-    (Keras's own writes over ``latest.weights.h5`` in place, so a failed write left a file ``--resume`` could not
-    read).
+class EpochCheckpoint(keras.callbacks.Callback):
+    """The last finished epoch, for ``--resume``: the model's weights (its optimizer's state included) and the epoch
+    number in ``folder``, written to temporary files first and renamed into place only when both are complete, so a
+    crash, a kill or a full disk while saving leaves the previous checkpoint as it was. When training starts, a
+    checkpoint in ``folder`` is loaded; :meth:`epochs_done` says where to go on (``fit(initial_epoch=...)``), and the
+    folder is removed when training ends. The files are those of Keras's ``BackupAndRestore`` (``latest.weights.h5``,
+    ``training_metadata.json``).
 
     Example:
-        >>> cb = AtomicBackupAndRestore("runs/exp1/backup")
+        >>> checkpoint = EpochCheckpoint("runs/exp1/backup")
+        >>> checkpoint.epochs_done()   # nothing saved yet
+        0
     """
 
-    def _save_model(self):
-        folder = Path(self.backup_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        weights = folder / f".latest.tmp{os.getpid()}.weights.h5"  # Keras wants the .weights.h5 ending
-        metadata = folder / f".training_metadata.tmp{os.getpid()}.json"
+    def __init__(self, folder):
+        super().__init__()
+        self.folder = Path(folder)
+        self.weights_path = self.folder / "latest.weights.h5"
+        self.metadata_path = self.folder / "training_metadata.json"
+
+    def epochs_done(self) -> int:
+        """The number of finished epochs the checkpoint holds (0 without one)."""
+        if not (self.metadata_path.is_file() and self.weights_path.is_file()):
+            return 0
+        return int(json.loads(self.metadata_path.read_text())["epoch"])
+
+    def on_train_begin(self, logs=None):
+        if self.epochs_done():
+            optimizer = self.model.optimizer
+            if optimizer is not None and not optimizer.built:  # its state loads with the weights
+                optimizer.build(self.model.trainable_variables)
+            self.model.load_weights(self.weights_path)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.folder.mkdir(parents=True, exist_ok=True)
+        weights = self.folder / f".latest.tmp{os.getpid()}.weights.h5"  # Keras wants the .weights.h5 ending
+        metadata = self.folder / f".training_metadata.tmp{os.getpid()}.json"
         try:
-            self.model.save_weights(str(weights), overwrite=True)
-            metadata.write_text(json.dumps({"epoch": self._current_epoch, "batch": self._last_batch_seen}))
-            os.replace(weights, self._weights_path)
-            os.replace(metadata, self._training_metadata_path)
+            self.model.save_weights(weights, overwrite=True)
+            metadata.write_text(json.dumps({"epoch": epoch + 1, "batch": -1}))
+            os.replace(weights, self.weights_path)
+            os.replace(metadata, self.metadata_path)
         finally:
             for tmp in (weights, metadata):
                 tmp.unlink(missing_ok=True)
+
+    def on_train_end(self, logs=None):
+        if not self.model.stop_training:  # a finished run needs no checkpoint; a stopped one keeps it
+            shutil.rmtree(self.folder, ignore_errors=True)

@@ -15,8 +15,8 @@ from typing import Mapping
 import keras
 import tensorflow as tf
 
-from kfacemtl.errors import ConfigError, check_choice
-from kfacemtl.models import model_tasks, task_loss, task_metrics_for
+from kfacemtl.errors import ConfigError, check_choice, under_key
+from kfacemtl.models import model_tasks
 from kfacemtl.training.weighting import make_weighting
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -99,21 +99,12 @@ def compile_model(model, optimizer="adam", learning_rate: float = 1e-3, weight_d
         >>> model.weighting.name, type(model.optimizer).__name__
         ('dynamic', 'Adam')
     """
-    tasks = model_tasks(model)
     if isinstance(optimizer, str):
         optimizer = make_optimizer(optimizer, learning_rate, weight_decay)
-    optimizer = _with_loss_scaling(model, optimizer)
-    weights = None
-    if loss_weights:
-        unknown = set(loss_weights) - {t.name for t in tasks}
-        if unknown:
-            raise ConfigError(f"training.loss_weights.{sorted(unknown)[0]}", f"not a task of the model {[t.name for t in tasks]}")
-        weights = [float(loss_weights.get(t.name, 1.0)) for t in tasks]
-    model.compile(optimizer=optimizer,
-                  loss=[task_loss(t, loss_normalization, label_smoothing) for t in tasks],
-                  loss_weights=weights,
-                  weighted_metrics=[task_metrics_for(t) for t in tasks],
-                  jit_compile=jit_compile, steps_per_execution=int(steps_per_execution))
+    with under_key("training"):
+        model.compile(optimizer=optimizer, loss_normalization=loss_normalization, label_smoothing=label_smoothing,
+                      loss_weights=dict(loss_weights) if loss_weights else None, jit_compile=jit_compile,
+                      steps_per_execution=int(steps_per_execution))
     attach_weighting(model, weighting, weighting_options, loss_weights)
     return model
 
@@ -151,14 +142,6 @@ def steps_per_execution(value="auto", lr_schedule: str = "constant", strategy: s
         return int(value)
     gpu = bool(tf.config.list_physical_devices("GPU"))
     return 8 if gpu and lr_schedule != "dynamic" and strategy == "default" else 1
-
-
-def _with_loss_scaling(model, optimizer):
-    """Mixed precision: the optimizer wrapped in Keras's dynamic loss scaling (float16 gradients underflow)."""
-    mixed = any(layer.dtype_policy.name == "mixed_float16" for layer in model.layers)
-    if mixed and not isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
-        return keras.optimizers.LossScaleOptimizer(optimizer)
-    return optimizer
 
 
 def attach_weighting(model, weighting=None, weighting_options: Mapping | None = None,

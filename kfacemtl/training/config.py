@@ -46,7 +46,9 @@ from typing import Any, Mapping
 import yaml
 
 from kfacemtl.data.cache import BAD_IMAGES, CACHE_MODES
-from kfacemtl.errors import ConfigError, check_choice
+from kfacemtl.errors import ConfigError, check_choice, under_key
+from kfacemtl.models import BACKBONES, check_neck
+from kfacemtl.models.backbones import check_trunk
 from kfacemtl.models.losses import NORMALIZATIONS
 from kfacemtl.training.callbacks import NAN_MODES
 from kfacemtl.training.compile import AUGMENT_ON, OPTIMIZERS
@@ -62,6 +64,7 @@ DEFAULTS: dict[str, Any] = {
     "eval_sources": [],
     "unlabelled_sources": [],
     "model": {
+        "backbone": "vgg",
         "input_shape": [64, 64, 3],
         "widths": [32, 64, 128, 256],
         "depths": [1, 2, 2, 1],
@@ -236,6 +239,7 @@ def resolve_config(config: Mapping | None) -> dict:
     if weights and tr["weighting"] not in ("equal", "static"):
         raise ConfigError("training.loss_weights", f"static weights cannot be combined with weighting: "
                                                    f"{tr['weighting']} (it sets the weights itself)")
+    _check_model(cfg["model"])
     _check_distillation(cfg)
     c = cfg["coupling"]
     if not 0 < c["coannotation_weight"] <= 1:
@@ -253,6 +257,17 @@ def resolve_config(config: Mapping | None) -> dict:
     if not isinstance(cfg["tasks"], (list, Mapping)):
         raise ConfigError("tasks", f"expected a list of task names or a mapping, got {cfg['tasks']!r}")
     return cfg
+
+
+def _check_model(m: dict):
+    """The model section, checked by the modules that own its values (errors name the key)."""
+    with under_key("model"):
+        if m["backbone"] not in BACKBONES:
+            raise ValueError(f"backbone: expected one of {sorted(BACKBONES)}, got {m['backbone']!r}")
+        if len(m["input_shape"]) != 3 or m["input_shape"][-1] != 3 or min(m["input_shape"]) < 1:
+            raise ValueError(f"input_shape: expected [height, width, 3], got {m['input_shape']}")
+        check_trunk(m["widths"], m["depths"], m["stem_stride"])
+        check_neck(m["pooling"], m["embedding_dim"], m["head_units"], m["dropout"])
 
 
 def _check_distillation(cfg: dict):

@@ -176,7 +176,8 @@ def worker_dir(out_dir, strategy: tf.distribute.Strategy) -> Path:
 def synchronize_batch_norm(model) -> int:
     """Make the model's batch normalisation use the statistics of the global batch (all replicas); returns how
     many layers it changed. Without it each replica normalises by its own share and updates its own moving
-    statistics, so the workers of a multi-worker run would end with different models.
+    statistics, so the workers of a multi-worker run would end with different models. Layers of nested models (the
+    backbone) count.
 
     Example:
         >>> import keras
@@ -184,7 +185,12 @@ def synchronize_batch_norm(model) -> int:
         >>> synchronize_batch_norm(m), m.layers[0].synchronized
         (1, True)
     """
-    layers = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    layers, stack = [], list(model.layers)
+    while stack:  # nested models too (the backbone)
+        layer = stack.pop()
+        stack.extend(getattr(layer, "layers", []))
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layers.append(layer)
     for layer in layers:
         layer.synchronized = True
     return len(layers)

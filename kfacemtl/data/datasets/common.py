@@ -36,7 +36,8 @@ def expression_id(name: str) -> int | None:
 
 
 def contempt_option(value, where: str) -> str:
-    """``value`` if it is ``keep`` or ``drop`` (what an adapter does with contempt images), else an error naming ``where``.
+    """``value`` if it is ``keep`` or ``drop`` (what an adapter does with contempt images), else an error naming
+    ``where``.
 
     Example:
         >>> contempt_option("drop", "ckplus.contempt")

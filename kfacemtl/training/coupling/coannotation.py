@@ -15,7 +15,6 @@ from keras import ops
 
 from kfacemtl.errors import ConfigError, check_choice
 from kfacemtl.models.losses import task_loss
-from kfacemtl.models.multitask import COANNOTATED, REAL
 from kfacemtl.training.coupling.relatedness import LEVELS, Relatedness, class_means
 
 
@@ -52,7 +51,7 @@ class CoAnnotation:
         >>> co = CoAnnotation(make_relations(None, tasks), weight=0.5)
         >>> labels = {"expression": np.array([3, 0]), "action_units": np.zeros((2, 14), "float32")}
         >>> weights = {"expression": np.array([1.0, 0.0], "float32"), "action_units": np.array([0.0, 0.0], "float32")}
-        >>> new_labels, new_weights = co.apply(labels, weights)
+        >>> new_labels, new_weights, real, _ = co.apply(labels, weights)
         >>> new_weights["action_units"].tolist(), new_labels["expression"].shape
         ([0.5, 0.0], (2, 7))
     """
@@ -80,13 +79,17 @@ class CoAnnotation:
         """Classification tasks whose labels become class distributions."""
         return {r.source.name for r in self.relations if self.inverse and r.invertible}
 
-    def apply(self, labels: Mapping, weights: Mapping) -> tuple[dict, dict]:
-        """Numpy labels and weights of a source's rows (as :meth:`Source.labels` gives them), co-annotated."""
+    def apply(self, labels: Mapping, weights: Mapping) -> tuple[dict, dict, dict, dict]:
+        """Numpy labels and weights of a source's rows (as :meth:`Source.labels` gives them), co-annotated:
+        ``(labels, weights, real, coannotated)``, the last two the masks of a
+        :class:`~kfacemtl.data.batch.MaskedWeights` (``real``: 1 where a relation's task has a real label;
+        ``coannotated``: 1 where co-annotation filled a class target's label)."""
         real_labels, real_weights = labels, weights
         labels, weights = dict(labels), {k: np.asarray(v, "float32").copy() for k, v in weights.items()}
+        real, coannotated = {}, {}
         for r in self.relations:
             for t in (r.source.name, r.target.name):
-                weights[REAL + t] = (np.asarray(real_weights[t]) > 0).astype("float32")
+                real[t] = (np.asarray(real_weights[t]) > 0).astype("float32")
         for name in self.soft_tasks:
             task = next(r.source for r in self.relations if r.source.name == name)
             ids = np.asarray(real_labels[name])
@@ -103,21 +106,22 @@ class CoAnnotation:
                 labels[t] = new.reshape(np.shape(labels[t]))
                 weights[t][fill] = self.weight * ws[fill]
             if t in self.class_targets:
-                weights[COANNOTATED + t] = fill.astype("float32")
+                coannotated[t] = fill.astype("float32")
             if self.inverse and r.invertible:
                 fill = (wt > 0) & (ws <= 0) & (weights[s] <= 0)
                 if fill.any():
                     labels[s][fill] = np.asarray(r.inverse(np.asarray(real_labels[t])[fill]))
                     weights[s][fill] = self.weight * wt[fill]
-        return labels, weights
+        return labels, weights, real, coannotated
 
-    def split(self, weights: Mapping) -> tuple[dict, dict]:
+    def split(self, weights: Mapping, coannotated: Mapping) -> tuple[dict, dict]:
         """At ``level="class"``: a batch's task weights without the co-annotated rows of the class targets (the
-        per-row losses then see real labels and pseudo-labels only), and those rows' weights by target task."""
+        per-row losses then see real labels and pseudo-labels only), and those rows' weights by target task;
+        ``coannotated`` is the batch's mask of them (:class:`~kfacemtl.data.batch.MaskedWeights`)."""
         weights, moved = dict(weights), {}
         for t in self.class_targets:
-            if COANNOTATED + t in weights:
-                filled = ops.reshape(weights[COANNOTATED + t], ops.shape(weights[t]))
+            if t in coannotated:
+                filled = ops.reshape(coannotated[t], ops.shape(weights[t]))
                 moved[t] = weights[t] * filled
                 weights[t] = weights[t] * (1.0 - filled)
         return weights, moved

@@ -16,7 +16,6 @@ from keras import ops
 from kfacemtl.errors import ConfigError, check_choice
 from kfacemtl.models.fusion import over_known
 from kfacemtl.models.losses import task_loss
-from kfacemtl.models.multitask import REAL
 from kfacemtl.training.coupling.relatedness import LEVELS, Relatedness, class_means
 
 
@@ -70,14 +69,14 @@ class DistributionMatching:
     def term_names(self) -> list[str]:
         return [n for n, *_ in self._terms]
 
-    def terms(self, y_pred: Mapping, weights: Mapping) -> dict:
-        """``{match_<task>: scalar loss}`` for a batch's predictions and sample weights, keyed by task (and
-        ``real/<task>`` where co-annotation filled labels)."""
+    def terms(self, y_pred: Mapping, weights: Mapping, real: Mapping | None = None) -> dict:
+        """``{match_<task>: scalar loss}`` for a batch's predictions and sample weights, keyed by task; ``real``
+        (:class:`~kfacemtl.data.batch.MaskedWeights`) says which labels are real where co-annotation filled some."""
+        real_weights = dict(weights, **(real or {}))  # a pseudo-label counts as a label, a co-annotated one does not
         out = {}
         for name, r, direction, loss in self._terms:
             given, matched = (r.source.name, r.target.name) if direction == "forward" else (r.target.name, r.source.name)
-            real = weights.get(REAL + matched, weights[matched])  # a pseudo-label counts as a label
-            mask = ops.cast(ops.reshape(real, (-1,)) <= 0, "float32")
+            mask = ops.cast(ops.reshape(real_weights[matched], (-1,)) <= 0, "float32")
             if direction == "forward" and self.level == "class":
                 groups = over_known(ops.stop_gradient(ops.convert_to_tensor(y_pred[given])), r.known)
                 predicted, totals = class_means(groups, y_pred[matched], mask)
@@ -89,7 +88,7 @@ class DistributionMatching:
             out[name] = loss(q, y_pred[matched], mask)
         return out
 
-    def total(self, y_pred: Mapping, weights: Mapping):
+    def total(self, y_pred: Mapping, weights: Mapping, real: Mapping | None = None):
         """``weight`` × the sum of :meth:`terms`, and the terms."""
-        terms = self.terms(y_pred, weights)
+        terms = self.terms(y_pred, weights, real)
         return self.weight * ops.sum(ops.stack(list(terms.values()))), terms

@@ -238,7 +238,7 @@ class DataDistillation(keras.callbacks.Callback):
         if self._initial is None:
             raise RuntimeError("reinitialise needs the weights recorded at train begin")
         model.set_weights(self._initial)
-        lr = getattr(model.optimizer, "_learning_rate", None)
+        lr = model.optimizer.learning_rate  # a variable when it is a number (kept); a schedule's value is no variable
         for v in model.optimizer.variables:
             if v is not lr:
                 v.assign(np.zeros(v.shape, v.dtype))

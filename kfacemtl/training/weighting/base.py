@@ -72,13 +72,24 @@ class TaskWeighting:
     #: True when :meth:`combine` needs ``grad_norms``: the norm of each task loss's gradient on the
     #: last shared layer (the train step computes them).
     needs_gradient_norms = False
+    #: True when :meth:`combine` needs ``features``, the shared embedding of the batch (else it gets None).
+    needs_features = False
 
     def __init__(self, task_names: Sequence[str]):
         self.task_names = list(task_names)
         self.variables: list = []
+        self.optimizer = None
 
     def build(self, feature_dim: int):
-        """Create variables once the shared feature width is known."""
+        """Create the strategy's variables once the shared feature width is known (:meth:`create_variables`), and
+        their optimizer (:meth:`make_optimizer`). The model calls it when the strategy is set."""
+        self.create_variables(feature_dim)
+        if self.variables and self.optimizer is None:
+            self.optimizer = self.make_optimizer()
+            self.optimizer.build(self.variables)
+
+    def create_variables(self, feature_dim: int):
+        """Create variables that depend on the shared feature width (most strategies make theirs in ``__init__``)."""
 
     def combine(self, losses, present, features):
         raise NotImplementedError

@@ -35,7 +35,9 @@ class DynamicWeighting(TaskWeighting):
         self.learning_rate, self.epsilon = float(learning_rate), float(epsilon)
         self.unit = None
 
-    def build(self, feature_dim):
+    needs_features = True
+
+    def create_variables(self, feature_dim):
         if self.unit is None:
             self.unit = keras.layers.Dense(len(self.task_names), name="task_weight_unit")
             self.unit.build((None, int(feature_dim)))

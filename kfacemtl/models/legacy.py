@@ -1,0 +1,106 @@
+"""Loading ``.keras`` files saved by kfacemtl 0.1, whose multi-task model was one flat functional graph (backbone,
+embedding and heads side by side, fused outputs in its config), into today's :class:`~kfacemtl.models.MultiTaskModel`.
+
+The file is loaded as Keras saved it (a plain functional model: its weights, its compile settings), then rebuilt:
+the VGG trunk's widths, depths and stride are read from its ``block{b}_conv{c}`` layers, pooling, embedding width,
+dropout and head units from the layers after it, and every layer's weights are copied by name. The answers are the
+same to the last bit; the optimizer's state (its moments) starts afresh.
+
+Example:
+    >>> is_flat_model_file("no-such-file.keras")
+    False
+"""
+from __future__ import annotations
+
+import json
+import re
+import zipfile
+
+import keras
+
+from kfacemtl.models.backbones import VGGBackbone
+from kfacemtl.models.fusion import OutputFusion
+from kfacemtl.models.heads import TaskOutput
+from kfacemtl.models.multitask import MultiTaskModel
+
+_BLOCK = re.compile(r"^block(\d+)_conv(\d+)$")
+
+
+def is_flat_model_file(path) -> bool:
+    """Whether ``path`` is a ``.keras`` file holding a kfacemtl 0.1 multi-task model (a flat graph).
+
+    Example:
+        >>> from kfacemtl.models import build_model
+        >>> from kfacemtl.tasks import resolve_tasks
+        >>> build_model(resolve_tasks(["age"]), input_shape=(16, 16, 3), widths=(4,), depths=1).save("new.keras")
+        >>> is_flat_model_file("new.keras")
+        False
+    """
+    try:
+        with zipfile.ZipFile(path) as z:
+            config = json.loads(z.read("config.json"))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return False  # not a .keras file: Keras's own loader says what is wrong
+    return config.get("registered_name") == "kfacemtl>MultiTaskModel" and "layers" in config.get("config", {})
+
+
+class FlatModel(keras.Model):
+    """kfacemtl 0.1's ``MultiTaskModel`` as Keras saved it: a functional graph, plus its fusions' configs.
+
+    Example:
+        >>> FlatModel.__name__
+        'FlatModel'
+    """
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        fusions = config.pop("fusions", [])
+        model = keras.Model.from_config(config, custom_objects)
+        model.flat_fusions = fusions
+        return model
+
+
+def load_flat_model(path, compile: bool = True) -> MultiTaskModel:
+    """A kfacemtl 0.1 ``.keras`` file as today's :class:`~kfacemtl.models.MultiTaskModel` (see the module docstring).
+
+    Example:
+        >>> # model = load_flat_model("runs/old/model.keras")   # kfacemtl.load_model calls it for such files
+    """
+    with keras.saving.custom_object_scope({"kfacemtl>MultiTaskModel": FlatModel}):
+        flat = keras.saving.load_model(path, compile=compile, safe_mode=True)
+    return convert(flat)
+
+
+def convert(flat: keras.Model) -> MultiTaskModel:
+    """Today's model of a kfacemtl 0.1 flat graph, with its weights (and compiled as it was).
+
+    Example:
+        >>> # model = convert(flat)   # flat: the functional model of a kfacemtl 0.1 file
+    """
+    names = {layer.name for layer in flat.layers}
+    blocks: dict[int, list] = {}
+    for layer in flat.layers:
+        m = _BLOCK.match(layer.name)
+        if m:
+            blocks.setdefault(int(m.group(1)), []).append(layer)
+    if not blocks or "embedding_dense" not in names:
+        raise ValueError(f"{flat.name}: not a kfacemtl 0.1 model (no block1_conv1 or embedding_dense layer)")
+    first = blocks[min(blocks)][0]
+    backbone = VGGBackbone(flat.input_shape[1:], [blocks[b][0].filters for b in sorted(blocks)],
+                           [len(blocks[b]) for b in sorted(blocks)], first.strides[0], dtype=first.dtype_policy.name)
+    tasks = [flat.get_layer(n).task for n in flat.output_names]
+    hidden = f"{tasks[0].name}_hidden"
+    model = MultiTaskModel(
+        backbone, tasks, pooling="flatten" if "flatten" in names else "avg",
+        embedding_dim=flat.get_layer("embedding_dense").units,
+        head_units=flat.get_layer(hidden).units if hidden in names else 0,
+        dropout=flat.get_layer("embedding_dropout").rate if "embedding_dropout" in names else 0.0,
+        fusions=[OutputFusion(**f) for f in getattr(flat, "flat_fusions", [])], name=flat.name)
+    for layer in [*backbone.layers, *model.layers]:
+        if layer.weights and layer is not backbone:
+            source = layer.task.name if isinstance(layer, TaskOutput) else layer.name
+            layer.set_weights(flat.get_layer(source).get_weights())
+    if flat.compiled:
+        model.compile_from_config(flat.get_compile_config())
+    return model
