@@ -28,7 +28,7 @@ share, such as its rendered faces and single-task baselines, cancels). Also writ
 results.txt, results.json and one bar plot per setting (synthetic.png, real.png). A benchmark
 measures and prints; it asserts nothing.
 
-    python benchmarks/ablation_weighting_lr.py [--settings synthetic real] [--seeds 0 1 2]
+    python -m benchmarks.ablation_weighting_lr [--settings synthetic real] [--seeds 0 1 2]
         [--real-seeds 0] [--variants equal dynamic ...] [--variant 'NAME={"lr_schedule": ...}' ...]
         [--reference VARIANT] [--out runs/ablation_weighting_lr]
 
@@ -47,20 +47,14 @@ import time
 import warnings
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from kfacemtl.training.config import load_config, resolve_config  # noqa: E402
-from kfacemtl.analysis.evaluation import evaluate_sources, headline_metric, text_table, to_json  # noqa: E402
-from kfacemtl.files import atomic_write_text  # noqa: E402
-from kfacemtl.models import load_model  # noqa: E402
-from kfacemtl.tasks import resolve_tasks  # noqa: E402
-from kfacemtl.training import RESUME_MAY_CHANGE, build_sources, demo_config, train_run  # noqa: E402
-from real_mtl_vs_stl import _cell, missing_real_data, single_task_configs, with_data_root  # noqa: E402
-from throughput_gpu import parse_variants  # noqa: E402
+from kfacemtl.analysis.evaluation import headline_metric, text_table
+from kfacemtl.files import atomic_write_text
+from kfacemtl.tasks import resolve_tasks
+from kfacemtl.training import build_sources, demo_config
+from benchmarks.common import (ROOT, SYNTHETIC_MODEL, cell, missing_real_data, parse_variants, real_config, run,
+                               scores, single_task_configs)
 
 # name: overrides of the config's training section
 VARIANTS = {
@@ -76,7 +70,6 @@ VARIANTS = {
     "equal, dynamic LR": {"weighting": "equal", "lr_schedule": "dynamic"},
     "dynamic, dynamic LR": {"weighting": "dynamic", "lr_schedule": "dynamic"},  # nothing tuned at all
 }
-SYNTHETIC_MODEL = {"input_shape": [32, 32, 3], "widths": [16, 32, 64, 128], "embedding_dim": 128}
 SHORT = {"age": "age MAE", "gender": "gender acc", "race": "race acc", "expression": "expr acc",
          "action_units": "AU F1", "valence_arousal": "VA CCC"}
 
@@ -93,10 +86,6 @@ def synthetic_config(seed: int, steps: int, faces: int = 3000, test_faces: int =
     return cfg
 
 
-def real_config(data: str, config: str, seed: int) -> dict:
-    cfg = with_data_root(load_config(config), data)
-    cfg["training"]["seed"] = seed
-    return cfg
 
 
 def with_variant(cfg: dict, overrides: dict) -> dict:
@@ -105,48 +94,10 @@ def with_variant(cfg: dict, overrides: dict) -> dict:
     return cfg
 
 
-def _comparable(cfg: dict) -> dict:
-    """What makes two runs the same experiment: the resolved config, less where and how fast it runs (the settings
-    a resumed run may change, such as ``jit_compile``, whose default changed; ``epochs`` is checked apart)."""
-    c = resolve_config(cfg)
-    c.pop("eval_sources", None)  # evaluated again here when a finished run's report lacks a test set
-    for key in RESUME_MAY_CHANGE:
-        if key != "epochs":
-            c["training"].pop(key, None)
-    return json.loads(json.dumps(c))
 
 
-def run(cfg: dict, folder: Path, extra_callbacks=()) -> dict:
-    """A finished run's report (reused when its config matches), else train (resuming a partial run)."""
-    import yaml
-    report_path, config_path = folder / "report.json", folder / "config.yaml"
-    if report_path.exists() and config_path.exists():
-        if _comparable(yaml.safe_load(config_path.read_text())) != _comparable(cfg):
-            raise SystemExit(f"{folder} holds a finished run of another config; remove it or choose another --out")
-        report = json.loads(report_path.read_text())
-        if report.get("epochs_done", 0) >= cfg["training"]["epochs"]:
-            return report
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        return train_run(cfg, folder, resume=config_path.exists(), verbose=0, extra_callbacks=extra_callbacks)
 
 
-def scores(cfg: dict, report: dict, folder: Path, eval_sources) -> dict:
-    """``{(task, test set): headline metric}`` on every one of ``eval_sources`` (the sources of
-    ``cfg["eval_sources"]``) that labels a task of ``cfg``."""
-    tasks = resolve_tasks(cfg["tasks"])
-    cache = folder / "ablation_scores.json"
-    evaluation = report.get("evaluation", {})
-    if not all(s.name in evaluation for s in eval_sources):
-        if cache.exists():
-            evaluation = json.loads(cache.read_text())
-        else:
-            model = load_model(folder / "model.keras")
-            text = to_json(evaluate_sources(model, eval_sources, tasks, image_size=tuple(cfg["model"]["input_shape"][:2])))
-            atomic_write_text(cache, text)
-            evaluation = json.loads(text)
-    return {(t.name, s.name): float(evaluation[s.name][t.name][headline_metric(t)])
-            for s in eval_sources for t in tasks if t.name in evaluation.get(s.name, {})}
 
 
 def relative_change(mtl: dict, stl: dict, tasks) -> float:
@@ -212,14 +163,14 @@ def format_table(results: list, by: str = "task", reference: str = "equal") -> s
     header = (["variant"] + [label(c) for c in columns] + ["Δ vs single-task %"]
               + ([f"Δ - {reference}'s Δ (paired)"] if paired else []) + ["train s"])
     first = [r for r in results if r["variant"] == variants[0]]
-    lines = [["single-task"] + [_cell([r["stl_" + key][c] for r in first], 3) for c in columns] + ["0"]
+    lines = [["single-task"] + [cell([r["stl_" + key][c] for r in first], 3) for c in columns] + ["0"]
              + ([""] if paired else []) + [""]]
     for v in variants:
         rs = [r for r in results if r["variant"] == v]
-        lines.append([v] + [_cell([r[key][c] for r in rs], 3) for c in columns]
-                     + [_cell([100 * r["relative_change"] for r in rs], 2)]
-                     + ([_cell([100 * (r["relative_change"] - ref[r["seed"]]) for r in rs], 2)] if paired else [])
-                     + [_cell([r["train_seconds"] for r in rs], 0)])
+        lines.append([v] + [cell([r[key][c] for r in rs], 3) for c in columns]
+                     + [cell([100 * r["relative_change"] for r in rs], 2)]
+                     + ([cell([100 * (r["relative_change"] - ref[r["seed"]]) for r in rs], 2)] if paired else [])
+                     + [cell([r["train_seconds"] for r in rs], 0)])
     title = f"{results[0]['setting']}: seeds {', '.join(map(str, seeds))}" + (" (mean ± std)" if len(seeds) > 1 else "")
     return title + "\n" + text_table(header, lines)
 

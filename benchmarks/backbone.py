@@ -3,7 +3,7 @@
 For the default backbone of ``configs/real_mtl.yaml`` and each variant (model overrides, e.g. one convolution per
 block, or half the channels):
 
-  1. its training speed on this machine: the model alone (one batch in memory, benchmarks/throughput.py's
+  1. its training speed on the machine it runs on: the model alone (one batch in memory, benchmarks/throughput.py's
      ``alone``), each timing in a fresh process, the median of ``--repeats``;
   2. its budget: the config's steps times its speed over the default's, so every network trains for about the same
      time (steps, not seconds, are fixed, so a slow spell of this shared machine changes no budget);
@@ -14,7 +14,7 @@ block, or half the channels):
 A benchmark measures and prints; it asserts nothing. Rerunning with the same ``--out`` reuses the measured speeds
 (``speeds.json``) and finished runs, and resumes interrupted ones.
 
-    python benchmarks/backbone.py [--data ../shared/data] [--out runs/backbone] [--steps 3000]
+    python -m benchmarks.backbone [--data ../shared/data] [--out runs/backbone] [--steps 3000]
         [--variant NAME=JSON ...] [--repeats 3] [--seed N]
 """
 
@@ -27,21 +27,16 @@ import time
 import warnings
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from kfacemtl.training.config import load_config  # noqa: E402
-from kfacemtl.analysis.evaluation import headline_metric, text_table  # noqa: E402
-from kfacemtl.files import atomic_write_text  # noqa: E402
-from kfacemtl.models import build_model, count_flops, load_model  # noqa: E402
-from kfacemtl.tasks import resolve_tasks  # noqa: E402
-from kfacemtl.training import build_sources  # noqa: E402
-from real_mtl_vs_stl import (compare, missing_real_data, per_face_score, predictions, train,  # noqa: E402
-                             with_data_root, with_steps)
-from throughput_gpu import parse_variants  # noqa: E402
+from kfacemtl.training.config import load_config
+from kfacemtl.analysis.evaluation import headline_metric, text_table
+from kfacemtl.files import atomic_write_text
+from kfacemtl.models import build_model, count_flops, load_model
+from kfacemtl.tasks import resolve_tasks
+from kfacemtl.training import build_sources
+from benchmarks.common import (ROOT, compare, missing_real_data, parse_variants, per_face_score, predictions, train,
+                               with_data_root, with_steps)
 
 VARIANTS = {"one conv per block": {"depths": [1, 1, 1, 1]}, "half the channels": {"widths": [16, 32, 64, 128]}}
 
@@ -50,8 +45,9 @@ def model_alone_rate(args: list, overrides: dict, repeats: int) -> float:
     """Training images/s of the model alone with ``overrides``: the median of ``repeats`` fresh processes."""
     rates = []
     for _ in range(repeats):
-        out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "throughput.py"), "--one", "alone",
-                              "--model", json.dumps(overrides)] + args, capture_output=True, text=True, check=True)
+        out = subprocess.run([sys.executable, "-m", "benchmarks.throughput", "--one", "alone",
+                              "--model", json.dumps(overrides)] + args, capture_output=True, text=True, check=True,
+                             cwd=ROOT)
         rates.append(json.loads(out.stdout.strip().splitlines()[-1])["images_per_s"])
     return float(np.median(rates))
 
@@ -130,7 +126,7 @@ def main(argv=None):
             row.append(f"{s.mean():.4f}" + ("" if name == "default" else f" ({delta:+.4f} ± {ci:.4f})"))
         rows.append(row)
     text = (f"equal wall time: each network trains the default's {base_steps} steps times its speed over the "
-            f"default's (the model alone on this machine, median of {args.repeats} fresh processes); in brackets "
+            f"default's (the model alone on the machine it ran on, median of {args.repeats} fresh processes); in brackets "
             f"the difference from the default with its paired 95 % interval, positive = better\n"
             + text_table(header, rows))
     text += "\n" + "\n".join(f"{n}: model overrides {json.dumps(v['overrides'])}" for n, v in nets.items() if v["overrides"])

@@ -8,26 +8,21 @@ domain. The multi-task row uses the demo config with the same steps.
 
 A benchmark measures and prints; it asserts nothing.
 
-    python benchmarks/calibrate_synthetic.py [--epochs E --steps S --faces 6000]   # default: the demo's budget
+    python -m benchmarks.calibrate_synthetic [--epochs E --steps S --faces 6000]   # default: the demo's budget
 """
 
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from kfacemtl.data import synthetic  # noqa: E402
-from kfacemtl.analysis.evaluation import headline_metric  # noqa: E402
-from kfacemtl.data import parse_spec  # noqa: E402
-from kfacemtl.tasks import resolve_tasks  # noqa: E402
-from kfacemtl.training import DEMO_EPOCHS, DEMO_STEPS  # noqa: E402
-from kfacemtl.training import demo_config, train_run  # noqa: E402
+from kfacemtl.analysis.evaluation import headline_metric
+from kfacemtl.data import parse_spec, synthetic
+from kfacemtl.tasks import resolve_tasks
+from kfacemtl.training import DEMO_EPOCHS, DEMO_STEPS, demo_config, train_run
 
 
 def chance(task, labels):
@@ -42,14 +37,14 @@ def chance(task, labels):
     return 0.0  # a constant has CCC 0
 
 
-def main():
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=DEMO_EPOCHS)
     ap.add_argument("--steps", type=int, default=DEMO_STEPS)
     ap.add_argument("--faces", type=int, default=6000)
     ap.add_argument("--test-faces", type=int, default=1000)
     ap.add_argument("--json", help="also write the rows here")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     base = demo_config(args.faces, args.test_faces, args.epochs, args.steps)
     tasks = resolve_tasks(base["tasks"])
     rows, work = {}, tempfile.mkdtemp(prefix="kfacemtl-calib-")

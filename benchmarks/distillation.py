@@ -46,7 +46,7 @@ seeds ahead).
 Also written to --out: results.txt and results.json. A benchmark measures and prints; it asserts
 nothing.
 
-    python benchmarks/distillation.py [--settings synthetic real] [--seeds 0 1 2] [--rounds 2]
+    python -m benchmarks.distillation [--settings synthetic real] [--seeds 0 1 2] [--rounds 2]
         [--epochs-per-round 3] [--thresholds gender=0.9 ...] [--same-labelled-rows] [--pseudo-weight W] [--soft]
         [--reinit] [--trained-teachers] [--target-domain street|cctv] [--images-control]
         [--out runs/distillation]
@@ -63,24 +63,18 @@ import time
 import warnings
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+import keras
+import numpy as np
+import tensorflow as tf
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from ablation_weighting_lr import SYNTHETIC_MODEL, real_config, run  # noqa: E402
-from kfacemtl.training.distillation import EnsembleTeacher  # noqa: E402
-from kfacemtl.analysis.evaluation import evaluate_sources, headline_metric, text_table  # noqa: E402
-from kfacemtl.files import atomic_write_text  # noqa: E402
-from kfacemtl.models import load_model  # noqa: E402
-from kfacemtl.data import make_dataset  # noqa: E402
-from kfacemtl.data import CsvSource  # noqa: E402
-from kfacemtl.tasks import resolve_tasks  # noqa: E402
-from kfacemtl.training import build_sources, demo_config  # noqa: E402
-from real_mtl_vs_stl import _cell, single_task_configs  # noqa: E402
+from kfacemtl.training.distillation import EnsembleTeacher
+from kfacemtl.analysis.evaluation import evaluate_sources, headline_metric, text_table
+from kfacemtl.files import atomic_write_text
+from kfacemtl.models import load_model
+from kfacemtl.data import CsvSource, make_dataset
+from kfacemtl.tasks import resolve_tasks
+from kfacemtl.training import build_sources, demo_config
+from benchmarks.common import ROOT, SYNTHETIC_MODEL, cell, real_config, run, single_task_configs
 
 VARIANTS = ("no distillation", "single-task teachers", "multi-task teacher")
 CONTROL = "target images only"  # --images-control: (c)'s batches, no pseudo-label accepted
@@ -242,9 +236,9 @@ def format_tables(name: str, per_seed: dict, tasks, target: str, target_test: st
     title = f"{name}: seeds {', '.join(map(str, seeds))}" + (" (mean ± std)" if len(seeds) > 1 else "")
     by_name = {t.name: t for t in tasks}
 
-    def cell(values, digits=3):
+    def finite_cell(values, digits=3):
         values = [v for v in values if np.isfinite(v)]
-        return _cell(values, digits) if values else "-"
+        return cell(values, digits) if values else "-"
 
     shown = [t.name for t in tasks if any(np.isfinite(_target_stats(e, target, t.name)[0])
                                           for s in seeds for v in variants[1:] for e in per_seed[s][v]["rounds"])]
@@ -255,7 +249,7 @@ def format_tables(name: str, per_seed: dict, tasks, target: str, target_test: st
             for t in shown:
                 stats = [_target_stats(next(e for e in per_seed[s][v]["rounds"] if e["round"] == r), target, t)
                          for s in seeds]
-                row += [cell([q for _, q in stats]), cell([100 * a for a, _ in stats], 1)]
+                row += [finite_cell([q for _, q in stats]), finite_cell([100 * a for a, _ in stats], 1)]
             rows.append(row)
     header = ["teacher", "round"] + [h for t in shown for h in
                                      (f"{SHORT.get(t, t)} {'MAE' if by_name[t].kind == 'regression' else 'acc'}", "accepted %")]
@@ -266,7 +260,7 @@ def format_tables(name: str, per_seed: dict, tasks, target: str, target_test: st
                                                   for s in seeds)]
     for v in variants:
         for r in range(rounds + 1):
-            rows.append([v, str(r)] + [cell([per_seed[s][v]["student"][str(r)][target_test][t] for s in seeds])
+            rows.append([v, str(r)] + [finite_cell([per_seed[s][v]["student"][str(r)][target_test][t] for s in seeds])
                                        for t in student_tasks])
     header = ["student", "round"] + [f"{SHORT.get(t, t)} {headline_metric(by_name[t])}" for t in student_tasks]
     student = f"student on {target_test} after each round (round 0: before any pseudo-label)\n" + text_table(header, rows)

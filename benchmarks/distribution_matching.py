@@ -29,7 +29,7 @@ Tables (mean ± std over --seeds): AU mean F1 on each test split and on the four
 accuracy on each test split. Written to --out: results.txt, results.json, distribution_matching.png. A benchmark
 measures and prints; it asserts nothing.
 
-    python benchmarks/distribution_matching.py [--seeds 0 1 2] [--steps 2400] [--lab-faces N] [--mixing sqrt]
+    python -m benchmarks.distribution_matching [--seeds 0 1 2] [--steps 2400] [--lab-faces N] [--mixing sqrt]
         [--variants ...] [--out runs/distribution_matching]
 
 Finished runs in --out are reused (their config must match); interrupted ones resume.
@@ -43,18 +43,13 @@ import time
 import warnings
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from ablation_weighting_lr import SYNTHETIC_MODEL, run, scores  # noqa: E402
-from kfacemtl.analysis.evaluation import text_table  # noqa: E402
-from kfacemtl.files import atomic_write_text  # noqa: E402
-from kfacemtl.data.mixing import MIXING_MODES  # noqa: E402
-from kfacemtl.training import build_sources  # noqa: E402
-from real_mtl_vs_stl import _cell, single_task_configs  # noqa: E402
+from kfacemtl.analysis.evaluation import text_table
+from kfacemtl.files import atomic_write_text
+from kfacemtl.data.mixing import MIXING_MODES
+from kfacemtl.training import build_sources
+from benchmarks.common import ROOT, SYNTHETIC_MODEL, cell, run, scores, single_task_configs
 
 DOMAINS = ("lab", "webcam", "affect", "portraits", "street")
 WITHOUT_AU_LABELS = ("webcam", "affect", "portraits", "street")
@@ -169,7 +164,7 @@ def format_tables(results: list) -> str:
     plain = "plain MTL" if "plain MTL" in variants else None
 
     def cells(v, fn, digits=3):
-        return _cell([fn(by[v, s]) for s in seeds], digits)
+        return cell([fn(by[v, s]) for s in seeds], digits)
 
     title = f"synthetic, AUs labelled only in lab: seeds {', '.join(map(str, seeds))}" + (
         " (mean ± std)" if len(seeds) > 1 else "")
@@ -200,15 +195,15 @@ def format_tables(results: list) -> str:
         diffs = {key: [summary(by[v, s])[key] - summary(by["single-task", s])[key] for s in seeds]
                  for key in ("AU F1 all", "expr acc all")}
         worse = [name for name, key in (("AUs", "AU F1 all"), ("expression", "expr acc all")) if np.mean(diffs[key]) < 0]
-        rows.append([v, _cell(diffs["AU F1 all"], 3), _cell(diffs["expr acc all"], 3),
-                     ", ".join(worse) if worse else "none", _cell([by[v, s]["train_seconds"] for s in seeds], 0)])
+        rows.append([v, cell(diffs["AU F1 all"], 3), cell(diffs["expr acc all"], 3),
+                     ", ".join(worse) if worse else "none", cell([by[v, s]["train_seconds"] for s in seeds], 0)])
     neg = text_table(header, rows)
     text = (f"{title}\n\nAU mean F1 (AUs labelled only in lab)\n{au}\n\nexpression accuracy\n{expr}\n\n"
             f"against the single-task models (mean over the five test splits; negative transfer: a task below its "
             f"single-task model on average)\n{neg}")
     if plain and all(by[plain, s].get("implied") for s in seeds):
         header = ["plain MTL's AUs"] + [f"AU F1 {d}" for d in DOMAINS]
-        rows = [[name] + [_cell([by[plain, s]["implied"][d][key] for s in seeds], 3) for d in DOMAINS]
+        rows = [[name] + [cell([by[plain, s]["implied"][d][key] for s in seeds], 3) for d in DOMAINS]
                 for name, key in (("from the AU head", "head"), ("implied by the expression head", "implied"))]
         text += ("\n\nthe signal coupling pulls the AU head towards: AUs implied by plain MTL's expression predictions "
                  "(q = Σ_i p_i d(i, ·) ≥ 0.5, d estimated from lab) against its AU head\n" + text_table(header, rows))

@@ -19,7 +19,7 @@ LFW expressions, and prints per task and test set: single-task, multi-task, the 
 (positive = multi-task better) with its paired 95 % interval, and the training wall times.
 A benchmark measures and prints; it asserts nothing.
 
-    python benchmarks/real_mtl_vs_stl.py [--data ../shared/data] [--out runs/real_mtl_vs_stl]
+    python -m benchmarks.real_mtl_vs_stl [--data ../shared/data] [--out runs/real_mtl_vs_stl]
                                          [--steps 3000] [--seeds 0 1 2] [--config configs/real_mtl.yaml]
 
 Rerunning with the same ``--out`` resumes interrupted runs and reuses finished ones. With several ``--seeds``,
@@ -30,106 +30,38 @@ test set the mean ± std of each side and of the delta, and in how many seeds mu
 import argparse
 import copy
 import json
-import math
 import os
 import sys
 import time
 import warnings
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import numpy as np  # noqa: E402
-
-from kfacemtl.training.config import load_config  # noqa: E402
-from kfacemtl.analysis.evaluation import headline_metric, text_table  # noqa: E402
-from kfacemtl.files import atomic_write_text  # noqa: E402
-from kfacemtl.models import load_model, model_tasks  # noqa: E402
-from kfacemtl.data import make_dataset, mixing_weights  # noqa: E402
-from kfacemtl.training import build_sources, train_run  # noqa: E402
-
-DATA_PREFIX = "../shared/data"  # how configs/real_mtl.yaml names the data folder
 
 
-def with_data_root(cfg: dict, data: str) -> dict:
-    """The config with ``../shared/data`` in every source spec replaced by ``data``."""
-    cfg = copy.deepcopy(cfg)
-    for key in ("sources", "eval_sources"):
-        cfg[key] = [s.replace(f":{DATA_PREFIX}", f":{data}", 1) if isinstance(s, str) else s for s in cfg[key]]
-    return cfg
+from kfacemtl.training.config import load_config
+from kfacemtl.analysis.evaluation import headline_metric, text_table
+from kfacemtl.files import atomic_write_text
+from kfacemtl.models import load_model, model_tasks
+from kfacemtl.training import build_sources
+from benchmarks.common import (ROOT, cell, compare, missing_real_data, per_face_score, predictions, single_task_configs,
+                               train, with_data_root, with_steps)
 
 
-def single_task_configs(cfg: dict, sources) -> dict:
-    """One config per task: only the sources labelling it, batch = the task's share of (a)'s batch."""
-    tasks = cfg["tasks"]
-    share = mixing_weights(sources, cfg["training"]["mixing"])
-    out = {}
-    for name in tasks:  # task names, whether the config lists them or maps them to overrides
-        keep = [i for i, s in enumerate(sources) if name in s.tasks]
-        if not keep:
-            raise SystemExit(f"task {name!r}: no training source labels it")
-        stl = copy.deepcopy(cfg)
-        stl["tasks"] = {name: tasks[name]} if isinstance(tasks, dict) else [name]
-        stl["sources"] = [cfg["sources"][i] for i in keep]
-        stl["training"]["batch_size"] = max(1, int(round(cfg["training"]["batch_size"] * share[keep].sum())))
-        stl["training"]["mixing"] = "proportional"
-        if stl["training"].get("loss_weights"):
-            stl["training"]["loss_weights"] = {k: v for k, v in stl["training"]["loss_weights"].items() if k == name}
-        out[name] = stl
-    return out
 
 
-def missing_real_data(data: Path, then: str = "Nothing to do.") -> str | None:
-    """What to tell a user when ``data`` lacks the real sets the real-face benchmarks read (ending with ``then``);
-    None when all are there."""
-    needed = [data / "utkface" / "UTKFace", data / "fer2013" / "train", data / "lfw_expressions" / "labels.csv"]
-    if all(p.exists() for p in needed):
-        return None
-    return (f"real data not found under {data} (needs {', '.join(str(p.relative_to(data)) for p in needed)}); "
-            f"pass --data or set KFACEMTL_DATA. {then}")
 
 
-def with_steps(cfg: dict, steps: int) -> dict:
-    """The config trained for about ``steps`` optimizer steps (its epochs kept, up to ``steps``; each epoch's steps
-    scaled)."""
-    cfg = copy.deepcopy(cfg)
-    tr = cfg["training"]
-    tr["epochs"] = max(1, min(tr["epochs"], steps))
-    tr["steps_per_epoch"] = max(1, steps // tr["epochs"])
-    return cfg
 
 
-def train(cfg: dict, out_dir: Path) -> dict:
-    """train_run into ``out_dir``, resuming it when it holds an unfinished run."""
-    resume = (out_dir / "config.yaml").exists()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # UTKFace's one malformed file name, reported once per build
-        return train_run(cfg, out_dir, resume=resume, verbose=2)
 
 
-def predictions(model, source, image_size):
-    """``{task: (labels, predictions)}`` on the rows of ``source`` that label each task of the model."""
-    tasks = model_tasks(model)
-    ds = make_dataset([source], tasks, batch_size=256, image_size=image_size, training=False)
-    preds = model.predict(ds.map(lambda x, y, w: x), verbose=0)
-    preds = dict(zip(model.output_names, preds if isinstance(preds, (list, tuple)) else [preds]))
-    labels, weights = source.labels(tasks)
-    return {t.name: (labels[t.name][weights[t.name] > 0], preds[t.name][weights[t.name] > 0])
-            for t in tasks if weights[t.name].any()}
 
 
-def per_face_score(task, y, p) -> np.ndarray:
-    """Per-face score whose mean is the headline metric: correct (0/1) or absolute error."""
-    if task.kind == "classification":
-        return (np.argmax(p, axis=1) == y).astype("float64")
-    return np.abs(p - y).mean(axis=1)
 
 
-def compare(stl_score: np.ndarray, mtl_score: np.ndarray, lower_is_better: bool) -> tuple[float, float]:
-    """Delta (positive = multi-task better) and the half-width of its paired 95 % interval."""
-    diff = (stl_score - mtl_score) if lower_is_better else (mtl_score - stl_score)
-    return float(diff.mean()), float(1.96 * diff.std(ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else math.nan
+
+
+
 
 
 def format_rows(rows: list[dict]) -> str:
@@ -193,12 +125,6 @@ def run_seed(cfg: dict, sources, eval_sources, out: Path) -> list[dict]:
     return rows
 
 
-def _cell(values, digits, signed: bool = False):
-    """``mean ± std`` of ``values`` over seeds (the value alone when there is one); ``signed``: the mean with its
-    sign."""
-    values = np.asarray(values, "float64")
-    mean = f"{values.mean():{'+' if signed else ''}.{digits}f}"
-    return mean if len(values) == 1 else f"{mean} ± {values.std(ddof=1):.{digits}f}"
 
 
 def format_seeds(rows_by_seed: dict) -> str:
@@ -210,8 +136,8 @@ def format_seeds(rows_by_seed: dict) -> str:
     for i, r in enumerate(first):
         per_seed = [rows_by_seed[s][i] for s in seeds]
         deltas = [p["delta"] for p in per_seed]
-        lines.append([r["task"], r["test_set"], r["metric"], _cell([p["stl"] for p in per_seed], 4),
-                      _cell([p["mtl"] for p in per_seed], 4), _cell(deltas, 4, signed=True),
+        lines.append([r["task"], r["test_set"], r["metric"], cell([p["stl"] for p in per_seed], 4),
+                      cell([p["mtl"] for p in per_seed], 4), cell(deltas, 4, signed=True),
                       f"{sum(d > 0 for d in deltas)} of {len(seeds)}"])
     header = ["task", "test set", "metric", "single-task", "multi-task", "delta (MTL better > 0)", "MTL ahead"]
     return f"seeds {', '.join(map(str, seeds))} (mean ± std over seeds)\n" + text_table(header, lines)

@@ -6,33 +6,29 @@ preference, > 1 attention concentrated there. Regions: ``expression`` (brows, ey
 mouth, chin: where the AUs act), ``face``, ``hair``, ``forehead`` and ``background`` (neither face
 nor hair: no cue lives there). A benchmark measures and prints; it asserts nothing.
 
-    python benchmarks/saliency_regions.py runs/demo-.../model.keras [--faces 200]
+    python -m benchmarks.saliency_regions runs/demo-.../model.keras [--faces 200]
 """
 
 import argparse
-import os
-import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from kfacemtl.data import synthetic  # noqa: E402
-from kfacemtl.analysis.explain import METHODS, explain, region_ratio  # noqa: E402
-from kfacemtl.models import load_model  # noqa: E402
+from kfacemtl.data import synthetic
+from kfacemtl.analysis.explain import METHODS, explain, region_ratio
+from kfacemtl.models import load_model
 
 # each head on the test split of a domain that labels it in the demo
 HEADS = {"expression": "lab", "action_units": "lab", "gender": "portraits", "age": "portraits", "race": "portraits"}
 REGIONS = ("expression", "face", "hair", "forehead", "background")
 
 
-def main():
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model", help="a trained .keras model (e.g. from make demo)")
     ap.add_argument("--faces", type=int, default=200, help="test faces per domain")
     ap.add_argument("--methods", nargs="+", default=list(METHODS))
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     model = load_model(args.model, compile=False)
     heads = [h for h in HEADS if h in model.output_names]
     data = {}

@@ -29,7 +29,7 @@ does before the network.
 
 A benchmark measures and prints; it asserts nothing.
 
-    python benchmarks/serving.py [--seconds 2] [--image-size 64] [--jpeg-size 112] [--streams 8] [--xla]
+    python -m benchmarks.serving [--seconds 2] [--image-size 64] [--jpeg-size 112] [--streams 8] [--xla]
         [--tasks age,gender,race,expression,action_units,valence_arousal]
 """
 
@@ -39,16 +39,14 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+import numpy as np
+import tensorflow as tf
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from kfacemtl.data import synthetic  # noqa: E402
-from kfacemtl.serving import decode_batch, export_model  # noqa: E402
-from kfacemtl.models import build_model  # noqa: E402
-from kfacemtl.data import decode_image  # noqa: E402
-from kfacemtl.tasks import resolve_tasks  # noqa: E402
+from kfacemtl.data import synthetic
+from kfacemtl.serving import decode_batch, export_model
+from kfacemtl.models import build_model
+from kfacemtl.data import decode_image
+from kfacemtl.tasks import resolve_tasks
 
 BATCHES = (1, 8, 64)
 

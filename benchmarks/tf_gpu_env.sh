@@ -1,10 +1,9 @@
 # Source this to run TensorFlow 2.21 (built for CUDA 12) on a host whose only CUDA libraries are CUDA 13's pip
-# wheels (nvidia/cu13, nvidia/cudnn), as on the GPU machine lent to this project: how the TensorFlow-on-GPU tables
-# of the README were measured.
+# wheels (nvidia/cu13, nvidia/cudnn): how the TensorFlow-on-GPU tables of docs/benchmarks/throughput.md were measured.
 #
 #   pip install --target "$SITE" tensorflow==2.21.0 nvidia-cuda-runtime-cu12 keras ...   # where pip can download
 #   SITE=/tmp/site source benchmarks/tf_gpu_env.sh
-#   python benchmarks/throughput.py --data /path/to/data [--precision mixed_float16]
+#   python -m benchmarks.throughput --data /path/to/data [--precision mixed_float16]
 #
 # TensorFlow dlopens libcudart.so.12 (the nvidia-cuda-runtime-cu12 wheel, in $SITE), libcublas(Lt).so.12,
 # libcufft.so.11, libcusolver.so.11, libcusparse.so.12 and libcudnn.so.9; the CUDA 13 libraries are linked under

@@ -21,11 +21,11 @@ default backbone, batch 64) or the synthetic demo setting (--setting synthetic, 
 table can be printed with and without it; --batch-size overrides the config's batch (a GPU is per-step bound at 64).
 
 Each training rate is timed in a fresh process (so no other dataset's threads run beside it), --repeats times
-interleaved (files, cache, model alone and its XLA and float16 variants), medians: one timing on this shared machine can be off by a third. The pipeline keeps up when training with it runs at >= 95 %
-of the model alone. Written to --out: results.txt,
-results.json. A benchmark measures and prints; it asserts nothing.
+interleaved (files, cache, model alone and its XLA and float16 variants), medians: one timing on a shared machine can
+be off by a third. The pipeline keeps up when training with it runs at >= 95 % of the model alone. Written to --out:
+results.txt, results.json. A benchmark measures and prints; it asserts nothing.
 
-    python benchmarks/throughput.py [--setting real|synthetic] [--steps 40] [--repeats 3] [--warmup 10]
+    python -m benchmarks.throughput [--setting real|synthetic] [--steps 40] [--repeats 3] [--warmup 10]
         [--in-process] [--variants files,cached,alone,alone_xla,alone_mixed,cached_xla] [--out runs/throughput]
         [--precision float32|mixed_float16] [--batch-size N]
 
@@ -46,21 +46,17 @@ import time
 import warnings
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+import keras
+import numpy as np
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-
-from kfacemtl.training.config import load_config, resolve_config  # noqa: E402
-from kfacemtl.analysis.evaluation import text_table  # noqa: E402
-from kfacemtl.files import atomic_write_text  # noqa: E402
-from kfacemtl.models import build_model, count_flops  # noqa: E402
-from kfacemtl.data import make_dataset, prefetch_to_gpu  # noqa: E402
-from kfacemtl.tasks import resolve_tasks  # noqa: E402
-from kfacemtl.training import build_sources, compile_model, demo_config  # noqa: E402
-from real_mtl_vs_stl import with_data_root  # noqa: E402
+from kfacemtl.training.config import load_config, resolve_config
+from kfacemtl.analysis.evaluation import text_table
+from kfacemtl.files import atomic_write_text
+from kfacemtl.models import build_model, count_flops
+from kfacemtl.data import make_dataset, prefetch_to_gpu
+from kfacemtl.tasks import resolve_tasks
+from kfacemtl.training import build_sources, compile_model, demo_config
+from benchmarks.common import ROOT, with_data_root
 
 def pipeline_rate(ds, steps: int, warmup: int) -> float:
     """Images per second the input pipeline produces alone."""
@@ -183,17 +179,17 @@ class StepClock(keras.callbacks.Callback):
     pipeline's buffers) to the last step's end, inside one ``fit``: the steady state, not ``fit``'s set-up and tear-down
     (closing a dataset iterator with parallel maps in flight sometimes took 5 s here, half of a 40-step timing)."""
 
-    def __init__(self, skip: int = 0):
+    def __init__(self, skip: int = 0, clock=time.perf_counter):
         super().__init__()
-        self.skip = skip
+        self.skip, self.clock = skip, clock
 
     def on_train_batch_begin(self, batch, logs=None):
         if batch == self.skip:
-            self.start = time.perf_counter()
+            self.start = self.clock()
 
     def on_train_batch_end(self, batch, logs=None):
         if batch >= self.skip:
-            self.seconds = time.perf_counter() - self.start
+            self.seconds = self.clock() - self.start
 
 
 def measure(cfg: dict, steps: int, warmup: int, repeats: int = 3, model_overrides: dict | None = None,
@@ -209,9 +205,9 @@ def measure(cfg: dict, steps: int, warmup: int, repeats: int = 3, model_override
             if child_args is None:  # --in-process: quicker, less isolated
                 runs[v].append(one_variant(cfg, v, steps, warmup, model_overrides, precision))
                 continue
-            out = subprocess.run([sys.executable, __file__, "--one", v, "--steps", str(steps), "--warmup", str(warmup),
-                                  "--model", json.dumps(model_overrides), "--precision", precision] + child_args,
-                                 capture_output=True, text=True, check=True).stdout
+            out = subprocess.run([sys.executable, "-m", "benchmarks.throughput", "--one", v, "--steps", str(steps),
+                                  "--warmup", str(warmup), "--model", json.dumps(model_overrides), "--precision",
+                                  precision] + child_args, capture_output=True, text=True, check=True, cwd=ROOT).stdout
             runs[v].append(json.loads(out.strip().splitlines()[-1]))
     med = {v: float(np.median([r["images_per_s"] for r in rs])) for v, rs in runs.items()}
     tasks, tr, mc, sources, common = _setup(cfg, model_overrides)

@@ -1,15 +1,15 @@
-"""The model's half of the throughput table on a machine without TensorFlow (a lent GPU): any Keras 3 backend.
+"""The model's half of the throughput table on a GPU host where TensorFlow is not installed: any Keras 3 backend.
 
-TensorFlow cannot be installed on the GPU machines lent to this project (no package index there; its wheel is
-about 600 MB, ten times what may travel), but Keras 3 runs the same network on JAX or PyTorch. So, in two steps:
+Keras 3 runs the same network on JAX or PyTorch, so a GPU host needs neither TensorFlow nor kfacemtl to time it;
+this script copies the network there as a plain Keras model. In two steps:
 
-  python benchmarks/throughput_gpu.py export --out runs/gpu/arch.json [--config configs/real_mtl.yaml]
+  python -m benchmarks.throughput_gpu export --out runs/gpu/arch.json [--config configs/real_mtl.yaml]
          [--variant NAME=JSON ...]
       here, with kfacemtl and TensorFlow: writes each network (the config's, and each variant's model overrides)
       as a plain Keras functional model (each task output a Dense layer of the same units and activation; the
       age output's affine scaling, a multiply-add per image, left out), with its forward FLOPs, parameters and each
       output's loss
-  KERAS_BACKEND=jax python benchmarks/throughput_gpu.py run runs/gpu/arch.json [--batches 64,256,1024]
+  KERAS_BACKEND=jax python -m benchmarks.throughput_gpu run runs/gpu/arch.json [--batches 64,256,1024]
          [--precisions float32,mixed_float16,mixed_bfloat16] [--images 25600] [--out DIR]
       there, with keras and a backend but without kfacemtl or TensorFlow: for each network, precision and batch:
       training images/s of the model alone (model.fit on in-memory arrays; plain per-output losses, all labels
@@ -18,7 +18,7 @@ about 600 MB, ten times what may travel), but Keras 3 runs the same network on J
 
 A rate is the difference of two fits (``--images`` and twice as many images) over the difference of their times,
 so fit's fixed set-up cancels; the median of ``--repeats``. The input pipeline (tf.data) is not part of this
-half: on this project's CPU machines it delivers 56x what the model consumes (benchmarks/throughput.py).
+half: on a 2-core CPU it delivers 56x what the model consumes (``python -m benchmarks.throughput``).
 A benchmark measures and prints; it asserts nothing.
 """
 
@@ -30,7 +30,6 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
 
 LOSSES = {"classification": "sparse_categorical_crossentropy", "multilabel": "binary_crossentropy",
           "regression": "mean_squared_error"}
@@ -65,20 +64,11 @@ def portable_architecture(model) -> dict:
     return {"model": cfg, "outputs": outputs}
 
 
-def parse_variants(specs) -> dict:
-    """``NAME=JSON`` command-line specs as ``{name: model overrides}``.
-
-    Example:
-        >>> parse_variants(['narrow={"widths": [16, 32]}'])
-        {'narrow': {'widths': [16, 32]}}
-    """
-    return {name: json.loads(overrides) for name, _, overrides in (v.partition("=") for v in specs)}
 
 
 def export(config: str, variants: dict, out: Path) -> dict:
     """Each network (the config's model section, then with each variant's overrides) as a portable architecture
     with its forward FLOPs and parameters, written to ``out``."""
-    sys.path.insert(0, str(ROOT))
     from kfacemtl.training.config import load_config, resolve_config
     from kfacemtl.files import atomic_write_text
     from kfacemtl.models import build_model, count_flops
@@ -244,7 +234,7 @@ def format_table(r: dict) -> str:
              f"{row['train_images_per_s'] / base[row['batch']]:.2f}x" if row["batch"] in base else "",
              f"{row['inference_images_per_s']:.0f}", f"{row['forward_flops'] / 1e6:.1f}", f"{100 * row['mfu']:.2f} %"]
             for row in r["rows"]]
-    # kfacemtl.evaluation.text_table's layout, written out: kfacemtl (and so TensorFlow) is not importable where this runs
+    # kfacemtl.tables.text_table's layout, written out: kfacemtl (and so TensorFlow) need not be installed where this runs
     widths = [max(len(h), *(len(c[i]) for c in rows)) for i, h in enumerate(head)]
     fmt = "  ".join(f"{{:{w}}}" for w in widths)
     lines += [fmt.format(*head), fmt.format(*("-" * w for w in widths))] + [fmt.format(*c) for c in rows]
@@ -257,10 +247,10 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="command", required=True)
     ex = sub.add_parser("export", help="write the networks' portable architectures (needs kfacemtl, TensorFlow)")
-    ex.add_argument("--config", default=str(ROOT / "configs" / "real_mtl.yaml"))
+    ex.add_argument("--config", default="configs/real_mtl.yaml")
     ex.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",
                     help="another network: a name and JSON overrides of the model section")
-    ex.add_argument("--out", default=str(ROOT / "runs" / "throughput_gpu" / "arch.json"))
+    ex.add_argument("--out", default="runs/throughput_gpu/arch.json")
     rn = sub.add_parser("run", help="time the networks on this machine's Keras backend (no kfacemtl needed)")
     rn.add_argument("arch")
     rn.add_argument("--batches", default="64,256,1024")
@@ -272,6 +262,7 @@ def main(argv=None):
     rn.add_argument("--out", default="", help="folder for results.txt and results.json (default: print only)")
     args = ap.parse_args(argv)
     if args.command == "export":
+        from benchmarks.common import parse_variants  # (kfacemtl and TensorFlow only where the export runs)
         for name, net in export(args.config, parse_variants(args.variant), Path(args.out)).items():
             print(f"{name}: {net['forward_flops'] / 1e6:.1f} MFLOP/image, {net['parameters']:,} parameters")
         print(f"written {args.out}")

@@ -14,31 +14,44 @@ Example:
     True
 """
 
+import importlib as _importlib
 import os as _os
 
 _os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ info and warning lines (0 shows them)
 
-# the layers, lowest first: each imports only from those above it
 from kfacemtl.version import __version__  # noqa: E402
-from kfacemtl.errors import ConfigError, KfacemtlError, LabelError, SourceError  # noqa: E402
-from kfacemtl.tasks import Task, get_task, resolve_tasks  # noqa: E402
-from kfacemtl.data import (CsvSource, FolderSource, ImagesSource, Source, SyntheticSource, WithoutLabels,  # noqa: E402
-                           make_dataset, make_source, register_source, steps_per_epoch)
-from kfacemtl.models import (MaskedTaskLoss, MultiTaskModel, TaskOutput, VGGBackbone, build_model,  # noqa: E402
-                             load_model, model_tasks, task_loss)
-from kfacemtl.analysis import evaluate_sources, format_table  # noqa: E402
-from kfacemtl.training import (CoAnnotation, DataDistillation, DistributionMatching, DynamicLearningRate,  # noqa: E402
-                               PseudoLabels, Relatedness, TaskWeighting, compile_model, distill,
-                               learning_rate_schedule, lr_range_test, make_strategy, make_weighting, train_run)
-from kfacemtl.serving import export_model  # noqa: E402
 
-__all__ = [
-    "__version__", "ConfigError", "KfacemtlError", "LabelError", "SourceError", "Task", "get_task", "resolve_tasks",
-    "CsvSource", "FolderSource", "ImagesSource", "Source", "SyntheticSource", "WithoutLabels", "make_dataset",
-    "make_source", "register_source", "steps_per_epoch", "MaskedTaskLoss", "MultiTaskModel", "TaskOutput",
-    "VGGBackbone", "build_model", "load_model", "model_tasks", "task_loss", "evaluate_sources", "format_table",
-    "CoAnnotation", "DataDistillation", "DistributionMatching", "DynamicLearningRate", "PseudoLabels", "Relatedness",
-    "TaskWeighting", "compile_model", "distill", "learning_rate_schedule", "lr_range_test", "make_strategy",
-    "make_weighting", "train_run", "export_model",
-]
+# The public API, by the module that defines each name. Importing kfacemtl loads none of them (nor TensorFlow): a
+# name is imported the first time it is used, so the command line can start quietly and fast.
+_API = {
+    "kfacemtl.errors": ["ConfigError", "KfacemtlError", "LabelError", "SourceError"],
+    "kfacemtl.tasks": ["Task", "get_task", "resolve_tasks"],
+    "kfacemtl.data": ["CsvSource", "FolderSource", "ImagesSource", "Source", "SyntheticSource", "WithoutLabels",
+                      "make_dataset", "make_source", "register_source", "steps_per_epoch"],
+    "kfacemtl.models": ["MaskedTaskLoss", "MultiTaskModel", "TaskOutput", "VGGBackbone", "ResidualBackbone",
+                        "build_model", "load_model", "model_tasks", "task_loss"],
+    "kfacemtl.analysis": ["evaluate_sources", "format_table"],
+    "kfacemtl.training": ["CoAnnotation", "DataDistillation", "DistributionMatching", "DynamicLearningRate",
+                          "PseudoLabels", "Relatedness", "TaskWeighting", "compile_model", "distill",
+                          "learning_rate_schedule", "lr_range_test", "make_strategy", "make_weighting", "train_run"],
+    "kfacemtl.serving": ["export_model"],
+}
+_HOME = {name: module for module, names in _API.items() for name in names}
+_SUBPACKAGES = ("analysis", "cli", "data", "errors", "files", "models", "serving", "tables", "tasks", "training")
+__all__ = ["__version__", *_HOME]
+
+
+def __getattr__(name):
+    if name in _HOME:
+        value = getattr(_importlib.import_module(_HOME[name]), name)
+    elif name in _SUBPACKAGES:
+        value = _importlib.import_module(f"kfacemtl.{name}")
+    else:
+        raise AttributeError(f"module 'kfacemtl' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(__all__) | set(_SUBPACKAGES))

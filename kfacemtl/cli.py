@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
-from kfacemtl.training.demo import DEMO_EPOCHS, DEMO_STEPS
-from kfacemtl.training.distribute import STRATEGIES
 from kfacemtl.errors import KfacemtlError
+
+# The subcommands import kfacemtl's modules (and so TensorFlow) when they run: main() first decides whether
+# TensorFlow's start-up lines are shown.
 
 
 def _cmd_train(args):
@@ -120,6 +122,8 @@ def _subcommand(sub, name: str, summary: str, description: str, examples: str, f
                        epilog="examples:\n" + "\n".join(f"  {line}" for line in examples.strip().splitlines()),
                        formatter_class=_HelpFormatter)
     p.set_defaults(func=func)
+    p.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                   help="show TensorFlow's start-up and C++ log lines")
     return p
 
 
@@ -141,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
         >>> args.command, args.base, args.version
         ('export', 'saved_models', None)
     """
+    from kfacemtl.training.demo import DEMO_EPOCHS, DEMO_STEPS
+    from kfacemtl.training.distribute import STRATEGIES
     parser = argparse.ArgumentParser(
         prog="kfacemtl", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Multi-task face analysis with Keras 3: one network for age, gender, race, expression, action "
@@ -153,14 +159,17 @@ def build_parser() -> argparse.ArgumentParser:
                "  kfacemtl export runs/real_mtl --name faces\n"
                "  kfacemtl predict --saved-model saved_models/faces/1 face.jpg\n"
                "  kfacemtl explain runs/real_mtl face.jpg --head expression --out saliency/\n\n"
-               "Each subcommand's --help has its options. Configs, sources and results: README.md; "
+               "Each subcommand's --help has its options. The user guide: docs/guide/; "
                "how the parts fit: docs/ARCHITECTURE.md.")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show TensorFlow's start-up and C++ log lines (also shown when TF_CPP_MIN_LOG_LEVEL is 0 "
+                             "or 1)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = _subcommand(sub, "train", "train from a YAML config into a run directory",
                     "The run directory gets config.yaml, model.keras, history.csv, report.json (with the evaluation\n"
                     "of eval_sources), plots/, logs/ (TensorBoard) and backup/ (the last finished epoch, for\n"
-                    "--resume). Every config key is in the README's 'Configs and the CLI'.",
+                    "--resume). Every config key is in docs/guide/configuration.md.",
                     """
 kfacemtl train configs/real_mtl.yaml --out runs/real_mtl
 kfacemtl train configs/real_mtl.yaml --out runs/real_mtl --resume          # after an interruption
@@ -260,13 +269,41 @@ kfacemtl explain runs/demo face1.jpg --head expression --class happy --method al
     return parser
 
 
+def import_tensorflow_quietly():
+    """Import TensorFlow with this process's standard error (file descriptor 2) pointed at ``/dev/null``, and keep
+    its later C++ log lines to errors (``TF_CPP_MIN_LOG_LEVEL=3``): TensorFlow writes its start-up lines (CUDA
+    probing, oneDNN notices, "All log messages before absl::InitializeLog() ...") from C++ before any Python or
+    logging setting applies, so only the file descriptor can hold them back. Python's own errors still show.
+
+    Example:
+        >>> import_tensorflow_quietly().__name__
+        'tensorflow'
+    """
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        import tensorflow
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+    return tensorflow
+
+
 def main(argv=None) -> int:
     """Run one subcommand; a kfacemtl error is printed as one line (on stderr) and gives exit status 2.
+
+    TensorFlow's start-up lines are silenced unless ``--verbose`` is given or ``TF_CPP_MIN_LOG_LEVEL`` is 0 or 1.
 
     Example:
         >>> main(["export", "no-such-run", "--name", "faces"])   # "kfacemtl export: error: model file ..."
         2
     """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--verbose" not in argv and os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2") not in ("0", "1"):
+        import_tensorflow_quietly()
     args = build_parser().parse_args(argv)
     try:
         args.func(args)

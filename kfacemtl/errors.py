@@ -43,8 +43,10 @@ def check_choice(key_path: str, value, choices):
     Example:
         >>> check_choice("training.cache", "auto", ("auto", "none"))
         'auto'
-        >>> # check_choice("training.cache", "ram", ("auto", "none"))  ->  ConfigError: config key
-        >>> #     'training.cache': expected one of ('auto', 'none'), got 'ram'
+        >>> check_choice("training.cache", "ram", ("auto", "none"))
+        Traceback (most recent call last):
+        ...
+        kfacemtl.errors.ConfigError: config key 'training.cache': expected one of ('auto', 'none'), got 'ram'
     """
     if value not in choices:
         raise ConfigError(key_path, f"expected one of {choices}, got {value!r}")
@@ -102,10 +104,7 @@ class TrainingDiverged(KfacemtlError, RuntimeError):
     """The training loss became NaN or infinite and the run stopped (``training.on_nan``).
 
     Example:
-        >>> # try:
-        >>> #     train_run(cfg, "runs/x")            # training.on_nan: stop
-        >>> # except TrainingDiverged as e:
-        >>> #     print(e)   # "the training loss became NaN or infinite at epoch 3, batch 41 ..."
-        >>> issubclass(TrainingDiverged, KfacemtlError)
-        True
+        >>> error = TrainingDiverged("the training loss became NaN or infinite at epoch 3, batch 41")
+        >>> isinstance(error, KfacemtlError), isinstance(error, RuntimeError)   # train_run raises it (on_nan: stop)
+        (True, True)
     """

@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 
@@ -85,7 +86,7 @@ def test_export_then_predict_locally_and_through_a_server(tmp_path, capsys):
 def test_explain_writes_pngs_and_names_bad_heads(tmp_path, capsys):
     import numpy as np
 
-    from conftest import write_png
+    from helpers import write_png
     # --strategy overrides the config's (devices go with mirrored); on this machine mirrored has one replica
     (tmp_path / "c.yaml").write_text(CONFIG.replace("batch_size: 16}", "batch_size: 16, strategy: mirrored, "
                                                                        "strategy_devices: ['/cpu:0']}"))
@@ -99,3 +100,14 @@ def test_explain_writes_pngs_and_names_bad_heads(tmp_path, capsys):
     assert (tmp_path / "sal" / "f1_expression_scorecam_overlay.png").is_file()
     assert main(["explain", str(tmp_path / "run"), *imgs, "--head", "age", "--out", str(tmp_path / "sal")]) == 2
     assert "unknown head 'age'; the model's heads are ['expression', 'gender']" in capsys.readouterr().err
+
+
+def test_the_command_line_starts_quietly_unless_asked(tmp_path):
+    # TensorFlow's C++ start-up lines (absl, CUDA probing, oneDNN) are held back; --verbose lets them through
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    run = subprocess.run([sys.executable, "-m", "kfacemtl", "evaluate", str(tmp_path / "none.keras"), "--source",
+                          "synthetic:lab"], capture_output=True, text=True, timeout=300, env=env)
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines() == [f"kfacemtl evaluate: error: model file '{tmp_path / 'none.keras'}' does "
+                                               "not exist; pass a run directory or a .keras file"]
+    assert main(["evaluate", str(tmp_path / "none.keras"), "--source", "synthetic:lab", "--verbose"]) == 2

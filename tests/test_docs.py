@@ -4,14 +4,13 @@ import importlib
 import inspect
 import pkgutil
 import re
-from pathlib import Path
 
 import pytest
 
 import kfacemtl
 from kfacemtl.cli import build_parser
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT
 MODULES = sorted(m.name.removeprefix("kfacemtl.") for m in pkgutil.walk_packages(kfacemtl.__path__, "kfacemtl.")
                  if m.name != "kfacemtl.__main__")
 
@@ -40,6 +39,19 @@ def test_docstring_examples_run(name, tmp_path, monkeypatch):
     module = importlib.import_module(f"kfacemtl.{name}")
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE, verbose=False)
     assert result.failed == 0, f"kfacemtl.{name}: {result.failed} of {result.attempted} doctest examples failed"
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_every_docstring_example_shows_a_result(name):
+    # an example runs and shows what it gives: no comment-only examples, no checks that cannot fail
+    module = importlib.import_module(f"kfacemtl.{name}")
+    for test in doctest.DocTestFinder(recurse=True).find(module, module.__name__):
+        if not test.examples or not test.name.startswith(module.__name__):
+            continue
+        assert any(ex.want.strip() or ex.exc_msg for ex in test.examples), f"{test.name}: no example shows a result"
+        for ex in test.examples:
+            assert not ex.source.lstrip().startswith("#"), f"{test.name}: a comment-only example: {ex.source!r}"
+            assert "or True" not in ex.source, f"{test.name}: an example that cannot fail: {ex.source!r}"
 
 
 def subcommands():

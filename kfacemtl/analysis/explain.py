@@ -8,8 +8,14 @@ map into a falsifiable number on the synthetic benchmark, whose renderer knows w
 live (:func:`kfacemtl.synthetic.generate` with ``regions=True``).
 
 Example:
-    >>> # maps = explain(model, images, "expression", target="happy", method="gradcam++")
-    >>> # region_ratio(maps, regions["expression"]).mean()   # > 1: attention on the expression
+    >>> from kfacemtl.data.synthetic import generate
+    >>> from kfacemtl.models import build_model
+    >>> from kfacemtl.tasks import resolve_tasks
+    >>> images, labels, regions = generate("lab", 4, split="test", regions=True)   # the renderer knows the cues
+    >>> model = build_model(resolve_tasks(["expression"]), widths=(8, 16), depths=1)   # (an untrained one here)
+    >>> maps = explain(model, images / 255.0, "expression", target="happy", method="gradcam++")
+    >>> maps.shape, region_ratio(maps, regions["expression"]).shape   # ratio > 1: attention on the expression
+    ((4, 64, 64), (4,))
 """
 
 from __future__ import annotations
@@ -257,9 +263,11 @@ def save_maps(images, maps, out_dir, names: Sequence[str], head: str, method: st
     """Write ``<name>_<head>_<method>_{image,map,overlay}.png`` per image; returns the paths.
 
     Example:
-        >>> paths = save_maps(np.zeros((1, 8, 8, 3)), np.ones((1, 8, 8)), "saliency", ["face1.jpg"], "expression", "gradcam++")
-        >>> [p.name for p in paths]
-        ['face1_expression_gradcampp_image.png', 'face1_expression_gradcampp_map.png', 'face1_expression_gradcampp_overlay.png']
+        >>> paths = save_maps(np.zeros((1, 8, 8, 3)), np.ones((1, 8, 8)), "saliency", ["face1.jpg"], "expression",
+        ...                   "gradcam++")
+        >>> [p.name for p in paths]   # doctest: +NORMALIZE_WHITESPACE
+        ['face1_expression_gradcampp_image.png', 'face1_expression_gradcampp_map.png',
+         'face1_expression_gradcampp_overlay.png']
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -329,7 +337,14 @@ def explain_files(model, paths: Sequence, out_dir, heads: Sequence[str] | None =
     images; columns: the image, then one overlay per method) under ``out_dir``.
 
     Example:
-        >>> # explain_files(model, ["a.jpg", "b.jpg"], "saliency/", heads=["expression"], methods=METHODS)
+        >>> from kfacemtl.models import build_model
+        >>> from kfacemtl.tasks import resolve_tasks
+        >>> _ = open("a.png", "wb").write(tf.io.encode_png(tf.zeros((40, 40, 3), tf.uint8)).numpy())
+        >>> model = build_model(resolve_tasks(["expression"]), input_shape=(32, 32, 3), widths=(8,), depths=1)
+        >>> sorted(p.name for p in explain_files(model, ["a.png"], "saliency", methods=["saliency"]))
+        ... # doctest: +NORMALIZE_WHITESPACE
+        ['a_expression_saliency_image.png', 'a_expression_saliency_map.png', 'a_expression_saliency_overlay.png',
+         'grid_expression.png']
     """
     heads = list(heads or [t.name for t in model_tasks(model)])
     for head in heads:

@@ -1,7 +1,8 @@
 """Plots written into a run directory: loss curves and confusion matrices.
 
 Example:
-    >>> # plot_history("runs/demo/history.csv", "runs/demo/plots/loss.png")
+    >>> plot_confusion([[8, 2], [1, 9]], ["male", "female"], "gender on lab-test", "plots/confusion.png").name
+    'confusion.png'
 """
 
 from __future__ import annotations

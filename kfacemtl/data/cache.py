@@ -50,8 +50,15 @@ class DecodedImages(Source):
     the file, and a changed file makes a new one. A cache file that cannot be read is rebuilt.
 
     Example:
-        >>> # cached = DecodedImages(make_source("utkface:data/UTKFace"), (48, 48))
-        >>> # on_disk = DecodedImages(make_source("utkface:data/UTKFace"), (48, 48), cache_dir="/scratch/cache")
+        >>> import os
+        >>> from kfacemtl.data import make_source
+        >>> for name in ("happy", "sad"):
+        ...     os.makedirs(f"faces/{name}", exist_ok=True)
+        ...     _ = open(f"faces/{name}/1.png", "wb").write(tf.io.encode_png(tf.zeros((90, 70, 1), tf.uint8)).numpy())
+        >>> cached = DecodedImages(make_source("folder:faces"), (48, 48))                      # in memory
+        >>> on_disk = DecodedImages(make_source("folder:faces"), (48, 48), cache_dir="cache")  # memory-mapped
+        >>> cached.images().shape, on_disk.images().shape, on_disk.cache_file.parent.name
+        ((2, 48, 48, 3), (2, 48, 48, 3), 'cache')
     """
 
     def __init__(self, source: Source, image_size, cache_dir=None):
@@ -230,8 +237,15 @@ def cached_sources(sources: Sequence[Source], image_size, limit_mb: float = 4096
         >>> cached = cached_sources([make_source("synthetic:lab?n=4")], (32, 32))   # in memory already: as it is
         >>> cached[0].name
         'lab-train'
-        >>> # file sources: decoded once, checked, held in memory or in CACHE_DIR/*.npy
-        >>> # cached_sources([make_source("utkface:data/UTKFace")], (64, 64), mode="disk")
+        >>> import os
+        >>> os.makedirs("photos/happy", exist_ok=True)
+        >>> _ = open("photos/happy/1.png", "wb").write(tf.io.encode_png(tf.zeros((64, 64, 3), tf.uint8)).numpy())
+        >>> open("photos/happy/2.png", "wb").close()                              # an empty file: not an image
+        >>> skipped = {}
+        >>> [kept] = cached_sources([make_source("folder:photos")], (32, 32), mode="disk", cache_dir="cache",
+        ...                         bad_images="skip", skipped=skipped)
+        >>> len(kept), kept.images().shape, skipped                               # decoded once, checked, cached
+        (1, (1, 32, 32, 3), {'photos': ['1 (photos/happy/2.png)']})
     """
     check_choice("training.cache", mode, CACHE_MODES)
     check_choice("training.bad_images", bad_images, BAD_IMAGES)

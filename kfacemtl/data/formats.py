@@ -83,9 +83,13 @@ class CsvSource(Source):
             row is kept (``first``; :attr:`dropped_duplicates` counts the others).
 
     Example:
-        >>> # manifest.csv:  path,gender,age
-        >>> #                img/0.png,1,23
-        >>> # CsvSource("manifest.csv").tasks  ->  ('gender', 'age')
+        >>> import os
+        >>> os.makedirs("img", exist_ok=True); open("img/0.png", "wb").close(); open("img/1.png", "wb").close()
+        >>> _ = open("manifest.csv", "w").write("path,gender,age\\nimg/0.png,1,23\\nimg/1.png,,41\\n")
+        >>> from kfacemtl.tasks import get_task
+        >>> src = CsvSource("manifest.csv")
+        >>> src.tasks, src.labels([get_task("gender")])[1]["gender"].tolist()   # row 2: no gender label
+        (('gender', 'age'), [1.0, 0.0])
     """
 
     format = "csv"
@@ -177,8 +181,13 @@ class FolderSource(Source):
         classes: the class names, when the task is not known to the model.
 
     Example:
-        >>> # faces/happy/1.png, faces/sad/2.png ...
-        >>> # FolderSource("faces", task="expression")
+        >>> import os
+        >>> for name in ("happy", "sad"):
+        ...     os.makedirs(f"faces/{name}", exist_ok=True); open(f"faces/{name}/1.png", "wb").close()
+        >>> from kfacemtl.tasks import get_task
+        >>> src = FolderSource("faces", task="expression")
+        >>> src.raw_labels(get_task("expression"))[0].tolist()   # happy 3, sad 4 (FER2013 order)
+        [3.0, 4.0]
     """
 
     format = "folder"
@@ -235,7 +244,11 @@ class ImagesSource(Source):
         limit: use only the first ``limit`` files (sorted by path); 0 = all.
 
     Example:
-        >>> # images:data/street_cams  →  ImagesSource("data/street_cams"); no task is labelled
+        >>> import os
+        >>> os.makedirs("street_cams/cam1", exist_ok=True); open("street_cams/cam1/0.jpg", "wb").close()
+        >>> src = ImagesSource("street_cams")                  # images:street_cams in a config
+        >>> len(src), src.tasks
+        (1, ())
     """
 
     format = "images"

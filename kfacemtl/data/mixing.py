@@ -2,11 +2,9 @@
 permutation per pass.
 
 Example:
-    >>> class S:  # any object with a name and a length
-    ...     def __init__(self, name, n): self.name, self.n = name, n
-    ...     def __len__(self): return self.n
-    >>> mixing_weights([S("a", 300), S("b", 100)]).tolist()
-    [0.75, 0.25]
+    >>> which, rows = next(iter(mixed_row_ids([100, 20], np.array([0.5, 0.5]), batch_size=8, seed=0)))
+    >>> which.numpy().tolist(), len(set(rows.numpy().tolist())) == 8   # each slot's source, then distinct rows
+    ([1, 0, 0, 0, 1, 0, 1, 1], True)
 """
 from __future__ import annotations
 

@@ -22,6 +22,7 @@ from kfacemtl.models.backbones import VGGBackbone
 from kfacemtl.models.fusion import OutputFusion
 from kfacemtl.models.heads import TaskOutput
 from kfacemtl.models.multitask import MultiTaskModel
+from kfacemtl.tasks import get_task
 
 _BLOCK = re.compile(r"^block(\d+)_conv(\d+)$")
 
@@ -65,7 +66,10 @@ def load_flat_model(path, compile: bool = True) -> MultiTaskModel:
     """A kfacemtl 0.1 ``.keras`` file as today's :class:`~kfacemtl.models.MultiTaskModel` (see the module docstring).
 
     Example:
-        >>> # model = load_flat_model("runs/old/model.keras")   # kfacemtl.load_model calls it for such files
+        >>> flat = flat_example()                                       # a 0.1-style graph (see convert)
+        >>> flat.save("old.keras")
+        >>> load_flat_model("old.keras").backbone.widths                 # kfacemtl.load_model calls it for 0.1 files
+        (4,)
     """
     with keras.saving.custom_object_scope({"kfacemtl>MultiTaskModel": FlatModel}):
         flat = keras.saving.load_model(path, compile=compile, safe_mode=True)
@@ -76,7 +80,9 @@ def convert(flat: keras.Model) -> MultiTaskModel:
     """Today's model of a kfacemtl 0.1 flat graph, with its weights (and compiled as it was).
 
     Example:
-        >>> # model = convert(flat)   # flat: the functional model of a kfacemtl 0.1 file
+        >>> model = convert(flat_example())
+        >>> type(model.backbone).__name__, model.output_names, model.head_units, model.dropout
+        ('VGGBackbone', ['gender'], 0, 0.0)
     """
     names = {layer.name for layer in flat.layers}
     blocks: dict[int, list] = {}
@@ -104,3 +110,20 @@ def convert(flat: keras.Model) -> MultiTaskModel:
     if flat.compiled:
         model.compile_from_config(flat.get_compile_config())
     return model
+
+
+def flat_example() -> keras.Model:
+    """A small model in kfacemtl 0.1's flat layout (one VGG block, no hidden layers, gender only): the shape
+    :func:`convert` reads, for the examples.
+
+    Example:
+        >>> [layer.name for layer in flat_example().layers][1:4]
+        ['block1_conv1', 'block1_bn1', 'block1_relu1']
+    """
+    layers = keras.layers
+    inputs = keras.Input((16, 16, 3), name="image")
+    x = layers.Conv2D(4, 3, strides=2, padding="same", use_bias=False, name="block1_conv1")(inputs)
+    x = layers.ReLU(name="block1_relu1")(layers.BatchNormalization(name="block1_bn1")(x))
+    x = layers.Dense(8, use_bias=False, name="embedding_dense")(layers.Flatten(name="flatten")(x))
+    x = layers.ReLU(name="embedding")(layers.BatchNormalization(name="embedding_bn")(x))
+    return keras.Model(inputs, [TaskOutput(get_task("gender"), name="gender")(x)], name="kfacemtl")

@@ -198,6 +198,28 @@ class MultiTaskSteps:
             sample_weight = self._in_task_order(sample_weight, "sample weights")
         return super().compute_metrics(x, y, self._in_task_order(y_pred, "outputs"), sample_weight)
 
+    def fit(self, x=None, y=None, *args, **kwargs):
+        """Keras's ``fit``, except that ``shuffle`` defaults to False for a ``tf.data.Dataset``: such a dataset
+        (:func:`~kfacemtl.data.make_dataset`'s included) shuffles itself, and Keras ignores ``shuffle`` for it with
+        a warning at every call.
+
+        Example:
+            >>> import warnings
+            >>> from kfacemtl.models import build_model
+            >>> from kfacemtl.tasks import resolve_tasks
+            >>> model = build_model(resolve_tasks(["gender"]), input_shape=(16, 16, 3), widths=(4,), depths=1)
+            >>> model.compile()
+            >>> ds = tf.data.Dataset.from_tensors((tf.zeros((2, 16, 16, 3)), {"gender": tf.zeros((2,), "int32")}))
+            >>> with warnings.catch_warnings(record=True) as caught:
+            ...     warnings.simplefilter("always")
+            ...     history = model.fit(ds, epochs=2, verbose=0)
+            >>> len(history.history["loss"]), [str(w.message) for w in caught if "shuffle" in str(w.message)]
+            (2, [])
+        """
+        if isinstance(x, tf.data.Dataset) and len(args) < 7:  # shuffle is fit's ninth argument
+            kwargs.setdefault("shuffle", False)
+        return super().fit(x, y, *args, **kwargs)
+
     # -- the steps --------------------------------------------------------------------------------------------------
     def _task_losses(self, y, y_pred, sw):
         """Each task's loss once: this replica's own values (under a strategy the losses come scaled for the sum of

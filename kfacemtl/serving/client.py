@@ -10,9 +10,16 @@ one result per image, keyed by task::
 Errors are :class:`ServingError` subclasses naming the model, version and image.
 
 Example:
-    >>> # client = Client("localhost:8500", "faces", label="stable")
-    >>> # client.predict(["a.jpg", "b.png"])[0]["expression"]["class"]
-    >>> # LocalPredictor("saved_models/faces/1").predict(["a.jpg"])
+    >>> import numpy as np, tensorflow as tf
+    >>> from kfacemtl.models import build_model
+    >>> from kfacemtl.serving import export_model
+    >>> from kfacemtl.tasks import resolve_tasks
+    >>> model = build_model(resolve_tasks(["gender", "age"]), input_shape=(32, 32, 3), widths=(4,), depths=1)
+    >>> path = export_model(model, "saved_models", "faces")             # saved_models/faces/1
+    >>> png = tf.io.encode_png(np.zeros((40, 50, 3), "uint8")).numpy()   # any size: resized in the graph
+    >>> answer = LocalPredictor(path).predict([png])[0]              # Client("host:8500", "faces") over a server
+    >>> sorted(answer), sorted(answer["gender"]), type(answer["age"]).__name__
+    (['age', 'gender'], ['class', 'label', 'probs'], 'float')
 """
 
 from __future__ import annotations
@@ -59,10 +66,11 @@ class ModelNotFoundError(ServingError):
     """The server does not have the model, version or label asked for (NOT_FOUND).
 
     Example:
-        >>> # Client("localhost:8500", "faces", version=9).predict(["face.jpg"])
-        >>> #   ModelNotFoundError: model 'faces' version 9: not found on localhost:8500 ...
-        >>> issubclass(ModelNotFoundError, ServingError)
-        True
+        >>> try:
+        ...     LocalPredictor("saved_models/no-such-model/9")
+        ... except ModelNotFoundError as e:
+        ...     print(e)
+        saved_models/no-such-model/9 is not a SavedModel folder (no saved_model.pb); pass BASE/NAME/VERSION
     """
 
 
@@ -86,10 +94,12 @@ class ServerUnavailableError(ServingError):
     """The server did not answer, even after the retries (UNAVAILABLE or a timeout).
 
     Example:
-        >>> # Client("localhost:8500", "faces", retries=3).predict(["face.jpg"])   # no server there
-        >>> #   ServerUnavailableError: localhost:8500 did not answer after 3 retries ...
-        >>> issubclass(ServerUnavailableError, ServingError)
-        True
+        >>> client = Client("127.0.0.1:9", "faces", retries=1, backoff=0.01, timeout=2)   # no server there
+        >>> try:
+        ...     client.predict([b"any bytes"])
+        ... except ServerUnavailableError as e:
+        ...     print(str(e).split(" (")[0])
+        model 'faces' at 127.0.0.1:9: server unavailable after 1 retries
     """
 
 
@@ -221,7 +231,16 @@ class LocalPredictor(_Predictor):
         batch_size: images per call.
 
     Example:
-        >>> # LocalPredictor("saved_models/faces/1").predict(["face.jpg"])[0]["age"]
+        >>> import numpy as np, tensorflow as tf
+        >>> from kfacemtl.models import build_model
+        >>> from kfacemtl.serving import export_model
+        >>> from kfacemtl.tasks import resolve_tasks
+        >>> model = build_model(resolve_tasks(["age"]), input_shape=(16, 16, 3), widths=(4,), depths=1)
+        >>> path = export_model(model, "saved_models", "ages", warmup=False)
+        >>> png = tf.io.encode_png(np.zeros((16, 16, 3), "uint8")).numpy()
+        >>> predictor = LocalPredictor(path)
+        >>> predictor.describe(), list(predictor.predict([png])[0])
+        ('SavedModel saved_models/ages/1', ['age'])
     """
 
     def __init__(self, saved_model_dir, signature: str = DEFAULT_SIGNATURE, batch_size: int = 32):
@@ -263,8 +282,10 @@ class Client(_Predictor):
         batch_size: images per request.
 
     Example:
-        >>> # Client("localhost:8500", "faces", label="stable").predict(["a.jpg"])
-        >>> # Client("localhost:8501", "faces", protocol="rest").predict(["a.jpg"])
+        >>> Client("localhost:8500", "faces", label="stable").describe()      # gRPC; .predict(["a.jpg", ...])
+        "model 'faces' label 'stable' at localhost:8500"
+        >>> Client("localhost:8501", "faces", version=2, protocol="rest").describe()
+        "model 'faces' version 2 at localhost:8501"
     """
 
     def __init__(self, target: str, model_name: str, version: int | None = None, label: str | None = None,
@@ -278,6 +299,7 @@ class Client(_Predictor):
         self.protocol, self.signature, self.timeout = protocol, signature, float(timeout)
         self.retries, self.backoff, self.batch_size = int(retries), float(backoff), int(batch_size)
         self._stub = None
+        self.sleep = time.sleep  # how the retries wait (a test may record the waits instead)
 
     def describe(self) -> str:
         which = f" version {self.version}" if self.version is not None else \
@@ -307,7 +329,7 @@ class Client(_Predictor):
             except ServerUnavailableError:
                 if attempt == self.retries:
                     raise
-                time.sleep(delay)
+                self.sleep(delay)
                 delay *= 2
         raise AssertionError("unreachable")
 

@@ -17,7 +17,12 @@ Signatures (outputs are named per task, see :func:`output_names`):
 - ``serving_float``: ``images``, float32 ``(batch, H, W, 3)`` in [0, 1] at the model's size.
 
 Example:
-    >>> # path = export_model("runs/demo", "saved_models", "faces")   # saved_models/faces/1
+    >>> from kfacemtl.models import build_model
+    >>> from kfacemtl.tasks import resolve_tasks
+    >>> model = build_model(resolve_tasks(["gender"]), input_shape=(16, 16, 3), widths=(4,), depths=1)
+    >>> path = export_model(model, "saved_models", "faces", warmup=False)   # or a run directory, or a .keras file
+    >>> str(path), sorted(p.name for p in path.parent.iterdir())
+    ('saved_models/faces/1', ['1', 'batching_parameters.txt', 'models.config'])
 """
 from __future__ import annotations
 
@@ -248,8 +253,18 @@ def export_model(model_or_path, base="saved_models", name: str = "kfacemtl", ver
         ``Path`` of ``base/name/version``.
 
     Example:
-        >>> # export_model("runs/demo", "saved_models", "faces")            # -> saved_models/faces/1
-        >>> # export_model("runs/demo", "saved_models", "faces", version=7) # -> saved_models/faces/7
+        >>> from kfacemtl.models import build_model
+        >>> from kfacemtl.tasks import resolve_tasks
+        >>> model = build_model(resolve_tasks(["age"]), input_shape=(16, 16, 3), widths=(4,), depths=1)
+        >>> [export_model(model, "saved_models", "years", warmup=False).name for _ in range(2)]   # 1, then 2
+        ['1', '2']
+        >>> export_model(model, "saved_models", "years", version=7, warmup=False).name
+        '7'
+        >>> try:
+        ...     export_model(model, "saved_models", "years", version=2)
+        ... except ExportError as e:
+        ...     print(e)
+        saved_models/years/2 already exists; exports never overwrite a version (next free version: 8)
     """
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name or ""):
         raise ExportError(f"model name {name!r}: use letters, digits, '-', '_' and '.', starting with a letter or digit")

@@ -6,11 +6,16 @@ the real gRPC stack (``Predict`` and ``GetModelMetadata``) and TF Serving's REST
 metadata API, backed by the exported SavedModels under ``base``, with the version labels of
 ``BASE/NAME/models.config``. Errors use TF Serving's status codes: NOT_FOUND for an unknown
 model, version or label; INVALID_ARGUMENT for bad input (the signature's own checks).
-Not for production: use ``tensorflow/serving`` (see the README).
+Not for production: use ``tensorflow/serving`` (docs/guide/serving.md).
 
 Example:
-    >>> # with LocalModelServer("saved_models") as server:
-    >>> #     Client(server.grpc_target, "faces").predict(["face.jpg"])
+    >>> from kfacemtl.serving.client import Client, ModelNotFoundError
+    >>> with LocalModelServer("saved_models") as server:          # kfacemtl export writes NAME/VERSION/ there
+    ...     try:
+    ...         Client(server.grpc_target, "faces", retries=0).predict([b"no model yet"])
+    ...     except ModelNotFoundError as e:                           # TF Serving's answer, NOT_FOUND
+    ...         print(str(e).partition("(")[2][:-1])
+    Servable not found for request: Latest(faces)
 """
 
 from __future__ import annotations
@@ -251,8 +256,9 @@ class LocalModelServer:
         workers: concurrent requests.
 
     Example:
-        >>> # with LocalModelServer("saved_models") as server:
-        >>> #     print(server.grpc_target, server.rest_target)
+        >>> with LocalModelServer("saved_models") as server:           # free ports unless given
+        ...     server.grpc_target.startswith("127.0.0.1:"), server.rest_target.startswith("127.0.0.1:")
+        (True, True)
     """
 
     def __init__(self, base, grpc_port: int = 0, rest_port: int = 0, workers: int = 4):

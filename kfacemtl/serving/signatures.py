@@ -177,7 +177,7 @@ def serving_functions(model, image_size=None, max_bytes: int = MAX_BYTES, max_pi
     Both signatures copy the heads' outputs to the host once, packed in one matrix, and make the outputs there
     (labels, class names, AU names). ``jit_compile=True`` compiles the network's forward pass with XLA (the
     outputs and the decoding stay outside): on a GPU one call is then a few fused kernels instead of hundreds of
-    small ones (see the README's serving benchmark). TF Serving's GPU build runs XLA; its CPU build needs
+    small ones (see docs/benchmarks/serving.md). TF Serving's GPU build runs XLA; its CPU build needs
     ``--xla_cpu_compilation_enabled``.
 
     Example:

@@ -52,14 +52,23 @@ def restore_state(model, snapshot):
 
 
 class TaskWeightingCallback(keras.callbacks.Callback):
-    """The epoch work of a model's task weighting (:meth:`~kfacemtl.model.MultiTaskModel.set_weighting`).
+    """The epoch work of a model's task weighting (:meth:`~kfacemtl.models.MultiTaskModel.set_weighting`).
 
-    Resets the logged per-task weights (``weight_<task>``) at each epoch, gives the strategy the
-    epoch's mean loss per task (DWA needs it), and keeps the strategy's state in ``state_path``
-    (written atomically each epoch, read when training starts) so a resumed run continues it.
+    Gives the strategy the epoch's mean loss per task (DWA needs it), and keeps the strategy's state in
+    ``state_path`` (written atomically each epoch, read when training starts) so a resumed run continues it.
 
     Example:
-        >>> cb = TaskWeightingCallback("runs/exp1/weighting.npz")
+        >>> from kfacemtl.models import build_model
+        >>> from kfacemtl.tasks import resolve_tasks
+        >>> from kfacemtl.training import compile_model
+        >>> model = compile_model(build_model(resolve_tasks(["gender", "age"]), input_shape=(16, 16, 3), widths=(4,),
+        ...                                   depths=1), weighting="dwa")
+        >>> cb = TaskWeightingCallback("run/weighting.npz")
+        >>> cb.set_model(model)
+        >>> for epoch, gender_loss in enumerate([0.7, 0.35]):      # gender's loss falls, age's does not
+        ...     cb.on_epoch_end(epoch, {"gender_loss": gender_loss, "age_loss": 1.0})
+        >>> [round(float(w), 3) for w in model.weighting.current.numpy()], sorted(np.load("run/weighting.npz"))
+        ([0.876, 1.124], ['current', 'history'])
     """
 
     def __init__(self, state_path=None):
@@ -99,8 +108,13 @@ class NaNGuard(keras.callbacks.Callback):
     (``lr_schedule: dynamic`` rolls back by itself: :class:`DynamicLearningRate`.)
 
     Example:
-        >>> guard = NaNGuard("rollback", every=50)
-        >>> # model.fit(ds, epochs=3, steps_per_epoch=200, callbacks=[guard])
+        >>> model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+        >>> model.compile(keras.optimizers.SGD(0.1), "mse")
+        >>> x = np.array([[1.0]] * 7 + [[np.nan]], "float32")    # the last batch makes the loss NaN
+        >>> guard = NaNGuard("rollback", every=2, verbose=0)
+        >>> _ = model.fit(x, np.ones((8, 1), "float32"), batch_size=1, shuffle=False, callbacks=[guard], verbose=0)
+        >>> guard.events, bool(np.isfinite(model.get_weights()[0]).all())   # rolled back, at half the rate
+        ([(0, 7, 'rollback, learning rate 0.05')], True)
     """
 
     def __init__(self, mode: str = "rollback", every: int = 50, backoff: float = 0.5, max_rollbacks: int = 5,

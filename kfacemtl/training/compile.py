@@ -113,7 +113,7 @@ def augment_on(where: str = "auto") -> str:
     """Where training augments its images (``training.augment_on``): ``pipeline`` (a map of the input pipeline, in
     its CPU threads) or ``step`` (inside the train step, :meth:`~kfacemtl.model.MultiTaskModel.set_augmentation`: on
     the GPU, fused into the step under XLA). ``auto``: ``step`` where a GPU is, ``pipeline`` on a CPU, where moving
-    the work into the step did not make training faster (measured: README, "Training throughput").
+    the work into the step did not make training faster (measured: docs/benchmarks/throughput.md).
 
     Example:
         >>> augment_on("pipeline"), augment_on("auto") in ("pipeline", "step")
@@ -128,8 +128,8 @@ def augment_on(where: str = "auto") -> str:
 def steps_per_execution(value="auto", lr_schedule: str = "constant", strategy: str = "default") -> int:
     """Train steps per call of the compiled train function (``training.steps_per_execution``). ``auto``: 8 where a
     GPU is (a step there is short enough for the call's own overhead to count: 1.55× faster training with the full
-    pipeline, measured on an H200 at batch 64, README "On a GPU"); 1 on a CPU, with ``lr_schedule: dynamic`` (whose
-    windows count calls) and under a ``tf.distribute`` strategy (where Keras's several-step train function fails).
+    pipeline, measured on an H200 at batch 64, docs/benchmarks/throughput.md); 1 on a CPU, with ``lr_schedule:
+    dynamic`` (whose windows count calls) and under a ``tf.distribute`` strategy (where Keras's several-step train function fails).
     Callbacks' batch hooks then run once per call.
 
     Example:

@@ -54,8 +54,10 @@ def tf_config() -> dict | None:
         ConfigError: ``TF_CONFIG`` is not JSON with a ``cluster`` mapping and a ``task`` {type, index}.
 
     Example:
-        >>> os.environ.pop("TF_CONFIG", None) is None or True
-        True
+        >>> os.environ["TF_CONFIG"] = '{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 1}}'
+        >>> tf_config()["task"]
+        {'type': 'worker', 'index': 1}
+        >>> del os.environ["TF_CONFIG"]
         >>> tf_config() is None
         True
     """
@@ -132,7 +134,10 @@ def split_cpu(n: int) -> list[str]:
     Must run before TensorFlow initialises its devices (before any tensor is made).
 
     Example:
-        >>> # split_cpu(2)  ->  ['/cpu:0', '/cpu:1'];  then strategy_devices: ['/cpu:0', '/cpu:1']
+        >>> import subprocess, sys                    # in a fresh process: before TensorFlow made any tensor
+        >>> code = "from kfacemtl.training.distribute import split_cpu; print(split_cpu(2))"
+        >>> subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout
+        "['/cpu:0', '/cpu:1']\\n"
     """
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(int(n))])

@@ -24,8 +24,14 @@ one) and is never NaN. It is logged as ``learning_rate`` in every epoch's logs (
 ``history.csv`` and TensorBoard).
 
 Example:
-    >>> cb = DynamicLearningRate(window=50)
-    >>> # model.fit(ds, epochs=10, steps_per_epoch=300, callbacks=[cb])
+    >>> import numpy as np
+    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    >>> model.compile(keras.optimizers.SGD(0.01), "mse")
+    >>> x = np.random.default_rng(0).normal(size=(256, 4)).astype("float32"); y = x.sum(1, keepdims=True)
+    >>> cb = DynamicLearningRate(window=4)
+    >>> history = model.fit(x, y, batch_size=16, epochs=4, callbacks=[cb], verbose=0)
+    >>> [what for _, what, _ in cb.events][:2], len(history.history["learning_rate"])   # logged every epoch
+    (['steady progress', 'steady progress'], 4)
 """
 from __future__ import annotations
 
@@ -232,8 +238,14 @@ def lr_range_test(model, dataset, start: float = 1e-6, end: float = 1.0, steps: 
         ``{"learning_rates": [...], "losses": [...], "suggestion": float}``
 
     Example:
-        >>> # result = lr_range_test(model, ds, steps=100, plot="lr_range.png")
-        >>> # compile_model(model, learning_rate=result["suggestion"])
+        >>> import numpy as np, tensorflow as tf
+        >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+        >>> model.compile(keras.optimizers.SGD(0.01), "mse")
+        >>> x = np.random.default_rng(0).normal(size=(16, 4)).astype("float32")
+        >>> ds = tf.data.Dataset.from_tensors((x, x.sum(1, keepdims=True))).repeat()
+        >>> result = lr_range_test(model, ds, start=1e-4, end=1.0, steps=20, plot="lr_range.png")
+        >>> 1e-4 <= result["suggestion"] <= 1.0, round(float(model.optimizer.learning_rate), 6)   # then restored
+        (True, 0.01)
     """
     if steps < 5 or not 0 < start < end:
         raise ConfigError("lr_range_test", f"expected steps >= 5 and 0 < start < end, got {steps}, {start}, {end}")

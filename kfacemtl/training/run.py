@@ -367,7 +367,15 @@ def write_report(run: Run, model, history, seconds: float, distillation=None, gu
     """Last step: ``model.keras`` (atomically), the evaluation of ``eval_sources``, the plots and ``report.json``.
 
     Example:
-        >>> # report = write_report(run, model, history, seconds)   # as train_run calls it after fit
+        >>> run = prepare_run({"tasks": ["gender"], "sources": ["synthetic:portraits?n=32"],
+        ...                    "eval_sources": ["synthetic:lab?split=test&n=8"],
+        ...                    "model": {"widths": [8], "depths": [1], "embedding_dim": 8}}, "runs/report-for")
+        >>> model = model_for_run(run)[0]
+        >>> history = model.fit(training_data(run, model)[0], epochs=1, steps_per_epoch=1, verbose=0,
+        ...                     callbacks=run_callbacks(run, model)[0])       # history.csv, the checkpoint, ...
+        >>> report = write_report(run, model, history, seconds=1.0)          # as train_run calls it after fit
+        >>> report["plots"], sorted(report["evaluation"]["lab-test"]), (run.out_dir / "model.keras").exists()
+        (['plots/loss.png', 'plots/confusion_lab-test_gender.png'], ['gender'], True)
     """
     out_dir, tasks, tr = run.out_dir, run.tasks, run.cfg["training"]
     coannotation, matching, fusions, relations = run.coupling

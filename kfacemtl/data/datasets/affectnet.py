@@ -38,7 +38,17 @@ class AffectNetSource(FileTableSource):
             (contempt becomes a missing expression label; the row still trains valence/arousal).
 
     Example:
-        >>> # make_source("affectnet:data/affectnet/validation.csv?contempt=drop")
+        >>> import os
+        >>> from kfacemtl.data import make_source
+        >>> from kfacemtl.tasks import get_task
+        >>> os.makedirs("Manually_Annotated_Images/1", exist_ok=True)
+        >>> for name in ("a.jpg", "b.jpg"):
+        ...     open(f"Manually_Annotated_Images/1/{name}", "wb").close()
+        >>> _ = open("validation.csv", "w").write("subDirectory_filePath,expression,valence,arousal\\n"
+        ...                                       "1/a.jpg,1,0.7,0.4\\n1/b.jpg,7,-0.2,0.1\\n")   # 7: contempt
+        >>> src = make_source("affectnet:validation.csv?contempt=drop")
+        >>> src.raw_labels(get_task("expression"))[1].tolist()  # b: no expression, still VA
+        [True, False]
     """
 
     format = "affectnet"

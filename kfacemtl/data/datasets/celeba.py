@@ -49,7 +49,17 @@ class CelebASource(FileTableSource):
         attributes: comma-separated attribute names to expose as tasks besides gender.
 
     Example:
-        >>> # make_source("celeba:data/celeba?split=valid&attributes=Smiling")
+        >>> import os
+        >>> from kfacemtl.data import make_source
+        >>> from kfacemtl.tasks import get_task
+        >>> os.makedirs("celeba/img_align_celeba", exist_ok=True)
+        >>> for name in ("000001.jpg", "000002.jpg"):
+        ...     open(f"celeba/img_align_celeba/{name}", "wb").close()
+        >>> attributes = "2\\nMale Smiling\\n000001.jpg 1 -1\\n000002.jpg -1 1\\n"
+        >>> _ = open("celeba/list_attr_celeba.txt", "w").write(attributes)
+        >>> src = make_source("celeba:celeba?attributes=Smiling")   # split=train / valid / test: CelebA's own
+        >>> src.tasks, src.raw_labels(get_task("gender"))[0].tolist()   # 0 male, 1 female
+        (('gender', 'smiling'), [0.0, 1.0])
     """
 
     format = "celeba"

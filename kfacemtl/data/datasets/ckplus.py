@@ -36,7 +36,13 @@ class CKPlusSource(FileTableSource):
             ``get_task("expression", contempt=True)``) or ``drop`` (contempt images are left out).
 
     Example:
-        >>> # make_source("ckplus:data/CK+48?split=test&contempt=drop")
+        >>> import os
+        >>> from kfacemtl.data import make_source
+        >>> for folder, name in (("happy", "S005_001_00000011.png"), ("contempt", "S010_002_00000014.png")):
+        ...     os.makedirs(f"CK+48/{folder}", exist_ok=True); open(f"CK+48/{folder}/{name}", "wb").close()
+        >>> src = make_source("ckplus:CK+48?contempt=drop")   # split=train / test: by subject (S005)
+        >>> len(src), src.subjects.tolist()
+        (1, ['S005'])
     """
 
     format = "ckplus"

@@ -31,8 +31,12 @@ class FER2013Source(Source):
     Expression in FER2013 order: 0..6 angry, disgust, fear, happy, sad, surprise, neutral.
 
     Example:
-        >>> # make_source("fer2013:data/fer2013?usage=Training")
-        >>> # make_source("fer2013:fer2013.csv?usage=PublicTest")
+        >>> from kfacemtl.data import make_source
+        >>> pixels = " ".join(["128"] * 48 * 48)
+        >>> _ = open("fer2013.csv", "w").write(f"emotion,pixels,Usage\\n3,{pixels},Training\\n6,{pixels},PublicTest\\n")
+        >>> src = make_source("fer2013:fer2013.csv?usage=PublicTest")   # or a folder with train/<class>/, test/<class>/
+        >>> len(src), src.images().shape, src.name
+        (1, (1, 48, 48, 1), 'fer2013-PublicTest')
     """
 
     format = "fer2013"

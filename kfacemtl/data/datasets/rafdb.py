@@ -34,7 +34,16 @@ class RAFDBSource(FileTableSource):
             (``Image/original/<name>``).
 
     Example:
-        >>> # make_source("rafdb:data/RAF-DB/basic?split=test")
+        >>> import os
+        >>> from kfacemtl.data import make_source
+        >>> from kfacemtl.tasks import get_task
+        >>> os.makedirs("basic/EmoLabel", exist_ok=True); os.makedirs("basic/Image/aligned", exist_ok=True)
+        >>> _ = open("basic/EmoLabel/list_patition_label.txt", "w").write("train_00001.jpg 4\\ntest_0001.jpg 1\\n")
+        >>> for name in ("train_00001_aligned.jpg", "test_0001_aligned.jpg"):
+        ...     open(f"basic/Image/aligned/{name}", "wb").close()
+        >>> src = make_source("rafdb:basic?split=test")
+        >>> len(src), src.raw_labels(get_task("expression"))[0].tolist()   # RAF-DB 1: surprise
+        (1, [5.0])
     """
 
     format = "rafdb"

@@ -36,7 +36,15 @@ class UTKFaceSource(FileTableSource):
         strict: malformed file names are an error.
 
     Example:
-        >>> # make_source("utkface:data/utkface/UTKFace?split=train")
+        >>> import os
+        >>> from kfacemtl.data import make_source
+        >>> from kfacemtl.tasks import get_task
+        >>> os.makedirs("UTKFace", exist_ok=True)
+        >>> for name in ("31_1_0_20170116000001.jpg.chip.jpg", "8_0_2_20170116000002.jpg.chip.jpg"):
+        ...     open(f"UTKFace/{name}", "wb").close()      # the labels are in the names
+        >>> src = make_source("utkface:UTKFace")             # split=all; train / test split by face
+        >>> src.raw_labels(get_task("age"))[0].ravel().tolist(), src.tasks
+        ([31.0, 8.0], ('age', 'gender', 'race'))
     """
 
     format = "utkface"

@@ -1,13 +1,14 @@
 """Pseudo-labels of every (source, task), held in ``tf.Variable`` s that the training pipeline reads by row id.
 
 Example:
-    >>> import numpy as np
     >>> from kfacemtl.data import make_source
     >>> from kfacemtl.tasks import resolve_tasks
-    >>> store = PseudoLabels([make_source("synthetic:street?n=4")], resolve_tasks(["gender"]))
-    >>> store.assign("street-train", "gender", np.eye(2)[[0, 1, 1, 0]], np.array([0.5, 0.5, 0, 0]))
-    >>> store.counts()
-    {'street-train': {'gender': 2}}
+    >>> store = PseudoLabels([make_source("synthetic:street?n=3")], resolve_tasks(["gender"]))
+    >>> store.assign("street-train", "gender", np.eye(2)[[0, 1, 1]], np.array([0.5, 0.5, 0.0]))
+    >>> labels, weights = store.merge("street-train", tf.range(3), {"gender": tf.zeros(3, tf.int32)},
+    ...                               {"gender": tf.constant([1.0, 0.0, 0.0])})   # row 0 has a real label
+    >>> labels["gender"].numpy().tolist(), weights["gender"].numpy().tolist()
+    ([0, 1, 0], [1.0, 0.5, 0.0])
 """
 from __future__ import annotations
 

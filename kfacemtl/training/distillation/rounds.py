@@ -97,9 +97,6 @@ class DataDistillation(keras.callbacks.Callback):
         verbose: print a line per task and source at each round.
 
     Example:
-        >>> # rounds = DataDistillation(sources, model.tasks, rounds=2, epochs_per_round=3, state_dir="runs/x")
-        >>> # ds = make_dataset(sources, model.tasks, pseudo_labels=rounds.pseudo_labels)
-        >>> # model.fit(ds, epochs=rounds.total_epochs, steps_per_epoch=300, callbacks=[rounds])
         >>> from kfacemtl.data import make_source
         >>> from kfacemtl.tasks import resolve_tasks
         >>> rounds = DataDistillation([make_source("synthetic:lab?n=8")], resolve_tasks(["expression"]), rounds=2,
@@ -312,8 +309,17 @@ def distill(model, sources: Sequence[Source], tasks: Sequence[Task] | None = Non
         The :class:`DataDistillation` holding the round log and the pseudo-labels.
 
     Example:
-        >>> # rounds = distill(model, sources, rounds=2, epochs_per_round=3, steps_per_epoch=200)
-        >>> # rounds.log[-1]["sources"]["street-train"]["expression"]["accepted"]
+        >>> from kfacemtl.data import make_source
+        >>> from kfacemtl.models import build_model
+        >>> from kfacemtl.tasks import resolve_tasks
+        >>> from kfacemtl.training import compile_model
+        >>> model = build_model(resolve_tasks(["gender"]), input_shape=(32, 32, 3), widths=(8,), depths=1)
+        >>> model = compile_model(model)
+        >>> sources = [make_source("synthetic:portraits?n=32"), make_source("synthetic:street?n=32")]  # street: unlabelled
+        >>> rounds = distill(model, sources, rounds=1, epochs_per_round=1, steps_per_epoch=2, batch_size=16,
+        ...                  verbose=0)
+        >>> [entry["round"] for entry in rounds.log], sorted(rounds.log[0]["sources"]["street-train"])
+        ([1], ['gender'])
     """
     tasks = list(tasks or model_tasks(model))
     rounds_ = DataDistillation(sources, tasks, rounds=rounds, epochs_per_round=epochs_per_round, verbose=verbose,

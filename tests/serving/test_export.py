@@ -10,7 +10,7 @@ from google.protobuf import text_format
 from tensorflow_serving.apis import prediction_log_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
-from conftest import tiny_model
+from helpers import tiny_model
 from kfacemtl.serving import export as export_mod
 from kfacemtl.serving import ExportError, export_model, output_names
 from kfacemtl.data import decode_image

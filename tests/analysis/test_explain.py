@@ -2,7 +2,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import tiny_model
+from helpers import tiny_model
 
 from kfacemtl.data import synthetic
 from kfacemtl.errors import ConfigError, SourceError
@@ -110,7 +110,7 @@ def test_a_trained_expression_head_looks_at_the_face_features():
 
 
 def test_explain_files_writes_maps_and_a_grid_per_head(model, faces, tmp_path):
-    from conftest import write_png
+    from helpers import write_png
     x, _ = faces
     paths = [write_png(tmp_path / f"face{i}.png", (x[i] * 255).astype("uint8")) for i in range(2)]
     written = explain_files(model, paths, tmp_path / "out", heads=["expression", "age"], methods=["gradcam++",

@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import write_png
+from helpers import write_png
 from kfacemtl.errors import ConfigError, LabelError, SourceError
 from kfacemtl.data import CsvSource, FolderSource, celeba_attribute_task, make_source, parse_spec, split_rows
 from kfacemtl.tasks import resolve_tasks
@@ -131,7 +131,7 @@ def test_any_source_samples_a_seeded_subset_of_its_rows(tmp_path):
 
 # --- real dataset formats: fixtures written in each format by the test, then the real folders when present ---
 
-REAL_DATA = Path(os.environ.get("KFACEMTL_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+from helpers import REAL_DATA
 
 
 def _utkface_fixture(folder):

@@ -5,7 +5,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import TINY, tiny_model, write_png
+from helpers import TINY, tiny_model, write_png
 from kfacemtl.training.distillation import (DataDistillation, EnsembleTeacher, PseudoLabels, distill, select,
                                    transform_batch, transform_boxes)
 from kfacemtl.errors import ConfigError

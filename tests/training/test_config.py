@@ -3,6 +3,8 @@ import pytest
 from kfacemtl.training.config import load_config, resolve_config
 from kfacemtl.errors import ConfigError
 
+from helpers import ROOT, tiny_model
+
 BASE = {"sources": ["synthetic:lab?n=8"]}
 
 
@@ -50,12 +52,9 @@ def test_defaults_and_files(tmp_path):
 
 
 def test_the_real_data_config_resolves_and_loss_weights_reach_the_model():
-    from pathlib import Path
-
     from kfacemtl.tasks import resolve_tasks
     from kfacemtl.training import compile_model
-    from conftest import tiny_model
-    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "real_mtl.yaml")
+    cfg = load_config(ROOT / "configs" / "real_mtl.yaml")
     tasks = resolve_tasks(cfg["tasks"])
     assert [t.name for t in tasks] == ["age", "gender", "race", "expression"] and len(tasks[3].classes) == 8
     import numpy as np
@@ -69,7 +68,6 @@ def test_the_real_data_config_resolves_and_loss_weights_reach_the_model():
 
 
 def test_the_real_distillation_config_resolves():
-    from pathlib import Path
-    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "real_distillation.yaml")
+    cfg = load_config(ROOT / "configs" / "real_distillation.yaml")
     d = cfg["distillation"]
     assert cfg["training"]["epochs"] == d["epochs_per_round"] * (d["rounds"] + 1) and cfg["unlabelled_sources"]

@@ -157,7 +157,7 @@ def test_train_run_logs_plots_and_resumes_the_weighting(tmp_path, name):
 
 
 def test_the_callback_restores_a_saved_state_and_resets_the_logged_weights(tmp_path):
-    from conftest import tiny_model
+    from helpers import tiny_model
     from kfacemtl.training import TaskWeightingCallback
     from kfacemtl.training import compile_model
     model = compile_model(tiny_model(["gender", "expression"]), weighting="uncertainty")

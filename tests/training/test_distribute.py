@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +17,7 @@ import pytest
 from kfacemtl.training.distribute import is_chief, make_strategy, tf_config, worker_dir
 from kfacemtl.errors import ConfigError
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT
 TINY_CONFIG = {
     "tasks": ["gender", "expression", "action_units"],
     "sources": ["synthetic:lab?n=256", "synthetic:portraits?n=256"],  # lab: no gender; portraits: no expression, AUs

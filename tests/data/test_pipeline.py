@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import write_png
+from helpers import write_png
 from kfacemtl.errors import ConfigError, SourceError
 from kfacemtl.data import (decode_image, make_dataset, mixing_weights, prefetch_to_gpu, preprocess_image,
                                resize_batch)
