@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
-# test processes (pytest-xdist); 2 fits the 2-core CI machine, 0 runs in one process
+# test processes (pytest-xdist; work stealing keeps both busy to the end); 2 fits a 2-core machine, 0: one process
 TEST_WORKERS ?= 2
 STAMP   = $(VENV)/.installed
 
@@ -24,7 +24,7 @@ demo: $(STAMP)
 	$(BIN)/kfacemtl demo --out runs/demo-$$(date +%Y%m%d-%H%M%S)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --durations=10 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal --durations=10 $(PYTEST_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

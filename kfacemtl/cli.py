@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -105,13 +106,29 @@ def _cmd_predict(args):
         print(format_results(results, names))
 
 
+@contextlib.contextmanager
+def _options(**flags):
+    """A library function's plain error about one of its arguments (``"head: unknown head 'smile'; ..."``) as a
+    kfacemtl error naming the command-line option that gave it (``--head``): one line, not a traceback."""
+    try:
+        yield
+    except KfacemtlError:
+        raise
+    except ValueError as e:
+        name, sep, message = str(e).partition(": ")
+        if not sep or name not in flags:
+            raise
+        raise KfacemtlError(f"{flags[name]}: {message}") from None
+
+
 def _cmd_explain(args):
     from kfacemtl.analysis.explain import METHODS, explain_files
     from kfacemtl.models import load_model, model_file
     path = model_file(args.model)
     methods = list(METHODS) if args.method == "all" else [args.method]
-    written = explain_files(load_model(path, compile=False), args.images, args.out, heads=args.head,
-                            target=args.target, methods=methods, layer=args.layer)
+    with _options(head="--head", target="--class", method="--method", layer="--layer"):
+        written = explain_files(load_model(path, compile=False), args.images, args.out, heads=args.head,
+                                target=args.target, methods=methods, layer=args.layer)
     grids = [p for p in written if p.name.startswith("grid_")]
     print(f"wrote {len(written)} PNGs to {args.out}; grids: {', '.join(str(g) for g in grids)}")
 

@@ -19,7 +19,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from kfacemtl.errors import ConfigError, LabelError, check_choice
+from kfacemtl.errors import ConfigError, LabelError, expect_one_of, under_key
 
 KINDS = ("classification", "regression", "multilabel")
 
@@ -76,34 +76,31 @@ class Task:
     output_scale: float | None = None
 
     def __post_init__(self):
-        where = f"tasks.{self.name}"
         if not self.name or not str(self.name).isidentifier():
-            raise ConfigError(where, f"a task name must be an identifier, got {self.name!r}")
-        check_choice(f"{where}.kind", self.kind, KINDS)
+            raise ValueError(f"name: a task name must be an identifier, got {self.name!r}")
+        expect_one_of("kind", self.kind, KINDS)
         object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
         object.__setattr__(self, "value_names", tuple(str(c) for c in self.value_names))
         if self.kind in ("classification", "multilabel") and len(self.classes) < 2 \
                 and not (self.kind == "multilabel" and len(self.classes) == 1):
-            raise ConfigError(f"{where}.classes", f"a {self.kind} task needs at least 2 classes")
+            raise ValueError(f"classes: a {self.kind} task needs at least 2 classes")
         if self.kind == "regression":
             if int(self.dim) < 1:
-                raise ConfigError(f"{where}.dim", f"expected a positive integer, got {self.dim!r}")
+                raise ValueError(f"dim: expected a positive integer, got {self.dim!r}")
             object.__setattr__(self, "dim", int(self.dim))
             if self.value_range is None or len(self.value_range) != 2 \
                     or not float(self.value_range[0]) < float(self.value_range[1]):
-                raise ConfigError(f"{where}.value_range",
-                                  f"expected [low, high] with low < high, got {self.value_range!r}")
+                raise ValueError(f"value_range: expected [low, high] with low < high, got {self.value_range!r}")
             object.__setattr__(self, "value_range", (float(self.value_range[0]),
                                                      float(self.value_range[1])))
         loss = self.loss or _DEFAULT_LOSS[self.kind]
         allowed = {"classification": ("crossentropy",), "multilabel": ("binary_crossentropy",),
                    "regression": ("huber", "mse", "mae")}[self.kind]
         if loss not in allowed:
-            raise ConfigError(f"{where}.loss", f"expected one of {allowed} for a {self.kind} "
-                                               f"task, got {loss!r}")
+            raise ValueError(f"loss: expected one of {allowed} for a {self.kind} task, got {loss!r}")
         object.__setattr__(self, "loss", loss)
         if not float(self.loss_scale) > 0:
-            raise ConfigError(f"{where}.loss_scale", f"expected a positive number, got {self.loss_scale!r}")
+            raise ValueError(f"loss_scale: expected a positive number, got {self.loss_scale!r}")
         object.__setattr__(self, "loss_scale", float(self.loss_scale))
 
     @property
@@ -228,16 +225,16 @@ def get_task(name: str, **overrides) -> Task:
     if name == "identity":
         classes = overrides.pop("classes", None)
         if classes is None:
-            raise ConfigError("tasks.identity.classes", "identity needs its number of people or their names")
+            raise ValueError("classes: identity needs its number of people or their names")
         if isinstance(classes, int):
             classes = tuple(f"id{i}" for i in range(classes))
         return Task("identity", "classification", classes=tuple(classes), **overrides)
     if name not in BUILTIN_TASKS:
-        raise ConfigError(f"tasks.{name}", f"unknown built-in task; built-in tasks are {FACE_TASKS}"
-                                            " (declare a new task with its 'kind')")
+        raise ValueError(f"name: unknown built-in task {name!r}; built-in tasks are {FACE_TASKS} (declare a new "
+                         f"task with its 'kind')")
     unknown = set(overrides) - _TASK_FIELDS
     if unknown:
-        raise ConfigError(f"tasks.{name}.{sorted(unknown)[0]}", f"unknown key; expected one of {sorted(_TASK_FIELDS)}")
+        raise ValueError(f"{sorted(unknown)[0]}: unknown key; expected one of {sorted(_TASK_FIELDS)}")
     if not overrides:
         return BUILTIN_TASKS[name]
     return dataclasses.replace(BUILTIN_TASKS[name], **{k: (tuple(v) if isinstance(v, list) else v)
@@ -265,7 +262,8 @@ def resolve_tasks(spec: Iterable | Mapping | None) -> list[Task]:
             continue
         overrides = dict(overrides or {})
         if name in BUILTIN_TASKS or name == "identity":
-            tasks.append(get_task(name, **overrides))
+            with under_key(f"tasks.{name}"):  # Task's and get_task's plain errors name this task's keys
+                tasks.append(get_task(name, **overrides))
         else:
             if "kind" not in overrides:
                 raise ConfigError(f"tasks.{name}", "not a built-in task; a new task needs 'kind' "
@@ -274,7 +272,8 @@ def resolve_tasks(spec: Iterable | Mapping | None) -> list[Task]:
             if unknown:
                 raise ConfigError(f"tasks.{name}.{sorted(unknown)[0]}",
                                   f"unknown key; expected one of {sorted(_TASK_FIELDS - {'name'})}")
-            tasks.append(Task.from_config({"name": name, **overrides}))
+            with under_key(f"tasks.{name}"):
+                tasks.append(Task.from_config({"name": name, **overrides}))
     names = [t.name for t in tasks]
     dupes = {n for n in names if names.count(n) > 1}
     if dupes:

@@ -99,7 +99,7 @@ def test_explain_writes_pngs_and_names_bad_heads(tmp_path, capsys):
     assert "grid_expression.png" in capsys.readouterr().out
     assert (tmp_path / "sal" / "f1_expression_scorecam_overlay.png").is_file()
     assert main(["explain", str(tmp_path / "run"), *imgs, "--head", "age", "--out", str(tmp_path / "sal")]) == 2
-    assert "unknown head 'age'; the model's heads are ['expression', 'gender']" in capsys.readouterr().err
+    assert "--head: unknown head 'age'; the model's heads are ['expression', 'gender']" in capsys.readouterr().err
 
 
 def test_the_command_line_starts_quietly_unless_asked(tmp_path):

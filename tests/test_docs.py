@@ -150,3 +150,32 @@ def test_architecture_names_only_what_exists():
                and not hasattr(importlib.import_module(f"kfacemtl.{module}"), name)
                and f"{module}.{name}" not in MODULES]  # a submodule
     assert not missing, f"docs/ARCHITECTURE.md names what kfacemtl does not have: {missing}"
+
+
+def _resolves(dotted: str) -> bool:
+    """Whether ``kfacemtl.a.b.c`` names a module, or an attribute of one (a class's method included)."""
+    parts = dotted.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        for name in parts[i:]:
+            if not hasattr(obj, name):
+                return False
+            obj = getattr(obj, name)
+        return True
+    return False
+
+
+def test_every_full_kfacemtl_name_in_docstrings_and_docs_exists():
+    # cross-references (":class:`~kfacemtl.data.make_dataset`") and imports shown in the guides
+    texts = {f"kfacemtl.{m}": inspect.getsource(importlib.import_module(f"kfacemtl.{m}")) for m in MODULES}
+    texts.update({str(p.relative_to(ROOT)): p.read_text() for p in [ROOT / "README.md", *(ROOT / "docs").rglob("*.md")]})
+    names = {(where, m.group(0).rstrip(".")) for where, text in texts.items()
+             for m in re.finditer(r"(?<![\w./-])kfacemtl(\.[A-Za-z_]\w*)+", text)}
+    names |= {(where, f"{m.group(1)}.{m.group(2)}") for where, text in texts.items()
+              for m in re.finditer(r"from (kfacemtl[\w.]*) import (\w+)", text)}
+    assert len(names) > 100
+    missing = sorted(f"{where}: {name}" for where, name in names if not _resolves(name))
+    assert not missing, f"names that kfacemtl does not have: {missing}"

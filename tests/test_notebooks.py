@@ -15,7 +15,8 @@ _spec = importlib.util.spec_from_file_location("execute", ROOT / "notebooks" / "
 execute = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(execute)
 SMALL = "TRAIN_FACES = 256\nTEST_FACES = 64\nEPOCHS = 1\nSTEPS_PER_EPOCH = 5\n"
-EXTRA = {"02_real_data.ipynb": f"DATA = {str(REAL_DATA)!r}\n", "05_distillation_and_matching.ipynb": "ROUNDS = 1\n"}
+EXTRA = {"02_real_data.ipynb": f"DATA = {str(REAL_DATA)!r}\n", "04_saliency.ipynb": "FACES_EXPLAINED = 8\n",
+         "05_distillation_and_matching.ipynb": "ROUNDS = 1\n"}
 # what each notebook's outputs must show
 EXPECT = {"01_quickstart.ipynb": ["street-test", "expression acc"],
           "03_export_and_serve.ipynb": ["street-test", "saved_models/faces/1", "DT_STRING",

@@ -34,6 +34,15 @@ def test_bad_task_specs_name_the_key(spec, key):
         resolve_tasks(spec)
 
 
+def test_a_task_built_in_python_names_the_bad_argument():
+    with pytest.raises(ValueError, match=r"^kind: expected one of \('classification', "):
+        Task("smile", "blob")
+    with pytest.raises(ValueError, match=r"^value_range: expected \[low, high\] with low < high"):
+        Task("score", "regression", value_range=(1, 0))
+    with pytest.raises(ValueError, match="^classes: identity needs its number of people"):
+        get_task("identity")
+
+
 def test_check_labels_rejects_out_of_range_and_nan_naming_the_row():
     g = get_task("gender")
     with pytest.raises(LabelError, match=r"row b\.png.*'gender' label 2\.0.*\[0, 1\]"):

@@ -5,7 +5,7 @@ output, its softmax/sigmoid replaced by a linear output for the gradient methods
 tf-keras-vis recommends) and batches the work: many images per call. The Grad-CAM layer is the
 last convolution of the backbone unless ``layer`` names another. :func:`region_ratio` turns a
 map into a falsifiable number on the synthetic benchmark, whose renderer knows where the cues
-live (:func:`kfacemtl.synthetic.generate` with ``regions=True``).
+live (:func:`kfacemtl.data.synthetic.generate` with ``regions=True``).
 
 Example:
     >>> from kfacemtl.data.synthetic import generate
@@ -37,7 +37,7 @@ from tf_keras_vis.scorecam import Scorecam
 
 from kfacemtl.analysis.plots import save_figure, subplots
 from kfacemtl.data import decode_image
-from kfacemtl.errors import ConfigError, SourceError
+from kfacemtl.errors import SourceError
 from kfacemtl.files import atomic_write
 from kfacemtl.models import flat_graph, model_tasks
 
@@ -66,7 +66,7 @@ def last_conv_layer(model) -> str:
     layers = model.layers
     convs = [i for i, layer in enumerate(layers) if isinstance(layer, keras.layers.Conv2D)]
     if not convs:
-        raise ConfigError("explain.layer", "the model has no Conv2D layer to compute a class activation map on")
+        raise ValueError("layer: the model has no Conv2D layer to compute a class activation map on")
     for layer in layers[convs[-1] + 1:]:
         if isinstance(layer, (keras.layers.ReLU, keras.layers.Activation)):
             return layer.name
@@ -93,7 +93,7 @@ def head_task(model, head: str):
     """
     tasks = {t.name: t for t in model_tasks(model)}
     if head not in tasks:
-        raise ConfigError("explain.head", f"unknown head {head!r}; the model's heads are {sorted(tasks)}")
+        raise ValueError(f"head: unknown head {head!r}; the model's heads are {sorted(tasks)}")
     return tasks[head]
 
 
@@ -113,12 +113,11 @@ def resolve_target(task, target) -> int | None:
     if isinstance(target, (int, np.integer)) or (isinstance(target, str) and target.isdigit()):
         index = int(target)
         if not 0 <= index < len(names):
-            raise ConfigError("explain.class", f"index {index} is out of range for head {task.name!r}: "
-                                               f"valid are 0..{len(names) - 1} ({', '.join(names)})")
+            raise ValueError(f"target: index {index} is out of range for head {task.name!r}: "
+                             f"valid are 0..{len(names) - 1} ({', '.join(names)})")
         return index
     if target not in names:
-        raise ConfigError("explain.class", f"unknown class {target!r} for head {task.name!r}; "
-                                           f"valid are {', '.join(names)}")
+        raise ValueError(f"target: unknown class {target!r} for head {task.name!r}; valid are {', '.join(names)}")
     return names.index(target)
 
 
@@ -183,11 +182,11 @@ def explain(model, images, head: str, target=None, method: str = "gradcam++", la
         ((2, 32, 32), True)
     """
     if method not in METHODS:
-        raise ConfigError("explain.method", f"unknown method {method!r}; valid are {', '.join(METHODS)}")
+        raise ValueError(f"method: unknown method {method!r}; valid are {', '.join(METHODS)}")
     images = np.asarray(images, dtype="float32")
     if images.ndim != 4 or images.shape[1:] != tuple(model.input_shape[1:]):
-        raise ConfigError("explain.images", f"expected images of shape (n, {', '.join(map(str, model.input_shape[1:]))})"
-                                            f", got {images.shape}")
+        raise ValueError(f"images: expected images of shape (n, {', '.join(map(str, model.input_shape[1:]))}), "
+                         f"got {images.shape}")
     task = head_task(model, head)
     index = resolve_target(task, target)
     layer = layer or last_conv_layer(model)

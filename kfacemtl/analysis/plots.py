@@ -101,7 +101,7 @@ def plot_confusion(cm, class_names: Sequence[str], title: str, out_png) -> Path:
 
 
 def plot_lr_range(result: dict, out_png) -> Path:
-    """Smoothed loss against learning rate (log axis) from :func:`~kfacemtl.callbacks.lr_range_test`.
+    """Smoothed loss against learning rate (log axis) from :func:`~kfacemtl.training.lr_range_test`.
 
     Example:
         >>> result = {"learning_rates": [1e-5, 1e-4, 1e-3, 1e-2], "losses": [2.0, 1.8, 1.2, 3.0], "suggestion": 1e-3}
@@ -202,7 +202,7 @@ def plot_distillation(log: Sequence[dict], tasks, out_png) -> Path:
 
 
 def plot_relatedness(relation, out_png) -> Path:
-    """A :class:`~kfacemtl.coupling.Relatedness` as a heat map: one row per class, its value per label.
+    """A :class:`~kfacemtl.training.coupling.Relatedness` as a heat map: one row per class, its value per label.
 
     Example:
         >>> from kfacemtl.training.coupling import Relatedness

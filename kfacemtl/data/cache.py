@@ -18,7 +18,7 @@ import tensorflow as tf
 from kfacemtl.data.images import MAX_PIXELS, decode_image, declared_size
 from kfacemtl.data.source import Source
 from kfacemtl.data.wrappers import RowSubset
-from kfacemtl.errors import SourceError, check_choice
+from kfacemtl.errors import SourceError, expect_one_of
 from kfacemtl.files import cache_root
 
 
@@ -74,7 +74,7 @@ class DecodedImages(Source):
 
     @property
     def hidden(self):
-        """The wrapped :class:`~kfacemtl.sources.WithoutLabels`'s hidden labels (the same rows), else None:
+        """The wrapped :class:`~kfacemtl.data.WithoutLabels`'s hidden labels (the same rows), else None:
         distillation scores its pseudo-labels with them."""
         return getattr(self.source, "hidden", None)
 
@@ -230,7 +230,7 @@ def cached_sources(sources: Sequence[Source], image_size, limit_mb: float = 4096
     order), the rest as they are; ``auto``: the same, the rest on disk in ``cache_dir`` (default
     :func:`default_cache_dir`); ``disk``: all on disk; ``none``: nothing cached (a decoding pass still checks the
     files). Files that cannot be decoded raise :class:`BadImageFiles` (``bad_images: error``) or are left out
-    (``skip``: the source becomes a :class:`~kfacemtl.sources.RowSubset`, and ``skipped[source name]`` lists them).
+    (``skip``: the source becomes a :class:`~kfacemtl.data.wrappers.RowSubset`, and ``skipped[source name]`` lists them).
 
     Example:
         >>> from kfacemtl.data import make_source
@@ -247,8 +247,8 @@ def cached_sources(sources: Sequence[Source], image_size, limit_mb: float = 4096
         >>> len(kept), kept.images().shape, skipped                               # decoded once, checked, cached
         (1, (1, 32, 32, 3), {'photos': ['1 (photos/happy/2.png)']})
     """
-    check_choice("training.cache", mode, CACHE_MODES)
-    check_choice("training.bad_images", bad_images, BAD_IMAGES)
+    expect_one_of("mode", mode, CACHE_MODES)
+    expect_one_of("bad_images", bad_images, BAD_IMAGES)
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     out, used = [], 0.0
     for src in sources:

@@ -31,7 +31,7 @@ from kfacemtl.data.cache import CACHE_MODES, cached_sources
 from kfacemtl.data.images import to_rgb, decode_image, preprocess_image
 from kfacemtl.data.mixing import mixed_row_ids, mixing_weights
 from kfacemtl.data.source import Source
-from kfacemtl.errors import ConfigError, SourceError, check_choice
+from kfacemtl.errors import SourceError, expect_one_of
 from kfacemtl.tasks import Task
 
 
@@ -42,9 +42,9 @@ def source_dataset(source: Source, tasks: Sequence[Task], shuffle_seed: int | No
     Labels are validated here, before anything reaches a loss. With ``shuffle_seed`` the
     dataset is infinite: each pass is a fresh random permutation of all rows (a shuffle
     buffer smaller than the source would keep the order of class folders or of UTKFace's
-    age-sorted file names). ``pseudo_labels`` (a :class:`~kfacemtl.distillation.PseudoLabels`,
+    age-sorted file names). ``pseudo_labels`` (a :class:`~kfacemtl.training.distillation.PseudoLabels`,
     shuffled datasets only) fills rows' missing labels from its variables, read by row id at
-    every pass; a :class:`~kfacemtl.coupling.CoAnnotation` fills them first from the related
+    every pass; a :class:`~kfacemtl.training.coupling.CoAnnotation` fills them first from the related
     task's real label (a pseudo-label then fills only what is still missing).
 
     Example:
@@ -182,9 +182,9 @@ def make_dataset(sources: Sequence[Source], tasks: Sequence[Task], batch_size: i
         mixing: ``proportional``, ``balanced`` or ``{source_name: weight}`` (training only).
         augment: apply :func:`augment_batch` to each batch (training only).
         seed: seed for shuffling, mixing and augmentation.
-        pseudo_labels: a :class:`~kfacemtl.distillation.PseudoLabels` whose pseudo-labels fill
+        pseudo_labels: a :class:`~kfacemtl.training.distillation.PseudoLabels` whose pseudo-labels fill
             missing labels (training only; a real label always wins).
-        coannotation: a :class:`~kfacemtl.coupling.CoAnnotation` that fills missing labels from
+        coannotation: a :class:`~kfacemtl.training.coupling.CoAnnotation` that fills missing labels from
             related tasks' real labels (training only).
         cache: training only. ``auto``: file sources are decoded and resized once and held in memory
             (:class:`DecodedImages`) while they fit in ``cache_limit_mb``, the others in a file in
@@ -211,11 +211,11 @@ def make_dataset(sources: Sequence[Source], tasks: Sequence[Task], batch_size: i
         ((8, 32, 32, 3), ['expression', 'gender'])
     """
     if not sources:
-        raise ConfigError("sources", "no sources given")
+        raise ValueError("sources: no sources given")
     if int(batch_size) < 1:
-        raise ConfigError("training.batch_size", f"expected a positive integer, got {batch_size!r}")
+        raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
     image_size = tuple(int(v) for v in image_size)
-    check_choice("training.cache", cache, CACHE_MODES)  # also when evaluating (which caches nothing)
+    expect_one_of("cache", cache, CACHE_MODES)  # also when evaluating (which caches nothing)
     sources = cached_sources(sources, image_size, cache_limit_mb, cache if training else "none", cache_dir,
                              bad_images, skipped)
     auto = tf.data.AUTOTUNE

@@ -52,7 +52,7 @@ def resize_batch(images, image_size=(64, 64)):
 
     TF's antialiased resize (ScaleAndTranslate) has only a CPU kernel, one thread per call; these products run
     on a GPU where there is one, on all cores of a CPU otherwise. The bytes signature uses it for a batch whose
-    images all have one size (:func:`kfacemtl.export.decode_batch`). On a GPU with TensorFloat-32 (TF's default
+    images all have one size (:func:`kfacemtl.serving.signatures.decode_batch`). On a GPU with TensorFloat-32 (TF's default
     from NVIDIA Ampere on) the products, like the network's own convolutions there, round their inputs to 10-bit
     mantissas: expect up to 8e-4 instead of 1e-6 (TF32 emulated on a CPU: at most a fifth of a uint8 step, 1e-4
     on average; the training cache rounds to whole steps); ``NVIDIA_TF32_OVERRIDE=0`` in the server's environment

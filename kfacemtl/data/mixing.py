@@ -14,7 +14,6 @@ import numpy as np
 import tensorflow as tf
 
 from kfacemtl.data.source import Source
-from kfacemtl.errors import ConfigError
 
 
 MIXING_MODES = ("proportional", "balanced", "sqrt")
@@ -44,21 +43,20 @@ def mixing_weights(sources: Sequence[Source], mixing: str | Mapping[str, float] 
         names = [s.name for s in sources]
         unknown = set(mixing) - set(names)
         if unknown:
-            raise ConfigError(f"training.mixing.{sorted(unknown)[0]}", f"not a source; sources are {names}")
+            raise ValueError(f"mixing.{sorted(unknown)[0]}: not a source; sources are {names}")
         missing = [n for n in names if n not in mixing]
         if missing:
-            raise ConfigError("training.mixing", f"explicit mixing must give every source a weight; missing {missing}")
+            raise ValueError(f"mixing: explicit mixing must give every source a weight; missing {missing}")
         w = np.array([float(mixing[n]) for n in names])
         if np.any(~np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
-            raise ConfigError("training.mixing", f"weights must be finite, ≥ 0 and not all 0, got {dict(mixing)}")
+            raise ValueError(f"mixing: weights must be finite, ≥ 0 and not all 0, got {dict(mixing)}")
     elif mixing in ("proportional", "sqrt"):
         w = np.array([len(s) for s in sources], dtype="float64")
         w = w if mixing == "proportional" else np.sqrt(w)
     elif mixing == "balanced":
         w = np.ones(len(sources))
     else:
-        raise ConfigError("training.mixing", f"expected one of {MIXING_MODES} or a mapping "
-                                             f"{{source: weight}}, got {mixing!r}")
+        raise ValueError(f"mixing: expected one of {MIXING_MODES} or a mapping {{source: weight}}, got {mixing!r}")
     return w / w.sum()
 
 

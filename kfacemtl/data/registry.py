@@ -17,7 +17,7 @@ from typing import Mapping
 
 from kfacemtl.data.source import Source
 from kfacemtl.data.wrappers import sample_rows
-from kfacemtl.errors import ConfigError
+from kfacemtl.errors import ConfigError, under_key
 
 SOURCE_FORMATS: dict[str, type] = {}
 
@@ -71,7 +71,8 @@ def _coerce(key_path, value, default):
 def make_source(spec: str | Mapping, key_path: str = "sources", **options) -> Source:
     """Build a source from ``FORMAT:PATH`` (or ``{"spec": ..., **options}``).
 
-    Options not accepted by the format raise a :class:`ConfigError` naming the key. Every
+    Options not accepted by the format, and an accepted option's bad value, raise a :class:`ConfigError` naming
+    the key (``key_path`` and the option: ``sources.split``). Every
     format also takes ``sample=N``: a random N of its rows (the same N for the same source,
     seeded; in their original order), e.g. a slice of a large dataset for a quick run.
 
@@ -80,6 +81,10 @@ def make_source(spec: str | Mapping, key_path: str = "sources", **options) -> So
         'webcam'
         >>> len(make_source("synthetic:lab?n=10&sample=3"))
         3
+        >>> make_source("synthetic:lab?split=val", key_path="eval_sources[1]")
+        Traceback (most recent call last):
+        ...
+        kfacemtl.errors.ConfigError: config key 'eval_sources[1].split': expected train or test, got 'val'
     """
     if isinstance(spec, Mapping):
         options = {**{k: v for k, v in spec.items() if k != "spec"}, **options}
@@ -100,5 +105,6 @@ def make_source(spec: str | Mapping, key_path: str = "sources", **options) -> So
     kwargs = {k: _coerce(f"{key_path}.{k}", v, params[k].default) for k, v in merged.items()}
     if isinstance(kwargs.get("tasks"), str):
         kwargs["tasks"] = [t for t in kwargs["tasks"].split(",") if t]
-    source = cls(path, **kwargs)
-    return source if sample is None else sample_rows(source, _coerce(f"{key_path}.sample", sample, 0), key_path)
+    with under_key(key_path):  # the adapter's plain error about one of its options, named as that option's key
+        source = cls(path, **kwargs)
+        return source if sample is None else sample_rows(source, _coerce(f"{key_path}.sample", sample, 0))

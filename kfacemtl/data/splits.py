@@ -11,11 +11,10 @@ from typing import Sequence
 
 import numpy as np
 
-from kfacemtl.errors import ConfigError
 
 
-def split_rows(groups: Sequence, strata: Sequence, split: str, test_fraction: float = 0.2, seed: int = 0,
-               where: str = "split") -> np.ndarray:
+def split_rows(groups: Sequence, strata: Sequence, split: str, test_fraction: float = 0.2,
+               seed: int = 0) -> np.ndarray:
     """Indices of the rows on one side of a deterministic, stratified, group-wise split.
 
     Every group (a person, a subject, a file) lands wholly on one side; within each stratum
@@ -33,9 +32,9 @@ def split_rows(groups: Sequence, strata: Sequence, split: str, test_fraction: fl
         2
     """
     if split not in ("train", "test", "all"):
-        raise ConfigError(f"{where}", f"expected train, test or all, got {split!r}")
+        raise ValueError(f"split: expected train, test or all, got {split!r}")
     if not 0 < float(test_fraction) < 1:
-        raise ConfigError("test_fraction", f"expected a number in (0, 1), got {test_fraction!r}")
+        raise ValueError(f"test_fraction: expected a number in (0, 1), got {test_fraction!r}")
     groups = [str(g) for g in groups]
     if split == "all":
         return np.arange(len(groups))

@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from kfacemtl.data.source import Source
-from kfacemtl.errors import ConfigError, LabelError
+from kfacemtl.errors import LabelError
 
 
 class WithoutLabels(Source):
@@ -97,7 +97,7 @@ class RowSubset(Source):
         return None if hidden is None else RowSubset(hidden, self.rows)
 
 
-def sample_rows(source: Source, n: int, key_path: str = "sources") -> Source:
+def sample_rows(source: Source, n: int) -> Source:
     """``n`` rows of ``source`` drawn at random with a fixed seed, kept in their order (all rows if it has fewer).
 
     Example:
@@ -107,7 +107,7 @@ def sample_rows(source: Source, n: int, key_path: str = "sources") -> Source:
         (3, 'lab-train', True)
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ConfigError(f"{key_path}.sample", f"expected a positive number of rows, got {n!r}")
+        raise ValueError(f"sample: expected a positive number of rows, got {n!r}")
     if n >= len(source):
         return source
     rows = np.sort(np.random.default_rng(0).choice(len(source), size=n, replace=False))

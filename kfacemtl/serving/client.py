@@ -226,7 +226,7 @@ class LocalPredictor(_Predictor):
     """Run an exported SavedModel version in this process (no server).
 
     Args:
-        saved_model_dir: ``BASE/NAME/VERSION`` written by :func:`kfacemtl.export.export_model`.
+        saved_model_dir: ``BASE/NAME/VERSION`` written by :func:`kfacemtl.serving.export_model`.
         signature: the signature to call (``serving_default`` takes encoded images).
         batch_size: images per call.
 

@@ -12,7 +12,7 @@ Signatures (outputs are named per task, see :func:`output_names`):
 - ``serving_default``: ``images``, a batch of encoded JPEG/PNG bytes (any size; gray, RGB
   or RGBA), decoded, resized and scaled in the graph with the training pipeline's ops
   (:func:`decode_batch`; a batch of one size is resized at once, on the GPU where there is one, by
-  :func:`kfacemtl.pipeline.resize_batch`). Inputs over ``max_bytes`` or whose header
+  :func:`kfacemtl.data.images.resize_batch`). Inputs over ``max_bytes`` or whose header
   declares more than ``max_pixels`` are refused before decoding.
 - ``serving_float``: ``images``, float32 ``(batch, H, W, 3)`` in [0, 1] at the model's size.
 

@@ -138,8 +138,8 @@ def decode_batch(images, image_size=(64, 64), max_bytes: int = MAX_BYTES, max_pi
     host's CPU (JPEG/PNG decoding has only CPU kernels), up to 16 at a time, with the training pipeline's ops. When
     they all have one size (a client sending face crops from one camera, say) of at most
     ``RESIZE_AT_ONCE_MAX_PIXELS`` (224 × 224), the decoded ``uint8`` batch is resized by
-    :func:`kfacemtl.pipeline.resize_batch`, on the GPU where there is one (and on all CPU cores otherwise); other
-    images are each decoded and resized by :func:`kfacemtl.pipeline.decode_image` as in training.
+    :func:`kfacemtl.data.images.resize_batch`, on the GPU where there is one (and on all CPU cores otherwise); other
+    images are each decoded and resized by :func:`kfacemtl.data.images.decode_image` as in training.
 
     Example:
         >>> png = tf.io.encode_png(tf.zeros((20, 30, 3), tf.uint8))

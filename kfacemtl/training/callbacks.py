@@ -17,7 +17,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from kfacemtl.errors import check_choice
+from kfacemtl.errors import expect_one_of
 from kfacemtl.files import atomic_write
 
 
@@ -120,7 +120,7 @@ class NaNGuard(keras.callbacks.Callback):
     def __init__(self, mode: str = "rollback", every: int = 50, backoff: float = 0.5, max_rollbacks: int = 5,
                  verbose: int = 1):
         super().__init__()
-        check_choice("training.on_nan", mode, NAN_MODES)
+        expect_one_of("mode", mode, NAN_MODES)
         self.mode, self.every, self.backoff, self.max_rollbacks = mode, int(every), float(backoff), int(max_rollbacks)
         self.verbose = verbose
         self.events: list[tuple[int, int, str]] = []

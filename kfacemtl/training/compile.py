@@ -15,7 +15,7 @@ from typing import Mapping
 import keras
 import tensorflow as tf
 
-from kfacemtl.errors import ConfigError, check_choice, under_key
+from kfacemtl.errors import expect_one_of
 from kfacemtl.models import model_tasks
 from kfacemtl.training.weighting import make_weighting
 
@@ -37,7 +37,7 @@ def make_optimizer(name: str = "adam", learning_rate: float = 1e-3, weight_decay
         return keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay or 1e-4)
     if name == "sgd":
         return keras.optimizers.SGD(learning_rate, momentum=0.9, nesterov=True)
-    raise ConfigError("training.optimizer", f"expected adam, adamw or sgd, got {name!r}")
+    raise ValueError(f"optimizer: expected adam, adamw or sgd, got {name!r}")
 
 
 def learning_rate_schedule(learning_rate: float, schedule: str = "constant", total_steps: int | None = None):
@@ -45,7 +45,7 @@ def learning_rate_schedule(learning_rate: float, schedule: str = "constant", tot
 
     ``cosine`` decays from ``learning_rate`` to 1 % of it over ``total_steps`` (then stays there),
     so the weights a run ends with are not those of one noisy step at full learning rate.
-    ``dynamic`` starts at ``learning_rate``; :class:`~kfacemtl.callbacks.DynamicLearningRate`
+    ``dynamic`` starts at ``learning_rate``; :class:`~kfacemtl.training.DynamicLearningRate`
     then adapts it during training (``train_run`` adds the callback).
 
     Example:
@@ -57,9 +57,9 @@ def learning_rate_schedule(learning_rate: float, schedule: str = "constant", tot
         return float(learning_rate)
     if schedule == "cosine":
         if not total_steps or total_steps < 1:
-            raise ConfigError("training.lr_schedule", "cosine needs the run's total number of steps")
+            raise ValueError("lr_schedule: cosine needs the run's total number of steps")
         return keras.optimizers.schedules.CosineDecay(float(learning_rate), int(total_steps), alpha=0.01)
-    raise ConfigError("training.lr_schedule", f"expected constant, cosine or dynamic, got {schedule!r}")
+    raise ValueError(f"lr_schedule: expected constant, cosine or dynamic, got {schedule!r}")
 
 
 def compile_model(model, optimizer="adam", learning_rate: float = 1e-3, weight_decay: float = 0.0,
@@ -69,7 +69,7 @@ def compile_model(model, optimizer="adam", learning_rate: float = 1e-3, weight_d
     """Wire masked per-task losses, loss weights and weighted metrics into ``model.compile``.
 
     Args:
-        model: a model from :func:`~kfacemtl.model.build_model`.
+        model: a model from :func:`~kfacemtl.models.build_model`.
         optimizer: a name (``adam``, ``adamw``, ``sgd``) or a Keras optimizer.
         loss_normalization: ``mean_with_sample_weight`` (mean over labelled rows, default)
             or ``sum_over_batch_size`` (Keras's default; a sparsely labelled task learns slower).
@@ -101,17 +101,16 @@ def compile_model(model, optimizer="adam", learning_rate: float = 1e-3, weight_d
     """
     if isinstance(optimizer, str):
         optimizer = make_optimizer(optimizer, learning_rate, weight_decay)
-    with under_key("training"):
-        model.compile(optimizer=optimizer, loss_normalization=loss_normalization, label_smoothing=label_smoothing,
-                      loss_weights=dict(loss_weights) if loss_weights else None, jit_compile=jit_compile,
-                      steps_per_execution=int(steps_per_execution))
+    model.compile(optimizer=optimizer, loss_normalization=loss_normalization, label_smoothing=label_smoothing,
+                  loss_weights=dict(loss_weights) if loss_weights else None, jit_compile=jit_compile,
+                  steps_per_execution=int(steps_per_execution))
     attach_weighting(model, weighting, weighting_options, loss_weights)
     return model
 
 
 def augment_on(where: str = "auto") -> str:
     """Where training augments its images (``training.augment_on``): ``pipeline`` (a map of the input pipeline, in
-    its CPU threads) or ``step`` (inside the train step, :meth:`~kfacemtl.model.MultiTaskModel.set_augmentation`: on
+    its CPU threads) or ``step`` (inside the train step, :meth:`~kfacemtl.models.MultiTaskModel.set_augmentation`: on
     the GPU, fused into the step under XLA). ``auto``: ``step`` where a GPU is, ``pipeline`` on a CPU, where moving
     the work into the step did not make training faster (measured: docs/benchmarks/throughput.md).
 
@@ -119,7 +118,7 @@ def augment_on(where: str = "auto") -> str:
         >>> augment_on("pipeline"), augment_on("auto") in ("pipeline", "step")
         ('pipeline', True)
     """
-    check_choice("training.augment_on", where, AUGMENT_ON)
+    expect_one_of("augment_on", where, AUGMENT_ON)
     if where != "auto":
         return where
     return "step" if tf.config.list_physical_devices("GPU") else "pipeline"
@@ -163,5 +162,5 @@ def attach_weighting(model, weighting=None, weighting_options: Mapping | None = 
     if weighting in (None, "equal") or (weighting == "static" and loss_weights):
         return
     if loss_weights:
-        raise ConfigError("training.loss_weights", f"static weights cannot be combined with weighting: {weighting}")
+        raise ValueError(f"loss_weights: static weights cannot be combined with weighting: {weighting}")
     model.set_weighting(make_weighting(weighting, [t.name for t in model_tasks(model)], **dict(weighting_options or {})))

@@ -15,7 +15,7 @@
   restarted worker resumes from its own last epoch.
 
 Masked losses are scaled per replica so that the summed gradients are those of the global batch
-(:func:`~kfacemtl.losses.MaskedTaskLoss`), and task weighting, distribution matching, callbacks,
+(:func:`~kfacemtl.models.MaskedTaskLoss`), and task weighting, distribution matching, callbacks,
 checkpoints and ``--resume`` run unchanged under every strategy.
 
 ``model.mixed_precision: true`` computes in float16 (keeping float32 weights, outputs and
@@ -42,7 +42,7 @@ from typing import Sequence
 import keras
 import tensorflow as tf
 
-from kfacemtl.errors import ConfigError, check_choice
+from kfacemtl.errors import ConfigError, expect_one_of
 
 STRATEGIES = ("default", "mirrored", "multi_worker")
 
@@ -93,9 +93,9 @@ def make_strategy(name: str = "default", devices: Sequence[str] | None = None) -
         >>> make_strategy("default").num_replicas_in_sync
         1
     """
-    check_choice("training.strategy", name, STRATEGIES)
+    expect_one_of("name", name, STRATEGIES)
     if devices is not None and name != "mirrored":
-        raise ConfigError("training.strategy_devices", f"only the mirrored strategy takes devices, not {name!r}")
+        raise ValueError(f"devices: only the mirrored strategy takes devices, not {name!r}")
     if name == "default":
         return tf.distribute.get_strategy()
     key = (name, tuple(_device_name(d) for d in devices) if devices is not None else None)
@@ -115,8 +115,7 @@ def _new_strategy(name, devices):
             known = {_device_name(d.name) for d in tf.config.list_logical_devices()}
             missing = [d for d in devices if _device_name(d) not in known]
             if missing or not devices:
-                raise ConfigError("training.strategy_devices", f"{missing or 'an empty list'}: not devices of this "
-                                                               f"machine {sorted(known)}")
+                raise ValueError(f"devices: {missing or 'an empty list'}: not devices of this machine {sorted(known)}")
         return tf.distribute.MirroredStrategy(devices=list(devices) if devices is not None else None)
     tf_config()  # a clear error for a malformed TF_CONFIG before TensorFlow's own
     return tf.distribute.MultiWorkerMirroredStrategy()

@@ -35,6 +35,7 @@ Example:
 """
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Mapping
 
@@ -42,7 +43,7 @@ import keras
 import numpy as np
 
 from kfacemtl.analysis.plots import plot_lr_range
-from kfacemtl.errors import ConfigError
+from kfacemtl.errors import under_key
 from kfacemtl.training.callbacks import restore_state, snapshot_state
 
 LR_SCHEDULES = ("constant", "cosine", "dynamic")
@@ -52,8 +53,8 @@ def _lr_variable(model):
     """The optimizer's learning-rate variable (a schedule has none to set)."""
     lr = model.optimizer.learning_rate
     if not hasattr(lr, "assign"):
-        raise ConfigError("training.lr_schedule", "a dynamic learning rate needs the optimizer's learning rate as a "
-                                                  "number, not a schedule")
+        raise ValueError("a dynamic learning rate needs the optimizer's learning rate as a number, not a schedule "
+                         "(lr_schedule: constant or dynamic)")
     return lr
 
 
@@ -85,12 +86,13 @@ class DynamicLearningRate(keras.callbacks.Callback):
                  verbose: int = 0):
         super().__init__()
         if not 0 <= anneal < 1:
-            raise ConfigError("dynamic_lr.anneal", f"expected a fraction in [0, 1), got {anneal!r}")
+            raise ValueError(f"anneal: expected a fraction in [0, 1), got {anneal!r}")
         if int(window) < 1:
-            raise ConfigError("dynamic_lr.window", f"expected a positive number of batches, got {window!r}")
+            raise ValueError(f"window: expected a positive number of batches, got {window!r}")
         if not (0 <= smoothing < 1 and 0 < shrink < 1 and grow > 1 and 0 < backoff < 1 and blowup > 1):
-            raise ConfigError("dynamic_lr", "expected 0 <= smoothing < 1, 0 < shrink < 1, grow > 1, 0 < backoff < 1 "
-                                            "and blowup > 1")
+            raise ValueError("expected 0 <= smoothing < 1, 0 < shrink < 1, grow > 1, 0 < backoff < 1 and blowup > 1, "
+                             f"got smoothing={smoothing!r}, shrink={shrink!r}, grow={grow!r}, backoff={backoff!r}, "
+                             f"blowup={blowup!r}")
         self.window, self.smoothing, self.tolerance = int(window), float(smoothing), float(tolerance)
         self.grow, self.grow_after, self.shrink, self.patience = float(grow), int(grow_after), float(shrink), int(patience)
         self.blowup, self.backoff, self.min_lr, self.max_lr = float(blowup), float(backoff), min_lr, max_lr
@@ -208,16 +210,23 @@ class DynamicLearningRate(keras.callbacks.Callback):
 
 
 def make_dynamic_lr(options: Mapping | None = None) -> DynamicLearningRate:
-    """A :class:`DynamicLearningRate` from the config's ``training.dynamic_lr_options`` (None: the defaults).
+    """A :class:`DynamicLearningRate` from the config's ``training.dynamic_lr_options`` (None: the defaults); a bad
+    option is a :class:`~kfacemtl.errors.ConfigError` naming its key.
 
     Example:
         >>> make_dynamic_lr({"anneal": 0.5}).anneal
         0.5
+        >>> make_dynamic_lr({"anneal": 1.5})
+        Traceback (most recent call last):
+        ...
+        kfacemtl.errors.ConfigError: config key 'training.dynamic_lr_options.anneal': expected a fraction in [0, 1), got 1.5
     """
-    try:
-        return DynamicLearningRate(**dict(options or {}))
-    except TypeError as e:
-        raise ConfigError("training.dynamic_lr_options", f"not options of DynamicLearningRate: {e}") from None
+    options = dict(options or {})
+    unknown = set(options) - set(inspect.signature(DynamicLearningRate).parameters)
+    with under_key("training.dynamic_lr_options"):
+        if unknown:
+            raise ValueError(f"{sorted(unknown)} are not options of DynamicLearningRate")
+        return DynamicLearningRate(**options)
 
 
 def lr_range_test(model, dataset, start: float = 1e-6, end: float = 1.0, steps: int = 100, smoothing: float = 0.9,
@@ -231,7 +240,7 @@ def lr_range_test(model, dataset, start: float = 1e-6, end: float = 1.0, steps: 
 
     Args:
         model: a compiled model (its optimizer's learning rate must be a number).
-        dataset: an (infinite) training dataset, e.g. from :func:`~kfacemtl.pipeline.make_dataset`.
+        dataset: an (infinite) training dataset, e.g. from :func:`~kfacemtl.data.make_dataset`.
         plot: a PNG path for loss against learning rate (log axis) with the suggestion marked.
 
     Returns:
@@ -248,7 +257,7 @@ def lr_range_test(model, dataset, start: float = 1e-6, end: float = 1.0, steps: 
         (True, 0.01)
     """
     if steps < 5 or not 0 < start < end:
-        raise ConfigError("lr_range_test", f"expected steps >= 5 and 0 < start < end, got {steps}, {start}, {end}")
+        raise ValueError(f"expected steps >= 5 and 0 < start < end, got steps={steps}, start={start}, end={end}")
     lr_var = _lr_variable(model)
     saved = snapshot_state(model)
     original_lr = float(lr_var.numpy())

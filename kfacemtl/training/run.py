@@ -42,8 +42,8 @@ import yaml
 
 from kfacemtl.analysis.evaluation import evaluate_sources, format_table
 from kfacemtl.analysis.plots import plot_confusion, plot_history, plot_relatedness, plot_task_weights
-from kfacemtl.data import (Source, WithoutLabels, cached_sources, make_dataset, make_source, prefetch_to_gpu,
-                           steps_per_epoch)
+from kfacemtl.data import (Source, WithoutLabels, cached_sources, make_dataset, make_source, mixing_weights,
+                           prefetch_to_gpu, steps_per_epoch)
 from kfacemtl.errors import ConfigError, TrainingDiverged, under_key
 from kfacemtl.files import atomic_write, atomic_write_text
 from kfacemtl.models import build_model, count_flops, load_model, model_file
@@ -69,7 +69,7 @@ def build_sources(specs: Sequence, key: str = "sources") -> list[Source]:
 
 
 def make_distillation(cfg: dict, sources: Sequence[Source], tasks: Sequence[Task], out_dir, verbose: int = 1):
-    """The :class:`~kfacemtl.distillation.DataDistillation` of a config's ``distillation`` section (None when off).
+    """The :class:`~kfacemtl.training.DataDistillation` of a config's ``distillation`` section (None when off).
 
     ``teachers`` is a ``.keras`` file or run directory (one fixed teacher) or ``{task: path}``
     (e.g. single-task teachers); by default the model being trained teaches itself.
@@ -91,10 +91,11 @@ def make_distillation(cfg: dict, sources: Sequence[Source], tasks: Sequence[Task
         teachers = load_model(model_file(teachers), compile=False)
     elif teachers is not None:
         teachers = {task: load_model(model_file(path), compile=False) for task, path in teachers.items()}
-    return DataDistillation(sources, tasks, rounds=d["rounds"], epochs_per_round=d["epochs_per_round"],
-                            teacher=teachers, soft=d["soft"], thresholds=d["thresholds"], balance=d["balance"],
-                            pseudo_weight=d["pseudo_weight"], reinit=d["reinit"], batch_size=d["batch_size"],
-                            state_dir=out_dir, verbose=verbose)
+    with under_key("distillation", teacher="teachers"):
+        return DataDistillation(sources, tasks, rounds=d["rounds"], epochs_per_round=d["epochs_per_round"],
+                                teacher=teachers, soft=d["soft"], thresholds=d["thresholds"], balance=d["balance"],
+                                pseudo_weight=d["pseudo_weight"], reinit=d["reinit"], batch_size=d["batch_size"],
+                                state_dir=out_dir, verbose=verbose)
 
 
 def check_sources_match_tasks(sources: Sequence[Source], tasks: Sequence[Task]):
@@ -205,7 +206,8 @@ def prepare_run(config: Mapping, out_dir, resume: bool = False) -> Run:
     """
     cfg = resolve_config(config)
     tr = cfg["training"]
-    strategy = make_strategy(tr["strategy"], tr["strategy_devices"])  # first: multi_worker sets up the runtime
+    with under_key("training", name="strategy", devices="strategy_devices"):
+        strategy = make_strategy(tr["strategy"], tr["strategy_devices"])  # first: multi_worker sets up the runtime
     out_dir = worker_dir(out_dir, strategy)
     if not is_chief(strategy):
         resume = _worker_resumes(out_dir, resume)
@@ -213,6 +215,8 @@ def prepare_run(config: Mapping, out_dir, resume: bool = False) -> Run:
     labelled = build_sources(cfg["sources"])
     check_sources_match_tasks(labelled, tasks)
     sources = labelled + [WithoutLabels(s) for s in build_sources(cfg["unlabelled_sources"], "unlabelled_sources")]
+    with under_key("training"):  # an explicit mixing names the sources: checked once they are built
+        mixing_weights(sources, tr["mixing"])
     eval_sources = build_sources(cfg["eval_sources"], "eval_sources")
     prepare_run_dir(out_dir, cfg, resume)
     if tr["deterministic"]:  # for this whole process: TensorFlow cannot turn it off again
@@ -245,19 +249,20 @@ def model_for_run(run: Run) -> tuple:
         initial_epoch = int(report.get("epochs_done", 0))
         if initial_epoch >= tr["epochs"]:
             return None, initial_epoch, report  # already finished: nothing to redo
-        with run.strategy.scope():
+        with run.strategy.scope(), under_key("training"):
             model = load_model(finished)
             attach_weighting(model, tr["weighting"], tr["weighting_options"], tr["loss_weights"])
     else:
         with run.strategy.scope():  # variables (the model's, the optimizer's, the weighting's) mirrored across replicas
             with under_key("model"):
                 model = build_model(run.tasks, fusions=fusions, **mc)  # every model key is an argument of build_model
-            lr = learning_rate_schedule(tr["learning_rate"], tr["lr_schedule"], tr["epochs"] * run.steps)
-            compile_model(model, tr["optimizer"], lr, tr["weight_decay"], tr["loss_normalization"],
-                          tr["label_smoothing"], loss_weights=tr["loss_weights"], weighting=tr["weighting"],
-                          weighting_options=tr["weighting_options"], jit_compile=tr["jit_compile"],
-                          steps_per_execution=steps_per_execution(tr["steps_per_execution"], tr["lr_schedule"],
-                                                                  tr["strategy"]))
+            with under_key("training"):  # compile_model's arguments are the training section's keys
+                lr = learning_rate_schedule(tr["learning_rate"], tr["lr_schedule"], tr["epochs"] * run.steps)
+                compile_model(model, tr["optimizer"], lr, tr["weight_decay"], tr["loss_normalization"],
+                              tr["label_smoothing"], loss_weights=tr["loss_weights"], weighting=tr["weighting"],
+                              weighting_options=tr["weighting_options"], jit_compile=tr["jit_compile"],
+                              steps_per_execution=steps_per_execution(tr["steps_per_execution"], tr["lr_schedule"],
+                                                                      tr["strategy"]))
         if run.resume:
             initial_epoch = EpochCheckpoint(out_dir / "backup").epochs_done()
     with run.strategy.scope():

@@ -5,7 +5,7 @@ import pytest
 from helpers import tiny_model
 
 from kfacemtl.data import synthetic
-from kfacemtl.errors import ConfigError, SourceError
+from kfacemtl.errors import SourceError
 from kfacemtl.analysis.explain import METHODS, explain, explain_files, last_conv_layer, region_ratio, resolve_target
 from kfacemtl.models import build_model
 from kfacemtl.data import make_dataset
@@ -27,23 +27,23 @@ def faces():
 def test_cam_layer_is_the_rectified_last_convolution(model):
     assert last_conv_layer(model) == "block2_relu1"
     dense = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
-    with pytest.raises(ConfigError, match="no Conv2D"):
+    with pytest.raises(ValueError, match="^layer: the model has no Conv2D"):
         last_conv_layer(dense)
 
 
 def test_bad_requests_name_the_valid_choices(model, faces):
     x, _ = faces
-    with pytest.raises(ConfigError, match=r"unknown head 'smile'; the model's heads are \['action_units', 'age'"):
+    with pytest.raises(ValueError, match=r"^head: unknown head 'smile'; the model's heads are \['action_units', 'age'"):
         explain(model, x, "smile")
-    with pytest.raises(ConfigError, match="unknown class 'joy' for head 'expression'; valid are angry, disgust"):
+    with pytest.raises(ValueError, match="^target: unknown class 'joy' for head 'expression'; valid are angry, disgust"):
         explain(model, x, "expression", target="joy")
-    with pytest.raises(ConfigError, match=r"index 9 is out of range .* valid are 0..6"):
+    with pytest.raises(ValueError, match=r"^target: index 9 is out of range .* valid are 0..6"):
         explain(model, x, "expression", target=9)
-    with pytest.raises(ConfigError, match="unknown class 'AU99'.*AU1, AU2"):
+    with pytest.raises(ValueError, match="^target: unknown class 'AU99'.*AU1, AU2"):
         explain(model, x, "action_units", target="AU99")
-    with pytest.raises(ConfigError, match="unknown method 'lime'; valid are saliency, gradcam\\+\\+, scorecam"):
+    with pytest.raises(ValueError, match="^method: unknown method 'lime'; valid are saliency, gradcam\\+\\+, scorecam"):
         explain(model, x, "expression", method="lime")
-    with pytest.raises(ConfigError, match="expected images of shape"):
+    with pytest.raises(ValueError, match="^images: expected images of shape"):
         explain(model, x[:, :32], "expression")
 
 
@@ -120,7 +120,7 @@ def test_explain_files_writes_maps_and_a_grid_per_head(model, faces, tmp_path):
     assert "face0_expression_gradcampp_overlay.png" in names and "face1_age_saliency_map.png" in names
     assert len(written) == 2 * (2 * 2 * 3 + 1)  # heads × (images × methods × 3 PNGs + a grid)
     assert all(p.stat().st_size > 0 for p in written)
-    with pytest.raises(ConfigError, match="unknown head"):
+    with pytest.raises(ValueError, match="^head: unknown head"):
         explain_files(model, paths, tmp_path / "out", heads=["smile"])
     (tmp_path / "bad.png").write_text("not an image")
     with pytest.raises(SourceError, match="bad.png' is not a readable"):

@@ -175,7 +175,7 @@ def test_split_rows_is_stratified_and_keeps_groups_together():
     assert not {groups[i] for i in test} & {groups[i] for i in train}
     per_stratum = np.bincount([strata[i] for i in test], minlength=4)
     assert per_stratum.tolist() == [20, 20, 20, 20]  # a fifth of each stratum's 50 people, 2 images each
-    with pytest.raises(ConfigError, match="expected train, test or all"):
+    with pytest.raises(ValueError, match="^split: expected train, test or all, got 'val'"):
         split_rows(groups, strata, "val")
 
 
@@ -258,7 +258,7 @@ def test_ckplus_folders_subject_wise_splits_and_contempt(tmp_path):
     write_png(folder / "bored" / "S001_001_00000001.png", np.zeros((8, 8, 1), "uint8"))
     with pytest.raises(LabelError, match="bored.* is not an expression folder"):
         make_source(f"ckplus:{folder}")
-    with pytest.raises(ConfigError, match="ckplus.contempt"):
+    with pytest.raises(ConfigError, match=r"'sources\.contempt': expected keep .* or drop, got 'maybe'"):
         make_source(f"ckplus:{folder}?contempt=maybe")
 
 

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from kfacemtl.training import DynamicLearningRate, lr_range_test
+from kfacemtl.training.lr import make_dynamic_lr
 from kfacemtl.errors import ConfigError
 
 
@@ -70,7 +71,7 @@ def test_fit_logs_the_learning_rate_and_a_schedule_is_refused():
     assert len(history.history["learning_rate"]) == 2
     sched = keras.optimizers.schedules.CosineDecay(0.01, 10)
     model.compile(optimizer=keras.optimizers.Adam(sched), loss="mse")
-    with pytest.raises(ConfigError, match="needs the optimizer's learning rate as a number"):
+    with pytest.raises(ValueError, match="needs the optimizer's learning rate as a number"):
         model.fit(x, x.sum(1), epochs=1, verbose=0, callbacks=[DynamicLearningRate()])
 
 
@@ -88,7 +89,7 @@ def test_lr_range_test_suggests_a_rate_and_restores_the_model(tmp_path):
         np.testing.assert_array_equal(w, b)
     assert float(model.optimizer.learning_rate.numpy()) == pytest.approx(0.003)
     assert (tmp_path / "lr.png").stat().st_size > 1000
-    with pytest.raises(ConfigError, match="steps >= 5"):
+    with pytest.raises(ValueError, match="steps >= 5"):
         lr_range_test(model, ds, steps=2)
 
 
@@ -135,8 +136,12 @@ def test_without_a_known_length_there_is_no_anneal():
     cb = DynamicLearningRate(window=10)
     _drive(cb, model, [10 * 0.97 ** i for i in range(200)])
     assert not [e for e in cb.events if e[1] == "final anneal"]
-    with pytest.raises(ConfigError, match="anneal"):
+    with pytest.raises(ValueError, match=r"^anneal: expected a fraction in \[0, 1\), got 1.0"):
         DynamicLearningRate(anneal=1.0)
+    with pytest.raises(ConfigError, match=r"'training.dynamic_lr_options.anneal': expected a fraction"):
+        make_dynamic_lr({"anneal": 1.0})
+    with pytest.raises(ConfigError, match=r"'training.dynamic_lr_options': \['speed'\] are not options"):
+        make_dynamic_lr({"speed": 2})
 
 
 class _PoisonAt(keras.callbacks.Callback):

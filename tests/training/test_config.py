@@ -3,7 +3,7 @@ import pytest
 from kfacemtl.training.config import load_config, resolve_config
 from kfacemtl.errors import ConfigError
 
-from helpers import ROOT, tiny_model
+from helpers import ROOT, TINY_MODEL, tiny_model
 
 BASE = {"sources": ["synthetic:lab?n=8"]}
 
@@ -63,7 +63,7 @@ def test_the_real_data_config_resolves_and_loss_weights_reach_the_model():
     y = {"age": np.full((8, 1), 30.0, "float32"), "expression": np.arange(8) % 7}
     m = model.evaluate(x, y, batch_size=8, verbose=0, return_dict=True)
     assert m["loss"] == pytest.approx(m["age_loss"] + 3.0 * m["expression_loss"], rel=1e-4)
-    with pytest.raises(ConfigError, match=r"'training.loss_weights.race': not a task of the model"):
+    with pytest.raises(ValueError, match=r"^loss_weights\.race: not a task of the model"):
         compile_model(tiny_model(["age", "expression"]), loss_weights={"race": 2.0})
 
 
@@ -71,3 +71,29 @@ def test_the_real_distillation_config_resolves():
     cfg = load_config(ROOT / "configs" / "real_distillation.yaml")
     d = cfg["distillation"]
     assert cfg["training"]["epochs"] == d["epochs_per_round"] * (d["rounds"] + 1) and cfg["unlabelled_sources"]
+
+
+@pytest.mark.parametrize("change,match", [
+    ({"training": {"mixing": {"nope": 1.0}}}, r"'training\.mixing\.nope': not a source; sources are \['lab-train'\]"),
+    ({"sources": ["synthetic:lab?n=8&split=val"]}, r"'sources\[0\]\.split': expected train or test, got 'val'"),
+    ({"training": {"strategy": "mirrored", "strategy_devices": ["/gpu:7"]}},
+     r"'training\.strategy_devices': \['/gpu:7'\]: not devices of this machine"),
+    ({"training": {"weighting": "gradnorm", "weighting_options": {"alpha": -1}}},
+     r"'training\.weighting_options\.alpha': expected >= 0, got -1"),
+    ({"tasks": ["expression", "action_units"], "coupling": {"distribution_matching": True, "relations": [
+        {"source": "expression", "target": "action_units", "table": {"joy": {"AU12": 1.0}}}]}},
+     r"'coupling\.relations\[0\]\.table\.joy': not a class of expression"),
+    ({"tasks": ["expression"], "unlabelled_sources": ["synthetic:street?n=8"], "training": {"epochs": 2},
+      "distillation": {"rounds": 1, "thresholds": {"age": 0.5}}},
+     r"'distillation\.thresholds\.age': not a task of the model \['expression'\]"),
+])
+def test_a_modules_plain_error_reaches_the_config_user_under_its_key(change, match, tmp_path):
+    # the modules raise ValueError("argument: ..."); the run names the config key that gave the argument
+    from kfacemtl.training.run import model_for_run, prepare_run, training_data
+    cfg = {"tasks": ["expression"], "sources": ["synthetic:lab?n=8"], "model": dict(TINY_MODEL),
+           "training": {"epochs": 1, "batch_size": 4}}
+    for section, values in change.items():
+        cfg[section] = {**cfg.get(section, {}), **values} if isinstance(values, dict) else values
+    with pytest.raises(ConfigError, match=match):
+        run = prepare_run(cfg, tmp_path / "run")
+        training_data(run, model_for_run(run)[0], verbose=0)

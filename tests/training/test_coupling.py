@@ -58,7 +58,7 @@ def test_estimate_from_data_with_both_labels_finds_the_generators_prototypes():
             # the renderer: a prototypical AU is present 85 % of the time, any AU appears spuriously 4 % of the time
             truth = 0.85 + 0.15 * 0.04 if au in PROTOTYPES.get(name, ()) else 0.04
             assert abs(rel.matrix[e, k] - truth) < 0.09, (name, au, rel.matrix[e, k])
-    with pytest.raises(ConfigError, match="rows labelled for both expression and action_units"):
+    with pytest.raises(ValueError, match="^table: estimate needs training rows labelled for both expression and action_units"):
         Relatedness.estimate([make_source("synthetic:webcam?n=20")], EXPR, AUS)
     va = Relatedness.estimate([make_source("synthetic:affect?n=600")], EXPR, VA)
     assert va.value("happy", "valence") > 0.3 > -0.3 > va.value("sad", "valence")
@@ -203,7 +203,7 @@ def test_class_level_matching_constrains_class_means_not_rows():
     with tf.GradientTape() as tape:
         t = dm.terms({"expression": pe, "action_units": tf.constant(p_au)}, w)["match_action_units"]
     assert tape.gradient(t, pe) is None
-    with pytest.raises(ConfigError, match="coupling.level"):
+    with pytest.raises(ValueError, match=r"^level: expected one of \('sample', 'class'\), got 'batch'"):
         DistributionMatching([rel], level="batch")
 
 
@@ -277,6 +277,14 @@ def test_config_errors_name_the_key():
         make_relations([{"source": "expression", "target": "action_units", "table": {"happy": {"AU99": 1}}}], tasks)
     with pytest.raises(ConfigError, match=r"relations\[0\].table.*expected one of"):
         make_relations([{"source": "expression", "target": "action_units", "table": "ekman"}], tasks)
+    with pytest.raises(ValueError, match=r"^table: expected a mapping"):  # the class itself: plain errors
+        Relatedness.from_table({}, tasks[0], tasks[1])
+    with pytest.raises(ConfigError, match=r"'coupling.relations\[0\].table.happy': not a class"):
+        make_relations([{"source": "gender", "target": "action_units", "table": {"happy": {"AU12": 1}}}], tasks)
+    with pytest.raises(ConfigError, match=r"'coupling.matching_weight': expected a number > 0"):
+        make_coupling({"coannotation": False, "distribution_matching": True, "relations": None,
+                       "coannotation_weight": 0.5, "matching_weight": 0, "inverse": True, "stop_gradient": False},
+                      tasks)
     with pytest.raises(ConfigError, match="need a relation"):
         make_coupling({"coannotation": True, "distribution_matching": False, "relations": [],
                        "coannotation_weight": 0.5, "matching_weight": 1.0, "inverse": True, "stop_gradient": False},

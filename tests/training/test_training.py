@@ -152,7 +152,7 @@ def test_augmentation_steps_per_call_and_prefetch_follow_the_hardware(tmp_path, 
     assert steps_per_execution("auto") == (8 if gpu else 1) and steps_per_execution(3) == 3
     assert steps_per_execution("auto", "dynamic") == 1  # its windows count calls
     assert steps_per_execution("auto", strategy="mirrored") == 1  # Keras's several-step function fails there
-    with pytest.raises(ConfigError, match="training.augment_on"):
+    with pytest.raises(ValueError, match="^augment_on: expected one of"):
         augment_on("gpu")
     asked = []
     real = training.make_dataset

@@ -23,7 +23,7 @@ def test_equal_and_static_weigh_only_the_tasks_in_the_batch():
     assert float(total) == 3.0 and _numbers(weights) == [1, 0, 1] and aux is None
     total, weights, _ = make_weighting("static", NAMES, weights={"expression": 3.0}).combine(LOSSES, ALL, None)
     assert float(total) == pytest.approx(2.0 + 0.5 + 3.0) and _numbers(weights) == [1, 1, 3]
-    with pytest.raises(ConfigError, match="weights.smile': not a task"):
+    with pytest.raises(ValueError, match=r"^weighting_options\.weights\.smile: not a task"):
         make_weighting("static", NAMES, weights={"smile": 1.0})
 
 
@@ -124,8 +124,10 @@ def test_config_choices_are_checked():
         resolve_config({**base, "training": {"weighting": "magic"}})
     with pytest.raises(ConfigError, match="cannot be combined with weighting: dynamic"):
         resolve_config({**base, "training": {"weighting": "dynamic", "loss_weights": {"age": 2.0}}})
-    with pytest.raises(ConfigError, match="not options of 'dwa'"):
+    with pytest.raises(ValueError, match=r"^weighting_options: \['speed'\] are not options of 'dwa'"):
         make_weighting("dwa", NAMES, speed=3)
+    with pytest.raises(ValueError, match=r"^weighting_options\.alpha: expected >= 0, got -1"):
+        make_weighting("gradnorm", NAMES, alpha=-1)
 
 
 @pytest.mark.parametrize("name", ["dynamic", "uncertainty", "dwa", "gradnorm"])

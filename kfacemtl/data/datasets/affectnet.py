@@ -59,7 +59,7 @@ class AffectNetSource(FileTableSource):
         self.path = Path(path)
         if not self.path.is_file():
             raise SourceError(f"affectnet: annotation file {str(self.path)!r} does not exist")
-        contempt = contempt_option(contempt, "affectnet.contempt")
+        contempt = contempt_option(contempt)
         table = read_table(self.path, "affectnet")
         path_col = next((c for c in ("subDirectory_filePath", "path") if c in table.columns), None)
         missing = {"expression", "valence", "arousal"} - set(table.columns)

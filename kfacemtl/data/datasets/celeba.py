@@ -17,7 +17,7 @@ from kfacemtl.data.datasets.common import first_existing, missing_files
 from kfacemtl.data.registry import register_source
 from kfacemtl.data.source import FileTableSource
 from kfacemtl.data.splits import split_rows
-from kfacemtl.errors import ConfigError, LabelError, SourceError
+from kfacemtl.errors import LabelError, SourceError
 from kfacemtl.tasks import Task
 
 
@@ -71,7 +71,7 @@ class CelebASource(FileTableSource):
         if not root.is_dir():
             raise SourceError(f"celeba: {str(root)!r} is not a folder")
         if split not in (*self.PARTITIONS, "all"):
-            raise ConfigError("celeba.split", f"expected train, valid, test or all, got {split!r}")
+            raise ValueError(f"split: expected train, valid, test or all, got {split!r}")
         attr_file = first_existing(root / "list_attr_celeba.txt", root / "Anno" / "list_attr_celeba.txt")
         image_dir = first_existing(root / "img_align_celeba", root / "Img" / "img_align_celeba")
         if attr_file is None or image_dir is None:
@@ -82,7 +82,7 @@ class CelebASource(FileTableSource):
         names, files, values = self._read_attributes(attr_file)
         unknown = [a for a in attributes if a not in names]
         if unknown or "Male" not in names:
-            raise ConfigError("celeba.attributes", f"{unknown or ['Male']} not in {str(attr_file)!r} "
+            raise ValueError(f"attributes: {unknown or ['Male']} not in {str(attr_file)!r} "
                                                    f"(attributes: {', '.join(names)})")
         gender = (values[:, names.index("Male")] == -1).astype("float64")  # Male 1 → 0 male, -1 → 1 female
         rows = np.arange(len(files))
@@ -92,11 +92,11 @@ class CelebASource(FileTableSource):
             rows = np.array([i for i, f in enumerate(files) if part.get(f) == str(self.PARTITIONS[split])], int)
         elif split != "all":
             if split == "valid":
-                raise ConfigError("celeba.split", f"no list_eval_partition.txt in {str(root)!r}: "
+                raise ValueError(f"split: no list_eval_partition.txt in {str(root)!r}: "
                                                   "only train / test (split by identity) are available")
             id_file = first_existing(root / "identity_CelebA.txt", root / "Anno" / "identity_CelebA.txt")
             ids = dict(line.split()[:2] for line in id_file.read_text().splitlines() if line.strip()) if id_file else {}
-            rows = split_rows([ids.get(f, f) for f in files], gender, split, test_fraction, seed, where="celeba.split")
+            rows = split_rows([ids.get(f, f) for f in files], gender, split, test_fraction, seed)
         if not len(rows):
             raise SourceError(f"celeba: no images in the {split} split of {str(root)!r}")
         paths = [str(image_dir / files[i]) for i in rows]

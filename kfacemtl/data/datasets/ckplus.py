@@ -53,7 +53,7 @@ class CKPlusSource(FileTableSource):
         self.path = Path(path)
         if not self.path.is_dir():
             raise SourceError(f"ckplus: {str(self.path)!r} is not a folder")
-        contempt = contempt_option(contempt, "ckplus.contempt")
+        contempt = contempt_option(contempt)
         rows = []
         for sub in sorted(p for p in self.path.iterdir() if p.is_dir()):
             label = expression_id(sub.name)
@@ -72,7 +72,7 @@ class CKPlusSource(FileTableSource):
         if self.unnamed:
             warnings.warn(f"ckplus: {self.unnamed} file(s) under {str(self.path)!r} have no subject id "
                           "(S<number>_...); each is split as its own subject", stacklevel=2)
-        keep = split_rows([r[2] for r in rows], [r[1] for r in rows], split, test_fraction, seed, where="ckplus.split")
+        keep = split_rows([r[2] for r in rows], [r[1] for r in rows], split, test_fraction, seed)
         rows = [rows[i] for i in keep]
         super().__init__(name or f"ckplus-{split}", domain, [r[0] for r in rows],
                          {"expression": np.array([r[1] for r in rows], "float64")})

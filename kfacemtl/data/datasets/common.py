@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from kfacemtl.errors import ConfigError, SourceError
+from kfacemtl.errors import SourceError
 from kfacemtl.tasks import EXPRESSION_CLASSES_WITH_CONTEMPT
 
 
@@ -35,16 +35,21 @@ def expression_id(name: str) -> int | None:
     return None if canonical is None else EXPRESSION_CLASSES_WITH_CONTEMPT.index(canonical)
 
 
-def contempt_option(value, where: str) -> str:
-    """``value`` if it is ``keep`` or ``drop`` (what an adapter does with contempt images), else an error naming
-    ``where``.
+def contempt_option(value) -> str:
+    """``value`` if it is ``keep`` or ``drop`` (what an adapter does with contempt images), else a ``ValueError``
+    naming the ``contempt`` option.
 
     Example:
-        >>> contempt_option("drop", "ckplus.contempt")
+        >>> contempt_option("drop")
         'drop'
+        >>> contempt_option("maybe")
+        Traceback (most recent call last):
+        ...
+        ValueError: contempt: expected keep (needs the expression task's contempt class) or drop, got 'maybe'
     """
     if value not in ("keep", "drop"):
-        raise ConfigError(where, f"expected keep (needs the expression task's contempt class) or drop, got {value!r}")
+        raise ValueError(f"contempt: expected keep (needs the expression task's contempt class) or drop, "
+                         f"got {value!r}")
     return value
 
 

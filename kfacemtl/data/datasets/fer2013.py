@@ -14,7 +14,7 @@ import numpy as np
 from kfacemtl.data.formats import read_table
 from kfacemtl.data.registry import register_source
 from kfacemtl.data.source import IMAGE_EXTENSIONS, Source
-from kfacemtl.errors import ConfigError, LabelError, SourceError, check_choice
+from kfacemtl.errors import LabelError, SourceError, expect_one_of
 from kfacemtl.tasks import EXPRESSION_CLASSES
 
 
@@ -44,14 +44,14 @@ class FER2013Source(Source):
 
     def __init__(self, path: str, usage: str = "Training", domain: str = "fer2013", name: str | None = None):
         self.path = Path(path)
-        check_choice("fer2013.usage", usage, self.USAGES)
+        expect_one_of("usage", usage, self.USAGES)
         self._images, self._paths = None, None
         if self.path.is_file():
             self._read_csv(usage)
         elif self.path.is_dir():
             folders = {"Training": ["train"], "PublicTest": ["test"], "all": ["train", "test"]}.get(usage)
             if folders is None:
-                raise ConfigError("fer2013.usage", f"the image-folder layout has no {usage} split "
+                raise ValueError(f"usage: the image-folder layout has no {usage} split "
                                                    f"(train/ is Training, test/ is PublicTest)")
             paths, labels = [], []
             for folder in folders:

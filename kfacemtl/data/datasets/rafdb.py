@@ -15,7 +15,7 @@ import numpy as np
 from kfacemtl.data.datasets.common import first_existing, missing_files
 from kfacemtl.data.registry import register_source
 from kfacemtl.data.source import FileTableSource
-from kfacemtl.errors import ConfigError, LabelError, SourceError
+from kfacemtl.errors import LabelError, SourceError
 from kfacemtl.tasks import EXPRESSION_CLASSES
 
 
@@ -58,9 +58,9 @@ class RAFDBSource(FileTableSource):
         if label_file is None:
             raise SourceError(f"rafdb: no {self.LABEL_FILE} in {str(path)!r} or {str(path / 'EmoLabel')!r}")
         if split not in ("train", "test", "all"):
-            raise ConfigError("rafdb.split", f"expected train, test or all, got {split!r}")
+            raise ValueError(f"split: expected train, test or all, got {split!r}")
         if images not in ("aligned", "original"):
-            raise ConfigError("rafdb.images", f"expected aligned or original, got {images!r}")
+            raise ValueError(f"images: expected aligned or original, got {images!r}")
         root = label_file.parent.parent if label_file.parent.name == "EmoLabel" else label_file.parent
         image_dir = first_existing(root / "Image" / images, root / images)
         if image_dir is None:

@@ -73,8 +73,7 @@ class UTKFaceSource(FileTableSource):
             warnings.warn(msg + "; skipped", stacklevel=2)
         if not rows:
             raise SourceError(f"utkface: {str(self.path)!r} has no images named like UTKFace's")
-        keep = split_rows([r[0] for r in rows], [(r[2], r[3]) for r in rows], split, test_fraction, seed,
-                          where="utkface.split")
+        keep = split_rows([r[0] for r in rows], [(r[2], r[3]) for r in rows], split, test_fraction, seed)
         rows = [rows[i] for i in keep]
         super().__init__(name or f"utkface-{split}", domain, [r[0] for r in rows],
                          {"age": np.array([r[1] for r in rows], "float64")[:, None],

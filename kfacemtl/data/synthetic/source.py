@@ -43,9 +43,9 @@ class SyntheticSource(Source):
         if domain not in DOMAINS:
             raise SourceError(f"synthetic: unknown domain {domain!r}; domains are {sorted(DOMAINS)}")
         if split not in ("train", "test"):
-            raise SourceError(f"synthetic:{domain}: split must be 'train' or 'test', got {split!r}")
+            raise ValueError(f"split: expected train or test, got {split!r}")
         if int(n) < 1:
-            raise SourceError(f"synthetic:{domain}: n must be a positive number of faces, got {n!r}")
+            raise ValueError(f"n: expected a positive number of faces, got {n!r}")
         dom = DOMAINS[domain]
         if tasks is None:
             tasks = dom.labels if split == "train" else self.ALL_TASKS

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
-from kfacemtl.errors import ConfigError
+from kfacemtl.errors import ConfigError, under_key
 from kfacemtl.models.fusion import OutputFusion
 from kfacemtl.training.coupling.coannotation import CoAnnotation
 from kfacemtl.training.coupling.matching import DistributionMatching
@@ -70,9 +70,11 @@ def make_coupling(cfg: Mapping, tasks: Sequence, sources: Sequence = ()):
                                                 "relation between two tasks of the model (e.g. expression -> "
                                                 "action_units)")
     level = cfg.get("level", "sample")
-    co = CoAnnotation(relations, cfg["coannotation_weight"], cfg["inverse"], level) if cfg["coannotation"] else None
-    dm = DistributionMatching(relations, cfg["matching_weight"], cfg["inverse"], cfg["stop_gradient"],
-                              level) if cfg["distribution_matching"] else None
+    with under_key("coupling", weight="coannotation_weight"):
+        co = CoAnnotation(relations, cfg["coannotation_weight"], cfg["inverse"], level) if cfg["coannotation"] else None
+    with under_key("coupling", weight="matching_weight"):
+        dm = DistributionMatching(relations, cfg["matching_weight"], cfg["inverse"], cfg["stop_gradient"],
+                                  level) if cfg["distribution_matching"] else None
     fusions = [OutputFusion.from_relation(r) for r in relations if r.invertible] if fuse else []
     if fuse and not fusions:
         raise ConfigError("coupling.fuse_outputs", f"no relation has a multilabel target to fuse "

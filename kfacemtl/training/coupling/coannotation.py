@@ -13,7 +13,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from keras import ops
 
-from kfacemtl.errors import ConfigError, check_choice
+from kfacemtl.errors import expect_one_of
 from kfacemtl.models.losses import task_loss
 from kfacemtl.training.coupling.relatedness import LEVELS, Relatedness, class_means
 
@@ -59,9 +59,9 @@ class CoAnnotation:
     def __init__(self, relations: Sequence[Relatedness], weight: float = 0.5, inverse: bool = True,
                  level: str = "sample"):
         if not 0 < float(weight) <= 1:
-            raise ConfigError("coupling.coannotation_weight", f"expected a weight in (0, 1], got {weight!r}")
+            raise ValueError(f"weight: expected a weight in (0, 1], got {weight!r}")
         self.relations, self.weight, self.inverse = list(relations), float(weight), bool(inverse)
-        self.level = check_choice("coupling.level", level, LEVELS)
+        self.level = expect_one_of("level", level, LEVELS)
         self._class_losses = {r.target.name: task_loss(r.target) for r in self.relations if self.level == "class"}
 
     @property

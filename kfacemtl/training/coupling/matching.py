@@ -13,7 +13,7 @@ from typing import Mapping, Sequence
 
 from keras import ops
 
-from kfacemtl.errors import ConfigError, check_choice
+from kfacemtl.errors import expect_one_of
 from kfacemtl.models.fusion import over_known
 from kfacemtl.models.losses import task_loss
 from kfacemtl.training.coupling.relatedness import LEVELS, Relatedness, class_means
@@ -52,10 +52,10 @@ class DistributionMatching:
     def __init__(self, relations: Sequence[Relatedness], weight: float = 1.0, inverse: bool = True,
                  stop_gradient: bool = False, level: str = "sample"):
         if not float(weight) > 0:
-            raise ConfigError("coupling.matching_weight", f"expected a number > 0, got {weight!r}")
+            raise ValueError(f"weight: expected a number > 0, got {weight!r}")
         self.relations, self.weight = list(relations), float(weight)
         self.inverse, self.stop_gradient = bool(inverse), bool(stop_gradient)
-        self.level = check_choice("coupling.level", level, LEVELS)
+        self.level = expect_one_of("level", level, LEVELS)
         self._terms = []  # (name, relation, direction, loss)
         for r in self.relations:
             self._terms.append((f"match_{r.target.name}", r, "forward", task_loss(r.target)))
@@ -63,7 +63,7 @@ class DistributionMatching:
                 self._terms.append((f"match_{r.source.name}", r, "inverse", task_loss(r.source)))
         names = [n for n, *_ in self._terms]
         if len(set(names)) != len(names):
-            raise ConfigError("coupling.relations", f"two relations match the same head: {names}")
+            raise ValueError(f"relations: two relations match the same head: {names}")
 
     @property
     def term_names(self) -> list[str]:

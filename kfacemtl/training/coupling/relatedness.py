@@ -14,7 +14,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from keras import ops
 
-from kfacemtl.errors import ConfigError
+from kfacemtl.errors import ConfigError, under_key
 from kfacemtl.models.fusion import FLOOR, implied
 
 
@@ -57,13 +57,13 @@ def class_means(groups, values, weights):
     return means / ops.reshape(ops.maximum(totals, 1e-6), (-1, 1)), totals
 
 
-def _check_kinds(source, target, where: str = "coupling.relations"):
+def _check_kinds(source, target):
     if source.kind != "classification":
-        raise ConfigError(f"{where}.source", f"the source of a relation must be a classification task, "
-                                             f"got {source.name} ({source.kind})")
+        raise ValueError(f"source: the source of a relation must be a classification task, "
+                         f"got {source.name} ({source.kind})")
     if target.kind not in ("multilabel", "regression"):
-        raise ConfigError(f"{where}.target", f"the target of a relation must be a multilabel or regression task, "
-                                             f"got {target.name} ({target.kind})")
+        raise ValueError(f"target: the target of a relation must be a multilabel or regression task, "
+                         f"got {target.name} ({target.kind})")
 
 
 class Relatedness:
@@ -94,8 +94,8 @@ class Relatedness:
             raise ValueError(f"matrix shape {self.matrix.shape}, expected {(len(source.classes), target.output_dim)}")
         self.known = np.ones(len(source.classes), bool) if known is None else np.asarray(known, bool)
         if not self.known.any():
-            raise ConfigError("coupling.relations", f"the {source.name} -> {target.name} table covers no class "
-                                                    f"of {source.name} {list(source.classes)}")
+            raise ValueError(f"table: the {source.name} -> {target.name} table covers no class "
+                             f"of {source.name} {list(source.classes)}")
         self.origin, self.dropped = origin, tuple(dropped)
         prior = np.ones(len(source.classes)) if prior is None else np.asarray(prior, "float64")
         prior = np.where(self.known, np.maximum(prior, 1e-6), 0.0)
@@ -127,8 +127,7 @@ class Relatedness:
         Expression classes the table lacks (``contempt``) are not covered; AUs the target lacks are dropped.
         """
         if target.kind != "multilabel":
-            raise ConfigError("coupling.relations", f"table du2014 maps expressions to action units; "
-                                                    f"{target.name} is a {target.kind} task")
+            raise ValueError(f"table: du2014 maps expressions to action units; {target.name} is a {target.kind} task")
         table = {c: v for c, v in DU_2014.items() if c in source.classes}
         dropped = sorted({au for v in DU_2014.values() for au in v} - set(target.classes),
                          key=lambda au: int(au[2:]) if au[2:].isdigit() else 0)
@@ -141,31 +140,30 @@ class Relatedness:
     def from_table(cls, table: Mapping, source, target, origin: str = "config") -> "Relatedness":
         """From ``{class: {label: d}}`` (multilabel target; labels not given are 0) or ``{class: [values]}``
         (regression target); classes not given are not covered."""
-        where = f"coupling.relations[{source.name}->{target.name}].table"
         if not isinstance(table, Mapping) or not table:
-            raise ConfigError(where, f"expected a mapping {{class: ...}}, got {table!r}")
+            raise ValueError(f"table: expected a mapping {{class: ...}}, got {table!r}")
         matrix = np.zeros((len(source.classes), target.output_dim), "float32")
         known = np.zeros(len(source.classes), bool)
         for cls_name, row in table.items():
             if cls_name not in source.classes:
-                raise ConfigError(f"{where}.{cls_name}", f"not a class of {source.name} {list(source.classes)}")
+                raise ValueError(f"table.{cls_name}: not a class of {source.name} {list(source.classes)}")
             i = source.classes.index(cls_name)
             known[i] = True
             if target.kind == "multilabel":
                 if not isinstance(row, Mapping):
-                    raise ConfigError(f"{where}.{cls_name}", f"expected {{label: probability}}, got {row!r}")
+                    raise ValueError(f"table.{cls_name}: expected {{label: probability}}, got {row!r}")
                 for label, p in row.items():
                     if label not in target.classes:
-                        raise ConfigError(f"{where}.{cls_name}.{label}", f"not a label of {target.name} "
-                                                                         f"{list(target.classes)}")
+                        raise ValueError(f"table.{cls_name}.{label}: not a label of {target.name} "
+                                         f"{list(target.classes)}")
                     if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
-                        raise ConfigError(f"{where}.{cls_name}.{label}", f"expected a probability in [0, 1], got {p!r}")
+                        raise ValueError(f"table.{cls_name}.{label}: expected a probability in [0, 1], got {p!r}")
                     matrix[i, target.classes.index(label)] = p
             else:
                 values = np.asarray(row, dtype="float64") if isinstance(row, (list, tuple)) else None
                 lo, hi = target.value_range
                 if values is None or values.shape != (target.dim,) or not np.all((values >= lo) & (values <= hi)):
-                    raise ConfigError(f"{where}.{cls_name}", f"expected {target.dim} values in [{lo}, {hi}], got {row!r}")
+                    raise ValueError(f"table.{cls_name}: expected {target.dim} values in [{lo}, {hi}], got {row!r}")
                 matrix[i] = values
         return cls(source, target, matrix, known, origin)
 
@@ -178,7 +176,7 @@ class Relatedness:
         (classes without rows are not covered). The class frequencies become the prior of :meth:`inverse`.
 
         Raises:
-            ConfigError: no source has a row labelled for both tasks.
+            ValueError: no source has a row labelled for both tasks.
         """
         xs, ys, names = [], [], []
         for s in sources:
@@ -190,9 +188,8 @@ class Relatedness:
                 names.append(s.name)
         x, y = np.concatenate(xs), np.concatenate(ys).reshape(-1, target.output_dim)
         if not len(x):
-            raise ConfigError(f"coupling.relations[{source.name}->{target.name}].table",
-                              f"estimate needs training rows labelled for both {source.name} and {target.name}; "
-                              f"no source has one ({[s.name for s in sources]})")
+            raise ValueError(f"table: estimate needs training rows labelled for both {source.name} and {target.name}; "
+                             f"no source has one ({[s.name for s in sources]})")
         counts = np.bincount(x, minlength=len(source.classes)).astype("float64")
         sums = np.zeros((len(source.classes), target.output_dim))
         np.add.at(sums, x, y)
@@ -273,15 +270,16 @@ def make_relations(specs, tasks: Sequence, sources: Sequence = ()) -> list[Relat
             if spec[key] not in by_name:
                 raise ConfigError(f"{where}.{key}", f"{spec[key]!r} is not a task of the model {sorted(by_name)}")
         source, target, table = by_name[spec["source"]], by_name[spec["target"]], spec.get("table", "du2014")
-        _check_kinds(source, target, where)
-        if table == "du2014":
-            relations.append(Relatedness.du_2014(source, target))
-        elif table == "estimate":
-            relations.append(Relatedness.estimate(sources, source, target))
-        elif isinstance(table, Mapping):
-            relations.append(Relatedness.from_table(table, source, target))
-        else:
-            raise ConfigError(f"{where}.table", f"expected one of {TABLES} or a mapping, got {table!r}")
+        with under_key(where):  # the plain errors of Relatedness name the entry's keys (source, target, table)
+            _check_kinds(source, target)
+            if table == "du2014":
+                relations.append(Relatedness.du_2014(source, target))
+            elif table == "estimate":
+                relations.append(Relatedness.estimate(sources, source, target))
+            elif isinstance(table, Mapping):
+                relations.append(Relatedness.from_table(table, source, target))
+            else:
+                raise ValueError(f"table: expected one of {TABLES} or a mapping, got {table!r}")
     names = [r.name for r in relations]
     if len(set(names)) != len(names):
         raise ConfigError("coupling.relations", f"a relation is given twice: {names}")

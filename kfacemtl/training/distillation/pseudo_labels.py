@@ -45,7 +45,7 @@ class PseudoLabels:
         self.tasks = list(tasks)
         self._sizes = {s.name: len(s) for s in sources}
         if len(self._sizes) != len(sources):
-            raise ConfigError("sources", "distillation needs distinct source names")
+            raise ValueError(f"sources: distillation needs distinct source names, got {[s.name for s in sources]}")
         self.values: dict[str, dict[str, tf.Variable]] = {}
         self.weights: dict[str, dict[str, tf.Variable]] = {}
         for name, n in self._sizes.items():

@@ -9,7 +9,7 @@ plus pseudo-labels.
 
 - **Where pseudo-labels live.** :class:`PseudoLabels` keeps one ``tf.Variable`` of values and
   one of weights per (source, task); the training pipeline
-  (:func:`~kfacemtl.pipeline.make_dataset` with ``pseudo_labels=``) gathers them by row id
+  (:func:`~kfacemtl.data.make_dataset` with ``pseudo_labels=``) gathers them by row id
   next to the real labels, so a round only assigns variables: the dataset is never rebuilt
   (the few batches already prefetched still carry the labels of before).
   A real label always wins over a pseudo-label of the same row. Memory is one row of
@@ -91,7 +91,7 @@ class DataDistillation(keras.callbacks.Callback):
         batch_size: images per teacher batch (each becomes T·batch_size transformed images).
         ground_truth: ``{source: {task: labels}}`` (NaN: unknown) used only to score accepted
             pseudo-labels; synthetic sources and the hidden labels of
-            :class:`~kfacemtl.sources.WithoutLabels` sources are used without asking.
+            :class:`~kfacemtl.data.WithoutLabels` sources are used without asking.
         state_dir: where the pseudo-labels (``pseudo_labels.npz``), the round log
             (``distillation.json``) and its plot go; a resumed run reloads them.
         verbose: print a line per task and source at each round.
@@ -112,18 +112,16 @@ class DataDistillation(keras.callbacks.Callback):
                  state_dir=None, verbose: int = 1):
         super().__init__()
         if int(rounds) < 1 or int(epochs_per_round) < 1:
-            raise ConfigError("distillation", f"expected rounds >= 1 and epochs_per_round >= 1, "
-                                              f"got {rounds!r} and {epochs_per_round!r}")
+            raise ValueError(f"expected rounds >= 1 and epochs_per_round >= 1, got {rounds!r} and {epochs_per_round!r}")
         if not 0 < float(pseudo_weight) <= 1:
-            raise ConfigError("distillation.pseudo_weight", f"expected a weight in (0, 1], got {pseudo_weight!r}")
+            raise ValueError(f"pseudo_weight: expected a weight in (0, 1], got {pseudo_weight!r}")
         self.sources, self.tasks = list(sources), list(tasks)
         names = {t.name for t in self.tasks}
         unknown = set(thresholds or {}) - names
         if unknown:
-            raise ConfigError(f"distillation.thresholds.{sorted(unknown)[0]}", f"not a task of the model {sorted(names)}")
+            raise ValueError(f"thresholds.{sorted(unknown)[0]}: not a task of the model {sorted(names)}")
         if isinstance(teacher, Mapping) and set(teacher) - names:
-            raise ConfigError(f"distillation.teachers.{sorted(set(teacher) - names)[0]}",
-                              f"not a task of the model {sorted(names)}")
+            raise ValueError(f"teacher.{sorted(set(teacher) - names)[0]}: not a task of the model {sorted(names)}")
         self.rounds, self.epochs_per_round = int(rounds), int(epochs_per_round)
         self.transforms, self.soft, self.balance = tuple(transforms), bool(soft), bool(balance)
         transform_boxes(self.transforms)  # validates them now, not at the first round

@@ -13,7 +13,6 @@ from typing import Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 
-from kfacemtl.errors import ConfigError
 from kfacemtl.tasks import Task
 
 
@@ -38,11 +37,10 @@ def transform_boxes(transforms: Sequence) -> np.ndarray:
     boxes = []
     for i, t in enumerate(transforms):
         if len(t) != 4:
-            raise ConfigError(f"distillation.transforms[{i}]", f"expected (flip, scale, dx, dy), got {t!r}")
+            raise ValueError(f"transforms[{i}]: expected (flip, scale, dx, dy), got {t!r}")
         flip, scale, dx, dy = bool(t[0]), float(t[1]), float(t[2]), float(t[3])
         if not 0.25 <= scale <= 4 or abs(dx) >= 0.5 or abs(dy) >= 0.5:
-            raise ConfigError(f"distillation.transforms[{i}]", f"expected a scale in [0.25, 4] and shifts below 0.5, "
-                                                               f"got {t!r}")
+            raise ValueError(f"transforms[{i}]: expected a scale in [0.25, 4] and shifts below 0.5, got {t!r}")
         half = 0.5 / scale
         y1, y2, x1, x2 = 0.5 - dy - half, 0.5 - dy + half, 0.5 - dx - half, 0.5 - dx + half
         boxes.append([y1, x2, y2, x1] if flip else [y1, x1, y2, x2])

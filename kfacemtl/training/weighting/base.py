@@ -6,13 +6,14 @@ Example:
 """
 from __future__ import annotations
 
+import inspect
 from typing import Mapping, Sequence
 
 import keras
 import numpy as np
 from keras import ops
 
-from kfacemtl.errors import ConfigError, check_choice
+from kfacemtl.errors import expect_one_of, under_argument
 
 WEIGHTINGS: dict[str, type] = {}
 
@@ -119,11 +120,16 @@ def make_weighting(name: str | TaskWeighting, task_names: Sequence[str], **optio
     Example:
         >>> make_weighting("dwa", ["age", "gender"], temperature=1.0).temperature
         1.0
+        >>> make_weighting("dwa", ["age", "gender"], temperature=0)
+        Traceback (most recent call last):
+        ...
+        ValueError: weighting_options.temperature: expected > 0, got 0
     """
     if isinstance(name, TaskWeighting):
         return name
-    check_choice("training.weighting", name, sorted(WEIGHTINGS))
-    try:
+    expect_one_of("weighting", name, sorted(WEIGHTINGS))
+    unknown = set(options) - set(inspect.signature(WEIGHTINGS[name]).parameters)
+    if unknown:
+        raise ValueError(f"weighting_options: {sorted(unknown)} are not options of {name!r}")
+    with under_argument("weighting_options"):
         return WEIGHTINGS[name](task_names, **options)
-    except TypeError as e:
-        raise ConfigError("training.weighting_options", f"not options of {name!r}: {e}") from None

@@ -12,7 +12,6 @@ import keras
 import numpy as np
 from keras import ops
 
-from kfacemtl.errors import ConfigError
 from kfacemtl.training.weighting.base import TaskWeighting, register_weighting
 
 
@@ -32,7 +31,7 @@ class DWAWeighting(TaskWeighting):
     def __init__(self, task_names, temperature: float = 2.0):
         super().__init__(task_names)
         if not float(temperature) > 0:
-            raise ConfigError("training.weighting_options.temperature", f"expected > 0, got {temperature!r}")
+            raise ValueError(f"temperature: expected > 0, got {temperature!r}")
         self.temperature = float(temperature)
         self.current = keras.Variable(np.ones(len(self.task_names), "float32"), trainable=False, name="dwa_weights")
         self.history: list[np.ndarray] = []

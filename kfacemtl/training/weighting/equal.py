@@ -12,7 +12,6 @@ from typing import Mapping
 import numpy as np
 from keras import ops
 
-from kfacemtl.errors import ConfigError
 from kfacemtl.training.weighting.base import TaskWeighting, register_weighting
 
 
@@ -48,8 +47,7 @@ class StaticWeighting(TaskWeighting):
         weights = dict(weights or {})
         unknown = set(weights) - set(self.task_names)
         if unknown:
-            raise ConfigError(f"training.weighting_options.weights.{sorted(unknown)[0]}",
-                              f"not a task of the model {self.task_names}")
+            raise ValueError(f"weights.{sorted(unknown)[0]}: not a task of the model {self.task_names}")
         self.fixed = np.array([float(weights.get(t, 1.0)) for t in self.task_names], "float32")
 
     def combine(self, losses, present, features):

@@ -12,7 +12,6 @@ import keras
 import numpy as np
 from keras import ops
 
-from kfacemtl.errors import ConfigError
 from kfacemtl.training.weighting.base import TaskWeighting, register_weighting
 
 
@@ -45,7 +44,7 @@ class GradNormWeighting(TaskWeighting):
     def __init__(self, task_names, alpha: float = 1.5, learning_rate: float = 0.025):
         super().__init__(task_names)
         if not float(alpha) >= 0:
-            raise ConfigError("training.weighting_options.alpha", f"expected >= 0, got {alpha!r}")
+            raise ValueError(f"alpha: expected >= 0, got {alpha!r}")
         self.alpha, self.learning_rate = float(alpha), float(learning_rate)
         n = len(self.task_names)
         self.weights = keras.Variable(np.ones(n, "float32"), name="gradnorm_weights")
