@@ -16,7 +16,7 @@ import urllib.parse
 from typing import Mapping
 
 from kfacemtl.data.source import Source
-from kfacemtl.data.wrappers import sample_rows
+from kfacemtl.data.wrappers import holdout_rows, sample_rows
 from kfacemtl.errors import ConfigError, under_key
 
 SOURCE_FORMATS: dict[str, type] = {}
@@ -68,13 +68,24 @@ def _coerce(key_path, value, default):
     return value
 
 
+def _number(key_path, value):
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(key_path, f"expected a number, got {value!r}") from None
+
+
 def make_source(spec: str | Mapping, key_path: str = "sources", **options) -> Source:
     """Build a source from ``FORMAT:PATH`` (or ``{"spec": ..., **options}``).
 
     Options not accepted by the format, and an accepted option's bad value, raise a :class:`ConfigError` naming
-    the key (``key_path`` and the option: ``sources.split``). Every
-    format also takes ``sample=N``: a random N of its rows (the same N for the same source,
-    seeded; in their original order), e.g. a slice of a large dataset for a quick run.
+    the key (``key_path`` and the option: ``sources.split``). Every format also takes:
+
+    - ``sample=N``: a random N of its rows (the same N for the same source, seeded; in their original order), e.g.
+      a slice of a large dataset for a quick run;
+    - ``val_fraction=F`` with ``part=train`` (default) or ``part=val``: a validation set split off by person
+      (:func:`~kfacemtl.data.wrappers.holdout_rows`), e.g. ``utkface:UTKFace?split=train&val_fraction=0.1`` to
+      train and ``...&part=val`` to choose settings on.
 
     Example:
         >>> make_source("synthetic:webcam", n=4).domain
@@ -99,6 +110,9 @@ def make_source(spec: str | Mapping, key_path: str = "sources", **options) -> So
     allowed = list(params)[2:]  # after self and the PATH argument
     merged = {**query, **options}
     sample = merged.pop("sample", None)
+    val_fraction, part = merged.pop("val_fraction", None), merged.pop("part", None)
+    if part is not None and val_fraction is None:
+        raise ConfigError(f"{key_path}.part", "needs val_fraction (the share of the source held out for validation)")
     for key in merged:
         if key not in allowed:
             raise ConfigError(f"{key_path}.{key}", f"not an option of {fmt} sources; options are {allowed}")
@@ -107,4 +121,8 @@ def make_source(spec: str | Mapping, key_path: str = "sources", **options) -> So
         kwargs["tasks"] = [t for t in kwargs["tasks"].split(",") if t]
     with under_key(key_path):  # the adapter's plain error about one of its options, named as that option's key
         source = cls(path, **kwargs)
+    if val_fraction is not None:
+        with under_key(key_path, test_fraction="val_fraction"):
+            source = holdout_rows(source, _number(f"{key_path}.val_fraction", val_fraction), part or "train")
+    with under_key(key_path):
         return source if sample is None else sample_rows(source, _coerce(f"{key_path}.sample", sample, 0))

@@ -1,4 +1,4 @@
-"""Sources made from other sources: hidden labels, a subset of rows, a random sample.
+"""Sources made from other sources: hidden labels, a subset of rows, a random sample, a validation holdout.
 
 Wrappers keep the name, domain and row order of what they wrap, so row ids mean the same thing to the pipeline,
 the pseudo-labels and the report.
@@ -16,7 +16,8 @@ from typing import Sequence
 import numpy as np
 
 from kfacemtl.data.source import Source
-from kfacemtl.errors import LabelError
+from kfacemtl.data.splits import split_rows
+from kfacemtl.errors import LabelError, expect_one_of
 
 
 class WithoutLabels(Source):
@@ -63,10 +64,12 @@ class RowSubset(Source):
         (3, 'lab-train', 3)
     """
 
-    def __init__(self, source: Source, rows: Sequence[int]):
-        super().__init__(source.name, source.domain, source.tasks)
+    def __init__(self, source: Source, rows: Sequence[int], name: str | None = None):
+        super().__init__(name or source.name, source.domain, source.tasks)
         self.source, self.rows = source, np.asarray(rows, dtype=np.int64)
         self.format = source.format
+        if getattr(source, "subjects", None) is not None:  # people, for a split of the subset (holdout_rows)
+            self.subjects = np.asarray(source.subjects)[self.rows]
 
     def __len__(self):
         return len(self.rows)
@@ -112,3 +115,25 @@ def sample_rows(source: Source, n: int) -> Source:
         return source
     rows = np.sort(np.random.default_rng(0).choice(len(source), size=n, replace=False))
     return RowSubset(source, rows)
+
+
+def holdout_rows(source: Source, fraction, part: str = "train") -> Source:
+    """Split a validation set off a training source: ``part="val"`` is a seeded ``fraction`` of its people (its
+    ``subjects`` where the source has them, else its files or rows), named ``<name>-val``; ``part="train"`` the rest,
+    under the source's own name. The two never share a person, and the same fraction always gives the same rows, so
+    settings can be chosen on ``val`` while the test split stays untouched.
+
+    Example:
+        >>> from kfacemtl.data import make_source
+        >>> src = make_source("synthetic:lab?n=20")
+        >>> fit, val = holdout_rows(src, 0.25), holdout_rows(src, 0.25, part="val")
+        >>> len(fit), len(val), val.name, set(fit.rows) & set(val.rows)
+        (15, 5, 'lab-train-val', set())
+    """
+    expect_one_of("part", part, ("train", "val"))
+    groups = getattr(source, "subjects", None)
+    if groups is None:
+        paths = source.paths()
+        groups = paths if paths is not None else np.arange(len(source))
+    rows = split_rows(groups, np.zeros(len(source)), "test" if part == "val" else "train", fraction, seed=1)
+    return RowSubset(source, rows, name=f"{source.name}-val" if part == "val" else None)

@@ -129,6 +129,27 @@ def test_any_source_samples_a_seeded_subset_of_its_rows(tmp_path):
             make_source(f"csv:{tmp_path}/m.csv?sample={bad}")
 
 
+def test_any_source_holds_out_a_validation_set_by_person(tmp_path):
+    from kfacemtl.data import make_source as make
+    fit = make("synthetic:lab?n=40&val_fraction=0.25")
+    val = make("synthetic:lab?n=40&val_fraction=0.25&part=val")
+    assert (len(fit), len(val), fit.name, val.name) == (30, 10, "lab-train", "lab-train-val")
+    assert not set(fit.rows) & set(val.rows)
+    assert list(make("synthetic:lab?n=40&val_fraction=0.25&part=val").rows) == list(val.rows)  # the same each time
+    images = make("synthetic:lab?n=40").images()
+    assert (val.images() == images[val.rows]).all()
+    root = _ckplus_au_fixture(tmp_path / "ck", rows=[(f"S{k:03d}", k % 7, {"AU12"}) for k in range(10)])
+    people = make(f"ckplus:{root}?val_fraction=0.3&part=val")
+    rest = make(f"ckplus:{root}?val_fraction=0.3")
+    assert len(people) == 6 and len(set(people.subjects)) == 3  # both frames of each held-out person
+    assert not set(people.subjects) & set(rest.subjects)
+    assert len(make(f"ckplus:{root}?val_fraction=0.3&part=val&sample=2")) == 2  # then sampled
+    for query, key in (("part=val", "part"), ("val_fraction=0.2&part=test", "part"), ("val_fraction=1", "val_fraction"),
+                       ("val_fraction=few", "val_fraction")):
+        with pytest.raises(ConfigError, match=rf"'sources\.{key}'"):
+            make(f"synthetic:lab?n=40&{query}")
+
+
 # --- real dataset formats: fixtures written in each format by the test, then the real folders when present ---
 
 from helpers import REAL_DATA
@@ -260,6 +281,62 @@ def test_ckplus_folders_subject_wise_splits_and_contempt(tmp_path):
         make_source(f"ckplus:{folder}")
     with pytest.raises(ConfigError, match=r"'sources\.contempt': expected keep .* or drop, got 'maybe'"):
         make_source(f"ckplus:{folder}?contempt=maybe")
+
+
+def _ckplus_au_fixture(root, rows=None):
+    """labels.csv in the CK+ action-unit layout: per subject a neutral first frame and a peak frame."""
+    from kfacemtl.tasks import ACTION_UNITS
+    columns = [*ACTION_UNITS[:5], "AU10", *ACTION_UNITS[5:]]  # an AU the project does not model is ignored
+    lines = ["path,subject,sequence,frame,expression,expression_name," + ",".join(columns)]
+    for k, (subject, expression, aus) in enumerate(rows or [("S005", 5, {"AU1", "AU2", "AU26"}),
+                                                             ("S010", 3, {"AU6", "AU12"}), ("S022", 7, {"AU12"}),
+                                                             ("S037", 0, {"AU4", "AU10"}), ("S042", 4, {"AU15"})]):
+        for frame, expr, coded in (("first", 6, set()), ("peak", expression, aus)):
+            name = f"images/{subject}_001_0000000{1 if frame == 'first' else 9}.png"
+            write_png(root / name, np.full((16, 16, 1), 20 * k, "uint8"))
+            lines.append(f"{name},{subject},{subject}_001,{frame},{expr},x," + ",".join(
+                "1" if au in coded else "0" for au in columns))
+    (root / "labels.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_ckplus_with_action_units_reads_the_manifest_by_frame_and_subject(tmp_path):
+    from kfacemtl.tasks import ACTION_UNITS
+    root = _ckplus_au_fixture(tmp_path / "ckplus_au")
+    tasks = resolve_tasks({"expression": {"contempt": True}, "action_units": {}})
+    src = make_source(f"ckplus:{root}")
+    assert len(src) == 10 and src.tasks == ("expression", "action_units")
+    labels = src.labels(tasks)[0]
+    assert labels["expression"].tolist() == [6, 5, 6, 3, 6, 7, 6, 0, 6, 4]  # first (neutral) then peak
+    aus = labels["action_units"]
+    assert aus.shape == (10, 14) and aus[0::2].sum() == 0  # neutral frames: every AU absent
+    on = lambda row: [ACTION_UNITS[i] for i in np.flatnonzero(aus[row])]
+    assert on(1) == ["AU1", "AU2", "AU26"] and on(7) == ["AU4"]  # AU10 is not one of the 14
+    peak = make_source(f"ckplus:{root / 'labels.csv'}?frames=peak&contempt=drop")
+    assert len(peak) == 4 and 7 not in peak.labels(tasks)[0]["expression"]
+    assert len(make_source(f"ckplus:{root}?frames=first")) == 5
+    train = make_source(f"ckplus:{root}?split=train&test_fraction=0.4")
+    test = make_source(f"ckplus:{root}?split=test&test_fraction=0.4")
+    assert (len(train), len(test)) == (6, 4) and not set(train.subjects) & set(test.subjects)
+    with pytest.raises(ConfigError, match=r"'sources\.frames': expected one of"):
+        make_source(f"ckplus:{root}?frames=onset")
+    text = (root / "labels.csv").read_text().splitlines()
+    (root / "labels.csv").write_text("\n".join(text[:4] + [text[4].replace(",1,", ",2,", 1)] + text[5:]))
+    with pytest.raises(LabelError, match=r"labels.csv' row 5: AU\d+ is '2', expected 0 or 1"):
+        make_source(f"ckplus:{root}")
+    (root / "labels.csv").write_text("path,subject,frame,expression\n")
+    with pytest.raises(SourceError, match=r"lacks column\(s\) \['AU1'"):
+        make_source(f"ckplus:{root}")
+
+
+@pytest.mark.skipif(not (REAL_DATA / "ckplus_au" / "labels.csv").is_file(), reason=f"no CK+ AUs under {REAL_DATA}")
+def test_real_ckplus_action_units_split_by_subject():
+    train = make_source(f"ckplus:{REAL_DATA / 'ckplus_au'}?split=train")
+    test = make_source(f"ckplus:{REAL_DATA / 'ckplus_au'}?split=test")
+    assert len(train) + len(test) == 514 and len(set(train.subjects)) + len(set(test.subjects)) == 70
+    assert not set(train.subjects) & set(test.subjects)
+    aus = train.labels(resolve_tasks({"expression": {"contempt": True}, "action_units": {}}))[0]["action_units"]
+    assert (aus.sum(axis=0) > 0).all()  # every modelled AU occurs among the training subjects
 
 
 def _rafdb_fixture(root):
