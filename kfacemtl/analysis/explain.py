@@ -44,9 +44,9 @@ from kfacemtl.models import flat_graph, model_tasks
 METHODS = ("saliency", "gradcam++", "scorecam")
 
 
-def last_conv_layer(model) -> str:
-    """The Grad-CAM layer: the backbone's feature map (its output layer) for a multi-task model; otherwise the
-    rectified output of the last convolution.
+def last_conv_layer(model, head: str | None = None) -> str:
+    """The Grad-CAM layer: the backbone's feature map (its output layer; with branches, that of ``head``'s group) for
+    a multi-task model; otherwise the rectified output of the last convolution.
 
     That is the ReLU (or activation) that follows the last ``Conv2D`` (through its BatchNormalization); the convolution
     itself when none follows. CAM methods weight these feature maps, which must be the non-negative activations: the
@@ -60,6 +60,11 @@ def last_conv_layer(model) -> str:
     """
     backbone = getattr(model, "backbone", None)
     if _is_functional(backbone):
+        groups = list(getattr(model, "embeddings", dict)())
+        if len(groups) > 1:  # a branched backbone: its layers of the head's group are named <group>_...
+            group = model.group_of(head) if head is not None else groups[0]
+            own = [layer.name for layer in backbone.layers if layer.name.startswith(f"{group}_")]
+            return own[-1] if own else backbone.layers[-1].name
         return backbone.layers[-1].name
     if backbone is not None:
         return backbone.name
@@ -189,7 +194,7 @@ def explain(model, images, head: str, target=None, method: str = "gradcam++", la
                          f"got {images.shape}")
     task = head_task(model, head)
     index = resolve_target(task, target)
-    layer = layer or last_conv_layer(model)
+    layer = layer or last_conv_layer(model, head)
     sub = head_model(model, head, linear=(method != "scorecam"))
     channels = int(sub.get_layer(layer).output.shape[-1])
     max_n = None if scorecam_max_n is None else max(1, min(int(scorecam_max_n), channels))

@@ -9,7 +9,7 @@ Example:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import keras
 
@@ -17,13 +17,14 @@ from kfacemtl.errors import KfacemtlError
 from kfacemtl.models.backbones import make_backbone
 from kfacemtl.models.heads import TaskOutput
 from kfacemtl.models.legacy import is_flat_model_file, load_flat_model
-from kfacemtl.models.multitask import MultiTaskModel
+from kfacemtl.models.multitask import MultiTaskModel, check_groups
 from kfacemtl.tasks import Task
 
 
 def build_model(tasks: Sequence[Task], input_shape=(64, 64, 3), widths=(32, 64, 128, 256), depths=(1, 2, 2, 1),
                 stem_stride: int = 2, pooling: str = "flatten", embedding_dim: int = 256, head_units: int = 64,
                 dropout: float = 0.3, mixed_precision: bool = False, backbone="vgg", fusions: Sequence = (),
+                branch_at: int | None = None, branches: Mapping[str, Sequence[str]] | None = None,
                 name: str = "kfacemtl") -> MultiTaskModel:
     """Build the multi-task network: a backbone, the shared embedding, one head per task.
 
@@ -39,6 +40,11 @@ def build_model(tasks: Sequence[Task], input_shape=(64, 64, 3), widths=(32, 64, 
             :mod:`kfacemtl.models.backbones`), or any Keras model from images to a feature map (its own input
             shape and dtype policy are used).
         fusions: :class:`~kfacemtl.models.fusion.OutputFusion` layers: fused outputs.
+        branch_at: task-specific capacity: the first ``branch_at`` blocks of a registered backbone are shared and
+            every group of ``branches`` gets its own copy of the later blocks, pooling and embedding (``branch_at`` =
+            the number of blocks: only the embedding per group). None: everything up to the heads shared.
+        branches: ``{group: [task, ...]}`` with ``branch_at`` (default: a group per task), e.g. ``{"face": ["age",
+            "gender", "race"], "expression": ["expression"]}``.
 
     Returns:
         A :class:`~kfacemtl.models.MultiTaskModel` with one output per task, named after it, in task order.
@@ -56,16 +62,26 @@ def build_model(tasks: Sequence[Task], input_shape=(64, 64, 3), widths=(32, 64, 
         >>> mine = keras.Model(inputs, keras.layers.Conv2D(8, 3, strides=4)(inputs))
         >>> build_model(tasks, backbone=mine, embedding_dim=16).input_shape
         (None, 48, 48, 3)
+        >>> branched = build_model(tasks, widths=(8, 16), depths=1, branch_at=1)   # block 2 per task
+        >>> branched.branches, branched.get_layer("vgg_backbone").get_layer("expression_block2_conv1").filters
+        ({'expression': ('expression',), 'age': ('age',)}, 16)
     """
     tasks = list(tasks)
+    if branch_at is not None and branches is None:
+        branches = {t.name: [t.name] for t in tasks}
+    groups = check_groups(branches, [t.name for t in tasks]) if branch_at is not None or branches else {}
     if isinstance(backbone, str):
         input_shape = tuple(int(v) for v in input_shape)
         if len(input_shape) != 3 or input_shape[-1] != 3:
             raise ValueError(f"input_shape: expected [height, width, 3], got {list(input_shape)}")
         backbone = make_backbone(backbone, input_shape=input_shape, widths=widths, depths=depths,
-                                 stem_stride=stem_stride, dtype="mixed_float16" if mixed_precision else None)
+                                 stem_stride=stem_stride, dtype="mixed_float16" if mixed_precision else None,
+                                 **(dict(branch_at=branch_at, branches=tuple(groups)) if groups else {}))
+    elif branch_at is not None:
+        raise ValueError("branch_at: needs a registered backbone (by name); a Keras model with one output per group "
+                         "is branched already: pass branches alone")
     return MultiTaskModel(backbone, tasks, pooling=pooling, embedding_dim=embedding_dim, head_units=head_units,
-                          dropout=dropout, fusions=fusions, name=name)
+                          dropout=dropout, fusions=fusions, branches=groups or None, name=name)
 
 
 def model_tasks(model: keras.Model) -> list[Task]:
@@ -146,12 +162,16 @@ def flat_graph(model: MultiTaskModel, linear: Sequence[str] = ()) -> tuple:
         raise ValueError(f"backbone: {type(backbone).__name__} is not a functional Keras model; its layers cannot "
                          "join one graph")
     names = {layer.name for layer in model.layers}
-    x = backbone.output
-    for name in ("flatten", "gap", "embedding_dense", "embedding_bn", "embedding", "embedding_dropout"):
-        if name in names:
-            x = model.get_layer(name)(x)
+    embedded = {}
+    for group, x in zip(model.embeddings(), backbone.outputs):
+        p = f"{group}_" if group else ""
+        for name in ("flatten", "gap", "embedding_dense", "embedding_bn", "embedding", "embedding_dropout"):
+            if p + name in names:
+                x = model.get_layer(p + name)(x)
+        embedded[group] = x
     heads = {}
     for task in model.tasks:
+        x = embedded[model.group_of(task.name)]
         h = model.get_layer(f"{task.name}_hidden")(x) if f"{task.name}_hidden" in names else x
         layer = model.task_output(task.name)
         if task.name in linear and task.kind != "regression":

@@ -53,6 +53,34 @@ def check_neck(pooling, embedding_dim, head_units, dropout):
     return pooling, int(embedding_dim), int(head_units), float(dropout)
 
 
+def check_groups(branches, task_names: Sequence[str], n_outputs: int = None) -> dict:
+    """``{group: (task, ...)}`` checked against the tasks (each in exactly one group) and, when given, the number of
+    the backbone's outputs (one per group); ``{None: all tasks}`` without branches.
+
+    Example:
+        >>> check_groups({"face": ["age", "gender"], "expression": ["expression"]}, ["age", "gender", "expression"])
+        {'face': ('age', 'gender'), 'expression': ('expression',)}
+    """
+    if not branches:
+        if n_outputs not in (None, 1):
+            raise ValueError(f"branches: the backbone has {n_outputs} outputs; name a group of tasks for each")
+        return {None: tuple(task_names)}
+    if not isinstance(branches, Mapping):
+        raise ValueError(f"branches: expected {{group: [task, ...]}}, got {branches!r}")
+    groups = {str(g): tuple([names] if isinstance(names, str) else names) for g, names in branches.items()}
+    listed = [n for names in groups.values() for n in names]
+    unknown = sorted(set(listed) - set(task_names))
+    if unknown:
+        raise ValueError(f"branches: {unknown[0]!r} is not a task of the model {list(task_names)}")
+    twice = sorted({n for n in listed if listed.count(n) > 1})
+    missing = [n for n in task_names if n not in listed]
+    if twice or missing or not all(groups.values()):
+        raise ValueError(f"branches: every task in exactly one group, got {groups} for tasks {list(task_names)}")
+    if n_outputs is not None and n_outputs != len(groups):
+        raise ValueError(f"branches: {len(groups)} groups need a backbone with as many outputs, got {n_outputs}")
+    return groups
+
+
 @keras.saving.register_keras_serializable(package="kfacemtl")
 class MultiTaskModel(MultiTaskSteps, keras.Model):
     """A backbone, a shared embedding and one head per task; ``fit``/``evaluate`` take ``{task: ...}`` batches.
@@ -67,6 +95,10 @@ class MultiTaskModel(MultiTaskSteps, keras.Model):
         head_units: hidden units of each task's head (0: the output reads the embedding directly).
         dropout: dropout on the embedding.
         fusions: :class:`~kfacemtl.models.fusion.OutputFusion` layers (or their configs): fused outputs.
+        branches: ``{group: [task, ...]}`` for a backbone with one output per group (a branched backbone: shared
+            blocks, then a copy of the later ones per group): each group gets its own pooling and embedding (layers
+            ``<group>_embedding...``) and its tasks' heads. Every task is in exactly one group. None: one shared
+            embedding.
 
     The embedding and hidden layers compute in the backbone's dtype policy (``mixed_float16`` with a mixed-precision
     backbone); the task outputs, and so the losses, stay float32.
@@ -81,35 +113,40 @@ class MultiTaskModel(MultiTaskSteps, keras.Model):
     """
 
     def __init__(self, backbone, tasks: Sequence[Task | Mapping], pooling: str = "flatten", embedding_dim: int = 256,
-                 head_units: int = 64, dropout: float = 0.3, fusions: Sequence = (), **kwargs):
+                 head_units: int = 64, dropout: float = 0.3, fusions: Sequence = (),
+                 branches: Mapping[str, Sequence[str]] | None = None, **kwargs):
         tasks = [t if isinstance(t, Task) else Task.from_config(t) for t in tasks]
         if not tasks:
             raise ValueError("tasks: a model needs at least one task")
         pooling, embedding_dim, head_units, dropout = check_neck(pooling, embedding_dim, head_units, dropout)
         fusions = [f if isinstance(f, OutputFusion) else keras.saving.deserialize_keras_object(f) for f in fusions]
-        features = getattr(backbone, "output", None)
-        if not isinstance(backbone, keras.Model) or features is None or len(features.shape) not in (2, 4):
+        outputs = getattr(backbone, "outputs", None)
+        if not isinstance(backbone, keras.Model) or not outputs or any(len(o.shape) not in (2, 4) for o in outputs):
             raise ValueError(f"backbone: expected a Keras model from images to a feature map (batch, h, w, channels), "
                              f"got {type(backbone).__name__}")
+        groups = check_groups(branches, [t.name for t in tasks], len(outputs))
         dtype = (backbone.layers[-1] if backbone.layers else backbone).dtype_policy.name  # what its layers compute in
         layers = keras.layers
         inputs = keras.Input(backbone.input_shape[1:], name="image")
-        x = backbone(inputs)
-        if len(x.shape) == 4:
-            x = (layers.Flatten(name="flatten", dtype=dtype) if pooling == "flatten"
-                 else layers.GlobalAveragePooling2D(name="gap", dtype=dtype))(x)
-        x = layers.Dense(embedding_dim, use_bias=False, name=SHARED_LAYER, dtype=dtype)(x)
-        x = layers.BatchNormalization(name="embedding_bn", dtype=dtype)(x)
-        x = layers.ReLU(name="embedding", dtype=dtype)(x)
-        if dropout:
-            x = layers.Dropout(dropout, name="embedding_dropout", dtype=dtype)(x)
+        features = backbone(inputs)
+        features = features if isinstance(features, (list, tuple)) else [features]
         fused = {f.target for f in fusions}
         heads = {}
-        for task in tasks:
-            h = x if not head_units else layers.Dense(head_units, activation="relu", name=f"{task.name}_hidden",
-                                                      dtype=dtype)(x)
-            name = f"{task.name}_head" if task.name in fused else task.name
-            heads[task.name] = TaskOutput(task, name=name, dtype="float32")(h)
+        for (group, names), x in zip(groups.items(), features):
+            p = f"{group}_" if group else ""
+            if len(x.shape) == 4:
+                x = (layers.Flatten(name=f"{p}flatten", dtype=dtype) if pooling == "flatten"
+                     else layers.GlobalAveragePooling2D(name=f"{p}gap", dtype=dtype))(x)
+            x = layers.Dense(embedding_dim, use_bias=False, name=f"{p}{SHARED_LAYER}", dtype=dtype)(x)
+            x = layers.BatchNormalization(name=f"{p}embedding_bn", dtype=dtype)(x)
+            x = layers.ReLU(name=f"{p}embedding", dtype=dtype)(x)
+            if dropout:
+                x = layers.Dropout(dropout, name=f"{p}embedding_dropout", dtype=dtype)(x)
+            for task in (t for t in tasks if t.name in names):
+                h = x if not head_units else layers.Dense(head_units, activation="relu", name=f"{task.name}_hidden",
+                                                          dtype=dtype)(x)
+                name = f"{task.name}_head" if task.name in fused else task.name
+                heads[task.name] = TaskOutput(task, name=name, dtype="float32")(h)
         outputs = dict(heads)
         for f in fusions:
             missing = {f.source, f.target} - set(heads)
@@ -120,14 +157,46 @@ class MultiTaskModel(MultiTaskSteps, keras.Model):
         super().__init__(inputs=inputs, outputs=[outputs[t.name] for t in tasks], **kwargs)
         self.backbone, self.tasks, self.fusions = backbone, tasks, fusions
         self.pooling, self.embedding_dim, self.head_units, self.dropout = pooling, embedding_dim, head_units, dropout
+        self.branches = None if None in groups else groups
         self.init_training_state()
 
     def get_config(self):
-        return {"name": self.name, "trainable": self.trainable,
-                "backbone": keras.saving.serialize_keras_object(self.backbone),
-                "tasks": [t.to_config() for t in self.tasks], "pooling": self.pooling,
-                "embedding_dim": self.embedding_dim, "head_units": self.head_units, "dropout": self.dropout,
-                "fusions": [keras.saving.serialize_keras_object(f) for f in self.fusions]}
+        config = {"name": self.name, "trainable": self.trainable,
+                  "backbone": keras.saving.serialize_keras_object(self.backbone),
+                  "tasks": [t.to_config() for t in self.tasks], "pooling": self.pooling,
+                  "embedding_dim": self.embedding_dim, "head_units": self.head_units, "dropout": self.dropout,
+                  "fusions": [keras.saving.serialize_keras_object(f) for f in self.fusions]}
+        if self.branches:
+            config["branches"] = {g: list(names) for g, names in self.branches.items()}
+        return config
+
+    def embeddings(self) -> dict:
+        """``{group: embedding layer name}``: ``{None: "embedding"}`` without branches.
+
+        Example:
+            >>> from kfacemtl.models import build_model
+            >>> from kfacemtl.tasks import resolve_tasks
+            >>> model = build_model(resolve_tasks(["age", "expression"]), input_shape=(16, 16, 3), widths=(4, 8),
+            ...                     depths=1, branch_at=1)
+            >>> model.embeddings()
+            {'age': 'age_embedding', 'expression': 'expression_embedding'}
+        """
+        return {g: f"{g}_embedding" for g in self.branches} if self.branches else {None: "embedding"}
+
+    def group_of(self, task: str) -> str | None:
+        """The branch group of ``task`` (None without branches)."""
+        return next((g for g, names in (self.branches or {}).items() if task in names), None)
+
+    def shared_kernel(self):
+        """The kernel of the last layer every task shares: the embedding's dense layer, or with branches the
+        backbone's ``shared_layer`` (GradNorm balances gradients there)."""
+        if not self.branches:
+            return self.get_layer(SHARED_LAYER).kernel
+        name = getattr(self.backbone, "shared_layer", None)
+        if name is None:
+            raise ValueError("weighting: gradnorm needs the last shared layer of a branched backbone; this backbone "
+                             "names none (a built-in backbone's shared_layer attribute)")
+        return self.backbone.get_layer(name).kernel
 
     @classmethod
     def from_config(cls, config):

@@ -76,7 +76,8 @@ class MultiTaskSteps:
         self.features_model = None
         self.weight_trackers = []
         if weighting is not None:
-            embedding = self.get_layer("embedding").output
+            embedding = [self.get_layer(name).output for name in self.embeddings().values()]
+            embedding = embedding[0] if len(embedding) == 1 else keras.ops.concatenate(embedding, axis=-1)
             weighting.build(int(embedding.shape[-1]))  # its variables and their optimizer
             if weighting.needs_features:
                 self.features_model = keras.Model(self.inputs, [*self.outputs, embedding])
@@ -256,7 +257,7 @@ class MultiTaskSteps:
                 extra = {}
                 if weighting.needs_gradient_norms:  # GradNorm: each task's gradient norm on the last shared layer
                     with tape.stop_recording():
-                        shared = self.get_layer("embedding_dense").kernel
+                        shared = self.shared_kernel()
                         extra["grad_norms"] = ops.stack([
                             ops.sqrt(ops.sum(ops.square(tape.gradient(v, shared, unconnected_gradients="zero"))))
                             for v in values])

@@ -48,7 +48,8 @@ import yaml
 from kfacemtl.data.cache import BAD_IMAGES, CACHE_MODES
 from kfacemtl.errors import ConfigError, check_choice, under_key
 from kfacemtl.models import BACKBONES, check_neck
-from kfacemtl.models.backbones import check_trunk
+from kfacemtl.models.backbones import check_branching, check_trunk
+from kfacemtl.models.multitask import check_groups
 from kfacemtl.models.losses import NORMALIZATIONS
 from kfacemtl.training.callbacks import NAN_MODES
 from kfacemtl.training.compile import AUGMENT_ON, OPTIMIZERS
@@ -74,6 +75,8 @@ DEFAULTS: dict[str, Any] = {
         "head_units": 64,
         "dropout": 0.3,
         "mixed_precision": False,
+        "branch_at": None,
+        "branches": None,
     },
     "training": {
         "epochs": 8,
@@ -239,7 +242,7 @@ def resolve_config(config: Mapping | None) -> dict:
     if weights and tr["weighting"] not in ("equal", "static"):
         raise ConfigError("training.loss_weights", f"static weights cannot be combined with weighting: "
                                                    f"{tr['weighting']} (it sets the weights itself)")
-    _check_model(cfg["model"])
+    _check_model(cfg["model"], _task_names(cfg["tasks"]))
     _check_distillation(cfg)
     c = cfg["coupling"]
     if not 0 < c["coannotation_weight"] <= 1:
@@ -259,7 +262,11 @@ def resolve_config(config: Mapping | None) -> dict:
     return cfg
 
 
-def _check_model(m: dict):
+def _task_names(tasks) -> list[str]:
+    return list(tasks) if isinstance(tasks, (list, tuple, Mapping)) else []
+
+
+def _check_model(m: dict, task_names: list[str]):
     """The model section, checked by the modules that own its values (errors name the key)."""
     with under_key("model"):
         if m["backbone"] not in BACKBONES:
@@ -268,6 +275,10 @@ def _check_model(m: dict):
             raise ValueError(f"input_shape: expected [height, width, 3], got {m['input_shape']}")
         check_trunk(m["widths"], m["depths"], m["stem_stride"])
         check_neck(m["pooling"], m["embedding_dim"], m["head_units"], m["dropout"])
+        if m["branch_at"] is not None or m["branches"]:
+            branches = m["branches"] or {t: [t] for t in task_names}
+            groups = check_groups(branches, task_names)
+            check_branching(m["branch_at"], tuple(groups), len(m["widths"]))
 
 
 def _check_distillation(cfg: dict):

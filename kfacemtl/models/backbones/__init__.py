@@ -14,10 +14,10 @@ Example:
 """
 from __future__ import annotations
 
-from kfacemtl.models.backbones.base import Backbone, check_trunk
+from kfacemtl.models.backbones.base import Backbone, check_branching, check_trunk
 from kfacemtl.models.backbones.registry import BACKBONES, make_backbone, register_backbone
 from kfacemtl.models.backbones.residual import ResidualBackbone
 from kfacemtl.models.backbones.vgg import VGGBackbone
 
-__all__ = ["Backbone", "check_trunk", "BACKBONES", "make_backbone", "register_backbone", "ResidualBackbone",
+__all__ = ["Backbone", "check_branching", "check_trunk", "BACKBONES", "make_backbone", "register_backbone", "ResidualBackbone",
            "VGGBackbone"]
