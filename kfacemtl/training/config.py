@@ -24,6 +24,7 @@ A config has these sections (``unlabelled_sources``, ``distillation`` and ``coup
     unlabelled_sources: [synthetic:street?n=6000]  # pseudo-labelled by distillation
     distillation: {rounds: 3, epochs_per_round: 2, soft: false, thresholds: {expression: 0.8},
                    pseudo_weight: 0.5, reinit: false}   # rounds: 0 (the default) turns it off
+    # or teacher annealing (BAM): {anneal: true, teachers: {expression: runs/stl-expression}, anneal_start: 0.0}
     coupling: {coannotation: true, distribution_matching: true,   # all three off by default
                fuse_outputs: true,                # AU output fused with the AUs the expression head implies
                relations: [{source: expression, target: action_units, table: du2014}],  # or estimate, or a mapping
@@ -117,6 +118,8 @@ DEFAULTS: dict[str, Any] = {
         "reinit": False,
         "teachers": None,
         "batch_size": 128,
+        "anneal": False,
+        "anneal_start": 0.0,
     },
     "coupling": {
         "coannotation": False,
@@ -283,6 +286,16 @@ def _check_model(m: dict, task_names: list[str]):
 
 def _check_distillation(cfg: dict):
     d, epochs = cfg["distillation"], cfg["training"]["epochs"]
+    if d["anneal"]:
+        if d["rounds"]:
+            raise ConfigError("distillation.anneal", "teacher annealing and distillation rounds are two ways to "
+                                                     "distil; set rounds: 0 or anneal: false")
+        if not d["teachers"]:
+            raise ConfigError("distillation.teachers", "teacher annealing needs teachers: a model path or "
+                                                       "{task: model path} (e.g. single-task runs)")
+        if not 0 <= d["anneal_start"] < 1:
+            raise ConfigError("distillation.anneal_start", f"expected the real label's first share in [0, 1), got "
+                                                           f"{d['anneal_start']!r}")
     if d["rounds"] < 0 or d["epochs_per_round"] < 1 or d["batch_size"] < 1:
         raise ConfigError("distillation", "expected rounds >= 0 (0: off), epochs_per_round >= 1 and batch_size >= 1")
     if not 0 < d["pseudo_weight"] <= 1:

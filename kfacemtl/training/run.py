@@ -53,7 +53,7 @@ from kfacemtl.training.compile import (attach_weighting, augment_on, compile_mod
                                        steps_per_execution)
 from kfacemtl.training.config import dump_config, resolve_config
 from kfacemtl.training.coupling import make_coupling
-from kfacemtl.training.distillation import DataDistillation
+from kfacemtl.training.distillation import DataDistillation, TeacherAnnealing
 from kfacemtl.training.distribute import distribute_options, is_chief, make_strategy, synchronize_batch_norm, worker_dir
 from kfacemtl.training.lr import make_dynamic_lr
 
@@ -69,7 +69,8 @@ def build_sources(specs: Sequence, key: str = "sources") -> list[Source]:
 
 
 def make_distillation(cfg: dict, sources: Sequence[Source], tasks: Sequence[Task], out_dir, verbose: int = 1):
-    """The :class:`~kfacemtl.training.DataDistillation` of a config's ``distillation`` section (None when off).
+    """The :class:`~kfacemtl.training.DataDistillation` of a config's ``distillation`` section, or its
+    :class:`~kfacemtl.training.distillation.TeacherAnnealing` with ``anneal: true`` (None when off).
 
     ``teachers`` is a ``.keras`` file or run directory (one fixed teacher) or ``{task: path}``
     (e.g. single-task teachers); by default the model being trained teaches itself.
@@ -84,13 +85,17 @@ def make_distillation(cfg: dict, sources: Sequence[Source], tasks: Sequence[Task
         (9, 2)
     """
     d = cfg["distillation"]
-    if not d["rounds"]:
+    if not d["rounds"] and not d["anneal"]:
         return None
     teachers = d["teachers"]
     if isinstance(teachers, str):
         teachers = load_model(model_file(teachers), compile=False)
     elif teachers is not None:
         teachers = {task: load_model(model_file(path), compile=False) for task, path in teachers.items()}
+    if d["anneal"]:
+        with under_key("distillation", start="anneal_start"):
+            return TeacherAnnealing(sources, tasks, teachers, start=d["anneal_start"], batch_size=d["batch_size"],
+                                    state_dir=out_dir, verbose=verbose)
     with under_key("distillation", teacher="teachers"):
         return DataDistillation(sources, tasks, rounds=d["rounds"], epochs_per_round=d["epochs_per_round"],
                                 teacher=teachers, soft=d["soft"], thresholds=d["thresholds"], balance=d["balance"],

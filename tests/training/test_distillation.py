@@ -337,3 +337,84 @@ def test_the_ensemble_is_one_model_call_on_all_transformed_images():
     teacher(_images(b=5, size=64))
     assert len(batches) == 1  # traced once: one call on the T*B images
     assert transform_batch(_images(b=5, size=64), teacher.boxes).shape[0] == teacher.T * 5
+
+
+# --- teacher annealing (BAM) ---
+
+import tensorflow as tf  # noqa: E402
+
+from kfacemtl.training.distillation import AnnealedTargets, TeacherAnnealing  # noqa: E402
+
+
+def test_annealed_targets_mix_real_labels_with_the_teachers_answers_by_lambda():
+    tasks = resolve_tasks({"age": {}, "gender": {}, "action_units": {}})
+    src = make_source("synthetic:portraits?n=3")
+    store = AnnealedTargets([src], tasks, ["age", "gender", "action_units"])
+    store.assign(src.name, "age", [[20.0], [40.0], [60.0]])
+    store.assign(src.name, "gender", [[0.2, 0.8]] * 3)
+    store.assign(src.name, "action_units", np.full((3, 14), 0.5))
+    labels = {"age": tf.constant([[30.0], [50.0], [0.0]]), "gender": tf.constant([0, 1, 0]),
+              "action_units": tf.zeros((3, 14))}
+    weights = {"age": tf.constant([1.0, 1.0, 0.0]), "gender": tf.constant([1.0, 1.0, 0.0]),
+               "action_units": tf.constant([1.0, 0.0, 0.0])}
+    for lam, age, gender0 in ((0.0, [20.0, 40.0], [0.2, 0.8]), (0.25, [22.5, 42.5], [0.4, 0.6]),
+                              (1.0, [30.0, 50.0], [1.0, 0.0])):
+        store.mix.assign(lam)
+        mixed, out_weights = store.merge(src.name, tf.range(3), labels, weights)
+        np.testing.assert_allclose(mixed["age"].numpy()[:2, 0], age, atol=1e-5)
+        np.testing.assert_allclose(mixed["gender"].numpy()[0], gender0, atol=1e-5)
+        assert mixed["age"].numpy()[2, 0] == 0.0 and mixed["gender"].numpy()[2].tolist() == [1.0, 0.0]  # no label
+        np.testing.assert_allclose(mixed["action_units"].numpy()[0], 0.5 * (1 - lam), atol=1e-6)
+        assert mixed["action_units"].numpy()[1].max() == 0.0 and out_weights is weights
+        one, _ = store.merge(src.name, tf.constant(1), {k: v[1] for k, v in labels.items()},
+                             {k: v[1] for k, v in weights.items()})  # one row: the same as in the batch
+        np.testing.assert_allclose(one["gender"].numpy(), mixed["gender"].numpy()[1], atol=1e-6)
+    other, _ = store.merge("another-source", tf.range(3), labels, weights)  # not held: its classes as distributions
+    assert other["gender"].numpy().tolist() == [[1, 0], [0, 1], [1, 0]]
+
+
+def test_teacher_annealing_moves_from_the_teacher_to_the_labels_and_keeps_its_answers(tmp_path):
+    tasks = resolve_tasks(["expression"])
+    teacher = tiny_model(["expression"], seed=1)
+    src = make_source("synthetic:lab?n=32")
+    annealing = TeacherAnnealing([src], tasks, {"expression": teacher}, state_dir=tmp_path, verbose=0)
+    student = compile_model(tiny_model(["expression"]), learning_rate=1e-2)
+    ds = make_dataset([src], tasks, batch_size=16, image_size=(64, 64), training=True,
+                      pseudo_labels=annealing.pseudo_labels)
+    history = student.fit(ds, epochs=3, steps_per_epoch=4, callbacks=[annealing], verbose=0).history
+    lam = history["teacher_lambda"]  # λ at the last step of each epoch: 3/12, 7/12, 11/12
+    np.testing.assert_allclose(lam, [3 / 12, 7 / 12, 11 / 12], atol=1e-6)
+    (entry,) = annealing.log
+    assert entry["sources"]["lab-train"]["expression"]["labelled"] == 32
+    images = next(iter(make_dataset([src], tasks, batch_size=32, image_size=(64, 64), training=False)))[0]
+    expected = teacher.predict(images, verbose=0)
+    np.testing.assert_allclose(annealing.pseudo_labels.values["lab-train"]["expression"].numpy(), expected, atol=1e-5)
+    assert (tmp_path / "teacher_targets.npz").is_file()
+    again = TeacherAnnealing([src], tasks, {"expression": tiny_model(["expression"], seed=2)}, state_dir=tmp_path,
+                             verbose=0)
+    again.set_model(student)
+    again.on_train_begin()  # a resumed run reads the answers back instead of asking its teachers
+    assert "resumed_from" in again.log[0]
+    np.testing.assert_allclose(again.pseudo_labels.values["lab-train"]["expression"].numpy(), expected, atol=1e-5)
+    with pytest.raises(ValueError, match="teachers.age: not a task"):
+        TeacherAnnealing([src], tasks, {"age": teacher})
+    with pytest.raises(ValueError, match=r"start: expected .* \[0, 1\)"):
+        TeacherAnnealing([src], tasks, {"expression": teacher}, start=1.0)
+
+
+def test_train_run_with_teacher_annealing_from_config(tmp_path):
+    base = {"sources": ["synthetic:portraits?n=32", "synthetic:lab?n=32"],
+            "model": {"input_shape": [24, 24, 3], "widths": [8], "depths": [1], "embedding_dim": 8},
+            "training": {"epochs": 2, "steps_per_epoch": 2, "batch_size": 16}}
+    train_run({**base, "tasks": ["expression"], "sources": ["synthetic:lab?n=32"]}, tmp_path / "stl", verbose=0)
+    cfg = {**base, "tasks": ["gender", "expression"],
+           "distillation": {"anneal": True, "teachers": {"expression": str(tmp_path / "stl")}}}
+    report = train_run(cfg, tmp_path / "student", verbose=0)
+    (entry,) = report["distillation"]
+    assert set(entry["sources"]["lab-train"]) == {"expression"} and entry["seconds"] >= 0
+    assert "teacher_lambda" in (tmp_path / "student" / "history.csv").read_text().splitlines()[0]
+    for change, key in (({"anneal": True}, "distillation.teachers"),
+                        ({"anneal": True, "teachers": "x", "rounds": 1, "epochs_per_round": 1}, "distillation.anneal"),
+                        ({"anneal": True, "teachers": "x", "anneal_start": 1.0}, "distillation.anneal_start")):
+        with pytest.raises(ConfigError, match=rf"'{key}'"):
+            train_run({**cfg, "distillation": change}, tmp_path / "bad", verbose=0)

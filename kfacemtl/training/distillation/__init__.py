@@ -1,15 +1,17 @@
-"""Teacher-student data distillation rounds (Distill-2MD-MTL): the teacher's confident answers fill in the labels
-the datasets lack.
+"""Teacher-student distillation: data distillation rounds (Distill-2MD-MTL), where the teacher's confident answers
+fill in the labels the datasets lack, and teacher annealing (BAM), where single-task teachers' answers are mixed into
+the real labels, less and less over training.
 
 Example:
     >>> from kfacemtl.training.distillation import DEFAULT_TRANSFORMS
     >>> len(DEFAULT_TRANSFORMS)
     6
 """
+from kfacemtl.training.distillation.annealing import AnnealedTargets, TeacherAnnealing
 from kfacemtl.training.distillation.pseudo_labels import PseudoLabels
 from kfacemtl.training.distillation.rounds import DataDistillation, distill, format_round
 from kfacemtl.training.distillation.teacher import (DEFAULT_THRESHOLDS, DEFAULT_TRANSFORMS, EnsembleTeacher,
                                                     pseudo_label_quality, select, transform_batch, transform_boxes)
 
-__all__ = ["PseudoLabels", "DataDistillation", "distill", "format_round", "DEFAULT_THRESHOLDS", "DEFAULT_TRANSFORMS",
+__all__ = ["AnnealedTargets", "TeacherAnnealing", "PseudoLabels", "DataDistillation", "distill", "format_round", "DEFAULT_THRESHOLDS", "DEFAULT_TRANSFORMS",
            "EnsembleTeacher", "pseudo_label_quality", "select", "transform_batch", "transform_boxes"]
