@@ -16,7 +16,7 @@ Settings:
   synthetic  the demo's four labelled domains and five test splits, at a reduced size (age, gender,
              race and expression; 32x32 input, a narrower backbone, --synthetic-steps steps; about a
              minute a run on 2 CPU cores), over --seeds seeds
-  real       configs/real_mtl.yaml (UTKFace + FER2013; tested on UTKFace, FER2013 PublicTest, LFW),
+  real       configs/real_utk_fer.yaml (UTKFace + FER2013; tested on UTKFace, FER2013 PublicTest, LFW),
              3,000 steps, over --real-seeds seeds (about 7 minutes a run on 2 CPU cores)
 
 For each variant the table gives each task's headline metric (synthetic: the mean over the five
@@ -191,7 +191,7 @@ def main(argv=None):
     ap.add_argument("--synthetic-test-faces", type=int, default=500, help="faces per test split")
     ap.add_argument("--real-seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--data", default=os.environ.get("KFACEMTL_DATA", str(ROOT.parent / "shared" / "data")))
-    ap.add_argument("--config", default=str(ROOT / "configs" / "real_mtl.yaml"))
+    ap.add_argument("--config", default=str(ROOT / "configs" / "real_utk_fer.yaml"))
     ap.add_argument("--out", default=str(ROOT / "runs" / "ablation_weighting_lr"))
     args = ap.parse_args(argv)
     out = Path(args.out)

@@ -1,6 +1,6 @@
 """Backbone variants on real faces at equal wall time: is a cheaper network as accurate for the same training time?
 
-For the default backbone of ``configs/real_mtl.yaml`` and each variant (model overrides, e.g. one convolution per
+For the default backbone of ``configs/real_utk_fer.yaml`` and each variant (model overrides, e.g. one convolution per
 block, or half the channels):
 
   1. its training speed on the machine it runs on: the model alone (one batch in memory, benchmarks/throughput.py's
@@ -55,7 +55,7 @@ def model_alone_rate(args: list, overrides: dict, repeats: int) -> float:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=os.environ.get("KFACEMTL_DATA", str(ROOT.parent / "shared" / "data")))
-    ap.add_argument("--config", default=str(ROOT / "configs" / "real_mtl.yaml"))
+    ap.add_argument("--config", default=str(ROOT / "configs" / "real_utk_fer.yaml"))
     ap.add_argument("--out", default=str(ROOT / "runs" / "backbone"))
     ap.add_argument("--steps", type=int, help="the default network's steps (default: the config's)")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",

@@ -26,7 +26,7 @@ from kfacemtl.training import RESUME_MAY_CHANGE, load_config, resolve_config, tr
 
 ROOT = Path(__file__).resolve().parents[1]
 
-DATA_PREFIX = "../shared/data"  # how configs/real_mtl.yaml names the data folder
+DATA_PREFIX = "../shared/data"  # how configs/real_utk_fer.yaml names the data folder
 
 
 def with_data_root(cfg: dict, data: str) -> dict:
@@ -38,7 +38,8 @@ def with_data_root(cfg: dict, data: str) -> dict:
 
 
 def single_task_configs(cfg: dict, sources) -> dict:
-    """One config per task: only the sources labelling it, batch = the task's share of (a)'s batch."""
+    """One config per task: only the sources labelling it, batch = the task's share of (a)'s batch, its sources mixed
+    in (a)'s proportions."""
     tasks = cfg["tasks"]
     share = mixing_weights(sources, cfg["training"]["mixing"])
     out = {}
@@ -50,17 +51,21 @@ def single_task_configs(cfg: dict, sources) -> dict:
         stl["tasks"] = {name: tasks[name]} if isinstance(tasks, dict) else [name]
         stl["sources"] = [cfg["sources"][i] for i in keep]
         stl["training"]["batch_size"] = max(1, int(round(cfg["training"]["batch_size"] * share[keep].sum())))
-        stl["training"]["mixing"] = "proportional"
+        stl["training"]["mixing"] = ({sources[i].name: float(share[i]) for i in keep} if len(keep) > 1
+                                     else "proportional")
+        if stl.get("distillation", {}).get("anneal"):  # a single-task model is a teacher, not a student
+            stl["distillation"] = {**stl["distillation"], "anneal": False, "teachers": None}
         if stl["training"].get("loss_weights"):
             stl["training"]["loss_weights"] = {k: v for k, v in stl["training"]["loss_weights"].items() if k == name}
         out[name] = stl
     return out
 
 
-def missing_real_data(data: Path, then: str = "Nothing to do.") -> str | None:
+def missing_real_data(data: Path, then: str = "Nothing to do.", needs_ckplus: bool = False) -> str | None:
     """What to tell a user when ``data`` lacks the real sets the real-face benchmarks read (ending with ``then``);
     None when all are there."""
     needed = [data / "utkface" / "UTKFace", data / "fer2013" / "train", data / "lfw_expressions" / "labels.csv"]
+    needed += [data / "ckplus_au" / "labels.csv"] if needs_ckplus else []
     if all(p.exists() for p in needed):
         return None
     return (f"real data not found under {data} (needs {', '.join(str(p.relative_to(data)) for p in needed)}); "

@@ -30,7 +30,7 @@ Settings:
              --target-domain cctv: street faces through a gray 32-px camera instead, a shift that only
              the webcam domain (labelled for expression alone) covers, so that a multi-task teacher has
              seen such images and the single-task age, gender and race teachers have not
-  real       configs/real_mtl.yaml (UTKFace + FER2013 labelled) with the LFW expressions images as the
+  real       configs/real_utk_fer.yaml (UTKFace + FER2013 labelled) with the LFW expressions images as the
              unlabelled target (an unlabelled source: its labels only score the pseudo-labels; the
              student is scored on the same faces, transductively): expression on LFW; and where the single-task
              and multi-task teachers both pseudo-label a FER2013 face's age, gender or race, how
@@ -340,7 +340,7 @@ def main(argv=None):
     ap.add_argument("--real-epochs-per-round", type=int, default=3)
     ap.add_argument("--real-steps-per-epoch", type=int, default=300)
     ap.add_argument("--data", default=os.environ.get("KFACEMTL_DATA", str(ROOT.parent / "shared" / "data")))
-    ap.add_argument("--config", default=str(ROOT / "configs" / "real_mtl.yaml"))
+    ap.add_argument("--config", default=str(ROOT / "configs" / "real_utk_fer.yaml"))
     ap.add_argument("--thresholds", nargs="+", default=[], metavar="TASK=VALUE",
                     help="distillation thresholds other than the package's defaults, e.g. gender=0.9")
     ap.add_argument("--same-labelled-rows", action="store_true",

@@ -1,67 +1,133 @@
-"""Multi-task versus single-task on real faces (UTKFace + FER2013, tested also on LFW expressions).
+"""Multi-task versus single-task on real faces: UTKFace, FER2013 and CK+ (with action units), tested also on LFW.
 
 Trains, with one backbone and one budget:
 
-  (a) the multi-task model of ``configs/real_mtl.yaml``: age, gender and race from UTKFace's
-      training split plus expression from FER2013 Training, batches mixed half and half;
-  (b) one single-task model per task, on only that task's training source(s).
+  (a) the multi-task model of ``configs/real_mtl.yaml`` (age, gender and race from UTKFace, expression from FER2013
+      and CK+, 14 action units from CK+), once per ``--variants`` entry: ``plain`` (the config as it is), ``shared``
+      (no branches), ``branch`` (blocks 1-3 shared, then a face group and an expression group), ``bam`` (the
+      single-task models below distilled into it with teacher annealing), ``coupling`` (co-annotation and
+      distribution matching between expression and AUs), or combinations such as ``branch+bam``;
+  (b) one single-task model per task, on only the sources that label it.
 
-How the budget is matched: (a) runs S optimizer steps of batch B; in every step each task
-gets, on average, B x (the mixing share of the sources labelling it) labelled faces (here
-B/2 = 32: UTKFace rows carry age, gender and race, FER2013 rows expression). Each
-single-task model runs the same S steps with batches of exactly that many faces of its
-task, so every task gets the same number of optimizer steps and labelled faces in (a) and
-(b); same backbone, optimizer, learning rate, augmentation and seed. What (a) adds is only
-the other tasks' labels and faces, through the shared backbone.
+**Equal budgets.** (a) runs S optimizer steps of batch B; in every step each task gets on average B x (the mixing
+share of the sources labelling it) labelled faces. Each single-task model runs the same S steps with batches of
+exactly that many faces of its task, mixed between its sources in (a)'s proportions; same backbone, optimizer,
+schedule, augmentation and seed. The wall time of every run is printed beside it; a distilled student's time counts
+its teachers' training time too.
 
-Then evaluates every model on the held-out UTKFace split (by face), FER2013 PublicTest and
-LFW expressions, and prints per task and test set: single-task, multi-task, the delta
-(positive = multi-task better) with its paired 95 % interval, and the training wall times.
-A benchmark measures and prints; it asserts nothing.
+**An honest protocol.** ``--protocol val`` (choosing settings) evaluates on the validation parts held out of the
+training sets (``val_fraction``, by person), on development seeds (default 0); ``--protocol test`` (reporting)
+evaluates on UTKFace's test split, FER2013 PublicTest, LFW expressions and the CK+ test subjects, on fresh seeds
+(default 100, 101, 102). Seeds used for choosing are recorded in ``OUT/seeds_used_for_choosing.json`` and refused for
+reporting. A results file that exists is kept under a new name before a table with other seeds or variants
+replaces it, so a table is never silently extended after it was seen.
 
-    python -m benchmarks.real_mtl_vs_stl [--data ../shared/data] [--out runs/real_mtl_vs_stl]
-                                         [--steps 3000] [--seeds 0 1 2] [--config configs/real_mtl.yaml]
+Per task and set: single-task, multi-task, the delta (positive = multi-task better) with its paired 95 % interval
+(a bootstrap over faces for the AUs' mean F1), and over the seeds each side's mean ± std, the delta's, in how many
+seeds multi-task was ahead, and the per-seed deltas. A benchmark measures and prints; it asserts nothing.
 
-Rerunning with the same ``--out`` resumes interrupted runs and reuses finished ones. With several ``--seeds``,
-each seed's runs go to ``OUT/seedN`` and a table over the seeds follows (``results_seeds.txt``): per task and
-test set the mean ± std of each side and of the delta, and in how many seeds multi-task was ahead.
+    python -m benchmarks.real_mtl_vs_stl --protocol val [--seeds 0] [--variants plain branch bam] [--steps 3000]
+    python -m benchmarks.real_mtl_vs_stl --protocol test [--seeds 100 101 102] [--variants plain]
+
+Rerunning with the same ``--out`` (default ``runs/real_mtl_vs_stl``) resumes interrupted runs and reuses finished
+ones; the runs of a seed serve both protocols (only what they are evaluated on differs).
 """
 
 import argparse
 import copy
 import json
+import math
 import os
 import sys
 import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 
-
-from kfacemtl.training.config import load_config
-from kfacemtl.analysis.evaluation import headline_metric, text_table
+from benchmarks.common import (ROOT, cell, compare, missing_real_data, per_face_score, predictions, single_task_configs,
+                               train, with_data_root, with_steps)
+from kfacemtl.analysis.evaluation import headline_metric, multilabel_metrics, text_table
 from kfacemtl.files import atomic_write_text
 from kfacemtl.models import load_model, model_tasks
 from kfacemtl.training import build_sources
-from benchmarks.common import (ROOT, cell, compare, missing_real_data, per_face_score, predictions, single_task_configs,
-                               train, with_data_root, with_steps)
+from kfacemtl.training.config import load_config
+
+DEV_SEEDS, REPORT_SEEDS = (0,), (100, 101, 102)
+GROUPS = {"face": ["age", "gender", "race"], "expression": ["expression", "action_units"]}
+VARIANTS = {  # config overrides on top of the multi-task config; "bam" also needs this seed's single-task runs
+    "plain": {},
+    "shared": {"model": {"branch_at": None, "branches": None}},
+    "branch": {"model": {"branch_at": 3, "branches": GROUPS}},
+    "bam": {"distillation": {"anneal": True}},
+    "coupling": {"coupling": {"coannotation": True, "distribution_matching": True}},
+}
+SEEDS_FILE = "seeds_used_for_choosing.json"
 
 
+def variant_config(cfg: dict, variant: str, teachers: dict) -> dict:
+    """The multi-task config of ``variant`` (names joined by ``+``); ``teachers`` ``{task: run folder}`` for bam."""
+    out = copy.deepcopy(cfg)
+    for part in variant.split("+"):
+        if part not in VARIANTS:
+            raise SystemExit(f"--variants: unknown variant {part!r}; variants are {sorted(VARIANTS)} (joined by +)")
+        for section, values in VARIANTS[part].items():
+            out.setdefault(section, {}).update(copy.deepcopy(values))
+        if part == "branch":  # only the groups of the config's tasks
+            names = list(out["tasks"])
+            out["model"]["branches"] = {g: [t for t in ts if t in names] for g, ts in GROUPS.items()
+                                        if any(t in names for t in ts)}
+        if part == "bam":
+            out["distillation"]["teachers"] = {t: str(f) for t, f in teachers.items()}
+    return out
 
 
+def protocol_eval_specs(cfg: dict, protocol: str) -> list:
+    """What a protocol evaluates on: the config's test sets, or the validation part of every training source."""
+    if protocol == "test":
+        return list(cfg["eval_sources"])
+    specs = [s if isinstance(s, str) else s["spec"] for s in cfg["sources"]]
+    missing = [s for s in specs if "val_fraction=" not in s]
+    if missing:
+        raise SystemExit(f"--protocol val needs a validation part of every training source; {missing[0]} has no "
+                         "val_fraction option")
+    return [f"{s}&part=val" for s in specs]
 
 
+def mean_f1_delta(task, y, p_stl, p_mtl, draws: int = 1000) -> tuple[float, float, float, float]:
+    """(stl, mtl, delta, 95 % half-width) of the mean F1 over AUs; the interval from a paired bootstrap over faces."""
+    names = list(task.classes)
+    f1 = lambda rows, p: multilabel_metrics(y[rows], p[rows], names)["mean_f1"]  # noqa: E731
+    every = np.arange(len(y))
+    stl, mtl = f1(every, p_stl), f1(every, p_mtl)
+    rng = np.random.default_rng(0)
+    boot = [f1(r, p_mtl) - f1(r, p_stl) for r in (rng.integers(0, len(y), len(y)) for _ in range(draws))]
+    return stl, mtl, mtl - stl, float(1.96 * np.nanstd(boot))
 
 
-
-
-
-
-
-
-
-
-
+def compare_models(stl_models: dict, mtl, eval_sources, image_size) -> list[dict]:
+    """Rows of (task, test set): the single-task model of the task against ``mtl``, face by face."""
+    rows = []
+    preds = {s.name: predictions(mtl, s, image_size) for s in eval_sources}
+    stl_preds = {t: {s.name: predictions(m, s, image_size) for s in eval_sources} for t, m in stl_models.items()}
+    for task in model_tasks(mtl):
+        for src in eval_sources:
+            if task.name not in preds[src.name]:
+                continue
+            y, p_mtl = preds[src.name][task.name]
+            _, p_stl = stl_preds[task.name][src.name][task.name]
+            metric = headline_metric(task)
+            if task.kind == "multilabel":
+                stl, mtl_score, delta, ci = mean_f1_delta(task, y, p_stl, p_mtl)
+            else:
+                s_mtl, s_stl = per_face_score(task, y, p_mtl), per_face_score(task, y, p_stl)
+                delta, ci = compare(s_stl, s_mtl, metric == "mae")
+                stl, mtl_score = float(s_stl.mean()), float(s_mtl.mean())
+            verdict = "MTL better" if delta - ci > 0 else "STL better" if delta + ci < 0 else "no clear difference"
+            rows.append({"task": task.name, "test_set": src.name, "metric": {"mae": "MAE (years)"}.get(metric, metric),
+                         "n": int(len(y)), "stl": stl, "mtl": mtl_score, "delta": delta, "ci95": ci,
+                         "verdict": verdict})
+    return rows
 
 
 def format_rows(rows: list[dict]) -> str:
@@ -71,116 +137,134 @@ def format_rows(rows: list[dict]) -> str:
     return text_table(header, lines)
 
 
-def run_seed(cfg: dict, sources, eval_sources, out: Path) -> list[dict]:
-    """Train (or reuse) the multi-task model and the matched single-task models of ``cfg`` in ``out``, compare them
-    face by face on ``eval_sources``, print the table and write ``results.txt`` / ``results.json`` there; returns
-    the rows."""
+def run_seed(cfg: dict, sources, eval_sources, variants, out: Path) -> tuple[dict, list[str]]:
+    """Train (or reuse) the single-task models and every variant of the multi-task model of one seed in ``out``;
+    returns ``({variant: rows}, lines of the time table)``."""
     steps = cfg["training"]["epochs"] * cfg["training"]["steps_per_epoch"]
-    runs = {"multi-task": cfg, **{f"single-task {t}": c for t, c in single_task_configs(cfg, sources).items()}}
-    print(f"{len(runs)} runs of {steps} steps, seed {cfg['training']['seed']}; multi-task batch "
-          f"{cfg['training']['batch_size']}; "
-          + ", ".join(f"{n.split()[-1]} batch {c['training']['batch_size']}" for n, c in runs.items() if n != "multi-task"))
-    start = time.time()
-    seconds, models = {}, {}
-    for name, run_cfg in runs.items():
-        folder = out / name.replace(" ", "_")
-        print(f"\n== {name}: {', '.join(run_cfg['sources'])} -> {folder}", flush=True)
-        t = time.time()
-        report = train(run_cfg, folder)
-        seconds[name] = (report.get("train_seconds_this_session", 0.0), time.time() - t)
-        models[name] = load_model(folder / "model.keras")
-
+    stl_cfgs = single_task_configs(cfg, sources)
     image_size = tuple(cfg["model"]["input_shape"][:2])
-    preds = {name: {s.name: predictions(m, s, image_size) for s in eval_sources} for name, m in models.items()}
-    rows = []
-    mtl = models["multi-task"]
-    for task in model_tasks(mtl):
-        stl_name = f"single-task {task.name}"
-        for src in eval_sources:
-            if task.name not in preds["multi-task"][src.name]:
-                continue
-            y, p_mtl = preds["multi-task"][src.name][task.name]
-            _, p_stl = preds[stl_name][src.name][task.name]
-            s_mtl, s_stl = per_face_score(task, y, p_mtl), per_face_score(task, y, p_stl)
-            metric = headline_metric(task)
-            lower = metric == "mae"
-            delta, ci = compare(s_stl, s_mtl, lower)
-            verdict = "MTL better" if delta - ci > 0 else "STL better" if delta + ci < 0 else "no clear difference"
-            rows.append({"task": task.name, "test_set": src.name, "metric": "MAE (years)" if lower else "accuracy",
-                         "n": int(len(y)), "stl": float(s_stl.mean()), "mtl": float(s_mtl.mean()),
-                         "delta": delta, "ci95": ci, "verdict": verdict})
-    table = format_rows(rows)
-    wall = ["", "run                       steps  batch  train s (this session)  wall s"]
-    for name, run_cfg in runs.items():
-        wall.append(f"{name:<25} {steps:>6} {run_cfg['training']['batch_size']:>6} {seconds[name][0]:>23.0f} "
-                    f"{seconds[name][1]:>7.0f}")
-    single = sum(v[0] for n, v in seconds.items() if n != "multi-task")
-    wall.append(f"training time: multi-task {seconds['multi-task'][0]:.0f} s, all single-task models {single:.0f} s; "
-                f"benchmark wall time {time.time() - start:.0f} s")
-    text = table + "\n" + "\n".join(wall)
-    print("\n" + text)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "results.txt", text + "\n")
-    atomic_write_text(out / "results.json", json.dumps({"rows": rows, "steps": steps, "seconds": seconds}, indent=2))
-    return rows
+    seconds, stl_models, folders = {}, {}, {}
+    for task, stl_cfg in stl_cfgs.items():
+        folders[task] = out / f"single-task_{task}"
+        seconds[f"single-task {task}"] = _train(stl_cfg, folders[task])
+        stl_models[task] = load_model(folders[task] / "model.keras")
+    rows, lines = {}, [f"seed {cfg['training']['seed']}: run, steps, batch, training seconds"]
+    for name, stl_cfg in stl_cfgs.items():
+        lines.append(f"  single-task {name:<14} {steps:>6} {stl_cfg['training']['batch_size']:>4} "
+                     f"{seconds[f'single-task {name}']:>8.0f}")
+    for variant in variants:
+        mtl_cfg = variant_config(cfg, variant, folders)
+        folder = out / f"multi-task_{variant.replace('+', '_')}"
+        own = _train(mtl_cfg, folder)
+        teachers = sum(seconds[f"single-task {t}"] for t in (mtl_cfg["distillation"].get("teachers") or {}))
+        rows[variant] = compare_models(stl_models, load_model(folder / "model.keras"), eval_sources, image_size)
+        lines.append(f"  multi-task {variant:<15} {steps:>6} {cfg['training']['batch_size']:>4} {own:>8.0f}"
+                     + (f"  + teachers {teachers:.0f} = {own + teachers:.0f}" if teachers else ""))
+    return rows, lines
 
 
+def _train(cfg: dict, folder: Path) -> float:
+    print(f"\n== {folder}: {', '.join(s if isinstance(s, str) else s['spec'] for s in cfg['sources'])}", flush=True)
+    start = time.time()
+    report = train(cfg, folder)
+    return float(report.get("train_seconds_this_session") or time.time() - start)
 
 
 def format_seeds(rows_by_seed: dict) -> str:
     """Per task and test set over the seeds (``{seed: rows}``): single-task and multi-task mean ± std, the delta's
-    mean ± std (positive = multi-task better) and in how many seeds multi-task was ahead."""
+    mean ± std (positive = multi-task better), in how many seeds multi-task was ahead, and each seed's delta."""
     seeds = sorted(rows_by_seed)
-    first = rows_by_seed[seeds[0]]
     lines = []
-    for i, r in enumerate(first):
+    for i, r in enumerate(rows_by_seed[seeds[0]]):
         per_seed = [rows_by_seed[s][i] for s in seeds]
         deltas = [p["delta"] for p in per_seed]
         lines.append([r["task"], r["test_set"], r["metric"], cell([p["stl"] for p in per_seed], 4),
                       cell([p["mtl"] for p in per_seed], 4), cell(deltas, 4, signed=True),
-                      f"{sum(d > 0 for d in deltas)} of {len(seeds)}"])
-    header = ["task", "test set", "metric", "single-task", "multi-task", "delta (MTL better > 0)", "MTL ahead"]
+                      f"{sum(d > 0 for d in deltas)} of {len(seeds)}", " ".join(f"{d:+.4f}" for d in deltas)])
+    header = ["task", "test set", "metric", "single-task", "multi-task", "delta (MTL better > 0)", "MTL ahead",
+              "per seed"]
     return f"seeds {', '.join(map(str, seeds))} (mean ± std over seeds)\n" + text_table(header, lines)
+
+
+def keep_earlier(path: Path, text: str):
+    """Write ``text`` to ``path``; an earlier, different table there is kept beside it first (``NAME.<time>.txt``)."""
+    if path.exists() and path.read_text() != text:
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(path.stat().st_mtime))
+        path.rename(path.with_name(f"{path.stem}.{stamp}{path.suffix}"))
+    atomic_write_text(path, text)
+
+
+def check_seeds(out: Path, protocol: str, seeds: list[int]):
+    """Record the seeds used for choosing; refuse them for reporting."""
+    record = out / SEEDS_FILE
+    used = set(json.loads(record.read_text())) if record.exists() else set()
+    if protocol == "val":
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(record, json.dumps(sorted(used | set(seeds))))
+    elif used & set(seeds):
+        raise SystemExit(f"--seeds {sorted(used & set(seeds))} chose settings (--protocol val) in {out}; report on "
+                         f"fresh seeds (default {list(REPORT_SEEDS)})")
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=os.environ.get("KFACEMTL_DATA", str(ROOT.parent / "shared" / "data")),
-                    help="the folder holding utkface/, fer2013/ and lfw_expressions/ (default ../shared/data)")
+                    help="the folder holding utkface/, fer2013/, ckplus_au/ and lfw_expressions/ (default ../shared/data)")
     ap.add_argument("--config", default=str(ROOT / "configs" / "real_mtl.yaml"), help="the multi-task config (a)")
     ap.add_argument("--out", default=str(ROOT / "runs" / "real_mtl_vs_stl"),
                     help="where the runs go; rerunning with the same folder resumes")
+    ap.add_argument("--protocol", choices=("val", "test"), default="val",
+                    help="val: choose settings on the validation parts; test: report on the test sets")
     ap.add_argument("--steps", type=int, help="total optimizer steps (default: the config's epochs x steps_per_epoch)")
-    ap.add_argument("--seeds", type=int, nargs="+",
-                    help="the seed of every run (default: the config's training.seed); with several, each seed's "
-                         "runs go to OUT/seedN and a table over the seeds follows")
+    ap.add_argument("--seeds", type=int, nargs="+", help=f"default {list(DEV_SEEDS)} (val), {list(REPORT_SEEDS)} (test)")
+    ap.add_argument("--variants", nargs="+", default=["plain"], help=f"multi-task variants: {sorted(VARIANTS)}, "
+                                                                     "or several joined by + (default plain)")
     args = ap.parse_args(argv)
 
     data = Path(args.data)
-    if message := missing_real_data(data):
+    if message := missing_real_data(data, needs_ckplus=True):
         print(message)
         return 0
     cfg = with_data_root(load_config(args.config), str(data))
     if args.steps:
         cfg = with_steps(cfg, args.steps)
-    eval_specs, cfg["eval_sources"] = cfg["eval_sources"], []  # evaluated below, face by face
+    for variant in args.variants:
+        variant_config(cfg, variant, {})  # unknown names fail now, not after hours of training
+    eval_specs = protocol_eval_specs(cfg, args.protocol)
+    cfg["eval_sources"] = []  # evaluated below, face by face
     out = Path(args.out)
+    seeds = list(dict.fromkeys(args.seeds or (DEV_SEEDS if args.protocol == "val" else REPORT_SEEDS)))
+    check_seeds(out, args.protocol, seeds)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # UTKFace's one malformed file name, reported once per build
         sources = build_sources(cfg["sources"])
         eval_sources = build_sources(eval_specs, "eval_sources")
-    seeds = list(dict.fromkeys(args.seeds or [cfg["training"]["seed"]]))
-    rows_by_seed = {}
+    purpose = ("choosing settings: validation parts, development seeds" if args.protocol == "val"
+               else "reporting: test sets, seeds never used to choose anything")
+    rows_by_variant = {v: {} for v in args.variants}
+    times = []
     for seed in seeds:
         seed_cfg = copy.deepcopy(cfg)
         seed_cfg["training"]["seed"] = seed
-        rows_by_seed[seed] = run_seed(seed_cfg, sources, eval_sources, out / f"seed{seed}" if len(seeds) > 1 else out)
-    if len(rows_by_seed) > 1:
-        text = format_seeds(rows_by_seed)
-        print("\n" + text)
-        atomic_write_text(out / "results_seeds.txt", text + "\n")
-        atomic_write_text(out / "results_seeds.json", json.dumps({str(s): r for s, r in rows_by_seed.items()},
-                                                                 indent=2))
+        rows, lines = run_seed(seed_cfg, sources, eval_sources, args.variants, out / f"seed{seed}")
+        times += lines
+        for variant, r in rows.items():
+            rows_by_variant[variant][seed] = r
+    steps = cfg["training"]["epochs"] * cfg["training"]["steps_per_epoch"]
+    parts = [f"protocol {args.protocol} ({purpose}); {steps} steps; config {args.config}"]
+    for variant, by_seed in rows_by_variant.items():
+        parts.append(f"\n-- multi-task {variant} against the single-task models")
+        for seed, r in by_seed.items():
+            parts.append(f"seed {seed}\n{format_rows(r)}")
+        if len(by_seed) > 1:
+            parts.append(format_seeds(by_seed))
+    text = "\n".join(parts + [""] + times)
+    print("\n" + text)
+    keep_earlier(out / f"results_{args.protocol}.txt", text + "\n")
+    atomic_write_text(out / f"results_{args.protocol}.json",
+                      json.dumps({"protocol": args.protocol, "steps": steps, "seeds": seeds,
+                                  "rows": {v: {str(s): r for s, r in bs.items()} for v, bs in rows_by_variant.items()}},
+                                 indent=2, default=lambda x: None if isinstance(x, float) and math.isnan(x) else x))
     return 0
 
 

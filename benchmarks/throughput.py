@@ -1,6 +1,6 @@
 """Training and inference throughput: does the input pipeline keep up with the model, and how busy is the chip?
 
-In one run, on one machine, for the real-data setting (configs/real_mtl.yaml: UTKFace + FER2013 at 48x48, the
+In one run, on one machine, for the real-data setting (configs/real_utk_fer.yaml: UTKFace + FER2013 at 48x48, the
 default backbone, batch 64) or the synthetic demo setting (--setting synthetic, no data needed):
 
   training images/s   model.fit with the full pipeline: file sources decoded and resized once into the in-memory
@@ -319,7 +319,7 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--data", default=os.environ.get("KFACEMTL_DATA", str(ROOT.parent / "shared" / "data")))
-    ap.add_argument("--config", default=str(ROOT / "configs" / "real_mtl.yaml"))
+    ap.add_argument("--config", default=str(ROOT / "configs" / "real_utk_fer.yaml"))
     ap.add_argument("--synthetic-faces", type=int, default=6000)
     ap.add_argument("--out", default=str(ROOT / "runs" / "throughput"))
     ap.add_argument("--model", default="{}", help="JSON overrides of the config's model section")

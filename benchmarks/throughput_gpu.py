@@ -3,7 +3,7 @@
 Keras 3 runs the same network on JAX or PyTorch, so a GPU host needs neither TensorFlow nor kfacemtl to time it;
 this script copies the network there as a plain Keras model. In two steps:
 
-  python -m benchmarks.throughput_gpu export --out runs/gpu/arch.json [--config configs/real_mtl.yaml]
+  python -m benchmarks.throughput_gpu export --out runs/gpu/arch.json [--config configs/real_utk_fer.yaml]
          [--variant NAME=JSON ...]
       here, with kfacemtl and TensorFlow: writes each network (the config's, and each variant's model overrides)
       as a plain Keras functional model (each task output a Dense layer of the same units and activation; the
@@ -247,7 +247,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="command", required=True)
     ex = sub.add_parser("export", help="write the networks' portable architectures (needs kfacemtl, TensorFlow)")
-    ex.add_argument("--config", default="configs/real_mtl.yaml")
+    ex.add_argument("--config", default="configs/real_utk_fer.yaml")
     ex.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",
                     help="another network: a name and JSON overrides of the model section")
     ex.add_argument("--out", default="runs/throughput_gpu/arch.json")

@@ -34,7 +34,8 @@ TINY_MODEL = {"input_shape": [24, 24, 3], "widths": [8, 16], "depths": [1, 1], "
 
 
 def real_layout(data):
-    """40 UTKFace chips, FER2013's train/test folders and an LFW-expressions manifest, in miniature, under ``data``."""
+    """40 UTKFace chips, FER2013's train/test folders, an LFW-expressions manifest and CK+ with action units, in
+    miniature, under ``data``."""
     rng = np.random.default_rng(0)
     for i in range(40):
         age, gender, race = 10 + i, i % 2, i % 5
@@ -49,3 +50,12 @@ def real_layout(data):
         write_png(data / "lfw_expressions" / "images" / f"p_{k}.jpg", rng.integers(0, 255, (90, 90, 1)))
         rows.append(f"images/p_{k}.jpg,{e},{name},p")
     (data / "lfw_expressions" / "labels.csv").write_text("\n".join(rows) + "\n")
+    from kfacemtl.tasks import ACTION_UNITS
+    rows = ["path,subject,sequence,frame,expression,expression_name," + ",".join(ACTION_UNITS)]
+    for k in range(20):  # CK+ with action units: 20 subjects, a neutral first frame and a peak frame each
+        for frame, expression in (("first", 6), ("peak", (0, 3, 5, 7)[k % 4])):
+            name = f"images/S{k:03d}_001_{frame}.png"
+            write_png(data / "ckplus_au" / name, rng.integers(0, 255, (32, 32, 1)))
+            aus = ["1" if frame == "peak" and (j + k) % 3 == 0 else "0" for j in range(len(ACTION_UNITS))]
+            rows.append(f"{name},S{k:03d},S{k:03d}_001,{frame},{expression},x," + ",".join(aus))
+    (data / "ckplus_au" / "labels.csv").write_text("\n".join(rows) + "\n")

@@ -45,7 +45,8 @@ def test_ablation_compares_variants_with_single_task_baselines_over_seeds(tmp_pa
 def test_ablation_real_setting_evaluates_runs_whose_report_has_no_test_sets(tmp_path, capsys):
     from benchmarks import ablation_weighting_lr as ablation
     real_layout(tmp_path / "data")
-    cfg = yaml.safe_load((ROOT / "configs" / "real_mtl.yaml").read_text())
+    cfg = yaml.safe_load((ROOT / "configs" / "real_utk_fer.yaml").read_text())
+    cfg["tasks"] = {"gender": {}, "expression": {"contempt": True}}  # a task of each source: two baselines
     cfg["model"].update(TINY_MODEL)
     cfg["training"].update(epochs=1, steps_per_epoch=2)
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))

@@ -10,7 +10,7 @@ from helpers import ROOT, real_layout
 def test_backbone_benchmark_trains_variants_for_equal_time_and_compares_them(tmp_path, capsys):
     from benchmarks import backbone
     real_layout(tmp_path / "data")
-    cfg = yaml.safe_load((ROOT / "configs" / "real_mtl.yaml").read_text())
+    cfg = yaml.safe_load((ROOT / "configs" / "real_utk_fer.yaml").read_text())
     cfg["model"].update(input_shape=[24, 24, 3], widths=[8, 16], depths=[2, 1], embedding_dim=16, head_units=8)
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     args = ["--data", str(tmp_path / "data"), "--config", str(tmp_path / "tiny.yaml"), "--out", str(tmp_path / "bb"),

@@ -3,63 +3,73 @@ import json
 import shutil
 
 import numpy as np
+import pytest
 import yaml
 
 from helpers import ROOT, TINY_MODEL, real_layout
 
 
-def test_real_mtl_vs_stl_runs_matches_budgets_and_resumes(tmp_path, capsys):
-    from benchmarks import real_mtl_vs_stl
+@pytest.fixture
+def tiny_config(tmp_path):
     real_layout(tmp_path / "data")
     cfg = yaml.safe_load((ROOT / "configs" / "real_mtl.yaml").read_text())
-    cfg["model"].update(input_shape=[24, 24, 3], widths=[8, 16], depths=[1, 1], embedding_dim=16, head_units=8)
+    cfg["tasks"] = {"age": {}, "expression": {"contempt": True}, "action_units": {}}  # a source each: 3 teachers
+    cfg["model"].update(TINY_MODEL, widths=[8, 8, 8, 8], depths=[1, 1, 1, 1])
     cfg["training"].update(epochs=1, steps_per_epoch=2)
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    args = ["--data", str(tmp_path / "data"), "--config", str(tmp_path / "tiny.yaml"), "--out", str(tmp_path / "runs")]
-    assert real_mtl_vs_stl.main(args) == 0
+    return ["--data", str(tmp_path / "data"), "--config", str(tmp_path / "tiny.yaml"), "--out", str(tmp_path / "runs")]
+
+
+def test_choosing_on_validation_parts_then_reporting_on_fresh_seeds(tmp_path, tiny_config, capsys):
+    from benchmarks import real_mtl_vs_stl
+    runs = tmp_path / "runs"
+    assert real_mtl_vs_stl.main(tiny_config + ["--variants", "branch+bam"]) == 0
     out = capsys.readouterr().out
-    assert "age batch 32, gender batch 32, race batch 32, expression batch 32" in out  # half of 64 each
-    result = json.loads((tmp_path / "runs" / "results.json").read_text())
-    pairs = [(r["task"], r["test_set"], r["n"]) for r in result["rows"]]
-    # 40 faces in 10 gender x race strata of 4: one face of each stratum is held out
-    assert pairs == [("age", "utkface-test", 10), ("gender", "utkface-test", 10), ("race", "utkface-test", 10),
-                     ("expression", "fer2013-PublicTest", 6), ("expression", "lfw-expressions", 3)]
-    for r in result["rows"]:
-        assert np.isfinite([r["stl"], r["mtl"], r["delta"]]).all()
-    stl = yaml.safe_load((tmp_path / "runs" / "single-task_expression" / "config.yaml").read_text())
-    assert stl["training"]["batch_size"] == 32 and stl["sources"] == [cfg["sources"][1].replace(
-        "../shared/data", str(tmp_path / "data"))]
-    before = (tmp_path / "runs" / "multi-task" / "model.keras").stat().st_mtime
-    assert real_mtl_vs_stl.main(args) == 0  # finished runs are reused, not retrained
-    assert (tmp_path / "runs" / "multi-task" / "model.keras").stat().st_mtime == before
-    shutil.rmtree(tmp_path / "data" / "fer2013")
-    assert real_mtl_vs_stl.main(args) == 0 and "real data not found" in capsys.readouterr().out
-
-
-def test_real_mtl_vs_stl_seeds_set_every_run_and_are_summarised(tmp_path, capsys):
-    from benchmarks import real_mtl_vs_stl
-    real_layout(tmp_path / "data")
-    cfg = yaml.safe_load((ROOT / "configs" / "real_mtl.yaml").read_text())
-    cfg["tasks"] = {"gender": {}, "expression": {"contempt": True}}
-    cfg["model"].update(TINY_MODEL)
-    cfg["training"].update(epochs=1, steps_per_epoch=2)
-    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    args = ["--data", str(tmp_path / "data"), "--config", str(tmp_path / "tiny.yaml")]
-    assert real_mtl_vs_stl.main(args + ["--out", str(tmp_path / "one"), "--seeds", "3"]) == 0
-    runs = sorted(p.name for p in (tmp_path / "one").iterdir() if p.is_dir())
-    assert runs == ["multi-task", "single-task_expression", "single-task_gender"]  # one seed: no seed folder
-    for name in runs:
-        assert yaml.safe_load((tmp_path / "one" / name / "config.yaml").read_text())["training"]["seed"] == 3
+    assert "protocol val (choosing settings: validation parts, development seeds)" in out
+    result = json.loads((runs / "results_val.json").read_text())
+    assert result["seeds"] == [0] and sorted(result["rows"]) == ["branch+bam"]
+    sets = {(r["task"], r["test_set"]) for r in result["rows"]["branch+bam"]["0"]}
+    assert ("age", "utkface-train-val") in sets and ("action_units", "ckplus-train-val") in sets
+    assert all(s.endswith("-val") for _, s in sets)  # never a test set while choosing
+    # equal budgets: each single-task model gets its task's share of the 64 faces, mixed as in the multi-task model
+    stl = {t: yaml.safe_load((runs / "seed0" / f"single-task_{t}" / "config.yaml").read_text())["training"]
+           for t in ("age", "expression", "action_units")}
+    assert [stl[t]["batch_size"] for t in ("age", "expression", "action_units")] == [29, 35, 6]
+    assert stl["expression"]["mixing"] == {"fer2013-Training": pytest.approx(0.45), "ckplus-train": pytest.approx(0.1)}
+    student = yaml.safe_load((runs / "seed0" / "multi-task_branch_bam" / "config.yaml").read_text())
+    assert student["distillation"]["anneal"] and set(student["distillation"]["teachers"]) == {
+        "age", "expression", "action_units"}
+    assert student["model"]["branch_at"] == 3 and student["model"]["branches"]["expression"] == [
+        "expression", "action_units"]
+    assert "+ teachers" in out  # the student's time counts its teachers'
+    for r in result["rows"]["branch+bam"]["0"]:
+        assert np.isfinite([r["stl"], r["mtl"], r["delta"]]).all() or r["task"] == "action_units"
+    before = (runs / "seed0" / "multi-task_branch_bam" / "model.keras").stat().st_mtime
+    with pytest.raises(SystemExit, match=r"--seeds \[0\] chose settings"):
+        real_mtl_vs_stl.main(tiny_config + ["--protocol", "test", "--seeds", "0", "7"])
+    assert real_mtl_vs_stl.main(tiny_config + ["--variants", "branch+bam"]) == 0  # finished runs are reused
+    assert (runs / "seed0" / "multi-task_branch_bam" / "model.keras").stat().st_mtime == before
     capsys.readouterr()
-    assert real_mtl_vs_stl.main(args + ["--out", str(tmp_path / "two"), "--seeds", "3", "4"]) == 0
-    assert "seeds 3, 4 (mean ± std over seeds)" in capsys.readouterr().out
-    assert yaml.safe_load((tmp_path / "two" / "seed4" / "multi-task" / "config.yaml").read_text())["training"][
-        "seed"] == 4
-    per_seed = json.loads((tmp_path / "two" / "results_seeds.json").read_text())
-    assert sorted(per_seed) == ["3", "4"]
-    for seed in ("3", "4"):
-        assert per_seed[seed] == json.loads((tmp_path / "two" / f"seed{seed}" / "results.json").read_text())["rows"]
-    assert [r["task"] for r in per_seed["4"]] == ["gender", "expression", "expression"]
+    assert real_mtl_vs_stl.main(tiny_config + ["--protocol", "test", "--seeds", "7"]) == 0
+    assert "reporting: test sets, seeds never used to choose anything" in capsys.readouterr().out
+    rows = json.loads((runs / "results_test.json").read_text())["rows"]["plain"]["7"]
+    assert {r["test_set"] for r in rows} == {"utkface-test", "fer2013-PublicTest", "lfw-expressions", "ckplus-test"}
+    assert any(r["task"] == "action_units" and r["metric"] == "mean_f1" for r in rows)
+    with pytest.raises(SystemExit, match="unknown variant 'bigger'"):
+        real_mtl_vs_stl.main(tiny_config + ["--variants", "plain+bigger"])
+    shutil.rmtree(tmp_path / "data" / "ckplus_au")
+    assert real_mtl_vs_stl.main(tiny_config) == 0 and "real data not found" in capsys.readouterr().out
+
+
+def test_a_table_seen_before_is_kept_as_it_stood(tmp_path):
+    from benchmarks.real_mtl_vs_stl import keep_earlier
+    keep_earlier(tmp_path / "results_test.txt", "seeds 100, 101\n")
+    keep_earlier(tmp_path / "results_test.txt", "seeds 100, 101\n")  # the same table: nothing to keep
+    assert [p.name for p in tmp_path.iterdir()] == ["results_test.txt"]
+    keep_earlier(tmp_path / "results_test.txt", "seeds 100, 101, 102\n")
+    kept = sorted(p.name for p in tmp_path.iterdir())
+    assert len(kept) == 2 and (tmp_path / "results_test.txt").read_text() == "seeds 100, 101, 102\n"
+    assert (tmp_path / next(k for k in kept if k != "results_test.txt")).read_text() == "seeds 100, 101\n"
 
 
 def test_real_mtl_vs_stl_table_over_seeds():
@@ -70,4 +80,16 @@ def test_real_mtl_vs_stl_table_over_seeds():
     line = text.splitlines()[-1].split("  ")
     cells = [c.strip() for c in line if c.strip()]
     # deltas +0.1, -0.1, +0.05: mean 0.0167, std 0.1041; stl 0.8333 ± 0.0577; mtl 0.85 ± 0.1323
-    assert cells == ["gender", "utk", "accuracy", "0.8333 ± 0.0577", "0.8500 ± 0.1323", "+0.0167 ± 0.1041", "2 of 3"]
+    assert cells == ["gender", "utk", "accuracy", "0.8333 ± 0.0577", "0.8500 ± 0.1323", "+0.0167 ± 0.1041", "2 of 3",
+                     "+0.1000 -0.1000 +0.0500"]
+
+
+def test_the_au_comparison_bootstraps_the_mean_f1():
+    from benchmarks.real_mtl_vs_stl import mean_f1_delta
+    from kfacemtl.tasks import get_task
+    task = get_task("action_units")
+    rng = np.random.default_rng(0)
+    y = (rng.random((60, 14)) < 0.3).astype(float)
+    good, noisy = np.where(y > 0, 0.9, 0.1), rng.random((60, 14))
+    stl, mtl, delta, ci = mean_f1_delta(task, y, noisy, good, draws=200)
+    assert mtl == 1.0 and stl < 0.6 and delta == mtl - stl and 0 < ci < delta

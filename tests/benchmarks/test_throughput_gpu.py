@@ -12,7 +12,7 @@ def test_gpu_throughput_exports_plain_keras_networks_and_times_them(tmp_path, ca
     from benchmarks import throughput_gpu as bench
     from kfacemtl.models import build_model
     from kfacemtl.tasks import resolve_tasks
-    cfg = yaml.safe_load((ROOT / "configs" / "real_mtl.yaml").read_text())
+    cfg = yaml.safe_load((ROOT / "configs" / "real_utk_fer.yaml").read_text())
     cfg["model"].update(TINY_MODEL)
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     arch = tmp_path / "arch.json"

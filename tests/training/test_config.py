@@ -54,9 +54,11 @@ def test_defaults_and_files(tmp_path):
 def test_the_real_data_config_resolves_and_loss_weights_reach_the_model():
     from kfacemtl.tasks import resolve_tasks
     from kfacemtl.training import compile_model
-    cfg = load_config(ROOT / "configs" / "real_mtl.yaml")
-    tasks = resolve_tasks(cfg["tasks"])
-    assert [t.name for t in tasks] == ["age", "gender", "race", "expression"] and len(tasks[3].classes) == 8
+    for name, expected in (("real_mtl", ["age", "gender", "race", "expression", "action_units"]),
+                           ("real_utk_fer", ["age", "gender", "race", "expression"])):
+        cfg = load_config(ROOT / "configs" / f"{name}.yaml")
+        tasks = resolve_tasks(cfg["tasks"])
+        assert [t.name for t in tasks] == expected and len(tasks[3].classes) == 8
     import numpy as np
     model = compile_model(tiny_model(["age", "expression"]), loss_weights={"expression": 3.0})
     x = np.random.default_rng(0).random((8, 64, 64, 3), "float32")
