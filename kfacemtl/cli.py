@@ -44,9 +44,18 @@ def _cmd_evaluate(args):
     from kfacemtl.analysis.evaluation import evaluate_sources, format_table, to_json
     from kfacemtl.models import load_model, model_file, model_tasks
     from kfacemtl.training import build_sources
+    from kfacemtl.training.config import load_config
     model = load_model(model_file(args.model), compile=False)
     tasks = model_tasks(model)
-    results = evaluate_sources(model, build_sources(args.source, "--source"), tasks, batch_size=args.batch_size)
+    specs, where = args.source, "--source"
+    if not specs:  # a run directory's own test sets
+        config = os.path.join(args.model, "config.yaml")
+        specs = load_config(config)["eval_sources"] if os.path.isfile(config) else []
+        where = f"eval_sources of {config}"
+        if not specs:
+            raise KfacemtlError(f"{args.model}: no --source given and no eval_sources in a run directory's "
+                                "config.yaml; name the sets to evaluate with --source")
+    results = evaluate_sources(model, build_sources(specs, where), tasks, batch_size=args.batch_size)
     print(format_table(results, tasks))
     if args.json:
         _write_json(args.json, to_json(results))
@@ -205,14 +214,16 @@ TF_CONFIG='{...}' kfacemtl train exp.yaml --out runs/exp --strategy multi_worker
                     "Prints one row per source and the headline metric of each task the source labels\n"
                     "(accuracy, AU mean F1, MAE, valence/arousal mean CCC); --json keeps every metric.",
                     """
+kfacemtl evaluate runs/real_mtl                  # a run directory: the test sets of its config (eval_sources)
 kfacemtl evaluate runs/demo --source 'synthetic:street?split=test&n=1000'
 kfacemtl evaluate runs/real_mtl/model.keras --source 'utkface:../shared/data/utkface/UTKFace?split=test' \\
     --source 'csv:../shared/data/lfw_expressions/labels.csv?domain=lfw' --json results.json
 """, _cmd_evaluate)
     p.add_argument("model", help="a .keras file written by kfacemtl, or a run directory")
-    p.add_argument("--source", action="append", required=True,
+    p.add_argument("--source", action="append",
                    help="FORMAT:PATH[?key=value&...], e.g. 'synthetic:street?split=test&n=1000', "
-                        "'csv:faces.csv', 'folder:fer/test?task=expression'; repeat for several")
+                        "'csv:faces.csv', 'folder:fer/test?task=expression'; repeat for several "
+                        "(default: a run directory's eval_sources)")
     p.add_argument("--json", help="also write {source: {task: {metric: value, n: count}}} here")
     p.add_argument("--batch-size", type=int, default=128, help="images per prediction batch")
 

@@ -31,6 +31,12 @@ def test_train_then_evaluate_writes_the_json_shape(tmp_path, capsys):
     assert set(data) == {"street-test", "lab-test"}
     assert data["street-test"]["gender"]["n"] == 16 and 0 <= data["street-test"]["expression"]["accuracy"] <= 1
     assert "macro_f1" in data["lab-test"]["expression"]
+    capsys.readouterr()
+    assert main(["evaluate", str(tmp_path / "run")]) == 0  # a run directory: its config's eval_sources
+    evaluated = capsys.readouterr().out
+    assert "webcam-test" in evaluated and "street-test" not in evaluated
+    assert main(["evaluate", str(tmp_path / "run" / "model.keras")]) == 2  # a bare model file names no test sets
+    assert "no --source given" in capsys.readouterr().err
 
 
 def test_errors_exit_2_with_the_key_named(tmp_path, capsys):
