@@ -54,7 +54,8 @@ from kfacemtl.files import atomic_write_text
 from kfacemtl.tasks import resolve_tasks
 from kfacemtl.training import build_sources, demo_config
 from benchmarks.common import (ROOT, SYNTHETIC_MODEL, cell, missing_real_data, parse_variants, real_config, run,
-                               scores, single_task_configs)
+                               scores)
+from kfacemtl.training.single_task import single_task_configs
 
 # name: overrides of the config's training section
 VARIANTS = {

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from kfacemtl.analysis.evaluation import evaluate_sources, headline_metric, to_json
-from kfacemtl.data import make_dataset, mixing_weights
+from kfacemtl.data import make_dataset
 from kfacemtl.files import atomic_write_text
 from kfacemtl.models import load_model, model_tasks
 from kfacemtl.tasks import resolve_tasks
@@ -35,30 +35,6 @@ def with_data_root(cfg: dict, data: str) -> dict:
     for key in ("sources", "eval_sources"):
         cfg[key] = [s.replace(f":{DATA_PREFIX}", f":{data}", 1) if isinstance(s, str) else s for s in cfg[key]]
     return cfg
-
-
-def single_task_configs(cfg: dict, sources) -> dict:
-    """One config per task: only the sources labelling it, batch = the task's share of (a)'s batch, its sources mixed
-    in (a)'s proportions."""
-    tasks = cfg["tasks"]
-    share = mixing_weights(sources, cfg["training"]["mixing"])
-    out = {}
-    for name in tasks:  # task names, whether the config lists them or maps them to overrides
-        keep = [i for i, s in enumerate(sources) if name in s.tasks]
-        if not keep:
-            raise SystemExit(f"task {name!r}: no training source labels it")
-        stl = copy.deepcopy(cfg)
-        stl["tasks"] = {name: tasks[name]} if isinstance(tasks, dict) else [name]
-        stl["sources"] = [cfg["sources"][i] for i in keep]
-        stl["training"]["batch_size"] = max(1, int(round(cfg["training"]["batch_size"] * share[keep].sum())))
-        stl["training"]["mixing"] = ({sources[i].name: float(share[i]) for i in keep} if len(keep) > 1
-                                     else "proportional")
-        if stl.get("distillation", {}).get("anneal"):  # a single-task model is a teacher, not a student
-            stl["distillation"] = {**stl["distillation"], "anneal": False, "teachers": None}
-        if stl["training"].get("loss_weights"):
-            stl["training"]["loss_weights"] = {k: v for k, v in stl["training"]["loss_weights"].items() if k == name}
-        out[name] = stl
-    return out
 
 
 def missing_real_data(data: Path, then: str = "Nothing to do.", needs_ckplus: bool = False) -> str | None:

@@ -74,7 +74,8 @@ from kfacemtl.models import load_model
 from kfacemtl.data import CsvSource, make_dataset
 from kfacemtl.tasks import resolve_tasks
 from kfacemtl.training import build_sources, demo_config
-from benchmarks.common import ROOT, SYNTHETIC_MODEL, cell, real_config, run, single_task_configs
+from benchmarks.common import ROOT, SYNTHETIC_MODEL, cell, real_config, run
+from kfacemtl.training.single_task import single_task_configs
 
 VARIANTS = ("no distillation", "single-task teachers", "multi-task teacher")
 CONTROL = "target images only"  # --images-control: (c)'s batches, no pseudo-label accepted

@@ -49,7 +49,8 @@ from kfacemtl.analysis.evaluation import text_table
 from kfacemtl.files import atomic_write_text
 from kfacemtl.data.mixing import MIXING_MODES
 from kfacemtl.training import build_sources
-from benchmarks.common import ROOT, SYNTHETIC_MODEL, cell, run, scores, single_task_configs
+from benchmarks.common import ROOT, SYNTHETIC_MODEL, cell, run, scores
+from kfacemtl.training.single_task import single_task_configs
 
 DOMAINS = ("lab", "webcam", "affect", "portraits", "street")
 WITHOUT_AU_LABELS = ("webcam", "affect", "portraits", "street")

@@ -3,8 +3,9 @@
 Trains, with one backbone and one budget:
 
   (a) the multi-task model of ``configs/real_mtl.yaml`` (age, gender and race from UTKFace, expression from FER2013
-      and CK+, 14 action units from CK+), once per ``--variants`` entry: ``plain`` (the config as it is), ``shared``
-      (no branches), ``branch`` (blocks 1-3 shared, then a face group and an expression group), ``bam`` (the
+      and CK+, 14 action units from CK+), once per ``--variants`` entry: ``recipe`` (the config as it is), ``plain``
+      (every block shared, no distillation, no coupling), ``branch`` (blocks 1-3 shared, then a face group and an
+      expression group), ``bam`` (the
       single-task models below distilled into it with teacher annealing), ``coupling`` (co-annotation and
       distribution matching between expression and AUs), or combinations such as ``branch+bam``;
   (b) one single-task model per task, on only the sources that label it.
@@ -27,7 +28,7 @@ Per task and set: single-task, multi-task, the delta (positive = multi-task bett
 seeds multi-task was ahead, and the per-seed deltas. A benchmark measures and prints; it asserts nothing.
 
     python -m benchmarks.real_mtl_vs_stl --protocol val [--seeds 0] [--variants plain branch bam] [--steps 3000]
-    python -m benchmarks.real_mtl_vs_stl --protocol test [--seeds 100 101 102] [--variants plain]
+    python -m benchmarks.real_mtl_vs_stl --protocol test [--seeds 100 101 102] [--variants recipe plain]
 
 Rerunning with the same ``--out`` (default ``runs/real_mtl_vs_stl``) resumes interrupted runs and reuses finished
 ones; the runs of a seed serve both protocols (only what they are evaluated on differs).
@@ -45,19 +46,21 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import (ROOT, cell, compare, missing_real_data, per_face_score, predictions, single_task_configs,
-                               train, with_data_root, with_steps)
+from benchmarks.common import (ROOT, cell, compare, missing_real_data, per_face_score, predictions, train,
+                               with_data_root, with_steps)
 from kfacemtl.analysis.evaluation import headline_metric, multilabel_metrics, text_table
 from kfacemtl.files import atomic_write_text
 from kfacemtl.models import load_model, model_tasks
 from kfacemtl.training import build_sources
 from kfacemtl.training.config import load_config
+from kfacemtl.training.single_task import single_task_configs
 
 DEV_SEEDS, REPORT_SEEDS = (0,), (100, 101, 102)
 GROUPS = {"face": ["age", "gender", "race"], "expression": ["expression", "action_units"]}
 VARIANTS = {  # config overrides on top of the multi-task config; "bam" also needs this seed's single-task runs
-    "plain": {},
-    "shared": {"model": {"branch_at": None, "branches": None}},
+    "recipe": {},
+    "plain": {"model": {"branch_at": None, "branches": None}, "distillation": {"anneal": False, "teachers": None},
+              "coupling": {"coannotation": False, "distribution_matching": False}},
     "branch": {"model": {"branch_at": 3, "branches": GROUPS}},
     "bam": {"distillation": {"anneal": True}},
     "coupling": {"coupling": {"coannotation": True, "distribution_matching": True}},
@@ -78,7 +81,9 @@ def variant_config(cfg: dict, variant: str, teachers: dict) -> dict:
             out["model"]["branches"] = {g: [t for t in ts if t in names] for g, ts in GROUPS.items()
                                         if any(t in names for t in ts)}
         if part == "bam":
-            out["distillation"]["teachers"] = {t: str(f) for t, f in teachers.items()}
+            out["distillation"]["teachers"] = "single-task"
+    if out.get("distillation", {}).get("teachers") == "single-task":  # this seed's single-task models: the same
+        out["distillation"]["teachers"] = {t: str(f) for t, f in teachers.items()}  # configs, trained once
     return out
 
 
@@ -217,8 +222,8 @@ def main(argv=None):
                     help="val: choose settings on the validation parts; test: report on the test sets")
     ap.add_argument("--steps", type=int, help="total optimizer steps (default: the config's epochs x steps_per_epoch)")
     ap.add_argument("--seeds", type=int, nargs="+", help=f"default {list(DEV_SEEDS)} (val), {list(REPORT_SEEDS)} (test)")
-    ap.add_argument("--variants", nargs="+", default=["plain"], help=f"multi-task variants: {sorted(VARIANTS)}, "
-                                                                     "or several joined by + (default plain)")
+    ap.add_argument("--variants", nargs="+", default=["recipe"], help=f"multi-task variants: {sorted(VARIANTS)}, "
+                                                                      "or several joined by + (default recipe)")
     args = ap.parse_args(argv)
 
     data = Path(args.data)

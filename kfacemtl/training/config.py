@@ -24,7 +24,8 @@ A config has these sections (``unlabelled_sources``, ``distillation`` and ``coup
     unlabelled_sources: [synthetic:street?n=6000]  # pseudo-labelled by distillation
     distillation: {rounds: 3, epochs_per_round: 2, soft: false, thresholds: {expression: 0.8},
                    pseudo_weight: 0.5, reinit: false}   # rounds: 0 (the default) turns it off
-    # or teacher annealing (BAM): {anneal: true, teachers: {expression: runs/stl-expression}, anneal_start: 0.0}
+    # or teacher annealing (BAM): {anneal: true, teachers: single-task, anneal_start: 0.0}
+    #   (teachers: single-task trains a matched single-task teacher per task first; or {task: run directory})
     coupling: {coannotation: true, distribution_matching: true,   # all three off by default
                fuse_outputs: true,                # AU output fused with the AUs the expression head implies
                relations: [{source: expression, target: action_units, table: du2014}],  # or estimate, or a mapping
@@ -314,7 +315,11 @@ def _check_distillation(cfg: dict):
             raise ConfigError(f"distillation.thresholds.{task}", f"expected a number >= 0, got {value!r}")
     teachers = d["teachers"]
     if teachers is not None and not isinstance(teachers, (str, Mapping)):
-        raise ConfigError("distillation.teachers", f"expected a model path or {{task: model path}}, got {teachers!r}")
+        raise ConfigError("distillation.teachers", f"expected a model path, {{task: model path}} or single-task, "
+                                                   f"got {teachers!r}")
+    if teachers == "single-task" and not d["anneal"]:
+        raise ConfigError("distillation.teachers", "single-task teachers are trained for teacher annealing; "
+                                                   "set anneal: true (or name trained teachers)")
 
 
 def load_config(path) -> dict:

@@ -14,6 +14,7 @@ def tiny_config(tmp_path):
     real_layout(tmp_path / "data")
     cfg = yaml.safe_load((ROOT / "configs" / "real_mtl.yaml").read_text())
     cfg["tasks"] = {"age": {}, "expression": {"contempt": True}, "action_units": {}}  # a source each: 3 teachers
+    cfg["model"]["branches"] = {"face": ["age"], "expression": ["expression", "action_units"]}
     cfg["model"].update(TINY_MODEL, widths=[8, 8, 8, 8], depths=[1, 1, 1, 1])
     cfg["training"].update(epochs=1, steps_per_epoch=2)
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -52,7 +53,10 @@ def test_choosing_on_validation_parts_then_reporting_on_fresh_seeds(tmp_path, ti
     capsys.readouterr()
     assert real_mtl_vs_stl.main(tiny_config + ["--protocol", "test", "--seeds", "7"]) == 0
     assert "reporting: test sets, seeds never used to choose anything" in capsys.readouterr().out
-    rows = json.loads((runs / "results_test.json").read_text())["rows"]["plain"]["7"]
+    rows = json.loads((runs / "results_test.json").read_text())["rows"]["recipe"]["7"]
+    recipe = yaml.safe_load((runs / "seed7" / "multi-task_recipe" / "config.yaml").read_text())["distillation"]
+    assert recipe["teachers"] == {t: str(runs / "seed7" / f"single-task_{t}") for t in ("age", "expression",
+                                                                                       "action_units")}
     assert {r["test_set"] for r in rows} == {"utkface-test", "fer2013-PublicTest", "lfw-expressions", "ckplus-test"}
     assert any(r["task"] == "action_units" and r["metric"] == "mean_f1" for r in rows)
     with pytest.raises(SystemExit, match="unknown variant 'bigger'"):

@@ -98,6 +98,8 @@ def test_branches_give_each_group_its_own_late_blocks_and_embedding(tmp_path, ba
         loss = tf.reduce_sum(model(x, training=True)[2] * tf.range(7, dtype="float32"))  # expression
     grads = tape.gradient(loss, [expr.kernel, face.kernel, model.shared_kernel()])
     assert float(tf.norm(grads[0])) > 0 and grads[1] is None and float(tf.norm(grads[2])) > 0
+    if backbone == "residual":
+        return  # training, saving, exporting and explaining a branched model: shown once, on the VGG backbone
     ds = make_dataset([make_source("synthetic:lab?n=64"), make_source("synthetic:portraits?n=64")], tasks,
                       batch_size=16, image_size=(32, 32))
     history = model.fit(ds, epochs=2, steps_per_epoch=3, verbose=0).history  # GradNorm on the last shared layer

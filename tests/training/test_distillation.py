@@ -4,6 +4,7 @@ import json
 import keras
 import numpy as np
 import pytest
+import yaml
 
 from helpers import TINY, tiny_model, write_png
 from kfacemtl.training.distillation import (DataDistillation, EnsembleTeacher, PseudoLabels, distill, select,
@@ -403,17 +404,22 @@ def test_teacher_annealing_moves_from_the_teacher_to_the_labels_and_keeps_its_an
 
 
 def test_train_run_with_teacher_annealing_from_config(tmp_path):
-    base = {"sources": ["synthetic:portraits?n=32", "synthetic:lab?n=32"],
-            "model": {"input_shape": [24, 24, 3], "widths": [8], "depths": [1], "embedding_dim": 8},
-            "training": {"epochs": 2, "steps_per_epoch": 2, "batch_size": 16}}
-    train_run({**base, "tasks": ["expression"], "sources": ["synthetic:lab?n=32"]}, tmp_path / "stl", verbose=0)
-    cfg = {**base, "tasks": ["gender", "expression"],
-           "distillation": {"anneal": True, "teachers": {"expression": str(tmp_path / "stl")}}}
+    cfg = {"tasks": ["gender", "expression"], "sources": ["synthetic:portraits?n=32", "synthetic:lab?n=32"],
+           "model": {"input_shape": [24, 24, 3], "widths": [8, 8], "depths": [1, 1], "embedding_dim": 8,
+                     "branch_at": 1},
+           "training": {"epochs": 2, "steps_per_epoch": 2, "batch_size": 16, "mixing": "balanced"},
+           "distillation": {"anneal": True, "teachers": "single-task"}}  # trained first, matched to the budget
     report = train_run(cfg, tmp_path / "student", verbose=0)
     (entry,) = report["distillation"]
-    assert set(entry["sources"]["lab-train"]) == {"expression"} and entry["seconds"] >= 0
+    assert set(entry["sources"]["lab-train"]) == {"expression"} and set(entry["sources"]["portraits-train"]) == {
+        "gender"}
+    assert set(entry["teacher_runs"]) == {"gender", "expression"} and entry["teachers_train_seconds"] > 0
+    teacher = yaml.safe_load((tmp_path / "student" / "teachers" / "gender" / "config.yaml").read_text())
+    assert teacher["tasks"] == ["gender"] and teacher["training"]["batch_size"] == 8  # half of 16: its share
+    assert teacher["model"]["branch_at"] is None and not teacher["distillation"]["anneal"]
     assert "teacher_lambda" in (tmp_path / "student" / "history.csv").read_text().splitlines()[0]
     for change, key in (({"anneal": True}, "distillation.teachers"),
+                        ({"teachers": "single-task"}, "distillation.teachers"),
                         ({"anneal": True, "teachers": "x", "rounds": 1, "epochs_per_round": 1}, "distillation.anneal"),
                         ({"anneal": True, "teachers": "x", "anneal_start": 1.0}, "distillation.anneal_start")):
         with pytest.raises(ConfigError, match=rf"'{key}'"):

@@ -38,6 +38,7 @@ from kfacemtl.tasks import Task
 from kfacemtl.training.distillation.teacher import EnsembleTeacher, pseudo_label_quality
 
 STATE_FILE = "teacher_targets.npz"
+SINGLE_TASK = "single-task"  # distillation.teachers: train a matched single-task teacher per task first
 
 
 class AnnealedTargets:
@@ -129,6 +130,8 @@ class TeacherAnnealing(keras.callbacks.Callback):
         start: ``λ`` at the first step (0: the teacher's answer alone; 1 would be no distillation).
         batch_size: images per teacher call.
         state_dir: where ``teacher_targets.npz`` is kept (None: nowhere).
+        teacher_runs: ``{task: {"run": folder, "train_seconds": s}}`` of teachers trained for this run (the log
+            carries them, so the student's report counts their time).
 
     :attr:`pseudo_labels` is the :class:`AnnealedTargets` store the training pipeline reads; :attr:`log` what the
     report shows (the teachers' agreement with the real labels, per source and task, and their time).
@@ -145,7 +148,7 @@ class TeacherAnnealing(keras.callbacks.Callback):
     """
 
     def __init__(self, sources: Sequence[Source], tasks: Sequence[Task], teachers, start: float = 0.0,
-                 batch_size: int = 128, state_dir=None, verbose: int = 1):
+                 batch_size: int = 128, state_dir=None, verbose: int = 1, teacher_runs: Mapping | None = None):
         super().__init__()
         if not 0 <= float(start) < 1:
             raise ValueError(f"start: expected the real label's first share in [0, 1), got {start!r}")
@@ -166,6 +169,7 @@ class TeacherAnnealing(keras.callbacks.Callback):
         self.batch_size, self.verbose = int(batch_size), verbose
         self.state_dir = Path(state_dir) if state_dir is not None else None
         self.log: list[dict] = []
+        self.teacher_runs = dict(teacher_runs or {})
 
     def lambda_at(self, step: int, total: int) -> float:
         """The real label's share at optimizer step ``step`` of ``total``: linear from ``start`` to 1."""
@@ -213,6 +217,10 @@ class TeacherAnnealing(keras.callbacks.Callback):
             self.log = [self.teach(tuple(self.model.input_shape[1:3]))]
             if path is not None:
                 self.pseudo_labels.save(path)
+        if self.teacher_runs:
+            self.log[0]["teacher_runs"] = self.teacher_runs
+            self.log[0]["teachers_train_seconds"] = round(sum(r.get("train_seconds") or 0.0
+                                                              for r in self.teacher_runs.values()), 1)
         if self.verbose:
             agreement = {f"{s}/{t}": v["teacher_agreement"] for s, tv in self.log[0].get("sources", {}).items()
                          for t, v in tv.items()}
