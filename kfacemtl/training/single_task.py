@@ -29,6 +29,15 @@ def single_task_configs(cfg: dict, sources: Sequence[Source]) -> dict:
 
     Raises:
         ValueError: a task that no source labels.
+
+    Example:
+        >>> from kfacemtl.training.config import resolve_config
+        >>> from kfacemtl.training.run import build_sources
+        >>> cfg = resolve_config({"tasks": ["age", "expression"], "sources": ["synthetic:portraits?n=8",
+        ...                       "synthetic:lab?n=8"], "training": {"mixing": {"portraits-train": 3, "lab-train": 1}}})
+        >>> age, expression = single_task_configs(cfg, build_sources(cfg["sources"])).values()
+        >>> age["sources"], age["training"]["batch_size"], expression["training"]["batch_size"]
+        (['synthetic:portraits?n=8'], 48, 16)
     """
     tasks = cfg["tasks"]
     share = mixing_weights(sources, cfg["training"]["mixing"])
