@@ -72,6 +72,18 @@ def test_model_files_load_in_safe_mode_so_they_cannot_run_code(tmp_path):
         load_model(tmp_path / "lambda.keras")
 
 
+def test_fit_traces_the_train_step_once():
+    # Keras creates Adam's slots inside the first step unless they exist; TensorFlow then traces the step twice.
+    import tensorflow as tf
+    model = compile_model(build_model(resolve_tasks(["gender"]), input_shape=(16, 16, 3), widths=(4,), depths=1))
+    traced = []
+    step = model.train_step
+    model.train_step = lambda data: (traced.append(1), step(data))[1]
+    ds = tf.data.Dataset.from_tensors((np.zeros((2, 16, 16, 3), "float32"), {"gender": np.zeros(2, "int32")}))
+    model.fit(ds.repeat(), epochs=2, steps_per_epoch=2, verbose=0)
+    assert len(traced) == 1 and model.optimizer.built
+
+
 @pytest.mark.parametrize("jit", [False, True])
 def test_the_train_step_augments_its_batch_when_asked(jit):
     # One step of a model that augments in its step = one step of the same model on the images augmented beforehand
