@@ -32,6 +32,7 @@ _API = {
     "kfacemtl.models": ["MaskedTaskLoss", "MultiTaskModel", "TaskOutput", "VGGBackbone", "ResidualBackbone",
                         "build_model", "load_model", "model_tasks", "task_loss"],
     "kfacemtl.analysis": ["evaluate_sources", "format_table"],
+    "kfacemtl.analysis.photos": ["analyze"],
     "kfacemtl.training": ["CoAnnotation", "DataDistillation", "DistributionMatching", "DynamicLearningRate",
                           "PseudoLabels", "Relatedness", "TaskWeighting", "compile_model", "distill",
                           "learning_rate_schedule", "lr_range_test", "make_strategy", "make_weighting", "train_run"],

@@ -18,6 +18,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
 from kfacemtl.errors import KfacemtlError
 
@@ -142,6 +143,32 @@ def _cmd_explain(args):
     print(f"wrote {len(written)} PNGs to {args.out}; grids: {', '.join(str(g) for g in grids)}")
 
 
+def _cmd_analyze(args):
+    from kfacemtl.analysis.photos import analyze, write_records
+    from kfacemtl.analysis.annotate import write_annotated
+    from kfacemtl.serving.client import Client
+    if bool(args.server) == bool(args.model):
+        raise KfacemtlError("give either --model RUN|FILE.keras|SAVEDMODEL or --server HOST:PORT (with --name)")
+    model = args.model
+    if args.server:
+        if not args.name or not args.image_size:
+            raise KfacemtlError("--server needs --name (the served model) and --image-size (its input size)")
+        model = Client(args.server, args.name, protocol="rest" if args.rest else "grpc")
+    with _options(photos="PHOTOS", model="--model", image_size="--image-size", detector="--detector"):
+        records = analyze(args.photos, model, detector=args.detector, image_size=args.image_size,
+                          batch_size=args.batch_size)
+    paths = write_records(records, args.out)
+    annotated = [] if args.no_annotate else write_annotated(records, Path(args.out) / "annotated")
+    faces = sum(len(r["faces"]) for r in records)
+    statuses = {}
+    for r in records:
+        key = r["status"].split(":")[0]
+        statuses[key] = statuses.get(key, 0) + 1
+    print(f"{len(records)} photos ({', '.join(f'{n} {k}' for k, n in sorted(statuses.items()))}), {faces} faces; "
+          f"wrote {paths['jsonl']}, {paths['csv']}" + (f" and {len(annotated)} annotated photos in "
+                                                      f"{Path(args.out) / 'annotated'}" if annotated else ""))
+
+
 def _subcommand(sub, name: str, summary: str, description: str, examples: str, func):
     """A subcommand whose ``--help`` gives its summary, a description, its examples and every default."""
     p = sub.add_parser(name, help=summary, description=f"{summary}.\n\n{description}",
@@ -184,7 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
                "  kfacemtl evaluate runs/real_mtl --source 'fer2013:../shared/data/fer2013?usage=PublicTest'\n"
                "  kfacemtl export runs/real_mtl --name faces\n"
                "  kfacemtl predict --saved-model saved_models/faces/1 face.jpg\n"
-               "  kfacemtl explain runs/real_mtl face.jpg --head expression --out saliency/\n\n"
+               "  kfacemtl explain runs/real_mtl face.jpg --head expression --out saliency/\n"
+               "  kfacemtl analyze photos/ --model runs/real_mtl --out analysis/\n\n"
                "Each subcommand's --help has its options. The user guide: docs/guide/; "
                "how the parts fit: docs/ARCHITECTURE.md.")
     parser.add_argument("--verbose", action="store_true",
@@ -294,6 +322,30 @@ kfacemtl explain runs/demo face1.jpg --head expression --class happy --method al
                    help="saliency method")
     p.add_argument("--layer", help="feature-map layer of the CAM methods (default: after the last conv)")
     p.add_argument("--out", required=True, help="folder for the PNGs")
+
+    p = _subcommand(sub, "analyze", "every answer for every face in photos: detection, alignment, all heads",
+                    "Finds the faces (MTCNN, offline), cuts each as the training crops were cut, answers every task\n"
+                    "for all faces of many photos in batches, and writes results.jsonl (a photo per line: status,\n"
+                    "faces with box, landmarks, score and answers), results.csv (a face per row) and annotated/ (each\n"
+                    "photo with its faces drawn). A photo without a face, unreadable or too large is reported, never\n"
+                    "fatal. Through TF Serving the detector runs here and the aligned faces go to the server.",
+                    """
+kfacemtl analyze photos/ --model runs/real_mtl --out analysis/            # a folder, searched recursively
+kfacemtl analyze group.jpg list.txt --model saved_models/faces/1 --out analysis/
+kfacemtl analyze photos/ --server localhost:8500 --name faces --image-size 48 --out analysis/
+kfacemtl analyze crops/ --model runs/real_mtl --detector whole --out analysis/   # photos already cropped
+""", _cmd_analyze)
+    p.add_argument("photos", nargs="+", help="photo files, folders, or .txt lists of paths")
+    p.add_argument("--model", help="a run directory, a .keras file or an exported SavedModel version folder")
+    p.add_argument("--server", help="HOST:PORT of TF Serving (gRPC 8500, or REST 8501 with --rest)")
+    p.add_argument("--name", help="the served model's name (with --server)")
+    p.add_argument("--rest", action="store_true", help="use the REST API instead of gRPC")
+    p.add_argument("--image-size", type=int, help="the model's input size (needed with --server)")
+    p.add_argument("--detector", default="mtcnn", choices=["mtcnn", "whole"],
+                   help="face detector (whole: each photo is already one face crop)")
+    p.add_argument("--batch-size", type=int, default=64, help="faces per network batch")
+    p.add_argument("--no-annotate", action="store_true", help="skip the annotated copies of the photos")
+    p.add_argument("--out", required=True, help="folder for results.jsonl, results.csv and annotated/")
     return parser
 
 

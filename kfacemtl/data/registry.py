@@ -15,6 +15,7 @@ import inspect
 import urllib.parse
 from typing import Mapping
 
+from kfacemtl.data.aligned import AlignedFaces
 from kfacemtl.data.source import Source
 from kfacemtl.data.wrappers import holdout_rows, sample_rows
 from kfacemtl.errors import ConfigError, under_key
@@ -85,7 +86,9 @@ def make_source(spec: str | Mapping, key_path: str = "sources", **options) -> So
       a slice of a large dataset for a quick run;
     - ``val_fraction=F`` with ``part=train`` (default) or ``part=val``: a validation set split off by person
       (:func:`~kfacemtl.data.wrappers.holdout_rows`), e.g. ``utkface:UTKFace?split=train&val_fraction=0.1`` to
-      train and ``...&part=val`` to choose settings on.
+      train and ``...&part=val`` to choose settings on;
+    - ``align=DETECTOR`` (``mtcnn``; ``whole`` for crops) and ``align_size=N``: raw photos cut into faces as serving
+      cuts them (:class:`~kfacemtl.data.aligned.AlignedFaces`), e.g. ``folder:photos?align=mtcnn``.
 
     Example:
         >>> make_source("synthetic:webcam", n=4).domain
@@ -111,6 +114,9 @@ def make_source(spec: str | Mapping, key_path: str = "sources", **options) -> So
     merged = {**query, **options}
     sample = merged.pop("sample", None)
     val_fraction, part = merged.pop("val_fraction", None), merged.pop("part", None)
+    align, align_size = merged.pop("align", None), merged.pop("align_size", None)
+    if align_size is not None and align is None:
+        raise ConfigError(f"{key_path}.align_size", "needs align (the face detector: mtcnn, or whole for crops)")
     if part is not None and val_fraction is None:
         raise ConfigError(f"{key_path}.part", "needs val_fraction (the share of the source held out for validation)")
     for key in merged:
@@ -125,4 +131,8 @@ def make_source(spec: str | Mapping, key_path: str = "sources", **options) -> So
         with under_key(key_path, test_fraction="val_fraction"):
             source = holdout_rows(source, _number(f"{key_path}.val_fraction", val_fraction), part or "train")
     with under_key(key_path):
-        return source if sample is None else sample_rows(source, _coerce(f"{key_path}.sample", sample, 0))
+        source = source if sample is None else sample_rows(source, _coerce(f"{key_path}.sample", sample, 0))
+    if align is not None:
+        with under_key(key_path, detector="align", size="align_size"):
+            source = AlignedFaces(source, align, _coerce(f"{key_path}.align_size", align_size or 112, 0))
+    return source

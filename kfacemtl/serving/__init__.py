@@ -8,7 +8,8 @@ Example:
 from kfacemtl.serving.client import (Client, InvalidInputError, LocalPredictor, ModelNotFoundError,
                                      ServerUnavailableError, ServingError, format_results)
 from kfacemtl.serving.export import ExportError, export_model, list_versions, next_version
-from kfacemtl.serving.signatures import check_images, decode_batch, output_names, serving_functions
+from kfacemtl.models.answers import output_names
+from kfacemtl.serving.signatures import check_images, decode_batch, serving_functions
 
 __all__ = ["Client", "InvalidInputError", "LocalPredictor", "ModelNotFoundError", "ServerUnavailableError",
            "ServingError", "format_results", "ExportError", "export_model", "list_versions", "next_version",

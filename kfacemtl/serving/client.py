@@ -41,12 +41,12 @@ from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, prediction_service_pb2_grpc
 
 from kfacemtl.errors import KfacemtlError
+from kfacemtl.models.answers import group_outputs
 from kfacemtl.tables import text_table
 
 DEFAULT_SIGNATURE = "serving_default"
 # messages of up to 256 MiB (a batch of photos); gRPC's own default is 4 MiB
 GRPC_OPTIONS = [("grpc.max_send_message_length", 256 * 2 ** 20), ("grpc.max_receive_message_length", 256 * 2 ** 20)]
-_SUFFIXES = ("_probs", "_label", "_class", "_active")
 
 
 class ServingError(KfacemtlError):
@@ -155,35 +155,6 @@ def _which_image(message: str, names: Sequence[str]) -> tuple[str | None, str]:
     return (names[0] if len(names) == 1 else None), message
 
 
-def group_outputs(outputs: dict, n: int) -> list[dict]:
-    """Signature outputs ``{name: array (n, ...)}`` → one ``{task: result}`` dict per image.
-
-    ``<task>_probs``, ``<task>_label``, ``<task>_class`` and ``<task>_active`` are gathered
-    under ``<task>`` as ``probs``, ``label``, ``class``, ``active``; other outputs (``age``,
-    ``valence_arousal``) are the task's value.
-
-    Example:
-        >>> group_outputs({"age": np.array([30.5]), "gender_label": np.array([1]),
-        ...                "gender_class": np.array([b"female"])}, 1)
-        [{'age': 30.5, 'gender': {'label': 1, 'class': 'female'}}]
-    """
-    results = [{} for _ in range(n)]
-    for name, value in outputs.items():
-        value = np.asarray(value)
-        task, key = name, None
-        for suffix in _SUFFIXES:
-            if name.endswith(suffix):
-                task, key = name[: -len(suffix)], suffix[1:]
-        for i in range(n):
-            v = value[i]
-            v = v.decode() if isinstance(v, bytes) else v if isinstance(v, str) else v.tolist()
-            if key is None:
-                results[i][task] = v
-            else:
-                results[i].setdefault(task, {})[key] = v
-    return results
-
-
 class _Predictor:
     """Batching and result assembly shared by the local and remote predictors."""
 
@@ -256,6 +227,12 @@ class LocalPredictor(_Predictor):
 
     def describe(self) -> str:
         return f"SavedModel {self.path}"
+
+    @property
+    def image_size(self) -> tuple:
+        """``(height, width)`` of the model's input, from the ``serving_float`` signature."""
+        spec = self._loaded.signatures["serving_float"].structured_input_signature[1]
+        return tuple(next(iter(spec.values())).shape[1:3])
 
     def _predict_batch(self, data, names):
         tf = self._tf

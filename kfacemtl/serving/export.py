@@ -45,7 +45,8 @@ from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 from kfacemtl.errors import KfacemtlError
 from kfacemtl.files import atomic_write_text
 from kfacemtl.models import load_model, model_file, model_tasks
-from kfacemtl.serving.signatures import MAX_BYTES, output_names, serving_functions
+from kfacemtl.models.answers import output_names
+from kfacemtl.serving.signatures import MAX_BYTES, serving_functions
 from kfacemtl.data.images import MAX_PIXELS
 from kfacemtl.version import __version__
 

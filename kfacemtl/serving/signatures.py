@@ -2,20 +2,17 @@
 task out.
 
 Example:
-    >>> from kfacemtl.tasks import get_task
-    >>> output_names(get_task("expression"))
-    ['expression_probs', 'expression_label', 'expression_class']
+    >>> SIGNATURES
+    ('serving_default', 'serving_float')
 """
 from __future__ import annotations
-
-from typing import Sequence
 
 import numpy as np
 import tensorflow as tf
 
 from kfacemtl.data.images import MAX_PIXELS, decode_image, decode_rgb, header_size, png_or_jpeg, resize_batch
 from kfacemtl.models import model_tasks
-from kfacemtl.tasks import Task
+from kfacemtl.models.answers import task_outputs
 
 
 MAX_BYTES = 20 * 2 ** 20  # 20 MiB per encoded image
@@ -27,46 +24,6 @@ RESIZE_AT_ONCE_MAX_PIXELS = 224 * 224
 
 
 SIGNATURES = ("serving_default", "serving_float")
-
-
-def output_names(task: Task) -> list[str]:
-    """The signature outputs of one task.
-
-    classification: ``<task>_probs`` (batch, C), ``<task>_label`` (class index, int64) and
-    ``<task>_class`` (class name); multilabel: ``<task>_probs`` (batch, K) and
-    ``<task>_active`` (names with probability ≥ 0.5, comma-joined); regression:
-    ``<task>`` on the task's own scale ((batch,) for one value, e.g. ``age`` in years).
-
-    Example:
-        >>> from kfacemtl.tasks import get_task
-        >>> output_names(get_task("gender"))
-        ['gender_probs', 'gender_label', 'gender_class']
-    """
-    if task.kind == "classification":
-        return [f"{task.name}_probs", f"{task.name}_label", f"{task.name}_class"]
-    if task.kind == "multilabel":
-        return [f"{task.name}_probs", f"{task.name}_active"]
-    return [task.name]
-
-
-def _task_outputs(tasks: Sequence[Task], outputs) -> dict:
-    outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
-    result = {}
-    for task, out in zip(tasks, outputs):
-        out = tf.cast(out, tf.float32)
-        if task.kind == "classification":
-            label = tf.argmax(out, axis=-1)
-            result[f"{task.name}_probs"] = out
-            result[f"{task.name}_label"] = label
-            result[f"{task.name}_class"] = tf.gather(tf.constant(list(task.classes)), label)
-        elif task.kind == "multilabel":
-            result[f"{task.name}_probs"] = out
-            names = tf.broadcast_to(tf.constant(list(task.classes)), tf.shape(out))
-            active = tf.ragged.boolean_mask(names, out >= 0.5)
-            result[f"{task.name}_active"] = tf.strings.reduce_join(active, axis=-1, separator=",")
-        else:
-            result[task.name] = out[:, 0] if task.dim == 1 else out
-    return result
 
 
 def check_images(images, max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS):
@@ -206,7 +163,7 @@ def serving_functions(model, image_size=None, max_bytes: int = MAX_BYTES, max_pi
         # GPU would otherwise copy each head's values out separately, several times for a class task)
         with tf.device("/CPU:0"):
             parts = tf.split(tf.identity(matrix), [int(np.prod(shape)) for shape in shapes], axis=1)
-            return _task_outputs(tasks, [tf.reshape(p, [-1, *shape]) for p, shape in zip(parts, shapes)])
+            return task_outputs(tasks, [tf.reshape(p, [-1, *shape]) for p, shape in zip(parts, shapes)])
 
     def from_bytes(images):
         return from_float(decode_batch(images, (h, w), max_bytes, max_pixels))
