@@ -58,8 +58,39 @@ def _cmd_evaluate(args):
                                 "config.yaml; name the sets to evaluate with --source")
     results = evaluate_sources(model, build_sources(specs, where), tasks, batch_size=args.batch_size)
     print(format_table(results, tasks))
+    from kfacemtl.analysis.calibration import ece_table, plot_source_reliability
+    if any(t.kind == "classification" for t in tasks):
+        print("\n" + ece_table(results, model.temperatures))
+    if args.plots:
+        written = plot_source_reliability(model, build_sources(specs, where), args.plots, args.batch_size)
+        print(f"{len(written)} reliability diagrams in {args.plots}")
     if args.json:
         _write_json(args.json, to_json(results))
+
+
+def _cmd_calibrate(args):
+    from kfacemtl.analysis.calibration import calibrate, calibration_table, save_calibrated
+    from kfacemtl.data.registry import validation_spec
+    from kfacemtl.models import load_model, model_file
+    from kfacemtl.training import build_sources
+    from kfacemtl.training.config import load_config
+    path = model_file(args.model)
+    specs, where = args.source, "--source"
+    if not specs:  # a run directory's validation parts
+        config = os.path.join(args.model, "config.yaml")
+        train = load_config(config)["sources"] if os.path.isfile(config) else []
+        specs, where = [v for v in map(validation_spec, train) if v is not None], f"validation parts of {config}"
+        if not specs:
+            raise KfacemtlError(f"{args.model}: no --source given and no training source of a run directory's "
+                                "config.yaml holds a validation part out (val_fraction); name validation data with "
+                                "--source (never the test set)")
+    model = load_model(path, compile=False)
+    with _options(model="--model", sources="--source"):
+        report = calibrate(model, build_sources(specs, where), batch_size=args.batch_size)
+    out = Path(args.out) if args.out else path
+    written = save_calibrated(model, report, out, specs)
+    print(calibration_table(report))
+    print(f"calibrated model: {out}; {written['json']}; reliability diagrams in {out.parent / 'plots'}")
 
 
 def _cmd_demo(args):
@@ -209,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
                "  kfacemtl demo                                              # the synthetic benchmark, ~10 min on 2 cores\n"
                "  kfacemtl train configs/real_mtl.yaml --out runs/real_mtl\n"
                "  kfacemtl evaluate runs/real_mtl --source 'fer2013:../shared/data/fer2013?usage=PublicTest'\n"
+               "  kfacemtl calibrate runs/real_mtl\n"
                "  kfacemtl export runs/real_mtl --name faces\n"
                "  kfacemtl predict --saved-model saved_models/faces/1 face.jpg\n"
                "  kfacemtl explain runs/real_mtl face.jpg --head expression --out saliency/\n"
@@ -253,6 +285,24 @@ kfacemtl evaluate runs/real_mtl/model.keras --source 'utkface:../shared/data/utk
                         "'csv:faces.csv', 'folder:fer/test?task=expression'; repeat for several "
                         "(default: a run directory's eval_sources)")
     p.add_argument("--json", help="also write {source: {task: {metric: value, n: count}}} here")
+    p.add_argument("--batch-size", type=int, default=128, help="images per prediction batch")
+    p.add_argument("--plots", help="folder for a reliability diagram per source and classification head")
+
+    p = _subcommand(sub, "calibrate", "temperature scaling of the classification heads, fitted on validation data",
+                    "Fits one temperature per classification head (gender, race, expression ...) to minimise the\n"
+                    "negative log-likelihood on validation faces, saves it in the model (so evaluate, predict,\n"
+                    "analyze and export use it; the predicted classes never change) and prints the expected\n"
+                    "calibration error before and after. Writes calibration.json beside the model and\n"
+                    "plots/reliability_<task>.png. Never calibrate on the test set that reports the result.",
+                    """
+kfacemtl calibrate runs/real_mtl                 # a run directory: its sources' validation parts (val_fraction)
+kfacemtl calibrate runs/real_mtl --source 'fer2013:../shared/data/fer2013?usage=Training&val_fraction=0.1&part=val'
+kfacemtl calibrate runs/exp/model.keras --source 'csv:val.csv' --out runs/exp/model_calibrated.keras
+""", _cmd_calibrate)
+    p.add_argument("model", help="a run directory or a .keras file")
+    p.add_argument("--source", action="append", help="validation data, FORMAT:PATH[?key=value&...]; repeat for several "
+                                                     "(default: a run directory's validation parts)")
+    p.add_argument("--out", help="where to save the calibrated model (default: over the model file, atomically)")
     p.add_argument("--batch-size", type=int, default=128, help="images per prediction batch")
 
     p = _subcommand(sub, "demo", "train and evaluate on the synthetic benchmark (about 10 min on 2 CPU cores)",

@@ -1,7 +1,7 @@
 """Evaluation per source and task: the numbers a face-analysis paper reports.
 
-- classification: accuracy and macro-F1 (over the classes present in labels or predictions),
-  plus a confusion matrix;
+- classification: accuracy, macro-F1 (over the classes present in labels or predictions), the expected
+  calibration error (``ece``, 15 bins), plus a confusion matrix;
 - regression: MAE and RMSE per value (age in years); for valence/arousal also CCC per value
   and their mean;
 - multilabel: F1 per label at 0.5 and their mean (over labels with a positive or a prediction);
@@ -61,8 +61,41 @@ def classification_metrics(y_true, probs) -> dict:
     present = (cm.sum(0) + cm.sum(1)) > 0
     f1 = [_f1(cm[k, k], cm[:, k].sum() - cm[k, k], cm[k, :].sum() - cm[k, k]) for k in np.flatnonzero(present)]
     return {"accuracy": float(np.mean(pred == y_true)) if len(y_true) else math.nan,
-            "macro_f1": float(np.mean(f1)) if f1 else math.nan, "n": int(len(y_true)),
+            "macro_f1": float(np.mean(f1)) if f1 else math.nan,
+            "ece": expected_calibration_error(y_true, probs) if len(y_true) else math.nan, "n": int(len(y_true)),
             "confusion": cm.tolist()}
+
+
+def reliability(y_true, probs, bins: int = 15) -> dict:
+    """The reliability curve of class probabilities: faces binned by their top probability (``bins`` equal
+    widths over [0, 1]); per bin the mean ``confidence``, the ``accuracy`` and the ``count`` (empty bins left out).
+
+    Example:
+        >>> r = reliability([0, 1, 1, 0], np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4]]), bins=10)
+        >>> r["confidence"], r["accuracy"], r["count"]
+        ([0.6, 0.7, 0.8, 0.9], [1.0, 1.0, 0.0, 1.0], [1, 1, 1, 1])
+    """
+    probs = np.asarray(probs, np.float64)
+    confidence, correct = probs.max(-1), probs.argmax(-1) == np.asarray(y_true, int)
+    which = np.minimum((confidence * bins).astype(int), bins - 1)
+    kept = [b for b in range(bins) if np.any(which == b)]
+    return {"confidence": [round(float(confidence[which == b].mean()), 6) for b in kept],
+            "accuracy": [round(float(correct[which == b].mean()), 6) for b in kept],
+            "count": [int(np.sum(which == b)) for b in kept]}
+
+
+def expected_calibration_error(y_true, probs, bins: int = 15) -> float:
+    """Expected calibration error: over ``bins`` equal-width bins of the top probability, the gap between mean
+    confidence and accuracy, weighted by the share of faces in the bin (0: probabilities that mean what they say).
+
+    Example:
+        >>> round(expected_calibration_error([0, 1, 1, 0], np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4]]),
+        ...                                  bins=10), 3)     # (0.1 + 0.8 + 0.3 + 0.4) / 4
+        0.4
+    """
+    r = reliability(y_true, probs, bins)
+    n = sum(r["count"])
+    return float(sum(c * abs(p - a) for p, a, c in zip(r["confidence"], r["accuracy"], r["count"])) / n)
 
 
 def regression_metrics(y_true, y_pred, names: Sequence[str] = (), ccc: bool = False) -> dict:
@@ -178,25 +211,42 @@ def evaluate_sources(model, sources: Sequence[Source], tasks: Sequence[Task] | N
         ...                     embedding_dim=8, head_units=4)
         >>> results = evaluate_sources(model, [make_source("synthetic:portraits?split=test&n=8")])
         >>> sorted(results["portraits-test"]["gender"])
-        ['accuracy', 'confusion', 'macro_f1', 'n']
+        ['accuracy', 'confusion', 'ece', 'macro_f1', 'n']
+    """
+    tasks = list(tasks or model_tasks(model))
+    results = {}
+    for src in sources:
+        results[src.name] = {name: task_metrics(task, y, p) for name, (task, y, p) in
+                             labelled_predictions(model, src, tasks, batch_size, image_size).items()}
+    return results
+
+
+def labelled_predictions(model, source: Source, tasks: Sequence[Task] | None = None, batch_size: int = 128,
+                         image_size=None) -> dict:
+    """``{task: (task, labels, predictions)}`` on the rows of ``source`` labelled for each task the model has.
+
+    Example:
+        >>> from kfacemtl.models import build_model
+        >>> from kfacemtl.data import make_source
+        >>> from kfacemtl.tasks import resolve_tasks
+        >>> model = build_model(resolve_tasks(["gender", "expression"]), input_shape=(16, 16, 3), widths=(4,), depths=1)
+        >>> out = labelled_predictions(model, make_source("synthetic:portraits?n=6"))
+        >>> {name: p.shape for name, (task, y, p) in out.items()}     # portraits label gender, not expression
+        {'gender': (6, 2)}
     """
     tasks = list(tasks or model_tasks(model))
     image_size = image_size or tuple(model.input_shape[1:3])
-    results = {}
-    for src in sources:
-        ds = make_dataset([src], tasks, batch_size=batch_size, image_size=image_size, training=False)
-        preds = model.predict(ds.map(lambda x, y, w: x), verbose=0)
-        preds = preds if isinstance(preds, (list, tuple)) else [preds]
-        by_name = dict(zip(model.output_names, preds))
-        labels, weights = src.labels(tasks)
-        entry = {}
-        for task in tasks:
-            rows = weights[task.name] > 0
-            if task.name not in by_name or not rows.any():
-                continue
-            entry[task.name] = task_metrics(task, labels[task.name][rows], by_name[task.name][rows])
-        results[src.name] = entry
-    return results
+    ds = make_dataset([source], tasks, batch_size=batch_size, image_size=image_size, training=False)
+    preds = model.predict(ds.map(lambda x, y, w: x), verbose=0)
+    preds = preds if isinstance(preds, (list, tuple)) else [preds]
+    by_name = dict(zip(model.output_names, preds))
+    labels, weights = source.labels(tasks)
+    out = {}
+    for task in tasks:
+        rows = weights[task.name] > 0
+        if task.name in by_name and rows.any():
+            out[task.name] = (task, labels[task.name][rows], by_name[task.name][rows])
+    return out
 
 
 def format_table(results: dict, tasks: Sequence[Task]) -> str:

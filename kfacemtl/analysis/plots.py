@@ -100,6 +100,27 @@ def plot_confusion(cm, class_names: Sequence[str], title: str, out_png) -> Path:
     return save_figure(fig, out_png)
 
 
+def plot_reliability(curves: dict, title: str, out_png) -> Path:
+    """Reliability diagram: accuracy against confidence per bin (:func:`~kfacemtl.analysis.evaluation.reliability`)
+    for each curve of ``curves`` (``{label: curve}``, e.g. before and after calibration), beside the diagonal of
+    perfect calibration; each point's area follows its number of faces.
+
+    Example:
+        >>> curve = {"confidence": [0.55, 0.75, 0.95], "accuracy": [0.5, 0.6, 0.8], "count": [10, 30, 60]}
+        >>> plot_reliability({"before (ECE 0.12)": curve}, "gender on utkface-val", "reliability.png").name
+        'reliability.png'
+    """
+    fig, ax = subplots(figsize=(4.2, 4))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfectly calibrated")
+    for label, curve in curves.items():
+        sizes = 200 * np.asarray(curve["count"]) / max(1, max(curve["count"], default=1))
+        line, = ax.plot(curve["confidence"], curve["accuracy"], marker="", label=label)
+        ax.scatter(curve["confidence"], curve["accuracy"], s=np.maximum(sizes, 4), color=line.get_color(), alpha=0.6)
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top probability)", ylabel="accuracy", title=title)
+    ax.legend(fontsize=7, loc="upper left")
+    return save_figure(fig, out_png)
+
+
 def plot_lr_range(result: dict, out_png) -> Path:
     """Smoothed loss against learning rate (log axis) from :func:`~kfacemtl.training.lr_range_test`.
 

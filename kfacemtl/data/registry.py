@@ -76,6 +76,28 @@ def _number(key_path, value):
         raise ConfigError(key_path, f"expected a number, got {value!r}") from None
 
 
+def validation_spec(spec: str | Mapping) -> str | Mapping | None:
+    """The validation part of a training source spec that holds one out (``val_fraction=F``): the same spec with
+    ``part=val``; None for a spec without ``val_fraction``.
+
+    Example:
+        >>> validation_spec("fer2013:data/fer2013?usage=Training&val_fraction=0.1")
+        'fer2013:data/fer2013?usage=Training&val_fraction=0.1&part=val'
+        >>> validation_spec("synthetic:lab?n=8") is None
+        True
+    """
+    if isinstance(spec, Mapping):
+        _, _, query = parse_spec(spec.get("spec", ""))
+        if "val_fraction" not in {**query, **spec}:
+            return None
+        return {**spec, "part": "val"}
+    fmt, path, query = parse_spec(spec)
+    if "val_fraction" not in query:
+        return None
+    query["part"] = "val"
+    return f"{fmt}:{path}?{urllib.parse.urlencode(query, safe='/:,')}"
+
+
 def make_source(spec: str | Mapping, key_path: str = "sources", **options) -> Source:
     """Build a source from ``FORMAT:PATH`` (or ``{"spec": ..., **options}``).
 

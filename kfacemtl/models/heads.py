@@ -19,7 +19,9 @@ class TaskOutput(keras.layers.Dense):
 
     Classification → softmax probabilities; multilabel → sigmoid probabilities; regression →
     values on the task's own scale (``center + scale · z``, e.g. years for age).
-    The task's description travels in the layer config.
+    The task's description travels in the layer config, and so does a classification head's ``temperature``
+    (temperature scaling, :func:`kfacemtl.analysis.calibration.calibrate`): outside training its probabilities are
+    ``softmax(z / temperature)`` of its logits ``z`` (1: as trained).
 
     Example:
         >>> from kfacemtl.tasks import get_task
@@ -29,24 +31,45 @@ class TaskOutput(keras.layers.Dense):
         ((1, 1), True)
     """
 
-    def __init__(self, task: dict | Task, **kwargs):
+    def __init__(self, task: dict | Task, temperature: float = 1.0, **kwargs):
         task = task if isinstance(task, Task) else Task.from_config(task)
         activation = {"classification": "softmax", "multilabel": "sigmoid", "regression": "linear"}[task.kind]
         kwargs.pop("units", None)
         kwargs.setdefault("activation", activation)
         kwargs.setdefault("name", task.name)
         super().__init__(units=task.output_dim, **kwargs)
-        self.task = task
+        self.task, self.temperature = task, 1.0
+        self.set_temperature(temperature)
 
-    def call(self, inputs):
+    def set_temperature(self, temperature: float):
+        """Set the temperature of a classification head (1: as trained); a model's outputs follow once its
+        functions are traced again (:meth:`~kfacemtl.models.MultiTaskModel.set_temperatures` sees to that).
+
+        Example:
+            >>> from kfacemtl.tasks import get_task
+            >>> head = TaskOutput(get_task("gender"))
+            >>> head.set_temperature(1.5); head.temperature
+            1.5
+        """
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 < temperature < 1e30:
+            raise ValueError(f"temperature: expected a positive number; got {temperature!r}")
+        if temperature != 1.0 and self.task.kind != "classification":
+            raise ValueError(f"temperature: only classification heads are scaled; {self.task.name} is {self.task.kind}")
+        self.temperature = float(temperature)
+
+    def call(self, inputs, training=None):
         out = super().call(inputs)
         if self.task.kind == "regression":
             center, scale = self.task.output_affine
             out = center + scale * out
+        elif self.temperature != 1.0 and not training:  # softmax(log p / T) = softmax(z / T)
+            out = keras.ops.softmax(keras.ops.log(keras.ops.maximum(out, 1e-30)) / self.temperature, axis=-1)
         return out
 
     def get_config(self):
         config = super().get_config()
         config.pop("units", None)
         config["task"] = self.task.to_config()
+        if self.temperature != 1.0:
+            config["temperature"] = self.temperature
         return config

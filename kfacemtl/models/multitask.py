@@ -99,6 +99,8 @@ class MultiTaskModel(MultiTaskSteps, keras.Model):
             blocks, then a copy of the later ones per group): each group gets its own pooling and embedding (layers
             ``<group>_embedding...``) and its tasks' heads. Every task is in exactly one group. None: one shared
             embedding.
+        temperatures: ``{task: T}`` of classification heads calibrated by temperature scaling (see
+            :meth:`set_temperatures`); the others are 1.
 
     The embedding and hidden layers compute in the backbone's dtype policy (``mixed_float16`` with a mixed-precision
     backbone); the task outputs, and so the losses, stay float32.
@@ -114,10 +116,15 @@ class MultiTaskModel(MultiTaskSteps, keras.Model):
 
     def __init__(self, backbone, tasks: Sequence[Task | Mapping], pooling: str = "flatten", embedding_dim: int = 256,
                  head_units: int = 64, dropout: float = 0.3, fusions: Sequence = (),
-                 branches: Mapping[str, Sequence[str]] | None = None, **kwargs):
+                 branches: Mapping[str, Sequence[str]] | None = None, temperatures: Mapping | None = None,
+                 **kwargs):
         tasks = [t if isinstance(t, Task) else Task.from_config(t) for t in tasks]
         if not tasks:
             raise ValueError("tasks: a model needs at least one task")
+        temperatures = dict(temperatures or {})
+        if set(temperatures) - {t.name for t in tasks}:
+            raise ValueError(f"temperatures: {sorted(set(temperatures) - {t.name for t in tasks})} are not tasks of "
+                             f"the model {[t.name for t in tasks]}")
         pooling, embedding_dim, head_units, dropout = check_neck(pooling, embedding_dim, head_units, dropout)
         fusions = [f if isinstance(f, OutputFusion) else keras.saving.deserialize_keras_object(f) for f in fusions]
         outputs = getattr(backbone, "outputs", None)
@@ -146,7 +153,8 @@ class MultiTaskModel(MultiTaskSteps, keras.Model):
                 h = x if not head_units else layers.Dense(head_units, activation="relu", name=f"{task.name}_hidden",
                                                           dtype=dtype)(x)
                 name = f"{task.name}_head" if task.name in fused else task.name
-                heads[task.name] = TaskOutput(task, name=name, dtype="float32")(h)
+                heads[task.name] = TaskOutput(task, temperature=temperatures.get(task.name, 1.0), name=name,
+                                              dtype="float32")(h)
         outputs = dict(heads)
         for f in fusions:
             missing = {f.source, f.target} - set(heads)
@@ -168,7 +176,38 @@ class MultiTaskModel(MultiTaskSteps, keras.Model):
                   "fusions": [keras.saving.serialize_keras_object(f) for f in self.fusions]}
         if self.branches:
             config["branches"] = {g: list(names) for g, names in self.branches.items()}
+        if any(t != 1.0 for t in self.temperatures.values()):
+            config["temperatures"] = self.temperatures
         return config
+
+    @property
+    def temperatures(self) -> dict:
+        """``{task: T}`` of every classification head (1: not calibrated)."""
+        return {t.name: self.task_output(t.name).temperature for t in self.tasks if t.kind == "classification"}
+
+    def set_temperatures(self, temperatures: Mapping[str, float]):
+        """Calibrate classification heads by temperature scaling: outside training, head ``task`` gives
+        ``softmax(z / T)`` of its logits ``z`` (T > 1 softens over-confident probabilities; the predicted class never
+        changes). Saved with the model and exported in both signatures;
+        :func:`kfacemtl.analysis.calibration.calibrate` fits them.
+
+        Example:
+            >>> import numpy as np
+            >>> from kfacemtl.models import build_model
+            >>> from kfacemtl.tasks import resolve_tasks
+            >>> model = build_model(resolve_tasks(["gender"]), input_shape=(16, 16, 3), widths=(4,), depths=1)
+            >>> x = np.random.default_rng(0).random((1, 16, 16, 3))
+            >>> model.set_temperatures({"gender": 1e6})
+            >>> model.temperatures, np.round(model.predict(x, verbose=0)[0], 3).tolist()   # all but uniform
+            ({'gender': 1000000.0}, [0.5, 0.5])
+        """
+        known = self.temperatures
+        for task, value in temperatures.items():
+            if task not in known:
+                raise ValueError(f"temperatures: {task!r} is not a classification head of this model; they are "
+                                 f"{sorted(known)}")
+            self.task_output(task).set_temperature(value)
+        self.predict_function = self.test_function = None  # traced again, with the new temperatures
 
     def embeddings(self) -> dict:
         """``{group: embedding layer name}``: ``{None: "embedding"}`` without branches.

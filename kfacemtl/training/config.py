@@ -48,6 +48,7 @@ from typing import Any, Mapping
 import yaml
 
 from kfacemtl.data.cache import BAD_IMAGES, CACHE_MODES
+from kfacemtl.data.registry import validation_spec
 from kfacemtl.errors import ConfigError, check_choice, under_key
 from kfacemtl.models import BACKBONES, check_neck
 from kfacemtl.models.backbones import check_branching, check_trunk
@@ -108,6 +109,7 @@ DEFAULTS: dict[str, Any] = {
         "jit_compile": "auto",
         "steps_per_execution": "auto",
         "seed": 0,
+        "calibrate": False,
     },
     "distillation": {
         "rounds": 0,
@@ -209,6 +211,11 @@ def resolve_config(config: Mapping | None) -> dict:
                          ("augment_on", AUGMENT_ON),
                          ("loss_normalization", NORMALIZATIONS), ("weighting", sorted(WEIGHTINGS))):
         check_choice(f"training.{key}", tr[key], choices)
+    if not isinstance(tr["calibrate"], bool):
+        raise ConfigError("training.calibrate", f"expected true or false, got {tr['calibrate']!r}")
+    if tr["calibrate"] and not any(validation_spec(s) for s in cfg["sources"] or ()):
+        raise ConfigError("training.calibrate", "needs a training source that holds a validation part out "
+                                                "(val_fraction=F in its spec): the temperatures are fitted there")
     if not (isinstance(tr["jit_compile"], bool) or tr["jit_compile"] == "auto"):
         raise ConfigError("training.jit_compile", f"expected true, false or auto (XLA where a GPU is, under the "
                                                   f"default strategy), got {tr['jit_compile']!r}")

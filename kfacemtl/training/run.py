@@ -40,10 +40,12 @@ import keras
 import tensorflow as tf
 import yaml
 
+from kfacemtl.analysis.calibration import calibrate, save_calibrated
 from kfacemtl.analysis.evaluation import evaluate_sources, format_table
 from kfacemtl.analysis.plots import plot_confusion, plot_history, plot_relatedness, plot_task_weights
 from kfacemtl.data import (Source, WithoutLabels, cached_sources, make_dataset, make_source, mixing_weights,
                            prefetch_to_gpu, steps_per_epoch)
+from kfacemtl.data.registry import validation_spec
 from kfacemtl.errors import ConfigError, TrainingDiverged, under_key
 from kfacemtl.files import atomic_write, atomic_write_text
 from kfacemtl.models import build_model, count_flops, load_model, model_file
@@ -423,7 +425,13 @@ def write_report(run: Run, model, history, seconds: float, distillation=None, gu
     """
     out_dir, tasks, tr = run.out_dir, run.tasks, run.cfg["training"]
     coannotation, matching, fusions, relations = run.coupling
-    atomic_write(out_dir / "model.keras", model.save)
+    calibration = None
+    if tr["calibrate"]:  # temperature scaling on the validation parts, saved with the model (and its plots)
+        specs = [v for v in map(validation_spec, run.cfg["sources"]) if v is not None]
+        calibration = calibrate(model, build_sources(specs, "sources (validation parts)"), image_size=run.image_size)
+        save_calibrated(model, calibration, out_dir / "model.keras", specs)
+    else:
+        atomic_write(out_dir / "model.keras", model.save)
     results = evaluate_sources(model, run.eval_sources, tasks, image_size=run.image_size) if run.eval_sources else {}
     plots = [plot_history(out_dir / "history.csv", out_dir / "plots" / "loss.png"),
              plot_task_weights(out_dir / "history.csv", out_dir / "plots" / "task_weights.png")]
@@ -453,6 +461,8 @@ def write_report(run: Run, model, history, seconds: float, distillation=None, gu
                      "fused_outputs": [f"{f.source}->{f.target}" for f in fusions],
                      "relations": [r.describe() for r in relations]} if relations else None,
         "plots": [str(p.relative_to(out_dir)) for p in plots if p is not None],
+        "calibration": {t: {k: v for k, v in c.items() if not k.startswith("reliability")}
+                        for t, c in calibration.items()} if calibration else None,
         "nan_events": [{"epoch": e + 1, "batch": b + 1, "action": a} for e, b, a in guard.events] if guard else [],
         "skipped_images": {name: {"count": len(rows), "rows": rows[:20]} for name, rows in run.skipped.items()},
     }

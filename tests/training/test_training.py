@@ -279,3 +279,16 @@ def test_a_run_directory_holds_no_face_images(tmp_path):
     assert kinds == {"scalars"}, kinds
     assert all(p.startswith("plots/") for p in report["plots"])  # charts: curves and confusion matrices
     assert (out / "report.json").stat().st_size < 50_000 and (out / "history.csv").stat().st_size < 10_000
+
+
+def test_training_can_end_by_calibrating_on_the_validation_parts(tmp_path):
+    cfg = _cfg(calibrate=True)
+    cfg["sources"] = [s + "&val_fraction=0.25" for s in cfg["sources"]]
+    report = train_run(cfg, tmp_path / "run", verbose=0)
+    fitted = {t: c["temperature"] for t, c in report["calibration"].items()}
+    assert set(fitted) == {"gender", "expression"} and report["calibration"]["gender"]["n"] == 16
+    from kfacemtl.models import load_model
+    assert load_model(tmp_path / "run" / "model.keras").temperatures == pytest.approx(fitted)
+    assert (tmp_path / "run" / "plots" / "reliability_expression.png").exists()
+    with pytest.raises(ConfigError, match="'training.calibrate': needs a training source that holds a validation"):
+        resolve_config(_cfg(calibrate=True))

@@ -1,0 +1,136 @@
+"""Temperature scaling: the heads' temperatures, fitting them, saving and exporting them, the commands."""
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from helpers import tiny_model
+from kfacemtl.analysis.calibration import calibrate, fit_temperature, nll, rescaled
+from kfacemtl.analysis.evaluation import expected_calibration_error, reliability
+from kfacemtl.data import make_source
+from kfacemtl.data.registry import validation_spec
+from kfacemtl.models import load_model
+
+X = np.random.default_rng(0).random((6, 64, 64, 3)).astype("float32")
+
+
+def test_a_temperature_softens_the_probabilities_outside_training_only_and_keeps_the_classes():
+    model = tiny_model(["gender", "expression", "age"])
+    before = model.predict_dict(X, verbose=0)
+    model.set_temperatures({"expression": 3.0})
+    after = model.predict_dict(X, verbose=0)
+    np.testing.assert_allclose(after["expression"], rescaled(before["expression"], 3.0), atol=1e-5)
+    assert (after["expression"].argmax(1) == before["expression"].argmax(1)).all()
+    assert after["expression"].max(1).mean() < before["expression"].max(1).mean()  # less sure
+    np.testing.assert_allclose(after["gender"], before["gender"], atol=1e-6)  # other heads as they were
+    head = model.task_output("expression")  # the training step sees the head's own probabilities
+    h = np.random.default_rng(1).normal(size=(4, head.kernel.shape[0])).astype("float32")
+    trained, served = head(h, training=True).numpy(), head(h, training=False).numpy()
+    model.set_temperatures({"expression": 1.0})
+    np.testing.assert_allclose(head(h, training=True).numpy(), trained, atol=1e-6)
+    np.testing.assert_allclose(served, rescaled(trained, 3.0), atol=1e-5)
+    with pytest.raises(ValueError, match="temperatures: 'age' is not a classification head"):
+        model.set_temperatures({"age": 2.0})
+    with pytest.raises(ValueError, match="temperature: expected a positive number; got -1"):
+        model.set_temperatures({"gender": -1})
+
+
+def test_temperatures_are_saved_with_the_model_and_exported_in_both_signatures(tmp_path):
+    import tensorflow as tf
+    from kfacemtl.serving import export_model
+    model = tiny_model(["gender", "expression"])
+    model.set_temperatures({"gender": 0.5, "expression": 2.5})
+    expected = model.predict_dict(X, verbose=0)
+    model.save(tmp_path / "m.keras")
+    loaded = load_model(tmp_path / "m.keras")
+    assert loaded.temperatures == {"gender": 0.5, "expression": 2.5}
+    np.testing.assert_allclose(loaded.predict_dict(X, verbose=0)["expression"], expected["expression"], atol=1e-6)
+    exported = tf.saved_model.load(str(export_model(model, tmp_path / "models", "faces", warmup=False)))
+    out = exported.signatures["serving_float"](images=tf.constant(X))
+    np.testing.assert_allclose(out["expression_probs"].numpy(), expected["expression"], atol=1e-5)
+    pixels = np.round(X * 255).astype(np.uint8)
+    out = exported.signatures["serving_default"](images=tf.constant([tf.io.encode_png(p).numpy() for p in pixels]))
+    np.testing.assert_allclose(out["gender_probs"].numpy(),
+                               model.predict_dict(pixels / np.float32(255), verbose=0)["gender"], atol=1e-4)
+
+
+def test_fitting_finds_over_and_under_confidence_and_never_loses_likelihood():
+    rng = np.random.default_rng(1)
+    logits = rng.normal(0, 2, (3000, 4))
+    truth = rescaled(np.exp(logits) / np.exp(logits).sum(1, keepdims=True), 1.0)
+    labels = np.array([rng.choice(4, p=p) for p in truth])
+    for true_t in (0.4, 2.5):  # probabilities too soft, too sharp
+        probs = rescaled(truth, 1 / true_t)
+        t = fit_temperature(labels, probs)
+        assert abs(np.log(t / true_t)) < 0.08, (t, true_t)
+        assert nll(labels, rescaled(probs, t)) <= nll(labels, probs) + 1e-9
+        assert expected_calibration_error(labels, rescaled(probs, t)) < 0.03 < expected_calibration_error(labels, probs)
+    with pytest.raises(ValueError, match="y_true: no labelled faces"):
+        fit_temperature([], np.zeros((0, 2)))
+
+
+def test_reliability_bins_cover_every_face():
+    rng = np.random.default_rng(2)
+    probs = rng.dirichlet(np.ones(3), 500)
+    r = reliability(rng.integers(0, 3, 500), probs, bins=10)
+    assert sum(r["count"]) == 500 and all(1 / 3 <= c <= 1 for c in r["confidence"])
+
+
+def test_calibrate_fits_on_the_sources_and_refits_a_calibrated_model_from_its_own_scale():
+    model = tiny_model(["gender", "expression", "age"])
+    sources = [make_source("synthetic:portraits?n=48"), make_source("synthetic:lab?n=48")]
+    report = calibrate(model, sources, image_size=(64, 64))
+    assert set(report) == {"gender", "expression"} and report["gender"]["n"] == 48
+    for r in report.values():
+        assert r["nll_after"] <= r["nll_before"] + 1e-9 and 0 < r["temperature"]
+    again = calibrate(model, sources, image_size=(64, 64))  # from the uncalibrated outputs: the same fit
+    for name in report:
+        assert again[name]["temperature"] == pytest.approx(report[name]["temperature"], rel=1e-3)
+        assert again[name]["ece_before"] == pytest.approx(report[name]["ece_before"], abs=1e-6)
+    with pytest.raises(ValueError, match="sources: none labels a classification head"):
+        calibrate(model, [make_source("synthetic:affect?n=8&tasks=valence_arousal")])
+
+
+def test_validation_parts_of_training_specs():
+    assert validation_spec("utkface:x/UTKFace?split=train&val_fraction=0.1") == (
+        "utkface:x/UTKFace?split=train&val_fraction=0.1&part=val")
+    assert validation_spec({"spec": "synthetic:lab", "val_fraction": 0.2}) == {"spec": "synthetic:lab",
+                                                                              "val_fraction": 0.2, "part": "val"}
+    assert validation_spec("synthetic:lab?n=4") is None
+    val = make_source(validation_spec("synthetic:lab?n=40&val_fraction=0.25"))
+    assert val.name == "lab-train-val" and len(val) == 10
+
+
+def test_calibrate_and_evaluate_commands(tmp_path, capsys):
+    from kfacemtl.cli import main
+    from kfacemtl.training import train_run
+    cfg = {"tasks": ["gender", "expression"],
+           "sources": ["synthetic:lab?n=64&val_fraction=0.25", "synthetic:portraits?n=64&val_fraction=0.25"],
+           "eval_sources": ["synthetic:street?split=test&n=16"],
+           "model": {"input_shape": [24, 24, 3], "widths": [8, 16], "depths": [1, 1], "embedding_dim": 16,
+                     "head_units": 8},
+           "training": {"epochs": 1, "steps_per_epoch": 3, "batch_size": 16}}
+    run = tmp_path / "run"
+    train_run(cfg, run, verbose=0)
+    before = (run / "model.keras").read_bytes()
+    assert main(["calibrate", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "task        faces  temperature  ECE before  ECE after" in out
+    saved = json.loads((run / "calibration.json").read_text())
+    assert saved["sources"] == [s + "&part=val" for s in cfg["sources"]] and set(saved["tasks"]) == {"gender",
+                                                                                                      "expression"}
+    assert (run / "model.keras").read_bytes() != before and (run / "plots" / "reliability_gender.png").exists()
+    temperatures = load_model(run / "model.keras").temperatures
+    assert temperatures["gender"] == pytest.approx(saved["tasks"]["gender"]["temperature"])
+    assert main(["evaluate", str(run), "--plots", str(tmp_path / "rel")]) == 0
+    out = capsys.readouterr().out
+    assert "calibration (expected calibration error" in out and f"{temperatures['gender']:.3f}" in out
+    assert sorted(p.name for p in (tmp_path / "rel").iterdir()) == ["reliability_street-test_expression.png",
+                                                                   "reliability_street-test_gender.png"]
+    plain = dict(cfg, sources=["synthetic:lab?n=32"])
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "config.yaml").write_text(yaml.safe_dump(plain))
+    (tmp_path / "plain" / "model.keras").write_bytes((run / "model.keras").read_bytes())
+    assert main(["calibrate", str(tmp_path / "plain")]) == 2
+    assert "holds a validation part out (val_fraction)" in capsys.readouterr().err
