@@ -64,6 +64,15 @@ def _cmd_evaluate(args):
     if args.plots:
         written = plot_source_reliability(model, build_sources(specs, where), args.plots, args.batch_size)
         print(f"{len(written)} reliability diagrams in {args.plots}")
+    if args.by:
+        from kfacemtl.analysis.fairness import evaluate_groups, format_groups
+        from kfacemtl.files import atomic_write_text
+        with _options(by="--by"):
+            groups = evaluate_groups(model, build_sources(specs, where), [b for b in args.by.split(",") if b], tasks,
+                                     batch_size=args.batch_size)
+        print("\n" + format_groups(groups))
+        if os.path.isdir(args.model):  # the run's model card (kfacemtl export) carries it
+            atomic_write_text(os.path.join(args.model, "fairness.json"), json.dumps(groups, indent=2))
     if args.json:
         _write_json(args.json, to_json(results))
 
@@ -85,8 +94,8 @@ def _cmd_calibrate(args):
                                 "config.yaml holds a validation part out (val_fraction); name validation data with "
                                 "--source (never the test set)")
     model = load_model(path, compile=False)
-    with _options(model="--model", sources="--source"):
-        report = calibrate(model, build_sources(specs, where), batch_size=args.batch_size)
+    with _options(model="--model", sources="--source", coverage="--coverage"):
+        report = calibrate(model, build_sources(specs, where), batch_size=args.batch_size, coverage=args.coverage)
     out = Path(args.out) if args.out else path
     written = save_calibrated(model, report, out, specs)
     print(calibration_table(report))
@@ -185,8 +194,12 @@ def _cmd_analyze(args):
         if not args.name or not args.image_size:
             raise KfacemtlError("--server needs --name (the served model) and --image-size (its input size)")
         model = Client(args.server, args.name, protocol="rest" if args.rest else "grpc")
-    with _options(photos="PHOTOS", model="--model", image_size="--image-size", detector="--detector"):
-        records = analyze(args.photos, model, detector=args.detector, image_size=args.image_size,
+    from kfacemtl.data.detection import make_detector
+    with _options(photos="PHOTOS", model="--model", image_size="--image-size", detector="--detector",
+                  min_face_size="--min-face-size"):
+        detector = make_detector(args.detector, **({"min_face_size": args.min_face_size}
+                                                   if args.detector == "mtcnn" else {}))
+        records = analyze(args.photos, model, detector=detector, image_size=args.image_size,
                           batch_size=args.batch_size)
     paths = write_records(records, args.out)
     annotated = [] if args.no_annotate else write_annotated(records, Path(args.out) / "annotated")
@@ -275,6 +288,7 @@ TF_CONFIG='{...}' kfacemtl train exp.yaml --out runs/exp --strategy multi_worker
                     "(accuracy, AU mean F1, MAE, valence/arousal mean CCC); --json keeps every metric.",
                     """
 kfacemtl evaluate runs/real_mtl                  # a run directory: the test sets of its config (eval_sources)
+kfacemtl evaluate runs/real_mtl --by gender,race # every metric per gender and per race, and the worst-group gaps
 kfacemtl evaluate runs/demo --source 'synthetic:street?split=test&n=1000'
 kfacemtl evaluate runs/real_mtl/model.keras --source 'utkface:../shared/data/utkface/UTKFace?split=test' \\
     --source 'csv:../shared/data/lfw_expressions/labels.csv?domain=lfw' --json results.json
@@ -287,12 +301,16 @@ kfacemtl evaluate runs/real_mtl/model.keras --source 'utkface:../shared/data/utk
     p.add_argument("--json", help="also write {source: {task: {metric: value, n: count}}} here")
     p.add_argument("--batch-size", type=int, default=128, help="images per prediction batch")
     p.add_argument("--plots", help="folder for a reliability diagram per source and classification head")
+    p.add_argument("--by", help="comma-separated classification labels to break every metric down by, e.g. "
+                                "gender,race: per group and the worst-group gap (a run directory keeps it in "
+                                "fairness.json for its model card)")
 
-    p = _subcommand(sub, "calibrate", "temperature scaling of the classification heads, fitted on validation data",
+    p = _subcommand(sub, "calibrate", "class probabilities you can trust and an age interval, fitted on validation data",
                     "Fits one temperature per classification head (gender, race, expression ...) to minimise the\n"
-                    "negative log-likelihood on validation faces, saves it in the model (so evaluate, predict,\n"
-                    "analyze and export use it; the predicted classes never change) and prints the expected\n"
-                    "calibration error before and after. Writes calibration.json beside the model and\n"
+                    "negative log-likelihood on validation faces, and an interval around each single-value\n"
+                    "regression head (age) that holds --coverage of the true values; saves both in the model (so\n"
+                    "evaluate, predict, analyze and export use them; the predicted classes never change) and prints\n"
+                    "the expected calibration error before and after. Writes calibration.json beside the model and\n"
                     "plots/reliability_<task>.png. Never calibrate on the test set that reports the result.",
                     """
 kfacemtl calibrate runs/real_mtl                 # a run directory: its sources' validation parts (val_fraction)
@@ -303,6 +321,7 @@ kfacemtl calibrate runs/exp/model.keras --source 'csv:val.csv' --out runs/exp/mo
     p.add_argument("--source", action="append", help="validation data, FORMAT:PATH[?key=value&...]; repeat for several "
                                                      "(default: a run directory's validation parts)")
     p.add_argument("--out", help="where to save the calibrated model (default: over the model file, atomically)")
+    p.add_argument("--coverage", type=float, default=0.9, help="share of true values the age interval should hold")
     p.add_argument("--batch-size", type=int, default=128, help="images per prediction batch")
 
     p = _subcommand(sub, "demo", "train and evaluate on the synthetic benchmark (about 10 min on 2 CPU cores)",
@@ -393,6 +412,8 @@ kfacemtl analyze crops/ --model runs/real_mtl --detector whole --out analysis/  
     p.add_argument("--image-size", type=int, help="the model's input size (needed with --server)")
     p.add_argument("--detector", default="mtcnn", choices=["mtcnn", "whole"],
                    help="face detector (whole: each photo is already one face crop)")
+    p.add_argument("--min-face-size", type=int, default=20,
+                   help="smallest face to find, in pixels (larger is faster: 80 detects 3-4 times faster than 20)")
     p.add_argument("--batch-size", type=int, default=64, help="faces per network batch")
     p.add_argument("--no-annotate", action="store_true", help="skip the annotated copies of the photos")
     p.add_argument("--out", required=True, help="folder for results.jsonl, results.csv and annotated/")

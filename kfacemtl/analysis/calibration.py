@@ -16,7 +16,8 @@ Example:
     >>> labels = np.array([rng.choice(3, p=p) for p in truth])
     >>> probs = rescaled(truth, 1 / 3)                                        # a head three times too sure
     >>> t = fit_temperature(labels, probs)
-    >>> before, after = expected_calibration_error(labels, probs), expected_calibration_error(labels, rescaled(probs, t))
+    >>> before = expected_calibration_error(labels, probs)
+    >>> after = expected_calibration_error(labels, rescaled(probs, t))
     >>> 2.8 < t < 3.2, before > 0.1, after < 0.03                           # T found, and the error gone
     (True, True, True)
 """
@@ -28,11 +29,13 @@ from typing import Sequence
 
 import numpy as np
 
-from kfacemtl.analysis.evaluation import expected_calibration_error, labelled_predictions, reliability
+from kfacemtl.analysis.evaluation import (expected_calibration_error, interval_metrics, labelled_predictions,
+                                          reliability)
 from kfacemtl.analysis.plots import plot_reliability
 from kfacemtl.data import Source
 from kfacemtl.files import atomic_write, atomic_write_text
 from kfacemtl.models import model_tasks
+from kfacemtl.models.answers import interval_scale
 from kfacemtl.tables import text_table
 
 #: Temperatures searched (log-spaced), then refined around the best.
@@ -89,10 +92,38 @@ def fit_temperature(y_true, probs) -> float:
     return float(np.exp((lo + hi) / 2))
 
 
-def calibrate(model, sources: Sequence[Source], batch_size: int = 128, image_size=None) -> dict:
-    """Fit a temperature for each classification head of ``model`` on the rows of ``sources`` labelled for it (all
-    sources pooled), set them on the model, and return per task what changed: ``temperature``, ``n``, ``ece`` and
-    ``nll`` ``before`` and ``after``, ``accuracy`` (unchanged) and the reliability curves ``before`` and ``after``.
+def fit_interval(task, y_true, y_pred, coverage: float = 0.9) -> tuple:
+    """``(q_low, q_high)`` such that value + q × :func:`~kfacemtl.models.answers.interval_scale` holds the true
+    value of a ``coverage`` share of faces like these (split conformal prediction: the quantiles of the scaled
+    errors, with the finite-sample correction; each end leaves out (1 − coverage) / 2).
+
+    Example:
+        >>> from kfacemtl.tasks import get_task
+        >>> rng = np.random.default_rng(0)
+        >>> pred = rng.uniform(5, 70, 5000); truth = pred + rng.normal(0, 0.15, 5000) * (pred + 12)
+        >>> q = fit_interval(get_task("age"), truth, pred)
+        >>> -0.27 < q[0] < -0.22, 0.22 < q[1] < 0.27                  # about ±1.645 × 0.15
+        (True, True)
+    """
+    if not 0 < coverage < 1:
+        raise ValueError(f"coverage: expected a share between 0 and 1; got {coverage}")
+    pred = np.asarray(y_pred, np.float64).reshape(-1)
+    scaled = (np.asarray(y_true, np.float64).reshape(-1) - pred) / interval_scale(task, pred)
+    n = len(scaled)
+    if n < 20:
+        raise ValueError(f"y_true: {n} labelled faces are too few to fit an interval (at least 20)")
+    tail = (1 - coverage) / 2
+    level = min(1.0, np.ceil((n + 1) * (1 - tail)) / n)  # conformal: a little wider than the sample's quantile
+    return float(np.quantile(scaled, 1 - level)), float(np.quantile(scaled, level))
+
+
+def calibrate(model, sources: Sequence[Source], batch_size: int = 128, image_size=None, coverage: float = 0.9) -> dict:
+    """Fit a temperature for each classification head of ``model``, and an interval holding ``coverage`` of the
+    true values for each single-value regression head (age), on the rows of ``sources`` labelled for it (all sources
+    pooled); set them on the model and return per task what changed. A class head: ``temperature``, ``n``, ``ece``
+    and ``nll`` ``before`` and ``after``, ``accuracy`` (unchanged) and the reliability curves ``before`` and
+    ``after``; a regression head: ``interval`` (q_low, q_high), ``coverage_target``, ``n``, and the
+    ``interval_coverage`` and ``interval_width`` on these faces.
 
     Use validation data (for example a source's ``...&val_fraction=0.1&part=val``), never the test set that reports
     the result. Heads already calibrated are fitted again from their uncalibrated outputs.
@@ -103,33 +134,40 @@ def calibrate(model, sources: Sequence[Source], batch_size: int = 128, image_siz
         >>> from kfacemtl.tasks import resolve_tasks
         >>> model = build_model(resolve_tasks(["gender", "age"]), input_shape=(16, 16, 3), widths=(4,), depths=1)
         >>> report = calibrate(model, [make_source("synthetic:portraits?n=32")])
-        >>> sorted(report), model.temperatures["gender"] == report["gender"]["temperature"]
-        (['gender'], True)
+        >>> sorted(report), model.temperatures["gender"] == report["gender"]["temperature"], "age" in model.intervals
+        (['age', 'gender'], True, True)
     """
-    classification = [t for t in model_tasks(model) if t.kind == "classification"]
-    if not classification:
-        raise ValueError("model: it has no classification head to calibrate")
+    heads = [t for t in model_tasks(model) if t.kind == "classification" or (t.kind == "regression" and t.dim == 1)]
+    if not heads:
+        raise ValueError("model: it has no classification or single-value regression head to calibrate")
     current = model.temperatures
-    pooled = {t.name: ([], []) for t in classification}
+    pooled = {t.name: (t, [], []) for t in heads}
     for source in sources:
-        found = labelled_predictions(model, source, classification, batch_size, image_size)
-        for name, (task, y, p) in found.items():
-            pooled[name][0].append(np.asarray(y, int))
-            pooled[name][1].append(rescaled(p, 1 / current[name]))  # back to the head's own scale
-    report, fitted = {}, {}
-    for name, (ys, ps) in pooled.items():
+        for name, (task, y, p) in labelled_predictions(model, source, heads, batch_size, image_size).items():
+            pooled[name][1].append(np.asarray(y, int if task.kind == "classification" else np.float64))
+            # a class head back on its own scale (T = 1)
+            pooled[name][2].append(rescaled(p, 1 / current[name]) if task.kind == "classification" else p)
+    report, fitted, intervals = {}, {}, {}
+    for name, (task, ys, ps) in pooled.items():
         if not ys:
             continue
         y, p = np.concatenate(ys), np.concatenate(ps)
+        if task.kind == "regression":
+            q = intervals[name] = fit_interval(task, y, p, coverage)
+            report[name] = {"interval": list(q), "coverage_target": coverage, "n": int(len(y)),
+                            **interval_metrics(task, y, p, q)}
+            continue
         t = fitted[name] = fit_temperature(y, p)
         after = rescaled(p, t)
         report[name] = {"temperature": t, "n": int(len(y)), "accuracy": float(np.mean(p.argmax(1) == y)),
-                        "ece_before": expected_calibration_error(y, p), "ece_after": expected_calibration_error(y, after),
+                        "ece_before": expected_calibration_error(y, p),
+                        "ece_after": expected_calibration_error(y, after),
                         "nll_before": nll(y, p), "nll_after": nll(y, after),
                         "reliability_before": reliability(y, p), "reliability_after": reliability(y, after)}
-    if not fitted:
-        raise ValueError(f"sources: none labels a classification head ({', '.join(t.name for t in classification)})")
+    if not report:
+        raise ValueError(f"sources: none labels a head to calibrate ({', '.join(t.name for t in heads)})")
     model.set_temperatures(fitted)
+    model.set_intervals(intervals)
     return report
 
 
@@ -143,11 +181,21 @@ def calibration_table(report: dict) -> str:
         >>> print(calibration_table(r).splitlines()[2])
         gender  10     1.500        0.1000      0.0200     0.5000      0.4000     0.9000
     """
-    return text_table(["task", "faces", "temperature", "ECE before", "ECE after", "NLL before", "NLL after",
-                       "accuracy"],
-                      [(n, r["n"], f"{r['temperature']:.3f}", f"{r['ece_before']:.4f}", f"{r['ece_after']:.4f}",
-                        f"{r['nll_before']:.4f}", f"{r['nll_after']:.4f}", f"{r['accuracy']:.4f}")
-                       for n, r in report.items()])
+    classes = {n: r for n, r in report.items() if "temperature" in r}
+    values = {n: r for n, r in report.items() if "interval" in r}
+    blocks = []
+    if classes:
+        blocks.append(text_table(["task", "faces", "temperature", "ECE before", "ECE after", "NLL before", "NLL after",
+                                  "accuracy"],
+                                 [(n, r["n"], f"{r['temperature']:.3f}", f"{r['ece_before']:.4f}",
+                                   f"{r['ece_after']:.4f}", f"{r['nll_before']:.4f}", f"{r['nll_after']:.4f}",
+                                   f"{r['accuracy']:.4f}") for n, r in classes.items()]))
+    if values:
+        blocks.append(text_table(["task", "faces", "interval for", "q low", "q high", "coverage here", "mean width"],
+                                 [(n, r["n"], f"{r['coverage_target']:.0%}", f"{r['interval'][0]:+.3f}",
+                                   f"{r['interval'][1]:+.3f}", f"{r['interval_coverage']:.3f}",
+                                   f"{r['interval_width']:.2f}") for n, r in values.items()]))
+    return "\n\n".join(blocks)
 
 
 def save_calibrated(model, report: dict, out, sources: Sequence = ()) -> dict:
@@ -168,10 +216,13 @@ def save_calibrated(model, report: dict, out, sources: Sequence = ()) -> dict:
              "json": atomic_write_text(out.with_name("calibration.json"),
                                        json.dumps({"sources": [str(s) for s in sources], "tasks": report}, indent=2))}
     for name, r in report.items():
+        if "temperature" not in r:  # an interval: no reliability diagram
+            continue
         paths[f"plot_{name}"] = plot_reliability(
             {f"before (ECE {r['ece_before']:.3f})": r["reliability_before"],
              f"after (ECE {r['ece_after']:.3f})": r["reliability_after"]},
-            f"{name}: T = {r['temperature']:.2f}, {r['n']} validation faces", out.parent / "plots" / f"reliability_{name}.png")
+            f"{name}: T = {r['temperature']:.2f}, {r['n']} validation faces",
+            out.parent / "plots" / f"reliability_{name}.png")
     return paths
 
 

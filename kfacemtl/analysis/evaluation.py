@@ -26,6 +26,7 @@ import numpy as np
 
 from kfacemtl.data import Source, make_dataset
 from kfacemtl.models import model_tasks
+from kfacemtl.models.answers import interval_scale
 from kfacemtl.tables import text_table
 from kfacemtl.tasks import Task
 
@@ -214,11 +215,32 @@ def evaluate_sources(model, sources: Sequence[Source], tasks: Sequence[Task] | N
         ['accuracy', 'confusion', 'ece', 'macro_f1', 'n']
     """
     tasks = list(tasks or model_tasks(model))
+    intervals = getattr(model, "intervals", {})
     results = {}
     for src in sources:
-        results[src.name] = {name: task_metrics(task, y, p) for name, (task, y, p) in
-                             labelled_predictions(model, src, tasks, batch_size, image_size).items()}
+        entry = results[src.name] = {}
+        for name, (task, y, p) in labelled_predictions(model, src, tasks, batch_size, image_size).items():
+            entry[name] = task_metrics(task, y, p)
+            if name in intervals:  # how often the interval holds the truth, and how wide it is
+                entry[name].update(interval_metrics(task, y, p, intervals[name]))
     return results
+
+
+def interval_metrics(task: Task, y_true, y_pred, q) -> dict:
+    """``interval_coverage`` (the share of faces whose true value lies in the head's interval) and
+    ``interval_width`` (its mean width) of a regression head with interval ``q`` = (q_low, q_high).
+
+    Example:
+        >>> from kfacemtl.tasks import get_task
+        >>> interval_metrics(get_task("age"), np.array([20.0, 50.0]), np.array([[22.0], [30.0]]), (-0.2, 0.2))
+        {'interval_coverage': 0.5, 'interval_width': 15.2}
+    """
+    pred = np.asarray(y_pred, np.float64).reshape(-1)
+    scale = interval_scale(task, pred)
+    low, high = np.clip(pred + q[0] * scale, *task.value_range), np.clip(pred + q[1] * scale, *task.value_range)
+    y = np.asarray(y_true, np.float64).reshape(-1)
+    return {"interval_coverage": float(np.mean((y >= low) & (y <= high))),
+            "interval_width": round(float(np.mean(high - low)), 4)}
 
 
 def labelled_predictions(model, source: Source, tasks: Sequence[Task] | None = None, batch_size: int = 128,

@@ -75,7 +75,8 @@ class _KerasAnswers:
 
     def __call__(self, crops: np.ndarray) -> list[dict]:
         outputs = self.model.predict(crops.astype("float32") / 255.0, batch_size=self.batch_size, verbose=0)
-        named = {k: v.numpy() for k, v in task_outputs(self.tasks, outputs).items()}
+        named = task_outputs(self.tasks, outputs, getattr(self.model, "intervals", None))
+        named = {k: v.numpy() for k, v in named.items()}
         return group_outputs(named, len(crops))
 
 
@@ -211,8 +212,9 @@ def main_answers(answers: dict) -> dict:
     """The short answer per task: a class name with its probability, an age in years, the active AUs.
 
     Example:
-        >>> main_answers({"age": 31.46, "gender": {"class": "female", "label": 1, "probs": [0.2, 0.8]}})
-        {'age': 31.5, 'gender': 'female', 'gender_p': 0.8}
+        >>> main_answers({"age": 31.46, "age_interval": [24.2, 41.9],
+        ...               "gender": {"class": "female", "label": 1, "probs": [0.2, 0.8]}})
+        {'age': 31.5, 'age_interval': '24-42', 'gender': 'female', 'gender_p': 0.8}
     """
     out = {}
     for task, value in answers.items():
@@ -220,6 +222,8 @@ def main_answers(answers: dict) -> dict:
             out[task], out[f"{task}_p"] = value["class"], round(float(max(value["probs"])), 3)
         elif isinstance(value, dict) and "active" in value:
             out[task] = value["active"]
+        elif task.endswith("_interval"):  # a calibrated regression head's low and high ends
+            out[task] = f"{value[0]:.0f}-{value[1]:.0f}"
         elif isinstance(value, list):
             out[task] = ",".join(f"{v:.3f}" for v in value)
         else:

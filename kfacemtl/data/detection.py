@@ -22,6 +22,8 @@ import tensorflow as tf
 from kfacemtl.data.alignment import LANDMARKS, template_points
 
 DETECTORS: dict[str, type] = {}
+#: The largest min_face_size given to mtcnn itself (see MTCNNDetector._shrunk).
+MTCNN_MIN_FACE = 20
 
 
 def register_detector(name):
@@ -133,8 +135,10 @@ class MTCNNDetector(FaceDetector):
     ``min_face_size`` pixels and their five landmarks.
 
     ``max_side``: a longer photo is shrunk to it for detection (the cost grows with the pixels; faces are reported
-    in the photo's own pixels); ``batch_size``: photos per call to the networks (photos are grouped by size, since
-    a batch is padded to its largest photo); ``min_score``: faces below it are dropped.
+    in the photo's own pixels); ``min_face_size`` above 20 pixels shrinks the photo too (by min_face_size / 20: the
+    smallest faces wanted become 20 pixels), which makes detection faster where faces are large; ``batch_size``:
+    photos per call to the networks (photos are grouped by size, since a batch is padded to its largest photo);
+    ``min_score``: faces below it are dropped.
 
     Example:
         >>> detector = MTCNNDetector(min_face_size=40)
@@ -149,6 +153,7 @@ class MTCNNDetector(FaceDetector):
             raise ValueError(f"max_side >= 48, batch_size >= 1 and 0 <= min_score <= 1 expected; got {max_side}, "
                              f"{batch_size}, {min_score}")
         self.min_face_size, self.max_side, self.batch_size, self.min_score = min_face_size, max_side, batch_size, min_score
+        self._mtcnn_min_face = min(min_face_size, MTCNN_MIN_FACE)  # beyond it the photo is shrunk (_shrunk)
         self._mtcnn = None
 
     @property
@@ -172,7 +177,10 @@ class MTCNNDetector(FaceDetector):
 
     def _shrunk(self, photo):
         h, w = photo.shape[:2]
-        factor = max(h, w) / self.max_side
+        # mtcnn 1.0.0 sizes its image pyramid as if min_face_size were at most 20: a larger one makes its last levels
+        # smaller than the 12-pixel network and it finds nothing. A larger minimum shrinks the photo instead (a
+        # face of min_face_size becomes one of 20 pixels), which is also what makes it faster.
+        factor = max(max(h, w) / self.max_side, self.min_face_size / MTCNN_MIN_FACE)
         if factor <= 1:
             return photo, 1.0
         size = (max(1, round(h / factor)), max(1, round(w / factor)))
@@ -183,12 +191,12 @@ class MTCNNDetector(FaceDetector):
         try:
             # top-left padding: mtcnn 1.0.0 subtracts the k-th photo's centring offsets from the k-th photo *that has
             # a face*, so a photo without faces shifts every later photo's faces; top-left padding has no offsets
-            faces = self.mtcnn.detect_faces(list(photos), min_face_size=self.min_face_size, box_format="xywh",
+            faces = self.mtcnn.detect_faces(list(photos), min_face_size=self._mtcnn_min_face, box_format="xywh",
                                             batch_stack_justification="topleft")
         except (tf.errors.InvalidArgumentError, ValueError):  # MTCNN's "no proposal" on an empty pyramid
             faces = None
         if faces is None or len(faces) != len(photos):
-            return [self.mtcnn.detect_faces(p, min_face_size=self.min_face_size, box_format="xywh") for p in photos]
+            return [self.mtcnn.detect_faces(p, min_face_size=self._mtcnn_min_face, box_format="xywh") for p in photos]
         return faces
 
     @staticmethod

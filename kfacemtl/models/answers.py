@@ -20,13 +20,29 @@ from kfacemtl.tasks import Task
 OUTPUT_SUFFIXES = ("_probs", "_label", "_class", "_active")
 
 
-def output_names(task: Task) -> list[str]:
+def interval_scale(task: Task, values):
+    """How wide a regression head's interval is at its predicted ``values``: the distance above the bottom of the
+    task's range plus a tenth of the range (12 years for age), so that errors that grow with the value (an age
+    guess is off by more at 60 than at 6) get intervals that grow with it.
+
+    Example:
+        >>> from kfacemtl.tasks import get_task
+        >>> interval_scale(get_task("age"), np.array([5.0, 60.0])).tolist()
+        [17.0, 72.0]
+    """
+    low, high = task.value_range
+    return values - low + 0.1 * (high - low)
+
+
+def output_names(task: Task, interval: bool = False) -> list[str]:
     """The signature outputs of one task.
 
     classification: ``<task>_probs`` (batch, C), ``<task>_label`` (class index, int64) and
     ``<task>_class`` (class name); multilabel: ``<task>_probs`` (batch, K) and
     ``<task>_active`` (names with probability ≥ 0.5, comma-joined); regression:
-    ``<task>`` on the task's own scale ((batch,) for one value, e.g. ``age`` in years).
+    ``<task>`` on the task's own scale ((batch,) for one value, e.g. ``age`` in years), and with an ``interval``
+    (a calibrated head, :meth:`~kfacemtl.models.MultiTaskModel.set_intervals`) ``<task>_interval`` (batch, 2), its
+    low and high ends.
 
     Example:
         >>> from kfacemtl.tasks import get_task
@@ -37,13 +53,15 @@ def output_names(task: Task) -> list[str]:
         return [f"{task.name}_probs", f"{task.name}_label", f"{task.name}_class"]
     if task.kind == "multilabel":
         return [f"{task.name}_probs", f"{task.name}_active"]
-    return [task.name]
+    return [task.name] + ([f"{task.name}_interval"] if interval else [])
 
 
-def task_outputs(tasks: Sequence[Task], outputs) -> dict:
+def task_outputs(tasks: Sequence[Task], outputs, intervals=None) -> dict:
     """The signatures' named outputs (:func:`output_names`) from the model's outputs in task order: each
     classification head's probabilities, label and class name, each multi-label head's probabilities and active
-    names, each regression head's values.
+    names, each regression head's values, and for a head in ``intervals`` (``{task: (q_low, q_high)}``,
+    :meth:`~kfacemtl.models.MultiTaskModel.set_intervals`) its interval: value + q × :func:`interval_scale`, within the
+    task's range.
 
     Example:
         >>> from kfacemtl.tasks import get_task
@@ -66,7 +84,12 @@ def task_outputs(tasks: Sequence[Task], outputs) -> dict:
             active = tf.ragged.boolean_mask(names, out >= 0.5)
             result[f"{task.name}_active"] = tf.strings.reduce_join(active, axis=-1, separator=",")
         else:
-            result[task.name] = out[:, 0] if task.dim == 1 else out
+            result[task.name] = value = out[:, 0] if task.dim == 1 else out
+            if intervals and task.name in intervals:
+                (q_low, q_high), (low, high) = intervals[task.name], task.value_range
+                scale = interval_scale(task, value)
+                result[f"{task.name}_interval"] = tf.clip_by_value(
+                    tf.stack([value + q_low * scale, value + q_high * scale], axis=-1), low, high)
     return result
 
 

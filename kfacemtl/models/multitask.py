@@ -117,7 +117,7 @@ class MultiTaskModel(MultiTaskSteps, keras.Model):
     def __init__(self, backbone, tasks: Sequence[Task | Mapping], pooling: str = "flatten", embedding_dim: int = 256,
                  head_units: int = 64, dropout: float = 0.3, fusions: Sequence = (),
                  branches: Mapping[str, Sequence[str]] | None = None, temperatures: Mapping | None = None,
-                 **kwargs):
+                 intervals: Mapping | None = None, **kwargs):
         tasks = [t if isinstance(t, Task) else Task.from_config(t) for t in tasks]
         if not tasks:
             raise ValueError("tasks: a model needs at least one task")
@@ -166,6 +166,8 @@ class MultiTaskModel(MultiTaskSteps, keras.Model):
         self.backbone, self.tasks, self.fusions = backbone, tasks, fusions
         self.pooling, self.embedding_dim, self.head_units, self.dropout = pooling, embedding_dim, head_units, dropout
         self.branches = None if None in groups else groups
+        self.intervals = {}
+        self.set_intervals(intervals or {})
         self.init_training_state()
 
     def get_config(self):
@@ -178,7 +180,31 @@ class MultiTaskModel(MultiTaskSteps, keras.Model):
             config["branches"] = {g: list(names) for g, names in self.branches.items()}
         if any(t != 1.0 for t in self.temperatures.values()):
             config["temperatures"] = self.temperatures
+        if self.intervals:
+            config["intervals"] = {t: list(q) for t, q in self.intervals.items()}
         return config
+
+    def set_intervals(self, intervals: Mapping[str, Sequence[float]]):
+        """Give single-value regression heads (age) an interval: ``{task: (q_low, q_high)}``; the exported
+        signatures then add ``<task>_interval``, value + q × :func:`~kfacemtl.models.answers.interval_scale`
+        (:func:`kfacemtl.analysis.calibration.calibrate` fits the q for a stated coverage). Saved with the model.
+
+        Example:
+            >>> from kfacemtl.models import build_model
+            >>> from kfacemtl.tasks import resolve_tasks
+            >>> model = build_model(resolve_tasks(["age"]), input_shape=(16, 16, 3), widths=(4,), depths=1)
+            >>> model.set_intervals({"age": (-0.2, 0.25)}); model.intervals
+            {'age': (-0.2, 0.25)}
+        """
+        kinds = {t.name: t for t in self.tasks}
+        for task, q in intervals.items():
+            t = kinds.get(task)
+            if t is None or t.kind != "regression" or t.dim != 1:
+                raise ValueError(f"intervals: {task!r} is not a single-value regression head of this model")
+            q = tuple(float(v) for v in q)
+            if len(q) != 2 or not q[0] <= q[1]:
+                raise ValueError(f"intervals: {task}: expected (q_low, q_high) with q_low <= q_high; got {q}")
+            self.intervals[task] = q
 
     @property
     def temperatures(self) -> dict:

@@ -194,7 +194,8 @@ def model_card(model, name: str, version: int, run_dir: Path | None, max_bytes: 
                                f"in the graph",
             "serving_float": f"images: DT_FLOAT [batch, {model.input_shape[1]}, {model.input_shape[2]}, 3] RGB in [0, 1]",
         },
-        "tasks": [dict(t.to_config(), outputs=output_names(t)) for t in tasks],
+        "tasks": [dict(t.to_config(), outputs=output_names(t, t.name in getattr(model, "intervals", {})))
+                  for t in tasks],
         # outputs fused with what a related head implies (coupling.OutputFusion): target -> source
         "fused_outputs": {f.target: f.source for f in getattr(model, "fusions", [])},
         "training": None, "evaluation": None,
@@ -206,6 +207,9 @@ def model_card(model, name: str, version: int, run_dir: Path | None, max_bytes: 
         if (run_dir / "report.json").is_file():
             report = json.loads((run_dir / "report.json").read_text())
             card["evaluation"] = {"metrics": report.get("evaluation"), "table": report.get("table")}
+        for key in ("fairness", "calibration"):  # kfacemtl evaluate --by, kfacemtl calibrate
+            if (run_dir / f"{key}.json").is_file():
+                card[key] = json.loads((run_dir / f"{key}.json").read_text())
     return card
 
 
@@ -226,6 +230,25 @@ def _card_markdown(card: dict) -> str:
         lines += ["", "## Training sources", ""] + [f"- `{s}`" for s in card["training"].get("sources") or []]
     if card["evaluation"] and card["evaluation"].get("table"):
         lines += ["", "## Evaluation", "", "```", card["evaluation"]["table"], "```"]
+    if card.get("fairness"):  # kfacemtl evaluate --by: each group's headline metric and the worst-group gap
+        lines += ["", "## By group", "", "| test set | by | task | metric | per group (faces) | worst-group gap |",
+                  "|---|---|---|---|---|---|"]
+        for source, entry in card["fairness"].items():
+            for by, result in entry.items():
+                for task, gap in result["gap"].items():
+                    per = ", ".join(f"{g} {m[task][gap['metric']]:.3f} ({m[task]['n']})"
+                                    for g, m in result["groups"].items() if task in m)
+                    lines.append(f"| {source} | {by} | {task} | {gap['metric']} | {per} | {gap['gap']:.3f} "
+                                 f"({gap['worst']}) |")
+    if card.get("calibration"):  # kfacemtl calibrate
+        lines += ["", "## Calibration", "", "Temperatures fitted on: " + ", ".join(
+            f"`{s}`" for s in card["calibration"]["sources"]), "", "| task | temperature | ECE before | ECE after |",
+                  "|---|---|---|---|"]
+        lines += [f"| {t} | {c['temperature']:.3f} | {c['ece_before']:.4f} | {c['ece_after']:.4f} |"
+                  for t, c in card["calibration"]["tasks"].items() if "temperature" in c]
+        lines += [f"\n`{t}_interval` holds the true {t} for {c['coverage_target']:.0%} of faces like the validation "
+                  f"faces ({c['interval_coverage']:.1%} of them; mean width {c['interval_width']:.1f})."
+                  for t, c in card["calibration"]["tasks"].items() if "interval" in c]
     return "\n".join(lines) + "\n"
 
 

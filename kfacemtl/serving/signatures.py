@@ -163,7 +163,8 @@ def serving_functions(model, image_size=None, max_bytes: int = MAX_BYTES, max_pi
         # GPU would otherwise copy each head's values out separately, several times for a class task)
         with tf.device("/CPU:0"):
             parts = tf.split(tf.identity(matrix), [int(np.prod(shape)) for shape in shapes], axis=1)
-            return task_outputs(tasks, [tf.reshape(p, [-1, *shape]) for p, shape in zip(parts, shapes)])
+            return task_outputs(tasks, [tf.reshape(p, [-1, *shape]) for p, shape in zip(parts, shapes)],
+                                getattr(model, "intervals", None))
 
     def from_bytes(images):
         return from_float(decode_batch(images, (h, w), max_bytes, max_pixels))

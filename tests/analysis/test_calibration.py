@@ -81,14 +81,14 @@ def test_calibrate_fits_on_the_sources_and_refits_a_calibrated_model_from_its_ow
     model = tiny_model(["gender", "expression", "age"])
     sources = [make_source("synthetic:portraits?n=48"), make_source("synthetic:lab?n=48")]
     report = calibrate(model, sources, image_size=(64, 64))
-    assert set(report) == {"gender", "expression"} and report["gender"]["n"] == 48
-    for r in report.values():
-        assert r["nll_after"] <= r["nll_before"] + 1e-9 and 0 < r["temperature"]
+    assert set(report) == {"gender", "expression", "age"} and report["gender"]["n"] == 48
+    for name in ("gender", "expression"):
+        assert report[name]["nll_after"] <= report[name]["nll_before"] + 1e-9 and 0 < report[name]["temperature"]
     again = calibrate(model, sources, image_size=(64, 64))  # from the uncalibrated outputs: the same fit
-    for name in report:
+    for name in ("gender", "expression"):
         assert again[name]["temperature"] == pytest.approx(report[name]["temperature"], rel=1e-3)
         assert again[name]["ece_before"] == pytest.approx(report[name]["ece_before"], abs=1e-6)
-    with pytest.raises(ValueError, match="sources: none labels a classification head"):
+    with pytest.raises(ValueError, match="sources: none labels a head to calibrate"):
         calibrate(model, [make_source("synthetic:affect?n=8&tasks=valence_arousal")])
 
 
@@ -134,3 +134,37 @@ def test_calibrate_and_evaluate_commands(tmp_path, capsys):
     (tmp_path / "plain" / "model.keras").write_bytes((run / "model.keras").read_bytes())
     assert main(["calibrate", str(tmp_path / "plain")]) == 2
     assert "holds a validation part out (val_fraction)" in capsys.readouterr().err
+
+
+def test_an_age_interval_covers_what_it_promises_and_travels_with_the_model(tmp_path):
+    import tensorflow as tf
+    from kfacemtl.analysis.calibration import fit_interval
+    from kfacemtl.analysis.evaluation import evaluate_sources
+    from kfacemtl.serving import export_model
+    from kfacemtl.tasks import get_task
+    age = get_task("age")
+    rng = np.random.default_rng(3)
+    pred = rng.uniform(2, 80, 4000)
+    truth = np.clip(pred + rng.standard_t(4, 4000) * 0.1 * (pred + 12), 0, 120)  # heavy tails, error grows with age
+    q = fit_interval(age, truth[:2000], pred[:2000], coverage=0.9)
+    from kfacemtl.analysis.evaluation import interval_metrics
+    held_out = interval_metrics(age, truth[2000:], pred[2000:], q)["interval_coverage"]
+    assert 0.87 <= held_out <= 0.93, held_out  # on faces it was not fitted on
+    assert interval_metrics(age, truth[2000:], pred[2000:], fit_interval(age, truth[:2000], pred[:2000], 0.5))[
+        "interval_coverage"] < 0.6
+    with pytest.raises(ValueError, match="coverage: expected a share between 0 and 1"):
+        fit_interval(age, truth, pred, coverage=90)
+    model = tiny_model(["age", "gender"])
+    report = calibrate(model, [make_source("synthetic:portraits?n=64")], image_size=(64, 64), coverage=0.8)
+    assert report["age"]["coverage_target"] == 0.8 and report["age"]["interval_coverage"] >= 0.8
+    assert model.intervals["age"] == tuple(report["age"]["interval"])
+    results = evaluate_sources(model, [make_source("synthetic:portraits?n=64")], image_size=(64, 64))
+    assert results["portraits-train"]["age"]["interval_coverage"] == pytest.approx(report["age"]["interval_coverage"])
+    model.save(tmp_path / "m.keras")
+    assert load_model(tmp_path / "m.keras").intervals == model.intervals
+    out = tf.saved_model.load(str(export_model(model, tmp_path / "models", "faces", warmup=False))).signatures[
+        "serving_float"](images=tf.constant(X))
+    low, high = out["age_interval"].numpy().T
+    assert np.all(low <= out["age"].numpy() + 1e-4) and np.all(out["age"].numpy() <= high + 1e-4)
+    with pytest.raises(ValueError, match="intervals: 'gender' is not a single-value regression head"):
+        model.set_intervals({"gender": (-1, 1)})

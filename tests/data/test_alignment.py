@@ -113,6 +113,11 @@ def test_mtcnn_finds_faces_in_a_batch_of_photos_of_mixed_sizes_and_maps_shrunk_p
     crop = align_faces(photos[0], found[0][0].landmarks[None], (64, 64), template=own).numpy()[0]
     assert np.abs(crop - faces[0] / 255.0).mean() < 0.02
     assert sorted(found[0][0].to_dict()["landmarks"]) == sorted(LANDMARKS)
+    # a larger minimum face (mtcnn 1.0.0 alone finds nothing above about 24 px): the photo is shrunk instead
+    assert [len(f) for f in MTCNNDetector(min_face_size=40).detect([big, photos[0]])] == [1, 1]
+    large = MTCNNDetector(min_face_size=100).detect([big, photos[0]])
+    assert [len(f) for f in large] == [1, 0]  # a face of about 60 pixels is below the minimum
+    np.testing.assert_allclose(large[0][0].landmarks, found[3][0].landmarks, atol=12)
 
 
 def test_any_source_can_be_aligned_with_its_labels_kept(tmp_path, monkeypatch):
