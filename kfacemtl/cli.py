@@ -387,9 +387,10 @@ kfacemtl explain runs/demo face1.jpg --head expression --class happy --method al
     p.add_argument("--head", action="append", help="the head to explain (repeat; default every head)")
     p.add_argument("--class", dest="target", help="class name or index, AU name, or value name (valence); "
                                                   "default each image's predicted class (regression: the value)")
-    p.add_argument("--method", default="gradcam++", choices=["saliency", "gradcam++", "scorecam", "all"],
-                   help="saliency method")
-    p.add_argument("--layer", help="feature-map layer of the CAM methods (default: after the last conv)")
+    p.add_argument("--method", default="saliency", choices=["saliency", "gradcam++", "scorecam", "all"],
+                   help="saliency method (saliency: SmoothGrad, whose maps fall on the face on real faces)")
+    p.add_argument("--layer", help="feature-map layer of the CAM methods (default: gradcam++ the last map of at least "
+                                   "6x6, scorecam the last)")
     p.add_argument("--out", required=True, help="folder for the PNGs")
 
     p = _subcommand(sub, "analyze", "every answer for every face in photos: detection, alignment, all heads",

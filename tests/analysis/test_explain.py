@@ -125,3 +125,21 @@ def test_explain_files_writes_maps_and_a_grid_per_head(model, faces, tmp_path):
     (tmp_path / "bad.png").write_text("not an image")
     with pytest.raises(SourceError, match="bad.png' is not a readable"):
         explain_files(model, [tmp_path / "bad.png"], tmp_path / "out", heads=["age"])
+
+
+def test_grids_name_each_row_with_the_answer_and_gradcam_avoids_a_tiny_last_map(tmp_path, monkeypatch):
+    from kfacemtl.analysis import explain as module
+    from kfacemtl.models import build_model
+    from kfacemtl.tasks import resolve_tasks
+    model = build_model(resolve_tasks(["expression"]), input_shape=(48, 48, 3), widths=(8, 8, 8, 8), depths=1)
+    assert module.last_conv_layer(model) == "block4_relu1"  # 3x3
+    assert module.cam_layer(model, "expression", "gradcam++") == "block3_relu1"  # the last of at least 6x6
+    assert module.cam_layer(model, "expression", "scorecam") == "block4_relu1"
+    assert module.DEFAULT_METHOD == "saliency"
+    seen = {}
+    monkeypatch.setattr(module, "save_grid", lambda *a, labels=None, **k: seen.setdefault("labels", labels) or a[2])
+    import tensorflow as tf
+    (tmp_path / "smile.png").write_bytes(tf.io.encode_png(tf.zeros((48, 48, 3), tf.uint8)).numpy())
+    module.explain_files(model, [tmp_path / "smile.png"], tmp_path / "out")
+    p = model.predict_dict(module.load_images([tmp_path / "smile.png"], (48, 48)), verbose=0)["expression"][0]
+    assert seen["labels"] == [f"smile\n{model.tasks[0].classes[int(p.argmax())]} {p.max():.2f}"]
