@@ -196,11 +196,12 @@ def _cmd_analyze(args):
         model = Client(args.server, args.name, protocol="rest" if args.rest else "grpc")
     from kfacemtl.data.detection import make_detector
     with _options(photos="PHOTOS", model="--model", image_size="--image-size", detector="--detector",
-                  min_face_size="--min-face-size"):
+                  min_face_size="--min-face-size", explain_heads="--explain", head="--explain"):
         detector = make_detector(args.detector, **({"min_face_size": args.min_face_size}
                                                    if args.detector == "mtcnn" else {}))
         records = analyze(args.photos, model, detector=detector, image_size=args.image_size,
-                          batch_size=args.batch_size)
+                          batch_size=args.batch_size, explain_heads=args.explain or (),
+                          explain_dir=Path(args.out) / "explained")
     paths = write_records(records, args.out)
     annotated = [] if args.no_annotate else write_annotated(records, Path(args.out) / "annotated")
     faces = sum(len(r["faces"]) for r in records)
@@ -417,6 +418,8 @@ kfacemtl analyze crops/ --model runs/real_mtl --detector whole --out analysis/  
                    help="smallest face to find, in pixels (larger is faster: 80 detects 3-4 times faster than 20)")
     p.add_argument("--batch-size", type=int, default=64, help="faces per network batch")
     p.add_argument("--no-annotate", action="store_true", help="skip the annotated copies of the photos")
+    p.add_argument("--explain", action="append", metavar="HEAD",
+                   help="also a saliency map of each face for this head (repeat), in explained/ (needs --model)")
     p.add_argument("--out", required=True, help="folder for results.jsonl, results.csv and annotated/")
     return parser
 

@@ -155,13 +155,17 @@ def _read(path: Path, max_pixels: int):
 
 
 def analyze(photos, model, *, detector="mtcnn", image_size=None, batch_size=64, photos_per_batch=16,
-            max_pixels=MAX_PIXELS, progress=True, timings=None) -> list[dict]:
+            max_pixels=MAX_PIXELS, progress=True, timings=None, explain_heads: Sequence[str] = (),
+            explain_dir=None) -> list[dict]:
     """One record per photo (see the module docstring), in input order.
 
     ``detector``: a registered detector name (``mtcnn``; ``whole`` when each photo is already a face crop) or a
     :class:`~kfacemtl.data.detection.FaceDetector`; ``photos_per_batch`` photos are read, detected and aligned
     together, and their faces answered in one batch; ``timings`` (a dict) receives the seconds spent reading,
-    detecting, aligning and answering.
+    detecting, aligning and answering. ``explain_heads`` (with a Keras model): a saliency map of each face for each
+    of these heads (the default method, :data:`~kfacemtl.analysis.explain.DEFAULT_METHOD`; each face's answer as
+    target), written to ``explain_dir`` as ``<n>_<photo>_face<k>_<head>_<method>_{image,map,overlay}.png``; each
+    face's ``explanations`` names its overlays.
 
     Example:
         >>> from kfacemtl.models import build_model
@@ -173,6 +177,9 @@ def analyze(photos, model, *, detector="mtcnn", image_size=None, batch_size=64, 
     """
     paths = photo_paths(photos)
     answer = answers_for(model, image_size, batch_size)
+    if explain_heads and (not isinstance(answer, _KerasAnswers) or explain_dir is None):
+        raise ValueError("explain_heads: saliency maps need a Keras model (a run folder or .keras file, not a served "
+                         "model) and an explain_dir")
     detector = make_detector(detector) if isinstance(detector, str) else detector
     spent = timings if timings is not None else {}
     for key in ("read", "detect", "align", "answer"):
@@ -196,9 +203,17 @@ def analyze(photos, model, *, detector="mtcnn", image_size=None, batch_size=64, 
         t = time.perf_counter()
         answers = iter(answer(crops) if crops is not None else [])
         spent["answer"] += time.perf_counter() - t
+        overlays = iter([])
+        if explain_heads and crops is not None:
+            names = [f"{start + i:04d}_{path.stem}_face{k}" for i, path in enumerate(chunk)
+                     for k in range(len(found.get(i, [])))]
+            overlays = iter(_explained(answer.model, crops, names, explain_heads, explain_dir))
         for i, path in enumerate(chunk):
             photo, status = read[i]
             faces = [dict(f.to_dict(), answers=next(answers)) for f in found.get(i, [])]
+            if explain_heads:
+                for face in faces:
+                    face["explanations"] = next(overlays)
             record = {"photo": str(path), "status": status if photo is None or faces else "no face", "faces": faces}
             if photo is not None:
                 record["width"], record["height"] = int(photo.shape[1]), int(photo.shape[0])
@@ -206,6 +221,18 @@ def analyze(photos, model, *, detector="mtcnn", image_size=None, batch_size=64, 
         if bar is not None:
             bar.update(len(records))
     return records
+
+
+def _explained(model, crops, names, heads, out_dir) -> list[dict]:
+    """Saliency maps of ``heads`` for the ``crops`` (``uint8``); per crop ``{head: overlay path}``."""
+    from kfacemtl.analysis.explain import DEFAULT_METHOD, explain, save_maps
+    images = crops.astype("float32") / 255.0
+    per_face = [{} for _ in names]
+    for head in heads:
+        written = save_maps(images, explain(model, images, head), out_dir, names, head, DEFAULT_METHOD)
+        for face, overlay_path in zip(per_face, [p for p in written if p.stem.endswith("_overlay")]):
+            face[head] = str(overlay_path)
+    return per_face
 
 
 def main_answers(answers: dict) -> dict:

@@ -119,3 +119,46 @@ def test_faces_found_in_photos_are_answered_as_their_aligned_crops(tmp_path):
     expected = model.predict(crops, verbose=0)
     for face, age in zip(found, expected[0][:, 0]):
         assert abs(face["answers"]["age"] - age) < 1e-3
+
+
+def test_analyze_explains_each_face_for_the_heads_asked_and_refuses_a_served_model(tmp_path, capsys):
+    from kfacemtl.cli import main
+    model = tiny_model(["gender", "expression"])
+    model.save(tmp_path / "m.keras")
+    for i, face in enumerate(_faces(2)):
+        write_png(tmp_path / "in" / f"p{i}.png", face)
+    records = analyze([tmp_path / "in"], model, detector="whole", progress=False, explain_heads=["expression"],
+                      explain_dir=tmp_path / "explained")
+    overlays = [r["faces"][0]["explanations"]["expression"] for r in records]
+    assert [p.split("/")[-1] for p in overlays] == ["0000_p0_face0_expression_saliency_overlay.png",
+                                                    "0001_p1_face0_expression_saliency_overlay.png"]
+    assert all(tf.io.decode_png(open(p, "rb").read()).shape[:2] == (64, 64) for p in overlays)
+    with pytest.raises(ValueError, match="explain_heads: saliency maps need a Keras model"):
+        analyze([tmp_path / "in"], model, detector="whole", progress=False, explain_heads=["expression"])
+    assert main(["analyze", str(tmp_path / "in"), "--model", str(tmp_path / "m.keras"), "--detector", "whole",
+                 "--explain", "smile", "--out", str(tmp_path / "out")]) == 2
+    assert "--explain: unknown head 'smile'" in capsys.readouterr().err
+
+
+def test_through_a_server_the_faces_are_cut_here_and_answered_there(tmp_path, capsys):
+    from kfacemtl.cli import main
+    from kfacemtl.serving import export_model
+    from kfacemtl.serving.local_server import LocalModelServer
+    model = tiny_model(["gender", "expression"])
+    for i, face in enumerate(_faces(3, seed=2)):
+        write_png(tmp_path / "in" / f"p{i}.png", face)
+    export_model(model, tmp_path / "models", "faces", warmup=False)
+    local = analyze([tmp_path / "in"], model, detector="whole", progress=False)
+    with LocalModelServer(tmp_path / "models") as server:
+        from kfacemtl.serving import Client
+        with Client(server.grpc_target, "faces") as client:
+            served = analyze([tmp_path / "in"], client, detector="whole", image_size=64, photos_per_batch=2,
+                             progress=False)
+        assert main(["analyze", str(tmp_path / "in"), "--server", server.rest_target, "--rest", "--name", "faces",
+                     "--image-size", "64", "--detector", "whole", "--out", str(tmp_path / "out")]) == 0
+    assert "3 photos (3 ok), 3 faces" in capsys.readouterr().out
+    for a, b in zip(local, served):
+        np.testing.assert_allclose(a["faces"][0]["answers"]["expression"]["probs"],
+                                   b["faces"][0]["answers"]["expression"]["probs"], atol=1e-4)
+    with pytest.raises(ValueError, match="image_size: needed for a served model"):
+        analyze([tmp_path / "in"], client, detector="whole", progress=False)
