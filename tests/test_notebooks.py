@@ -16,6 +16,7 @@ execute = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(execute)
 SMALL = "TRAIN_FACES = 256\nTEST_FACES = 64\nEPOCHS = 1\nSTEPS_PER_EPOCH = 5\n"
 EXTRA = {"02_real_data.ipynb": f"DATA = {str(REAL_DATA)!r}\n", "04_saliency.ipynb": "FACES_EXPLAINED = 8\n",
+         "06_photos.ipynb": f"DATA = {str(REAL_DATA)!r}\nPHOTOS = 2\n",
          "05_distillation_and_matching.ipynb": "ROUNDS = 1\n"}
 # what each notebook's outputs must show
 EXPECT = {"01_quickstart.ipynb": ["street-test", "expression acc"],
@@ -27,7 +28,8 @@ EXPECT = {"01_quickstart.ipynb": ["street-test", "expression acc"],
           "02_real_data.ipynb": ["utkface-train", "fer2013-Training", "lfw-expressions", "single-task expression",
                                  "delta (MTL better > 0)", "expression  fer2013-PublicTest  accuracy"],
           "05_distillation_and_matching.ipynb": ["street-train", "labels: none", "happy ->",
-                                                 "distillation round 1", "match_action_units", "street-test"]}
+                                                 "distillation round 1", "match_action_units", "street-test"],
+          "06_photos.ipynb": ["ece_before", "interval_coverage", "group.png", "unreadable", "results.csv and"]}
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
@@ -58,8 +60,8 @@ def test_stored_notebooks_leave_out_only_tensorflows_log_lines():
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_notebook_executes(path, tmp_path):
-    if path.name == "02_real_data.ipynb" and not (REAL_DATA / "utkface" / "UTKFace").is_dir():
-        pytest.skip(f"the real data is not at {REAL_DATA} (set KFACEMTL_DATA); 02_real_data reads it")
+    if path.name in ("02_real_data.ipynb", "06_photos.ipynb") and not (REAL_DATA / "utkface" / "UTKFace").is_dir():
+        pytest.skip(f"the real data is not at {REAL_DATA} (set KFACEMTL_DATA); {path.name} reads it")
     nb = nbformat.read(path, as_version=4)
     params = next(c for c in nb.cells if c.cell_type == "code" and "Parameters" in c.source)
     params.source = "# Parameters (test)\n" + SMALL + EXTRA.get(path.name, "")

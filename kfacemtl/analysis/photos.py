@@ -22,6 +22,7 @@ Example:
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Sequence
@@ -149,9 +150,13 @@ def _read(path: Path, max_pixels: int):
         if width * height > max_pixels:
             return None, f"too large: {width}x{height} pixels (the limit is {max_pixels:,})"
         return decode_rgb(data).numpy(), "ok"
-    except (OSError, tf.errors.OpError) as e:
-        reason = e.message if isinstance(e, tf.errors.OpError) else str(e)
-        return None, f"unreadable: {reason.splitlines()[0][:200]}"
+    except OSError as e:
+        return None, f"unreadable: {e.strerror or e}"
+    except tf.errors.OpError as e:
+        reason = re.sub(r"\{\{[^}]*\}\}|\[Op:[^\]]*\]", "", e.message.splitlines()[0]).strip()  # TF's graph details
+        if "Unknown image file format" in reason or not data:
+            reason = "not a JPEG, PNG, GIF, BMP or WebP image" + ("" if data else " (an empty file)")
+        return None, f"unreadable: {reason[:200]}"
 
 
 def analyze(photos, model, *, detector="mtcnn", image_size=None, batch_size=64, photos_per_batch=16,
