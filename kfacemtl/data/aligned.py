@@ -26,6 +26,7 @@ from kfacemtl.data.alignment import TEMPLATE, align_faces
 from kfacemtl.data.detection import make_detector
 from kfacemtl.data.images import decode_rgb
 from kfacemtl.data.source import Source
+from kfacemtl.data.wrappers import RowSubset
 from kfacemtl.files import atomic_write, cache_root
 
 
@@ -121,12 +122,10 @@ class AlignedFaces(Source):
         return self._crops
 
     def row_names(self):
-        names = self.source.row_names()
-        return [names[i] for i in self.rows]
+        return RowSubset(self.source, self.rows).row_names()
 
     def raw_labels(self, task):
-        values, present = self.source.raw_labels(task)
-        return np.asarray(values)[self.rows], np.asarray(present)[self.rows]
+        return RowSubset(self.source, self.rows).raw_labels(task)
 
     def describe(self) -> dict:
         return dict(self.source.describe(), samples=len(self), aligned=self.detector.name,
