@@ -97,6 +97,10 @@ def _cmd_calibrate(args):
     with _options(model="--model", sources="--source", coverage="--coverage"):
         report = calibrate(model, build_sources(specs, where), batch_size=args.batch_size, coverage=args.coverage)
     out = Path(args.out) if args.out else path
+    kept = path.with_name(f"{path.stem}_uncalibrated.keras")
+    if out == path and not kept.exists():  # the model as trained stays, once, beside its calibrated self
+        import shutil
+        shutil.copy2(path, kept)
     written = save_calibrated(model, report, out, specs)
     print(calibration_table(report))
     print(f"calibrated model: {out}; {written['json']}; reliability diagrams in {out.parent / 'plots'}")
@@ -321,7 +325,8 @@ kfacemtl calibrate runs/exp/model.keras --source 'csv:val.csv' --out runs/exp/mo
     p.add_argument("model", help="a run directory or a .keras file")
     p.add_argument("--source", action="append", help="validation data, FORMAT:PATH[?key=value&...]; repeat for several "
                                                      "(default: a run directory's validation parts)")
-    p.add_argument("--out", help="where to save the calibrated model (default: over the model file, atomically)")
+    p.add_argument("--out", help="where to save the calibrated model (default: over the model file, atomically, the "
+                                 "first time keeping it as <name>_uncalibrated.keras)")
     p.add_argument("--coverage", type=float, default=0.9, help="share of true values the age interval should hold")
     p.add_argument("--batch-size", type=int, default=128, help="images per prediction batch")
 

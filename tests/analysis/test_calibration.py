@@ -121,6 +121,7 @@ def test_calibrate_and_evaluate_commands(tmp_path, capsys):
     assert saved["sources"] == [s + "&part=val" for s in cfg["sources"]] and set(saved["tasks"]) == {"gender",
                                                                                                       "expression"}
     assert (run / "model.keras").read_bytes() != before and (run / "plots" / "reliability_gender.png").exists()
+    assert (run / "model_uncalibrated.keras").read_bytes() == before  # the model as trained is kept
     temperatures = load_model(run / "model.keras").temperatures
     assert temperatures["gender"] == pytest.approx(saved["tasks"]["gender"]["temperature"])
     assert main(["evaluate", str(run), "--plots", str(tmp_path / "rel")]) == 0
