@@ -66,6 +66,43 @@ class ExportError(KfacemtlError):
     """
 
 
+# what an export killed midway leaves: its version folder being written (.tmp-VERSION-PID-RANDOM) and the temporary
+# files of models.config / batching_parameters.txt (kfacemtl.files.atomic_write: .STEM.tmpPID.SUFFIX)
+_LEFTOVER = re.compile(r"^\.(?:tmp-\d+-(\d+)-[0-9a-f]+|[\w.-]+\.tmp(\d+)\.\w+)$")
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_leftovers(model_dir) -> list[Path]:
+    """Remove what exports killed midway left in ``model_dir`` (their hidden temporary version folders and config
+    files, whose writing process is gone); returns what was removed. TF Serving never loads them (only numeric
+    folders are versions); :func:`export_model` calls this first.
+
+    Example:
+        >>> import os
+        >>> os.makedirs("saved_models/faces/.tmp-3-999999999-ab12cd34", exist_ok=True)   # no such process
+        >>> [p.name for p in remove_leftovers("saved_models/faces")]
+        ['.tmp-3-999999999-ab12cd34']
+    """
+    removed = []
+    for path in sorted(Path(model_dir).iterdir()) if Path(model_dir).is_dir() else []:
+        m = _LEFTOVER.match(path.name)
+        if m and not _alive(int(m.group(1) or m.group(2))):
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
 def list_versions(model_dir) -> list[int]:
     """The numeric version folders under ``model_dir``, sorted.
 
@@ -295,6 +332,7 @@ def export_model(model_or_path, base="saved_models", name: str = "kfacemtl", ver
     model, run_dir = _load(model_or_path)
     model_dir = Path(base) / name
     model_dir.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(model_dir)
     if version is None:
         version = next_version(model_dir)
     if int(version) < 1:
@@ -311,7 +349,7 @@ def export_model(model_or_path, base="saved_models", name: str = "kfacemtl", ver
     unknown = {k: v for k, v in labels.items() if int(v) not in versions}
     if unknown:
         raise ExportError(f"version labels {unknown} name versions that do not exist under {model_dir}")
-    tmp = model_dir / f".tmp-{version}-{uuid.uuid4().hex[:8]}"  # TF Serving only loads numeric folders
+    tmp = model_dir / f".tmp-{version}-{os.getpid()}-{uuid.uuid4().hex[:8]}"  # TF Serving only loads numeric folders
     try:
         archive = keras.export.ExportArchive()
         archive.track(model)

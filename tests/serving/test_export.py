@@ -92,6 +92,69 @@ def test_an_xla_export_answers_as_the_plain_one_and_decodes_on_the_cpu(model, ex
     assert resize and all(n.device == "" for n in resize)
 
 
+# how many times the kill test kills `kfacemtl export` (each a fresh process: about 5 s); 20 for the full check
+EXPORT_KILLS = int(__import__("os").environ.get("KFACEMTL_EXPORT_KILLS", "3"))
+
+
+def _complete(version_dir: Path) -> bool:
+    return all((version_dir / f).is_file() for f in ("saved_model.pb", "variables/variables.index", "model_card.md",
+                                                     f"assets.extra/{export_mod.WARMUP_FILE}"))
+
+
+def test_a_killed_export_never_leaves_a_half_written_version_and_the_next_cleans_up(tmp_path):
+    import os
+    import random
+    import signal
+    import time
+    tiny_model(["gender"]).save(tmp_path / "m.keras")
+    base, rng = tmp_path / "models", random.Random(0)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    command = [sys.executable, "-m", "kfacemtl", "export", str(tmp_path / "m.keras"), "--base", str(base),
+               "--name", "faces"]
+    start = time.time()
+    subprocess.run(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+    whole = time.time() - start  # one export, start to end
+    mid_write = 0
+    for kill in range(EXPORT_KILLS):
+        proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if kill % 2:  # anywhere in its life: importing, tracing, writing, renaming, writing the config
+            time.sleep(rng.uniform(0, whole))
+        else:  # while the version is written (a short moment: most of an export is tracing)
+            deadline = time.time() + 60
+            while time.time() < deadline and proc.poll() is None and not list((base / "faces").glob(".tmp-*")):
+                time.sleep(0.002)
+            time.sleep(0 if kill == 0 else rng.uniform(0, 0.05))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        mid_write += any(not _alive_pid(p) for p in (base / "faces").glob(".tmp-*"))
+        versions = export_mod.list_versions(base / "faces")
+        assert all(_complete(base / "faces" / str(v)) for v in versions), (kill, versions)  # all or nothing
+    print(f"{EXPORT_KILLS} kills, {mid_write} while a version was being written, "
+          f"{len(export_mod.list_versions(base / 'faces')) - 1} of them finished first")
+    assert mid_write >= 1  # the kills did land in the middle of writing
+    final = export_model(tmp_path / "m.keras", base, "faces", warmup=True)
+    left = [p.name for p in (base / "faces").iterdir() if p.name.startswith(".")]
+    assert left == [] and _complete(final)  # the killed exports' leftovers are gone
+    config = text_format.Parse((base / "faces" / "models.config").read_text(), model_server_config_pb2.ModelServerConfig())
+    listed = list(config.model_config_list.config[0].model_version_policy.specific.versions)
+    assert listed == export_mod.list_versions(base / "faces")  # every finished version is served
+    assert "gender_probs" in tf.saved_model.load(str(final)).signatures["serving_float"].structured_outputs
+
+
+def _alive_pid(path: Path) -> bool:
+    """Whether the export that wrote the temporary version folder ``path`` (``.tmp-V-PID-RANDOM``) still runs."""
+    return export_mod._alive(int(path.name.split("-")[2]))
+
+
+def test_leftovers_of_a_live_export_are_left_alone(tmp_path):
+    import os
+    live = tmp_path / f".tmp-2-{os.getpid()}-0123abcd"
+    live.mkdir()
+    dead = tmp_path / ".models.tmp999999999.config"
+    dead.write_text("half")
+    assert export_mod.remove_leftovers(tmp_path) == [dead] and live.exists()
+
+
 def test_a_crash_mid_export_leaves_no_version(model, tmp_path, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("disk full")
