@@ -19,6 +19,8 @@ from kfacemtl.tasks import Task
 
 OUTPUT_SUFFIXES = ("_probs", "_label", "_class", "_active")
 
+ERROR_OUTPUT = "error"  # the bytes signature's status of each image: "" when it was answered, else why not
+
 
 def interval_scale(task: Task, values):
     """How wide a regression head's interval is at its predicted ``values``: the distance above the bottom of the

@@ -41,7 +41,7 @@ from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, prediction_service_pb2_grpc
 
 from kfacemtl.errors import KfacemtlError
-from kfacemtl.models.answers import group_outputs
+from kfacemtl.models.answers import ERROR_OUTPUT, group_outputs
 from kfacemtl.tables import text_table
 
 DEFAULT_SIGNATURE = "serving_default"
@@ -178,15 +178,31 @@ class _Predictor:
                     self._checked_batch([d], [n])
             raise
 
-    def predict(self, images: Sequence) -> list[dict]:
-        """Per-image results keyed by task, in input order (see the module docstring)."""
+    def predict(self, images: Sequence, errors: str = "raise") -> list[dict]:
+        """Per-image results keyed by task, in input order (see the module docstring).
+
+        An image the model could not read (the bytes signature's ``error`` output names why) raises
+        :class:`InvalidInputError` naming it (``errors="raise"``), or with ``errors="return"`` its result is
+        ``{"error": reason}`` and the other images are answered.
+        """
+        if errors not in ("raise", "return"):
+            raise ServingError(f"errors must be 'raise' or 'return', got {errors!r}")
         data, names = read_images(images)
         if not data:
             raise InvalidInputError(f"{self.describe()}: empty request: give at least one image")
         results = []
         for start in range(0, len(data), self.batch_size):
             batch, batch_names = data[start:start + self.batch_size], names[start:start + self.batch_size]
-            results += group_outputs(self._checked_batch(batch, batch_names), len(batch))
+            outputs = self._checked_batch(batch, batch_names)
+            failed = outputs.pop(ERROR_OUTPUT, None)
+            answers = group_outputs(outputs, len(batch))
+            for i, reason in enumerate([] if failed is None else np.asarray(failed).tolist()):
+                reason = reason.decode("utf-8", "replace") if isinstance(reason, bytes) else reason
+                if reason and errors == "raise":
+                    raise self._invalid(f"image {i} {reason}", batch_names)
+                if reason:
+                    answers[i] = {ERROR_OUTPUT: reason}
+            results += answers
         return results
 
     def describe(self) -> str:
@@ -310,18 +326,30 @@ class Client(_Predictor):
                 delay *= 2
         raise AssertionError("unreachable")
 
-    def _grpc_error(self, e, names):
-        code, details = e.code(), _clean_message(e.details() or "")
-        if code == grpc.StatusCode.UNAVAILABLE:
+    def _error(self, code: str, details: str, names) -> ServingError:
+        """The error for a failed call: ``code`` is the gRPC status name (REST's HTTP status mapped back the way TF
+        Serving maps codes to HTTP), ``details`` the server's message."""
+        details = _clean_message(details or "")
+        if code == "UNAVAILABLE":
             return ServerUnavailableError(f"{self.describe()}: server unavailable after {self.retries} "
                                           f"retries ({details})")
-        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        if code == "DEADLINE_EXCEEDED":
             return ServerUnavailableError(f"{self.describe()}: no answer within {self.timeout:g} s")
-        if code == grpc.StatusCode.NOT_FOUND:
+        if code == "NOT_FOUND":
             return ModelNotFoundError(f"{self.describe()}: not found on the server ({details})")
-        if code == grpc.StatusCode.INVALID_ARGUMENT:
+        if "Unrecognized servable version label" in details:  # TF Serving's INVALID_ARGUMENT / 400
+            return ModelNotFoundError(f"{self.describe()}: no such label on the server ({details})")
+        if re.search(r"[Ss]ignature (key|name).* not found", details):  # FAILED_PRECONDITION (gRPC) / 400 (REST)
+            return ServingError(f"{self.describe()}: no signature {self.signature!r} on the server ({details})")
+        if code == "RESOURCE_EXHAUSTED":
+            return ServingError(f"{self.describe()}: the server refused the request's size ({details}); "
+                                f"send fewer images per request (batch_size)")
+        if code == "INVALID_ARGUMENT" and names:
             return self._invalid(details, names)
-        return ServingError(f"{self.describe()}: {code.name}: {details}")
+        return ServingError(f"{self.describe()}: {code}: {details}")
+
+    def _grpc_error(self, e, names):
+        return self._error(e.code().name, e.details(), names)
 
     def _grpc_predict(self, data, names):
         request = predict_pb2.PredictRequest()
@@ -356,16 +384,10 @@ class Client(_Predictor):
                     return json.loads(resp.read())
             except urllib.error.HTTPError as e:
                 try:
-                    details = _clean_message(json.loads(e.read()).get("error", ""))
-                except ValueError:
-                    details = e.reason
-                if e.code == 404:
-                    raise ModelNotFoundError(f"{self.describe()}: not found on the server ({details})") from None
-                if e.code == 400:
-                    raise self._invalid(details, names) from None
-                if e.code == 503:
-                    raise ServerUnavailableError(f"{self.describe()}: server unavailable ({details})") from None
-                raise ServingError(f"{self.describe()}: HTTP {e.code}: {details}") from None
+                    details = json.loads(e.read()).get("error", "")
+                except (ValueError, AttributeError):
+                    details = str(e.reason)
+                raise self._error(_HTTP_CODES.get(e.code, f"HTTP {e.code}"), details, names) from None
             except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
                 raise ServerUnavailableError(f"{self.describe()}: server unavailable after {self.retries} "
                                              f"retries ({getattr(e, 'reason', e)})") from None
@@ -375,7 +397,7 @@ class Client(_Predictor):
     def _rest_predict(self, data, names):
         body = json.dumps({"signature_name": self.signature,
                            "inputs": {"images": [{"b64": base64.b64encode(d).decode()} for d in data]}})
-        out = self._rest(self._rest_url(":predict"), body.encode(), names)["outputs"]
+        out = rest_outputs(self._rest(self._rest_url(":predict"), body.encode(), names))
         return {k: np.asarray(v, dtype=object if _is_text(v) else None) for k, v in out.items()}
 
     def _predict_batch(self, data, names):
@@ -414,6 +436,34 @@ class Client(_Predictor):
 
     def __exit__(self, *exc):
         self.close()
+
+
+# TF Serving's HTTP status for each gRPC code (http_server.cc), read back
+_HTTP_CODES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
+               409: "ABORTED", 429: "RESOURCE_EXHAUSTED", 499: "CANCELLED", 500: "INTERNAL", 501: "UNIMPLEMENTED",
+               503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
+
+
+def rest_outputs(body: dict) -> dict:
+    """A REST predict response in either of TF Serving's shapes → ``{output: column}``: ``{"outputs": ...}``
+    (the answer to ``inputs``, columns) or ``{"predictions": ...}`` (the answer to ``instances``, one row per
+    image). A signature with one output is answered without its name: it comes back as ``"output"``.
+
+    Example:
+        >>> rest_outputs({"predictions": [{"age": 31.5, "gender_class": "female"}, {"age": 40.0, "gender_class": "male"}]})
+        {'age': [31.5, 40.0], 'gender_class': ['female', 'male']}
+        >>> rest_outputs({"outputs": {"age": [31.5, 40.0]}}) == rest_outputs({"predictions": [{"age": 31.5}, {"age": 40.0}]})
+        True
+    """
+    if "outputs" in body:
+        out = body["outputs"]
+        return out if isinstance(out, dict) else {"output": out}
+    if "predictions" in body:
+        rows = body["predictions"]
+        if rows and all(isinstance(r, dict) for r in rows):
+            return {k: [r[k] for r in rows] for k in rows[0]}
+        return {"output": rows}
+    raise ServingError(f"a REST predict response has 'outputs' or 'predictions'; got keys {sorted(body)}")
 
 
 def _is_text(values) -> bool:

@@ -1,6 +1,10 @@
 """The SavedModel's signatures: encoded images (checked before decoding) or float tensors in, named outputs per
 task out.
 
+The bytes signature answers every image of a batch it can read and reports the others in its ``error`` output
+(empty for an image that was answered), so that one bad image never fails the other images of a batch, as when TF
+Serving's batching merges the requests of several clients into one.
+
 Example:
     >>> SIGNATURES
     ('serving_default', 'serving_float')
@@ -12,7 +16,7 @@ import tensorflow as tf
 
 from kfacemtl.data.images import MAX_PIXELS, decode_image, decode_rgb, header_size, png_or_jpeg, resize_batch
 from kfacemtl.models import model_tasks
-from kfacemtl.models.answers import task_outputs
+from kfacemtl.models.answers import ERROR_OUTPUT, task_outputs
 
 
 MAX_BYTES = 20 * 2 ** 20  # 20 MiB per encoded image
@@ -25,106 +29,161 @@ RESIZE_AT_ONCE_MAX_PIXELS = 224 * 224
 
 SIGNATURES = ("serving_default", "serving_float")
 
+NOT_DECODED = "could not be decoded (corrupt or truncated image data)"
 
-def check_images(images, max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS):
-    """Checks a batch of encoded images (DT_STRING ``[n]``) before anything is decoded; returns the ``(width,
-    height)`` each header declares, int64 ``[n, 2]``.
 
-    In this order, over the whole batch: the byte length (not empty, at most ``max_bytes``), the format (JPEG or
-    PNG magic bytes), the header (a PNG's IHDR, a JPEG's frame header), the declared size (more than 0, at most
-    ``max_pixels``). Bad input raises ``tf.errors.InvalidArgumentError`` whose message names the first image
-    (its index in the batch) that fails the first failing check, e.g. ``assertion failed: [image] [2] [is empty
-    (0 bytes)]``; a JPEG without a frame header fails with TF's own message (``Invalid JPEG data``).
+def _first_bytes(images, n: int = 8):
+    """The first ``n`` bytes of each image as numbers (``"137 80 78 71"``): raw bytes in a message are not valid
+    UTF-8, and a client could not even read the error (found by the property test of the bytes signature)."""
+    chars = tf.strings.bytes_split(tf.strings.substr(images, 0, n))
+    values = tf.io.decode_raw(chars.flat_values, tf.uint8)[:, 0]
+    numbers = chars.with_flat_values(tf.strings.as_string(tf.cast(values, tf.int32)))
+    return tf.strings.reduce_join(numbers, axis=-1, separator=" ")
+
+
+def _first_failure(checks, n):
+    """``[(ok, message), ...]`` (``ok`` a boolean per image, ``message`` a string per image or one string) → each
+    image's message of its first failing check, ``""`` where all pass."""
+    error = tf.fill([n], "")
+    for ok, message in reversed(checks):
+        error = tf.where(ok, error, message)
+    return error
+
+
+def precheck_images(images, max_bytes: int = MAX_BYTES):
+    """What can be told of each encoded image (DT_STRING ``[n]``) from its bytes alone, before any header is
+    read: its status, ``""`` when it may be read on, or the first of: empty, more than ``max_bytes``, not a JPEG or
+    PNG (magic bytes), a PNG shorter than its header. Vectorised; never raises.
 
     Example:
         >>> png = tf.io.encode_png(tf.zeros((20, 30, 3), tf.uint8))
-        >>> check_images(tf.stack([png, png])).numpy().tolist()
-        [[30, 20], [30, 20]]
-        >>> try:  # as in a signature (a graph; eagerly, the message reads differently)
-        ...     tf.function(check_images)(tf.constant([png.numpy(), b"not an image"]))
-        ... except tf.errors.InvalidArgumentError as e:
-        ...     print(e.message.split("assertion failed: ")[1][:51])
-        [image] [1] [is not a JPEG or PNG (bad magic bytes)
+        >>> [e.decode() for e in precheck_images(tf.stack([png, b"", b"GIF89a"])).numpy()]
+        ['', 'is empty (0 bytes)', 'is not a JPEG or PNG (bad magic bytes); first bytes: 71 73 70 56 57 97']
     """
     n = tf.strings.length(images)
     is_png, is_jpeg = png_or_jpeg(images)
-    passed = _checked([(n > 0, lambda i: ["is empty (0 bytes)"]),
-                       (n <= max_bytes, lambda i: ["has", n[i], f"bytes; the limit is {max_bytes}"]),
-                       # the first bytes as numbers: raw bytes in an error message are not valid UTF-8 (the client
-                       # could not even read the error; found by the property test of the bytes signature)
-                       (is_png | is_jpeg, lambda i: [
-                           "is not a JPEG or PNG (bad magic bytes); first bytes:",
-                           tf.cast(tf.io.decode_raw(tf.strings.substr(images[i], 0, 8), tf.uint8), tf.int32)]),
-                       (~is_png | (n >= 24), lambda i: ["is a PNG shorter than its header"])])
-    with tf.control_dependencies([passed]):  # the headers are read only from images that passed
-        wh = tf.map_fn(lambda a: header_size(a[0], a[1]), (images, is_png),
-                       fn_output_signature=tf.TensorSpec([2], tf.int64))
+    too_big = tf.strings.join(["has ", tf.strings.as_string(n), f" bytes; the limit is {max_bytes}"])
+    not_image = tf.strings.join(["is not a JPEG or PNG (bad magic bytes); first bytes: ", _first_bytes(images)])
+    return _first_failure([(n > 0, "is empty (0 bytes)"), (n <= max_bytes, too_big),
+                           (is_png | is_jpeg, not_image), (~is_png | (n >= 24), "is a PNG shorter than its header")],
+                          tf.size(images))
+
+
+def _each_readable(fn, images, keep, spec, parallel: int = 16):
+    """``fn`` over the images where ``keep``, skipping those where it fails (``tf.data``'s ``ignore_errors``: a
+    graph has no other way to go on after a failing decode) → ``(done [n] bool, values [n, ...])``, zeros where
+    not done. The CPU runs up to ``parallel`` images at a time, in order. When every image is kept and done (a
+    batch without a bad image), nothing is gathered or scattered."""
+    n = tf.size(images)
+    every = tf.reduce_all(keep)
+    index = tf.cond(every, lambda: tf.range(n), lambda: tf.cast(tf.where(keep)[:, 0], tf.int32))
+    with tf.device("/CPU:0"):
+        kept = tf.cond(every, lambda: images, lambda: tf.gather(images, index))
+        ds = tf.data.Dataset.from_tensor_slices((index, kept))
+        parallel = {"num_parallel_calls": parallel, "deterministic": True} if parallel > 1 else {}
+        ds = ds.map(lambda i, data: (i, fn(data)), **parallel).ignore_errors()
+        empty = [0] + [d or 0 for d in spec.shape]
+        nothing = tf.data.Dataset.from_tensors((tf.zeros([0], tf.int32), tf.zeros(empty, spec.dtype)))
+        done, values = ds.batch(tf.cast(tf.maximum(n, 1), tf.int64)).concatenate(nothing).take(1).get_single_element()
+
+    def scattered():
+        shape = tf.concat([[n], tf.shape(values)[1:]], axis=0)
+        return (tf.scatter_nd(done[:, None], tf.ones_like(done, tf.bool), [n]),
+                tf.scatter_nd(done[:, None], values, shape))
+
+    return tf.cond(tf.equal(tf.size(done), n), lambda: (tf.fill([n], True), values), scattered)
+
+
+def check_images(images, max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS):
+    """Checks a batch of encoded images (DT_STRING ``[n]``) before anything is decoded → ``(error [n], (width,
+    height) [n, 2])``: each image's status (``""`` when it may be decoded) and the size its header declares.
+
+    In this order: the byte length (not empty, at most ``max_bytes``), the format (JPEG or PNG magic bytes), the
+    header (a PNG's IHDR, a JPEG's frame header: ``Invalid JPEG data`` without one), the declared size (more than
+    0, at most ``max_pixels``). Never raises: a bad image is named by its status, e.g. ``is empty (0 bytes)``.
+
+    Example:
+        >>> png = tf.io.encode_png(tf.zeros((20, 30, 3), tf.uint8))
+        >>> error, wh = check_images(tf.stack([png, b"\\xff\\xd8\\xff not really a JPEG"]))
+        >>> [e.decode() for e in error.numpy()], wh.numpy().tolist()
+        (['', 'is not a valid JPEG (Invalid JPEG data: no frame header)'], [[30, 20], [0, 0]])
+    """
+    error = precheck_images(images, max_bytes)
+    is_png, _ = png_or_jpeg(images)
+    png = is_png & tf.equal(error, "")
+    jpeg = ~is_png & tf.equal(error, "")
+    # a PNG's IHDR is at a fixed place (read for the whole batch at once); a JPEG's frame header is found by TF's
+    # JPEG reader, which fails on a JPEG without one
+    ihdr = tf.strings.substr(tf.where(png, images, b"\0" * 24), 16, 8)
+    png_wh = tf.cast(tf.io.decode_raw(ihdr, tf.uint8, little_endian=False), tf.int64) @ tf.constant(
+        [[2 ** 24, 0], [2 ** 16, 0], [2 ** 8, 0], [1, 0], [0, 2 ** 24], [0, 2 ** 16], [0, 2 ** 8], [0, 1]], tf.int64)
+    read, jpeg_wh = tf.cond(
+        tf.reduce_any(jpeg),
+        lambda: _each_readable(lambda data: header_size(data, tf.constant(False)), images, jpeg,
+                               tf.TensorSpec([2], tf.int64), parallel=1),
+        lambda: (tf.zeros_like(jpeg), tf.zeros_like(png_wh)))
+    read = png | read
+    wh = tf.where(png[:, None], png_wh, jpeg_wh)
     pixels = wh[:, 0] * wh[:, 1]
-
-    def size(i):
-        return [tf.strings.as_string(wh[i, 0]), "x", tf.strings.as_string(wh[i, 1])]
-
-    limit = f"pixels; the limit is {max_pixels} pixels"
-    passed = _checked([(pixels <= max_pixels, lambda i: ["declares", *size(i), limit]),
-                       (pixels > 0, lambda i: ["declares an empty image:", *size(i)])])
-    with tf.control_dependencies([passed]):
-        return tf.identity(wh)
-
-
-def _checked(checks):
-    """Asserts ``[(ok, message), ...]`` in order, ``ok`` a boolean per image and ``message(i)`` what the error
-    says of image ``i``, the first one failing; the messages are built only when a check fails (one ``tf.cond``),
-    so a batch that passes runs a handful of ops. Returns a boolean tensor to depend on."""
-    def fail():
-        done = []
-        for ok, message in checks:
-            i = tf.argmin(tf.cast(ok, tf.int32), output_type=tf.int32)
-            with tf.control_dependencies(done):
-                done.append(tf.debugging.Assert(tf.reduce_all(ok), ["image", i, *message(i)]))
-        with tf.control_dependencies(done):
-            return tf.constant(False)
-
-    return tf.cond(tf.reduce_all(tf.stack([ok for ok, _ in checks])), lambda: tf.constant(True), fail)
+    size = tf.strings.join([tf.strings.as_string(wh[:, 0]), " x ", tf.strings.as_string(wh[:, 1])])
+    return _first_failure([(tf.equal(error, ""), error),
+                           (read, "is not a valid JPEG (Invalid JPEG data: no frame header)"),
+                           (pixels <= max_pixels,
+                            tf.strings.join(["declares ", size, f" pixels; the limit is {max_pixels} pixels"])),
+                           (pixels > 0, tf.strings.join(["declares an empty image: ", size]))], tf.size(images)), wh
 
 
 def decode_batch(images, image_size=(64, 64), max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS):
-    """A batch of encoded images (DT_STRING ``[n]``) → float32 ``[n, H, W, 3]`` in [0, 1]: what the bytes
-    signature does before the network.
+    """A batch of encoded images (DT_STRING ``[n]``) → ``(float32 [n, H, W, 3] in [0, 1], error [n])``: what the
+    bytes signature does before the network. ``error`` is each image's status, ``""`` for an image that was
+    decoded, otherwise why not (:func:`check_images`, or ``could not be decoded`` for corrupt or truncated
+    data); such an image's row is zeros.
 
-    :func:`check_images` first (nothing is decoded when any image is bad), then the images are decoded on the
+    :func:`check_images` first (an image that fails a check is never decoded), then the images are decoded on the
     host's CPU (JPEG/PNG decoding has only CPU kernels), up to 16 at a time, with the training pipeline's ops. When
     they all have one size (a client sending face crops from one camera, say) of at most
     ``RESIZE_AT_ONCE_MAX_PIXELS`` (224 × 224), the decoded ``uint8`` batch is resized by
     :func:`kfacemtl.data.images.resize_batch`, on the GPU where there is one (and on all CPU cores otherwise); other
-    images are each decoded and resized by :func:`kfacemtl.data.images.decode_image` as in training.
+    images are each decoded and resized by :func:`kfacemtl.data.images.decode_image` as in training. An empty
+    batch is an error (``InvalidArgumentError``): there is nothing to answer.
 
     Example:
         >>> png = tf.io.encode_png(tf.zeros((20, 30, 3), tf.uint8))
-        >>> tuple(decode_batch(tf.stack([png, png]), (16, 16)).shape)
-        (2, 16, 16, 3)
+        >>> x, error = decode_batch(tf.stack([png, png, b""]), (16, 16))
+        >>> tuple(x.shape), [e.decode() for e in error.numpy()]
+        ((3, 16, 16, 3), ['', '', 'is empty (0 bytes)'])
     """
     h, w = image_size
     nonempty = tf.debugging.Assert(tf.size(images) > 0, ["empty batch: send at least one image"])
     with tf.control_dependencies([nonempty]), tf.device("/CPU:0"):
-        wh = check_images(images, max_bytes, max_pixels)
-        one_size = ((tf.size(images) > 1) & tf.reduce_all(tf.equal(wh, wh[:1]))
-                    & (tf.reduce_max(wh[:, 0] * wh[:, 1]) <= RESIZE_AT_ONCE_MAX_PIXELS))
+        error, wh = check_images(images, max_bytes, max_pixels)
+        ok = tf.equal(error, "")
+        sizes = tf.boolean_mask(wh, ok)
+        one_size = ((tf.shape(sizes)[0] > 1) & tf.reduce_all(tf.equal(sizes, sizes[:1]))
+                    & (tf.reduce_max(sizes[:, 0] * sizes[:, 1]) <= RESIZE_AT_ONCE_MAX_PIXELS))
 
-    def each(decode, spec):  # a loop on the CPU: a body that moved between CPU and GPU would copy each image both ways
-        with tf.device("/CPU:0"):
-            return tf.map_fn(decode, images, fn_output_signature=spec, parallel_iterations=16)
+    def at_once():  # decoded as they are, resized together
+        done, raw = _each_readable(decode_rgb, images, ok, tf.TensorSpec([None, None, 3], tf.uint8))
+        return done, resize_batch(raw, (h, w))
 
-    def alone(data):  # as in training
-        return decode_image(data, (h, w))
+    def each():  # as in training
+        return _each_readable(lambda data: decode_image(data, (h, w)), images, ok, tf.TensorSpec((h, w, 3), tf.float32))
 
-    def one():  # a single image: no loop
-        with tf.device("/CPU:0"):
-            return alone(images[0])[None]
-
-    out = tf.cond(one_size, lambda: resize_batch(each(decode_rgb, tf.TensorSpec([None, None, 3], tf.uint8)), (h, w)),
-                  lambda: tf.cond(tf.size(images) == 1, one, lambda: each(alone, tf.TensorSpec((h, w, 3), tf.float32))))
+    done, out = tf.cond(one_size, at_once, each)
     out.set_shape([None, h, w, 3])
-    return out
+    error = tf.where(ok & ~done, NOT_DECODED, error)
+    return out, error
+
+
+def _blank_failed(outputs: dict, error) -> dict:
+    """Zeros (empty strings) in the rows of the images that were not answered, and the ``error`` output."""
+    failed = tf.not_equal(error, "")
+    blank = {}
+    for name, value in outputs.items():
+        rows = tf.reshape(failed, [-1] + [1] * (len(value.shape) - 1))
+        blank[name] = tf.where(rows, tf.zeros_like(value), value)
+    blank[ERROR_OUTPUT] = error
+    return blank
 
 
 def serving_functions(model, image_size=None, max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS,
@@ -167,7 +226,8 @@ def serving_functions(model, image_size=None, max_bytes: int = MAX_BYTES, max_pi
                                 getattr(model, "intervals", None))
 
     def from_bytes(images):
-        return from_float(decode_batch(images, (h, w), max_bytes, max_pixels))
+        x, error = decode_batch(images, (h, w), max_bytes, max_pixels)
+        return _blank_failed(from_float(x), error)
 
     return {"serving_default": (from_bytes, [tf.TensorSpec([None], tf.string, name="images")]),
             "serving_float": (from_float, [tf.TensorSpec([None, h, w, 3], tf.float32, name="images")])}
