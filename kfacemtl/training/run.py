@@ -186,7 +186,8 @@ def prepare_run_dir(out_dir: Path, cfg: dict, resume: bool):
     if resume:
         if not config_path.exists():
             raise ConfigError("--resume", f"{str(out_dir)!r} holds no run to resume (no config.yaml)")
-        saved = yaml.safe_load(config_path.read_text())
+        # resolved again: a key added to the config since the run started is compared at its default
+        saved = resolve_config(yaml.safe_load(config_path.read_text()))
         if _config_without_epochs(saved) != _config_without_epochs(cfg):
             raise ConfigError("--resume", f"the config differs from the one {str(out_dir)!r} was started with "
                                           f"(on resume only training.{', '.join(RESUME_MAY_CHANGE)} may change)")

@@ -292,3 +292,16 @@ def test_training_can_end_by_calibrating_on_the_validation_parts(tmp_path):
     assert (tmp_path / "run" / "plots" / "reliability_expression.png").exists()
     with pytest.raises(ConfigError, match="'training.calibrate': needs a training source that holds a validation"):
         resolve_config(_cfg(calibrate=True))
+
+
+def test_a_run_started_before_a_config_key_existed_resumes_and_a_changed_one_does_not(tmp_path):
+    import yaml
+    from kfacemtl.training.run import prepare_run_dir
+    cfg = resolve_config({"sources": ["synthetic:lab?n=8"]})
+    old = {k: dict(v) if isinstance(v, dict) else v for k, v in cfg.items()}
+    del old["training"]["calibrate"]  # written by a version without that key (at its default)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
+    prepare_run_dir(tmp_path, cfg, resume=True)
+    changed = resolve_config({"sources": ["synthetic:lab?n=8"], "training": {"epochs": 3, "learning_rate": 0.5}})
+    with pytest.raises(ConfigError, match="differs"):  # the learning rate may not change
+        prepare_run_dir(tmp_path, changed, resume=True)
