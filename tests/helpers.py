@@ -1,6 +1,7 @@
 """Helpers the tests share: where the repository and the real data are, PNG files, tiny models, the real datasets'
 layouts in miniature."""
 import os
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -59,3 +60,10 @@ def real_layout(data):
             aus = ["1" if frame == "peak" and (j + k) % 3 == 0 else "0" for j in range(len(ACTION_UNITS))]
             rows.append(f"{name},S{k:03d},S{k:03d}_001,{frame},{expression},x," + ",".join(aus))
     (data / "ckplus_au" / "labels.csv").write_text("\n".join(rows) + "\n")
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -38,69 +38,18 @@ import grpc
 import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import types_pb2
-from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, prediction_service_pb2_grpc
+from google.protobuf import json_format
+from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc, predict_pb2,
+                                     prediction_service_pb2_grpc)
 
-from kfacemtl.errors import KfacemtlError
+from kfacemtl.serving.errors import (InvalidInputError, ModelNotFoundError, ServerUnavailableError, ServingError,
+                                     clean_message, which_image)
 from kfacemtl.models.answers import ERROR_OUTPUT, group_outputs
 from kfacemtl.tables import text_table
 
 DEFAULT_SIGNATURE = "serving_default"
 # messages of up to 256 MiB (a batch of photos); gRPC's own default is 4 MiB
 GRPC_OPTIONS = [("grpc.max_send_message_length", 256 * 2 ** 20), ("grpc.max_receive_message_length", 256 * 2 ** 20)]
-
-
-class ServingError(KfacemtlError):
-    """A prediction request failed.
-
-    Example:
-        >>> try:
-        ...     LocalPredictor("saved_models/faces/1").predict(["no-such-face.jpg"])   # doctest: +SKIP
-        ... except ServingError as e:                   # every serving failure: model, input or server
-        ...     print(e)
-        >>> issubclass(InvalidInputError, ServingError) and issubclass(ModelNotFoundError, ServingError)
-        True
-    """
-
-
-class ModelNotFoundError(ServingError):
-    """The server does not have the model, version or label asked for (NOT_FOUND).
-
-    Example:
-        >>> try:
-        ...     LocalPredictor("saved_models/no-such-model/9")
-        ... except ModelNotFoundError as e:
-        ...     print(e)
-        saved_models/no-such-model/9 is not a SavedModel folder (no saved_model.pb); pass BASE/NAME/VERSION
-    """
-
-
-class InvalidInputError(ServingError):
-    """The server refused the input (INVALID_ARGUMENT): corrupt, empty or oversized images.
-
-    ``image`` names the offending image when it is known, ``detail`` is the server's reason.
-
-    Example:
-        >>> e = InvalidInputError("notes.png: is not a JPEG or PNG", image="notes.png")
-        >>> e.image, e.detail
-        ('notes.png', 'notes.png: is not a JPEG or PNG')
-    """
-
-    def __init__(self, message: str, image: str | None = None, detail: str = ""):
-        super().__init__(message)
-        self.image, self.detail = image, detail or message
-
-
-class ServerUnavailableError(ServingError):
-    """The server did not answer, even after the retries (UNAVAILABLE or a timeout).
-
-    Example:
-        >>> client = Client("127.0.0.1:9", "faces", retries=1, backoff=0.01, timeout=2)   # no server there
-        >>> try:
-        ...     client.predict([b"any bytes"])
-        ... except ServerUnavailableError as e:
-        ...     print(str(e).split(" (")[0])
-        model 'faces' at 127.0.0.1:9: server unavailable after 1 retries
-    """
 
 
 def read_images(images: Sequence) -> tuple[list[bytes], list[str]]:
@@ -130,31 +79,6 @@ def read_images(images: Sequence) -> tuple[list[bytes], list[str]]:
     return data, names
 
 
-def _clean_message(message: str) -> str:
-    """The useful part of a TensorFlow error: the failed assertion's text, without graph noise.
-
-    Example:
-        >>> _clean_message("Graph execution error:\\n\\nDetected at node x defined at (most recent call "
-        ...                "last):\\n<stack traces unavailable>\\nInvalid JPEG data, size 22\\n\\t [[{{node x}}]]")
-        'Invalid JPEG data, size 22'
-    """
-    m = re.search(r"assertion failed: (.*)", message)
-    if m:
-        return re.sub(r"\] \[", " ", m.group(1)).strip("[] ")
-    noise = ("Graph execution error", "Detected at node", "<stack traces", "[[", "[Op:")
-    lines = [ln.strip() for ln in message.splitlines()]
-    useful = [ln for ln in lines if ln and not ln.startswith(noise)]
-    return (useful or [ln for ln in lines if ln] or ["no message"])[0]
-
-
-def _which_image(message: str, names: Sequence[str]) -> tuple[str | None, str]:
-    """``(image name, reason)`` from a signature error ``image <i> <reason>`` (i: index in the batch)."""
-    m = re.match(r"image (\d+) (.*)", message)
-    if m and int(m.group(1)) < len(names):
-        return names[int(m.group(1))], m.group(2)
-    return (names[0] if len(names) == 1 else None), message
-
-
 class _Predictor:
     """Batching and result assembly shared by the local and remote predictors."""
 
@@ -164,7 +88,7 @@ class _Predictor:
         raise NotImplementedError
 
     def _invalid(self, details: str, names: Sequence[str]) -> InvalidInputError:
-        image, reason = _which_image(details, names)
+        image, reason = which_image(details, names)
         where = f"{image}: " if image else ""
         return InvalidInputError(f"{self.describe()}: {where}{reason}", image=image, detail=reason)
 
@@ -255,7 +179,7 @@ class LocalPredictor(_Predictor):
         try:
             out = self.signature(images=tf.constant(data, dtype=tf.string))
         except tf.errors.InvalidArgumentError as e:
-            raise self._invalid(_clean_message(e.message), names) from None
+            raise self._invalid(clean_message(e.message), names) from None
         return {k: v.numpy() for k, v in out.items()}
 
 
@@ -291,7 +215,7 @@ class Client(_Predictor):
         self.target, self.model_name, self.version, self.label = target, model_name, version, label
         self.protocol, self.signature, self.timeout = protocol, signature, float(timeout)
         self.retries, self.backoff, self.batch_size = int(retries), float(backoff), int(batch_size)
-        self._stub = None
+        self._stub = self._status_stub = None
         self.sleep = time.sleep  # how the retries wait (a test may record the waits instead)
 
     def describe(self) -> str:
@@ -329,7 +253,7 @@ class Client(_Predictor):
     def _error(self, code: str, details: str, names) -> ServingError:
         """The error for a failed call: ``code`` is the gRPC status name (REST's HTTP status mapped back the way TF
         Serving maps codes to HTTP), ``details`` the server's message."""
-        details = _clean_message(details or "")
+        details = clean_message(details or "")
         if code == "UNAVAILABLE":
             return ServerUnavailableError(f"{self.describe()}: server unavailable after {self.retries} "
                                           f"retries ({details})")
@@ -426,10 +350,34 @@ class Client(_Predictor):
                     "outputs": {k: types_pb2.DataType.Name(v.dtype) for k, v in d.outputs.items()}}
                 for s, d in sigs.signature_def.items()}
 
+    def status(self) -> list[dict]:
+        """The served versions of the model (or the one asked for), newest first:
+        ``[{"version": 2, "state": "AVAILABLE", "error_code": "OK", "error_message": ""}, ...]``
+        (``ModelService.GetModelStatus`` over gRPC, ``GET /v1/models/NAME`` over REST)."""
+        if self.protocol == "rest":
+            versions = self._rest(self._rest_url(""), None, ())["model_version_status"]
+        else:
+            request = get_model_status_pb2.GetModelStatusRequest()
+            self._model_spec(request.model_spec)
+
+            def once():
+                try:
+                    if self._status_stub is None:
+                        self._grpc_stub()
+                        self._status_stub = model_service_pb2_grpc.ModelServiceStub(self._channel)
+                    return self._status_stub.GetModelStatus(request, timeout=self.timeout)
+                except grpc.RpcError as e:
+                    raise self._grpc_error(e, ()) from None
+
+            versions = json_format.MessageToDict(self._call(once), preserving_proto_field_name=True,
+                                                 always_print_fields_with_no_presence=True)["model_version_status"]
+        return [{"version": int(v["version"]), "state": v["state"], "error_code": v["status"]["error_code"],
+                 "error_message": v["status"]["error_message"]} for v in versions]
+
     def close(self):
         if self._stub is not None:
             self._channel.close()
-            self._stub = None
+            self._stub = self._status_stub = None
 
     def __enter__(self):
         return self

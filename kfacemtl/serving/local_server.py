@@ -1,12 +1,14 @@
 """A small in-process stand-in for ``tensorflow_model_server``, for tests, notebooks and benchmarks.
 
-The TF Serving binary cannot be installed everywhere (not on these CPU machines), so the
-serving path is proven against this server: the official ``PredictionService`` protos over
-the real gRPC stack (``Predict`` and ``GetModelMetadata``) and TF Serving's REST predict and
-metadata API, backed by the exported SavedModels under ``base``, with the version labels of
-``BASE/NAME/models.config``. Errors use TF Serving's status codes: NOT_FOUND for an unknown
-model, version or label; INVALID_ARGUMENT for bad input (the signature's own checks).
-Not for production: use ``tensorflow/serving`` (docs/guide/serving.md).
+The TF Serving binary cannot be installed everywhere (not on these CPU machines), so the serving path is proven
+against this server: the official ``PredictionService`` (``Predict``, ``GetModelMetadata``) and ``ModelService``
+(``GetModelStatus``) protos over the real gRPC stack, and TF Serving's REST API (:mod:`kfacemtl.serving.rest`),
+backed by the exported SavedModels under ``base`` and served as each ``BASE/NAME/models.config`` says (version
+policy, labels; :mod:`kfacemtl.serving.repository`), with TF Serving's status codes. ``batching=True`` merges
+concurrent requests as ``--enable_batching`` does (:mod:`kfacemtl.serving.batching`), with each model's
+``batching_parameters.txt``. ``tests/serving/test_conformance.py`` holds the cases, run against this server and
+against a real ``tensorflow_model_server`` where one is on PATH. Not for production: use ``tensorflow/serving``
+(docs/guide/serving.md).
 
 Example:
     >>> from kfacemtl.serving.client import Client, ModelNotFoundError
@@ -20,127 +22,67 @@ Example:
 
 from __future__ import annotations
 
-import base64
 import json
-import re
 import threading
 from concurrent import futures
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import grpc
 import tensorflow as tf
-from google.protobuf import text_format
-from tensorflow.core.framework import types_pb2
-from tensorflow.core.protobuf import saved_model_pb2
-from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, prediction_service_pb2_grpc
-from tensorflow_serving.config import model_server_config_pb2
+from tensorflow_serving.apis import (get_model_metadata_pb2, model_service_pb2_grpc, predict_pb2,
+                                     prediction_service_pb2_grpc)
 
-from kfacemtl.serving.export import list_versions
+from kfacemtl.serving.batching import Batcher, batching_parameters
 from kfacemtl.serving.client import GRPC_OPTIONS
+from kfacemtl.serving.repository import DEFAULT_SIGNATURE, ModelRepository, ServingStatus, invalid
+from kfacemtl.serving.rest import handle
 
 
-class _Error(Exception):
-    def __init__(self, code: grpc.StatusCode, message: str):
-        super().__init__(message)
-        self.code, self.message = code, message
-
-
-_HTTP = {grpc.StatusCode.NOT_FOUND: 404, grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.INTERNAL: 500}
-
-
-class ModelRepository:
-    """The SavedModels under ``base`` (``NAME/VERSION/``), loaded on first use, with their labels.
+class BatchingRepository(ModelRepository):
+    """A :class:`ModelRepository` whose signature calls go through one :class:`Batcher` per model, with the
+    model's ``batching_parameters.txt`` (the export's defaults where it has none).
 
     Example:
-        >>> repo = ModelRepository("saved_models")   # NAME/VERSION/ folders written by kfacemtl export
-        >>> repo.labels("faces")                      # from saved_models/faces/models.config; none here
-        {}
+        >>> BatchingRepository("saved_models").batcher("faces").max_batch_size   # no batching_parameters.txt there
+        64
     """
 
     def __init__(self, base):
-        self.base = Path(base)
-        self._loaded, self._lock = {}, threading.Lock()
+        super().__init__(base)
+        self._batchers = {}
 
-    def labels(self, name: str) -> dict:
-        path = self.base / name / "models.config"
-        if not path.is_file():
-            return {}
-        config = text_format.Parse(path.read_text(), model_server_config_pb2.ModelServerConfig())
-        for c in config.model_config_list.config:
-            if c.name == name:
-                return dict(c.version_labels)
-        return {}
-
-    def resolve(self, name: str, version: int | None = None, label: str | None = None) -> int:
-        ok = bool(name) and name[0].isalnum() and "/" not in name  # a served name, never a path
-        versions = list_versions(self.base / name) if ok else []
-        if not versions:
-            raise _Error(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: Latest({name})")
-        if label:
-            labels = self.labels(name)
-            if label not in labels:
-                raise _Error(grpc.StatusCode.NOT_FOUND, f"Unrecognized servable version label: {label}")
-            version = labels[label]
-        if version is None:
-            return versions[-1]
-        if version not in versions:
-            raise _Error(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: Specific({name}, {version})")
-        return version
-
-    def load(self, name: str, version: int):
-        key = (name, version)
+    def batcher(self, name: str) -> Batcher:
         with self._lock:
-            if key not in self._loaded:
-                path = self.base / name / str(version)
-                loaded = tf.saved_model.load(str(path))
-                proto = saved_model_pb2.SavedModel()
-                proto.ParseFromString((path / "saved_model.pb").read_bytes())
-                defs = {k: v for k, v in proto.meta_graphs[0].signature_def.items() if not k.startswith("__")}
-                self._loaded[key] = (loaded, defs)
-            return self._loaded[key]
+            if name not in self._batchers:
+                path = self.base / name / "batching_parameters.txt"
+                params = batching_parameters(path.read_text() if path.is_file() else "")
+                self._batchers[name] = Batcher(lambda key, x: ModelRepository.run(self, *key, x), **params)
+            return self._batchers[name]
 
-    def predict(self, name, version, label, signature, inputs: dict) -> tuple[int, dict]:
-        """Run a signature: ``inputs`` {name: array} → ``(version, {output: array})``."""
-        version = self.resolve(name, version, label)
-        loaded, defs = self.load(name, version)
-        signature = signature or "serving_default"
-        if signature not in loaded.signatures:
-            raise _Error(grpc.StatusCode.INVALID_ARGUMENT,
-                         f"Serving signature name: \"{signature}\" not found in signature def")
-        expected = set(defs[signature].inputs)
-        if set(inputs) != expected:
-            raise _Error(grpc.StatusCode.INVALID_ARGUMENT,
-                         f"input names {sorted(inputs)} do not match the signature's {sorted(expected)}")
-        try:
-            out = loaded.signatures[signature](**{k: tf.convert_to_tensor(v) for k, v in inputs.items()})
-        except (tf.errors.InvalidArgumentError, ValueError, TypeError) as e:
-            raise _Error(grpc.StatusCode.INVALID_ARGUMENT, getattr(e, "message", str(e))) from None
-        except tf.errors.OpError as e:
-            raise _Error(grpc.StatusCode.INTERNAL, e.message) from None
-        return version, {k: v.numpy() for k, v in out.items()}
+    def run(self, name, version, signature, inputs):
+        return self.batcher(name)((name, version, signature), inputs)
+
+
+def _model_spec(spec):
+    return spec.name, spec.version.value if spec.HasField("version") else None, spec.version_label or None
 
 
 class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     def __init__(self, repo: ModelRepository):
         self.repo = repo
 
-    @staticmethod
-    def _spec(spec):
-        version = spec.version.value if spec.HasField("version") else None
-        return spec.name, version, spec.version_label or None
-
     def Predict(self, request, context):
         try:
-            name, version, label = self._spec(request.model_spec)
+            name, version, label = _model_spec(request.model_spec)
             inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
-            version, out = self.repo.predict(name, version, label, request.model_spec.signature_name, inputs)
-        except _Error as e:
+            version, out = self.repo.predict(name, version, label, request.model_spec.signature_name, inputs,
+                                             list(request.output_filter))
+        except ServingStatus as e:
             context.abort(e.code, e.message)
         response = predict_pb2.PredictResponse()
         response.model_spec.name = name
         response.model_spec.version.value = version
-        response.model_spec.signature_name = request.model_spec.signature_name or "serving_default"
+        response.model_spec.signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
         for k, v in out.items():
             response.outputs[k].CopyFrom(tf.make_tensor_proto(v))
         return response
@@ -148,12 +90,11 @@ class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     def GetModelMetadata(self, request, context):
         try:
             if list(request.metadata_field) != ["signature_def"]:
-                raise _Error(grpc.StatusCode.INVALID_ARGUMENT, "Metadata field(s) other than signature_def "
-                                                               "are not supported")
-            name, version, label = self._spec(request.model_spec)
+                raise invalid("Metadata field(s) other than signature_def are not supported")
+            name, version, label = _model_spec(request.model_spec)
             version = self.repo.resolve(name, version, label)
-            _, defs = self.repo.load(name, version)
-        except _Error as e:
+            defs = self.repo.load(name, version)[1]
+        except ServingStatus as e:
             context.abort(e.code, e.message)
         sigs = get_model_metadata_pb2.SignatureDefMap()
         for k, v in defs.items():
@@ -165,7 +106,17 @@ class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         return response
 
 
-_REST_PATH = re.compile(r"^/v1/models/([^/:]+)(?:/versions/(\d+)|/labels/([^/:]+))?(:predict|/metadata)?$")
+class _ModelService(model_service_pb2_grpc.ModelServiceServicer):
+    def __init__(self, repo: ModelRepository):
+        self.repo = repo
+
+    def GetModelStatus(self, request, context):
+        try:
+            if not request.HasField("model_spec"):
+                raise invalid("Missing ModelSpec")
+            return self.repo.status(*_model_spec(request.model_spec))
+        except ServingStatus as e:
+            context.abort(e.code, e.message)
 
 
 def _rest_handler(repo: ModelRepository):
@@ -173,7 +124,9 @@ def _rest_handler(repo: ModelRepository):
         def log_message(self, *args):  # quiet
             pass
 
-        def _send(self, status: int, body: dict):
+        def _answer(self):
+            length = int(self.headers.get("Content-Length") or 0)
+            status, body = handle(repo, self.command, self.path, self.rfile.read(length) if length else b"")
             data = json.dumps(body).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -181,70 +134,9 @@ def _rest_handler(repo: ModelRepository):
             self.end_headers()
             self.wfile.write(data)
 
-        def _route(self):
-            m = _REST_PATH.match(self.path)
-            if not m:
-                raise _Error(grpc.StatusCode.NOT_FOUND, f"Malformed request: {self.command} {self.path}")
-            name, version, label, verb = m.groups()
-            return name, int(version) if version else None, label, verb
-
-        def do_GET(self):
-            try:
-                name, version, label, verb = self._route()
-                if verb != "/metadata":
-                    raise _Error(grpc.StatusCode.NOT_FOUND, f"Malformed request: GET {self.path}")
-                version = repo.resolve(name, version, label)
-                _, defs = repo.load(name, version)
-                sig = {k: {"inputs": {i: {"dtype": types_pb2.DataType.Name(t.dtype), "name": t.name}
-                                      for i, t in d.inputs.items()},
-                           "outputs": {o: {"dtype": types_pb2.DataType.Name(t.dtype), "name": t.name}
-                                       for o, t in d.outputs.items()},
-                           "method_name": d.method_name} for k, d in defs.items()}
-                self._send(200, {"model_spec": {"name": name, "version": str(version)},
-                                 "metadata": {"signature_def": {"signature_def": sig}}})
-            except _Error as e:
-                self._send(_HTTP.get(e.code, 500), {"error": e.message})
-
-        def do_POST(self):
-            try:
-                name, version, label, verb = self._route()
-                if verb != ":predict":
-                    raise _Error(grpc.StatusCode.NOT_FOUND, f"Malformed request: POST {self.path}")
-                try:
-                    body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-                except ValueError as e:
-                    raise _Error(grpc.StatusCode.INVALID_ARGUMENT, f"JSON Parse error: {e}") from None
-                if "inputs" in body:
-                    inputs = body["inputs"] if isinstance(body["inputs"], dict) else {"images": body["inputs"]}
-                elif "instances" in body:
-                    inputs = {"images": body["instances"]}
-                else:
-                    raise _Error(grpc.StatusCode.INVALID_ARGUMENT, "Missing 'inputs' or 'instances' key")
-                inputs = {k: _from_json(v) for k, v in inputs.items()}
-                _, out = repo.predict(name, version, label, body.get("signature_name"), inputs)
-                self._send(200, {"outputs": {k: _to_json(v) for k, v in out.items()}})
-            except _Error as e:
-                self._send(_HTTP.get(e.code, 500), {"error": e.message})
+        do_GET = do_POST = do_PUT = do_DELETE = _answer
 
     return Handler
-
-
-def _from_json(value):
-    """TF Serving's REST encoding: ``{"b64": ...}`` is binary; anything else a plain value."""
-    if isinstance(value, list):
-        return [_from_json(v) for v in value] if value and isinstance(value[0], (dict, list)) else value
-    if isinstance(value, dict) and "b64" in value:
-        try:
-            return base64.b64decode(value["b64"], validate=True)
-        except ValueError:
-            raise _Error(grpc.StatusCode.INVALID_ARGUMENT, "Unable to base64 decode") from None
-    return value
-
-
-def _to_json(array):
-    if array.dtype == object:
-        return [x.decode("utf-8", "replace") if isinstance(x, bytes) else _to_json(x) for x in array]
-    return array.tolist()
 
 
 class LocalModelServer:
@@ -254,6 +146,8 @@ class LocalModelServer:
         base: the folder of exported models (``NAME/VERSION/``).
         grpc_port, rest_port: 0 = a free port (read ``grpc_target`` / ``rest_target``).
         workers: concurrent requests.
+        batching: merge concurrent requests into one call of the signature, as TF Serving's
+            ``--enable_batching --batching_parameters_file=BASE/NAME/batching_parameters.txt``.
 
     Example:
         >>> with LocalModelServer("saved_models") as server:           # free ports unless given
@@ -261,10 +155,11 @@ class LocalModelServer:
         (True, True)
     """
 
-    def __init__(self, base, grpc_port: int = 0, rest_port: int = 0, workers: int = 4):
-        self.repo = ModelRepository(base)
+    def __init__(self, base, grpc_port: int = 0, rest_port: int = 0, workers: int = 4, batching: bool = False):
+        self.repo = BatchingRepository(base) if batching else ModelRepository(base)
         self._grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=GRPC_OPTIONS)
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(_PredictionService(self.repo), self._grpc)
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(_ModelService(self.repo), self._grpc)
         self.grpc_port = self._grpc.add_insecure_port(f"127.0.0.1:{grpc_port}")
         self._http = ThreadingHTTPServer(("127.0.0.1", rest_port), _rest_handler(self.repo))
         self.rest_port = self._http.server_address[1]

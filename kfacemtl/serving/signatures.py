@@ -217,7 +217,9 @@ def serving_functions(model, image_size=None, max_bytes: int = MAX_BYTES, max_pi
     forward = tf.function(packed, jit_compile=True) if jit_compile else packed
 
     def from_float(images):
-        matrix = forward(images)
+        # checked in the graph: a server feeds the tensor as sent, and a convolution of a tensor of the wrong rank
+        # can abort the whole process (oneDNN's CHECK) instead of failing the request
+        matrix = forward(tf.ensure_shape(images, [None, h, w, 3]))
         # the outputs are made on the host from one copy of the heads' outputs (labels, class names, AU names: a
         # GPU would otherwise copy each head's values out separately, several times for a class task)
         with tf.device("/CPU:0"):

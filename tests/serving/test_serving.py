@@ -2,83 +2,16 @@
 
 They run against the in-process :class:`LocalModelServer` (official TF Serving protos, backed by
 the exported SavedModels), and against a real ``tensorflow_model_server`` when that binary is on
-PATH.
+PATH (the fixtures are in conftest.py).
 """
-
-import shutil
-import socket
-import subprocess
-import time
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
-from helpers import tiny_model
-from kfacemtl.serving.export import export_model, models_config
+from helpers import free_port
 from kfacemtl.serving.local_server import LocalModelServer
 from kfacemtl.serving.client import (Client, InvalidInputError, LocalPredictor, ModelNotFoundError,
                                      ServerUnavailableError, ServingError, format_results, group_outputs)
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    """Two versions of model 'faces' with different weights (stable = 1, canary = 2)."""
-    base = tmp_path_factory.mktemp("saved_models")
-    for seed in (1, 2):
-        export_model(tiny_model(seed=seed), base, "faces")
-    return base
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("images")
-    rng = np.random.default_rng(0)
-    files = []
-    for i in range(5):
-        arr = rng.integers(0, 256, (48 + 8 * i, 64, 3), dtype=np.uint8)
-        data = tf.io.encode_png(arr) if i % 2 else tf.io.encode_jpeg(arr)
-        path = folder / f"face{i}.{'png' if i % 2 else 'jpg'}"
-        path.write_bytes(data.numpy())
-        files.append(str(path))
-    return files
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module", params=["local-stub", "tensorflow_model_server"])
-def server(request, base, tmp_path_factory):
-    """``(grpc target, rest target)`` of a running server."""
-    if request.param == "local-stub":
-        with LocalModelServer(base) as srv:
-            yield srv.grpc_target, srv.rest_target
-        return
-    binary = shutil.which("tensorflow_model_server")
-    if binary is None:
-        pytest.skip("tensorflow_model_server is not on PATH (it cannot be installed on this machine); "
-                    "the same contract ran against the in-process stub")
-    config = tmp_path_factory.mktemp("tfs") / "models.config"
-    config.write_text(models_config("faces", [1, 2], {"stable": 1, "canary": 2}, str(base / "faces")))
-    grpc_port, rest_port = _free_port(), _free_port()
-    proc = subprocess.Popen([binary, f"--port={grpc_port}", f"--rest_api_port={rest_port}",
-                             f"--model_config_file={config}", "--allow_version_labels_for_unavailable_models",
-                             "--enable_model_warmup"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        client = Client(f"127.0.0.1:{grpc_port}", "faces", version=2, retries=0, timeout=2)
-        for _ in range(60):
-            try:
-                client.metadata()
-                break
-            except ServingError:
-                time.sleep(1)
-        yield f"127.0.0.1:{grpc_port}", f"127.0.0.1:{rest_port}"
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
 
 @pytest.mark.parametrize("protocol", ["grpc", "rest"])
 def test_client_equals_the_local_savedmodel(server, base, images, protocol):
@@ -140,7 +73,7 @@ def test_bad_images_are_errors_naming_the_image_and_the_server_survives(server, 
 
 
 def test_unavailable_is_retried_with_backoff_then_a_clear_error():
-    port = _free_port()  # nothing listens there
+    port = free_port()  # nothing listens there
     for protocol in ("grpc", "rest"):
         client = Client(f"127.0.0.1:{port}", "faces", protocol=protocol, retries=2, backoff=0.2, timeout=2)
         waits = []
@@ -151,7 +84,7 @@ def test_unavailable_is_retried_with_backoff_then_a_clear_error():
 
 
 def test_a_server_that_comes_up_during_the_retries_is_reached(base, images):
-    port = _free_port()
+    port = free_port()
     srv = LocalModelServer(base, grpc_port=port)
     client = Client(f"127.0.0.1:{port}", "faces", retries=6, backoff=0.2)
     import threading
@@ -180,3 +113,71 @@ def test_local_predictor_errors(tmp_path):
         LocalPredictor(tmp_path)
     with pytest.raises(ServingError, match="version or a label, not both"):
         Client("x:1", "faces", version=1, label="stable")
+
+
+def test_a_bad_image_in_a_batch_merged_from_several_clients_fails_only_itself(base, images, tmp_path):
+    """TF Serving's batching merges the requests of several clients into one call of the signature: each
+    client's bad image is named to that client, and every good image of every client is answered."""
+    import threading
+    bad = {"corrupt.jpg": b"\xff\xd8\xff\xe0" + b"\x00" * 40, "empty.png": b"", "notes.png": b"hello, world\n",
+           "bomb.png": b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + (20000).to_bytes(4, "big") * 2 + b"\x08\x02\0\0\0",
+           "truncated.jpg": open(images[0], "rb").read()[:1000]}  # the frame header, then the data stops
+    reasons = {"corrupt.jpg": "Invalid JPEG data", "empty.png": "is empty (0 bytes)",
+               "notes.png": "is not a JPEG or PNG", "bomb.png": "declares 20000 x 20000 pixels",
+               "truncated.jpg": "could not be decoded"}
+    for name, data in bad.items():
+        (tmp_path / name).write_bytes(data)
+    want = LocalPredictor(base / "faces" / "2").predict(images)
+    with LocalModelServer(base, batching=True) as srv:
+        batcher = srv.repo.batcher("faces")
+        batcher.timeout = 0.2  # long enough for the threads' requests to meet in one batch here
+        results, failures = {}, {}
+
+        def client(i, name, protocol):
+            target = srv.grpc_target if protocol == "grpc" else srv.rest_target
+            c = Client(target, "faces", protocol=protocol)
+            batch = [images[i % len(images)], str(tmp_path / name), images[(i + 1) % len(images)]]
+            results[i] = c.predict(batch, errors="return")
+            try:
+                c.predict(batch)
+            except InvalidInputError as e:
+                failures[i] = e
+
+        threads = [threading.Thread(target=client, args=(i, name, ("grpc", "rest")[i % 2]))
+                   for i, name in enumerate(bad)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert max(n for _, n in batcher.batches) > 1  # requests of several clients were answered in one call
+    for i, name in enumerate(bad):
+        good = [want[i % len(images)], want[(i + 1) % len(images)]]
+        for got, ref in zip([results[i][0], results[i][2]], good):
+            assert got["gender"]["class"] == ref["gender"]["class"]
+            np.testing.assert_allclose(got["age"], ref["age"], atol=1e-4)
+        assert reasons[name] in results[i][1]["error"], results[i][1]
+        assert failures[i].image == str(tmp_path / name) and reasons[name] in str(failures[i])
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "rest"])
+def test_the_client_maps_each_status_to_its_error(server, images, protocol):
+    target = server[0] if protocol == "grpc" else server[1]
+    with pytest.raises(ModelNotFoundError, match="no such label"):  # INVALID_ARGUMENT: not a bad image
+        Client(target, "faces", label="beta", protocol=protocol).predict(images[:1])
+    with pytest.raises(ServingError, match="no signature 'nope'") as err:  # FAILED_PRECONDITION / 400
+        Client(target, "faces", signature="nope", protocol=protocol).predict(images[:1])
+    assert not isinstance(err.value, InvalidInputError)
+    status = Client(target, "faces", protocol=protocol).status()
+    assert [(s["version"], s["state"], s["error_code"]) for s in status] == [(2, "AVAILABLE", "OK"),
+                                                                             (1, "AVAILABLE", "OK")]
+    assert [s["version"] for s in Client(target, "faces", label="stable", protocol=protocol).status()] == [1]
+
+
+def test_rest_answers_are_read_in_both_shapes():
+    from kfacemtl.serving.client import rest_outputs
+    rows = {"predictions": [{"age": 30.0, "error": ""}, {"age": 0.0, "error": "is empty (0 bytes)"}]}
+    columns = {"outputs": {"age": [30.0, 0.0], "error": ["", "is empty (0 bytes)"]}}
+    assert rest_outputs(rows) == rest_outputs(columns)
+    assert rest_outputs({"predictions": [1.5, 2.5]}) == rest_outputs({"outputs": [1.5, 2.5]}) == {"output": [1.5, 2.5]}
+    with pytest.raises(ServingError, match="'outputs' or 'predictions'"):
+        rest_outputs({"result": []})
