@@ -128,13 +128,21 @@ def _write_json(path, text: str):
 
 def _cmd_export(args):
     from kfacemtl.serving.export import ExportError, export_model
+    if args.format == "litert":
+        from kfacemtl.serving.litert import export_litert
+        path = export_litert(args.model, args.base or "litert_models", args.name, version=args.version,
+                             variants=[v.strip() for v in args.variants.split(",") if v.strip()])
+        sizes = json.loads((path / "model_card.json").read_text())["variants"]
+        print(f"exported {path}\n" + "".join(f"  {v}: {path / s['file']} ({s['bytes'] / 1024:.0f} KiB)\n"
+                                             for v, s in sizes.items()) + f"  model card: {path / 'model_card.json'}")
+        return
     labels = {}
     for item in args.label or []:
         key, sep, value = item.partition("=")
         if not sep or not value.isdigit():
             raise ExportError(f"--label {item!r}: expected NAME=VERSION, e.g. stable=3")
         labels[key] = int(value)
-    path = export_model(args.model, args.base, args.name, version=args.version, labels=labels or None,
+    path = export_model(args.model, args.base or "saved_models", args.name, version=args.version, labels=labels or None,
                         serving_base=args.serving_base, jit_compile=args.jit_compile)
     print(f"exported {path}\n  signatures: serving_default (encoded images), serving_float (float tensors)\n"
           f"  model card: {path / 'model_card.md'}\n  server config: {path.parent / 'models.config'}, "
@@ -244,8 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     Example:
         >>> args = build_parser().parse_args(["export", "runs/demo", "--name", "faces"])
-        >>> args.command, args.base, args.version
-        ('export', 'saved_models', None)
+        >>> args.command, args.format, args.version
+        ('export', 'savedmodel', None)
     """
     from kfacemtl.training.demo import DEMO_EPOCHS, DEMO_STEPS
     from kfacemtl.training.distribute import STRATEGIES
@@ -344,16 +352,23 @@ kfacemtl demo --out runs/quick --faces 1000 --epochs 2 --steps 50
     p.add_argument("--epochs", type=int, default=DEMO_EPOCHS, help="training epochs")
     p.add_argument("--steps", type=int, default=DEMO_STEPS, help="steps per epoch")
 
-    p = _subcommand(sub, "export", "write a versioned SavedModel for TF Serving (never overwrites a version)",
-                    "Writes BASE/NAME/VERSION/ (atomically: a temporary folder renamed) with the signatures\n"
-                    "serving_default (encoded JPEG/PNG bytes) and serving_float (float images), warmup requests and a\n"
-                    "model card; beside the versions, models.config (version labels) and batching_parameters.txt.",
+    p = _subcommand(sub, "export", "write a versioned SavedModel for TF Serving, or LiteRT models for devices",
+                    "Writes BASE/NAME/VERSION/ (atomically: a temporary folder renamed; never over a version) with the\n"
+                    "signatures serving_default (encoded JPEG/PNG bytes) and serving_float (float images), warmup\n"
+                    "requests and a model card; beside the versions, models.config (version labels) and\n"
+                    "batching_parameters.txt. --format litert writes LiteRT (TensorFlow Lite) files of the float\n"
+                    "signature instead: float32, float16 and int8 (calibrated on faces of the run's training sources).",
                     """
 kfacemtl export runs/real_mtl --name faces                        # saved_models/faces/1, then 2, ...
 kfacemtl export runs/real_mtl --name faces --label stable=1 --label canary=2
+kfacemtl export runs/real_mtl --name faces --format litert        # litert_models/faces/1/model_int8.tflite, ...
 """, _cmd_export)
     p.add_argument("model", help="a run directory or a .keras file")
-    p.add_argument("--base", default="saved_models", help="folder of served models")
+    p.add_argument("--format", choices=["savedmodel", "litert"], default="savedmodel",
+                   help="savedmodel (TF Serving) or litert (TensorFlow Lite, for phones and embedded devices)")
+    p.add_argument("--variants", default="float32,float16,int8",
+                   help="litert: which of float32, float16, int8 (int8 needs a run directory to calibrate on)")
+    p.add_argument("--base", help="folder of exported models (default saved_models, or litert_models)")
     p.add_argument("--name", required=True, help="the served model's name (letters, digits, '-', '_', '.')")
     p.add_argument("--version", type=int, help="version number (default: the next free one)")
     p.add_argument("--label", action="append", metavar="NAME=VERSION",

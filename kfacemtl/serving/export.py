@@ -131,8 +131,16 @@ def next_version(model_dir) -> int:
     return max(list_versions(model_dir), default=0) + 1
 
 
-def _load(model_or_path):
-    """A model object, a ``.keras`` file, or a run directory → (model, run dir or None)."""
+def load_exportable(model_or_path):
+    """A model object, a ``.keras`` file, or a run directory → (model, run dir or None).
+
+    Example:
+        >>> try:
+        ...     load_exportable("no-such-run")
+        ... except ExportError as e:
+        ...     print(str(e)[:30])
+        model file 'no-such-run' does
+    """
     if not isinstance(model_or_path, (str, os.PathLike)):
         return model_or_path, None
     try:
@@ -289,6 +297,48 @@ def _card_markdown(card: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def new_version(base, name: str, version: int | None = None) -> tuple[Path, Path]:
+    """``(BASE/NAME/VERSION, its temporary folder)`` for a new version: the name checked, what killed exports
+    left removed, the version the next free one by default and never one that exists. Write into the temporary
+    folder (hidden: TF Serving only loads numeric folders), then :func:`publish` it.
+
+    Example:
+        >>> final, tmp = new_version("saved_models", "ages", 5)
+        >>> str(final), tmp.name.startswith(".tmp-5-")
+        ('saved_models/ages/5', True)
+    """
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name or ""):
+        raise ExportError(f"model name {name!r}: use letters, digits, '-', '_' and '.', starting with a letter or digit")
+    model_dir = Path(base) / name
+    model_dir.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(model_dir)
+    if version is None:
+        version = next_version(model_dir)
+    if int(version) < 1:
+        raise ExportError(f"version must be a positive integer, got {version!r}")
+    final = model_dir / str(int(version))
+    if final.exists():
+        raise ExportError(f"{final} already exists; exports never overwrite a version "
+                          f"(next free version: {next_version(model_dir)})")
+    return final, model_dir / f".tmp-{int(version)}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def publish(tmp: Path, final: Path) -> Path:
+    """Rename a finished temporary version folder into place (atomic), never over an existing version.
+
+    Example:
+        >>> final, tmp = new_version("saved_models", "notes")
+        >>> tmp.mkdir(); (tmp / "done.txt").write_text("complete")
+        8
+        >>> publish(tmp, final).name, (final / "done.txt").read_text()
+        ('1', 'complete')
+    """
+    if final.exists():
+        raise ExportError(f"{final} appeared while exporting; nothing was overwritten")
+    os.rename(tmp, final)
+    return final
+
+
 def export_model(model_or_path, base="saved_models", name: str = "kfacemtl", version: int | None = None,
                  labels: Mapping[str, int] | None = None, serving_base: str = "/models",
                  max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS, warmup: bool = True,
@@ -327,21 +377,9 @@ def export_model(model_or_path, base="saved_models", name: str = "kfacemtl", ver
         ...     print(e)
         saved_models/years/2 already exists; exports never overwrite a version (next free version: 8)
     """
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name or ""):
-        raise ExportError(f"model name {name!r}: use letters, digits, '-', '_' and '.', starting with a letter or digit")
-    model, run_dir = _load(model_or_path)
-    model_dir = Path(base) / name
-    model_dir.mkdir(parents=True, exist_ok=True)
-    remove_leftovers(model_dir)
-    if version is None:
-        version = next_version(model_dir)
-    if int(version) < 1:
-        raise ExportError(f"version must be a positive integer, got {version!r}")
-    version = int(version)
-    final = model_dir / str(version)
-    if final.exists():
-        raise ExportError(f"{final} already exists; exports never overwrite a version "
-                          f"(next free version: {next_version(model_dir)})")
+    model, run_dir = load_exportable(model_or_path)
+    final, tmp = new_version(base, name, version)
+    model_dir, version = final.parent, int(final.name)
     versions = sorted(set(list_versions(model_dir)) | {version})
     if labels is None:
         older = [v for v in versions if v < version]
@@ -349,7 +387,6 @@ def export_model(model_or_path, base="saved_models", name: str = "kfacemtl", ver
     unknown = {k: v for k, v in labels.items() if int(v) not in versions}
     if unknown:
         raise ExportError(f"version labels {unknown} name versions that do not exist under {model_dir}")
-    tmp = model_dir / f".tmp-{version}-{os.getpid()}-{uuid.uuid4().hex[:8]}"  # TF Serving only loads numeric folders
     try:
         archive = keras.export.ExportArchive()
         archive.track(model)
@@ -364,9 +401,7 @@ def export_model(model_or_path, base="saved_models", name: str = "kfacemtl", ver
         card["xla"] = bool(jit_compile)
         (tmp / "model_card.json").write_text(json.dumps(card, indent=2, default=str))
         (tmp / "model_card.md").write_text(_card_markdown(card))
-        if final.exists():
-            raise ExportError(f"{final} appeared while exporting; nothing was overwritten")
-        os.rename(tmp, final)
+        publish(tmp, final)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
