@@ -61,13 +61,18 @@ def main(argv=None):
             call = (lambda b: predictor.predict(b, verbose=0)) if name == "keras" else predictor.run
             timing[name] = [per_image_ms(call, x[:n], args.seconds) for n in (1, 64)]
 
-    columns = [(src, task) for src in scores["keras"] for task in tasks if task.name in scores["keras"][src]]
-    header = ["variant", "size (KiB)", "ms/image at 1", "ms/image at 64"] + [
-        f"{src} {task.name} {headline_metric(task)}" for src, task in columns]
-    rows = [[name, f"{sizes[name] / 1024:.0f}", f"{timing[name][0]:.2f}", f"{timing[name][1]:.3f}"]
-            + [f"{scores[name][src][task.name][headline_metric(task)]:.4f}" for src, task in columns]
-            for name in predictors]
-    print(text_table(header, rows))
+    print(text_table(["variant", "size (KiB)", "ms/image at 1", "ms/image at 64"],
+                     [[name, f"{sizes[name] / 1024:.0f}", f"{timing[name][0]:.2f}", f"{timing[name][1]:.3f}"]
+                      for name in predictors]))
+    rows = []
+    for src in scores["keras"]:
+        for task in tasks:
+            if task.name in scores["keras"][src]:
+                metric = headline_metric(task)
+                values = [scores[name][src][task.name][metric] for name in predictors]
+                rows.append([src, task.name, metric, *[f"{v:.4f}" for v in values], f"{values[-1] - values[0]:+.4f}"])
+    print()
+    print(text_table(["source", "task", "metric", *predictors, "int8 - keras"], rows))
     print("\nkeras size: its float32 weights; keras timing: model.predict (Keras's own loop, not comparable at 1)")
 
 

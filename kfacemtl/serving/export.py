@@ -297,6 +297,21 @@ def _card_markdown(card: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def check_name(name: str) -> str:
+    """A served model's name: letters, digits, ``-``, ``_`` and ``.``, starting with a letter or digit.
+
+    Example:
+        >>> try:
+        ...     check_name("my faces")
+        ... except ExportError as e:
+        ...     print(e)
+        model name 'my faces': use letters, digits, '-', '_' and '.', starting with a letter or digit
+    """
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name or ""):
+        raise ExportError(f"model name {name!r}: use letters, digits, '-', '_' and '.', starting with a letter or digit")
+    return name
+
+
 def new_version(base, name: str, version: int | None = None) -> tuple[Path, Path]:
     """``(BASE/NAME/VERSION, its temporary folder)`` for a new version: the name checked, what killed exports
     left removed, the version the next free one by default and never one that exists. Write into the temporary
@@ -307,8 +322,7 @@ def new_version(base, name: str, version: int | None = None) -> tuple[Path, Path
         >>> str(final), tmp.name.startswith(".tmp-5-")
         ('saved_models/ages/5', True)
     """
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name or ""):
-        raise ExportError(f"model name {name!r}: use letters, digits, '-', '_' and '.', starting with a letter or digit")
+    check_name(name)
     model_dir = Path(base) / name
     model_dir.mkdir(parents=True, exist_ok=True)
     remove_leftovers(model_dir)
@@ -377,6 +391,7 @@ def export_model(model_or_path, base="saved_models", name: str = "kfacemtl", ver
         ...     print(e)
         saved_models/years/2 already exists; exports never overwrite a version (next free version: 8)
     """
+    check_name(name)  # before the model is loaded: a bad name fails at once
     model, run_dir = load_exportable(model_or_path)
     final, tmp = new_version(base, name, version)
     model_dir, version = final.parent, int(final.name)

@@ -38,8 +38,8 @@ import tensorflow as tf
 
 from kfacemtl.models import model_tasks
 from kfacemtl.models.answers import task_outputs
-from kfacemtl.serving.export import (MAX_BYTES, MAX_PIXELS, ExportError, load_exportable, model_card, new_version,
-                                     publish)
+from kfacemtl.serving.export import (MAX_BYTES, MAX_PIXELS, ExportError, check_name, load_exportable, model_card,
+                                     new_version, publish)
 
 VARIANTS = ("float32", "float16", "int8")
 
@@ -142,6 +142,7 @@ def export_litert(model_or_path, base="litert_models", name: str = "kfacemtl", v
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown or not variants:
         raise ExportError(f"LiteRT variants {list(unknown or variants)}: choose from {list(VARIANTS)}")
+    check_name(name)
     model, run_dir = load_exportable(model_or_path)
     if "int8" in variants and representative is None:
         if run_dir is None:

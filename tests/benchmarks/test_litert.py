@@ -12,5 +12,9 @@ def test_litert_benchmark_scores_sizes_and_times_every_variant(tmp_path, capsys)
     litert.main([str(tmp_path), "--seconds", "0.01"])
     lines = capsys.readouterr().out.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("variant"))
-    assert "portraits-test gender accuracy" in lines[header] and "ms/image at 64" in lines[header]
+    assert "ms/image at 64" in lines[header]
     assert [line.split()[0] for line in lines[header + 2:header + 6]] == ["keras", "float32", "float16", "int8"]
+    scores = next(i for i, line in enumerate(lines) if line.startswith("source"))
+    assert lines[scores].split() == ["source", "task", "metric", "keras", "float32", "float16", "int8", "int8", "-",
+                                     "keras"]
+    assert any(line.split()[:3] == ["portraits-test", "gender", "accuracy"] for line in lines[scores + 2:])
