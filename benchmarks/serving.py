@@ -154,7 +154,7 @@ def main(argv=None):
                 lambda x, m=mtl: m.predict(x, batch_size=len(x), verbose=0), lambda n: reps(floats, n))
         variants[f"(d) {k} single-task models{suffix}"] = (
             lambda x, fs=singles: [_on_host(f(images=x)) for f in fs], as_float)
-    variants["decoding alone (the bytes signature's decode_batch)"] = (lambda x: decode(x).numpy(), as_bytes)
+    variants["decoding alone (the bytes signature's decode_batch)"] = (lambda x: decode(x)[0].numpy(), as_bytes)
     print(f"device: {', '.join(d.name for d in tf.config.list_logical_devices())}; "
           f"TF {tf.__version__}; {os.cpu_count()} CPU cores; input {size}, JPEG {args.jpeg_size} px; "
           f"{args.seconds:g} s per cell\n")

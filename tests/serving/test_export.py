@@ -342,3 +342,19 @@ def test_property_garbage_bytes_are_a_clear_error_never_a_crash(exported, tail, 
         assert not np.any(out["age"].numpy()[1])
     else:  # a few random tails after a PNG/JPEG head could be a readable image; then it was answered
         assert np.all(np.isfinite(out["age"].numpy()))
+
+
+def test_jpeg_sizes_read_from_the_frame_header_agree_with_tf_and_fall_back_to_it():
+    from kfacemtl.serving.signatures import check_images, jpeg_frame_sizes
+    rng = np.random.default_rng(4)
+    jpegs = [tf.io.encode_jpeg(rng.integers(0, 256, (h, w, c), dtype=np.uint8), progressive=bool(i % 2),
+                               xmp_metadata="x" * (300 * i), chroma_downsampling=bool(i % 3)).numpy()
+             for i, (h, w, c) in enumerate([(1, 1, 1), (37, 300, 3), (250, 9, 1), (64, 64, 3), (480, 640, 3)])]
+    found, wh = jpeg_frame_sizes(tf.constant(jpegs), tf.constant([True] * len(jpegs)))
+    want = [tf.io.extract_jpeg_shape(j).numpy()[1::-1].tolist() for j in jpegs]
+    assert found.numpy().all() and wh.numpy().tolist() == want
+    # a fill byte before the first marker (allowed; TF's reader skips it): the walk gives up, TF's reader answers
+    filled = jpegs[1][:2] + b"\xff" + jpegs[1][2:]
+    assert not jpeg_frame_sizes(tf.constant([filled]), tf.constant([True]))[0].numpy()[0]
+    error, wh = check_images(tf.constant([filled, jpegs[3]]))
+    assert error.numpy().tolist() == [b"", b""] and wh.numpy().tolist() == [want[1], want[3]]
