@@ -8,6 +8,7 @@ import yaml
 from helpers import ROOT, TINY_MODEL, real_layout
 
 
+@pytest.mark.slow
 def test_ablation_compares_variants_with_single_task_baselines_over_seeds(tmp_path, monkeypatch, capsys):
     from benchmarks import ablation_weighting_lr as ablation
     monkeypatch.setattr(ablation, "SYNTHETIC_MODEL", TINY_MODEL)

@@ -2,11 +2,13 @@
 import json
 
 import numpy as np
+import pytest
 import yaml
 
 from helpers import ROOT, real_layout
 
 
+@pytest.mark.slow
 def test_backbone_benchmark_trains_variants_for_equal_time_and_compares_them(tmp_path, capsys):
     from benchmarks import backbone
     real_layout(tmp_path / "data")

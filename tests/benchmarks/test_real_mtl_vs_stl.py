@@ -21,6 +21,7 @@ def tiny_config(tmp_path):
     return ["--data", str(tmp_path / "data"), "--config", str(tmp_path / "tiny.yaml"), "--out", str(tmp_path / "runs")]
 
 
+@pytest.mark.slow
 def test_choosing_on_validation_parts_then_reporting_on_fresh_seeds(tmp_path, tiny_config, capsys):
     from benchmarks import real_mtl_vs_stl
     runs = tmp_path / "runs"

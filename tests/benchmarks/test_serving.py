@@ -1,8 +1,8 @@
 """``python -m benchmarks.serving`` runs end to end on small data (tiny models, few steps)."""
+import pytest
 
 
-
-
+@pytest.mark.slow
 def test_serving_benchmark_times_signatures_single_task_models_and_decoding(capsys):
     from benchmarks import serving
     assert serving.main(["--seconds", "0.02", "--image-size", "32", "--jpeg-size", "48", "--streams", "2",

@@ -6,6 +6,7 @@ import pytest
 from helpers import TINY_MODEL
 
 
+@pytest.mark.slow
 def test_throughput_benchmark_times_pipeline_cache_and_model_alone(tmp_path, capsys):
     from benchmarks import throughput as bench
     common = ["--setting", "synthetic", "--synthetic-faces", "64", "--steps", "3", "--warmup", "1",

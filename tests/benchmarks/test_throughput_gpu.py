@@ -2,11 +2,13 @@
 import json
 
 import numpy as np
+import pytest
 import yaml
 
 from helpers import ROOT, TINY_MODEL
 
 
+@pytest.mark.slow
 def test_gpu_throughput_exports_plain_keras_networks_and_times_them(tmp_path, capsys):
     import keras
     from benchmarks import throughput_gpu as bench

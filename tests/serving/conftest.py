@@ -1,5 +1,5 @@
-"""Shared fixtures of the serving tests: two exported versions of a model, images, and a running server: the
-in-process stand-in, and a real ``tensorflow_model_server`` when that binary is on PATH."""
+"""Shared fixtures of the serving tests (one of each per test process): two exported versions of a model, images,
+and a running server: the in-process stand-in, and a real ``tensorflow_model_server`` when that binary is on PATH."""
 
 import shutil
 import subprocess
@@ -15,7 +15,7 @@ from kfacemtl.serving.export import export_model, models_config
 from kfacemtl.serving.local_server import LocalModelServer
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def base(tmp_path_factory):
     """Two versions of model 'faces' with different weights (stable = 1, canary = 2)."""
     base = tmp_path_factory.mktemp("saved_models")
@@ -24,7 +24,7 @@ def base(tmp_path_factory):
     return base
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def images(tmp_path_factory):
     folder = tmp_path_factory.mktemp("images")
     rng = np.random.default_rng(0)
@@ -43,7 +43,7 @@ def images(tmp_path_factory):
 TF_SERVING = shutil.which("tensorflow_model_server")
 
 
-@pytest.fixture(scope="module", params=["local-stub"] + (["tensorflow_model_server"] if TF_SERVING else []))
+@pytest.fixture(scope="session", params=["local-stub"] + (["tensorflow_model_server"] if TF_SERVING else []))
 def server(request, base, tmp_path_factory):
     """``(grpc target, rest target)`` of a running server."""
     if request.param == "local-stub":

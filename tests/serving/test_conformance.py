@@ -238,26 +238,29 @@ POLICIES = [
 
 @pytest.fixture(scope="module")
 def three_versions(tmp_path_factory):
+    """A server over three versions of ``faces``; each test writes the ``models.config`` it reads (the server reads
+    it at every request, as TF Serving re-reads a config it polls)."""
     base = tmp_path_factory.mktemp("policy")
     model = tiny_model(seed=0)
     for _ in range(3):
         export_model(model, base, "faces", warmup=False)
-    return base
+    with LocalModelServer(base) as server:
+        yield base, server
 
 
 @pytest.mark.parametrize("policy, served", POLICIES)
 def test_the_version_policy_is_honoured(three_versions, policy, served):
-    (three_versions / "faces" / "models.config").write_text(
+    base, server = three_versions
+    (base / "faces" / "models.config").write_text(
         f'model_config_list {{ config {{ name: "faces" base_path: "/models/faces" model_platform: "tensorflow" '
         f'{policy} version_labels {{ key: "stable" value: 1 }} }} }}')
-    with LocalModelServer(three_versions) as server:
-        got, body = rest(server.rest_target, "GET", MODEL, "")
-        assert got == 200 and sorted(int(s["version"]) for s in body["model_version_status"]) == served
-        for version in (1, 2, 3):
-            got, _ = rest(server.rest_target, "POST", f"{MODEL}/versions/{version}:predict", {"instances": [B64]})
-            assert got == (200 if version in served else 404), version
-        got, body = rest(server.rest_target, "GET", f"{MODEL}/metadata", "")
-        assert body["model_spec"]["version"] == str(served[-1])  # the latest served answers
-        # a label on a version the policy leaves out names a version that is not served
-        got, body = rest(server.rest_target, "POST", f"{MODEL}/labels/stable:predict", {"instances": [B64]})
-        assert got == (200 if 1 in served else 404), body
+    got, body = rest(server.rest_target, "GET", MODEL, "")
+    assert got == 200 and sorted(int(s["version"]) for s in body["model_version_status"]) == served
+    for version in (1, 2, 3):
+        got, _ = rest(server.rest_target, "POST", f"{MODEL}/versions/{version}:predict", {"instances": [B64]})
+        assert got == (200 if version in served else 404), version
+    got, body = rest(server.rest_target, "GET", f"{MODEL}/metadata", "")
+    assert body["model_spec"]["version"] == str(served[-1])  # the latest served answers
+    # a label on a version the policy leaves out names a version that is not served
+    got, body = rest(server.rest_target, "POST", f"{MODEL}/labels/stable:predict", {"instances": [B64]})
+    assert got == (200 if 1 in served else 404), body

@@ -98,7 +98,7 @@ def test_an_xla_export_answers_as_the_plain_one_and_decodes_on_the_cpu(model, ex
 
 
 # how many times the kill test kills `kfacemtl export` (each a fresh process: about 5 s); 20 for the full check
-EXPORT_KILLS = int(__import__("os").environ.get("KFACEMTL_EXPORT_KILLS", "3"))
+EXPORT_KILLS = int(__import__("os").environ.get("KFACEMTL_EXPORT_KILLS", "2"))  # one mid-write, one anywhere
 
 
 def _complete(version_dir: Path) -> bool:
@@ -106,6 +106,7 @@ def _complete(version_dir: Path) -> bool:
                                                      f"assets.extra/{export_mod.WARMUP_FILE}"))
 
 
+@pytest.mark.slow
 def test_a_killed_export_never_leaves_a_half_written_version_and_the_next_cleans_up(tmp_path):
     import os
     import random

@@ -78,7 +78,7 @@ def test_cli_exports_litert_from_a_model_file(model, tmp_path, capsys):
     from kfacemtl.cli import main
     path = tmp_path / "model.keras"
     model.save(path)
-    main(["export", str(path), "--name", "faces", "--format", "litert", "--variants", "float32,float16",
+    main(["export", str(path), "--name", "faces", "--format", "litert", "--variants", "float16",
           "--base", str(tmp_path / "lite")])
     out = capsys.readouterr().out
     assert "float16:" in out and (tmp_path / "lite" / "faces" / "1" / "model_float16.tflite").is_file()
