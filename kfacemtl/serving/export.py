@@ -236,7 +236,8 @@ def model_card(model, name: str, version: int, run_dir: Path | None, max_bytes: 
             "serving_default": f"images: DT_STRING [batch], encoded JPEG or PNG, any size, gray/RGB/RGBA; at most "
                                f"{max_bytes} bytes and {max_pixels} declared pixels each; decoded, resized "
                                f"(bilinear, antialiased) to {list(model.input_shape[1:3])} and scaled to [0, 1] "
-                               f"in the graph",
+                               f"in the graph; its output `error` names each image that could not be read (\"\" "
+                               f"for an answered image; that row's answers are zeros)",
             "serving_float": f"images: DT_FLOAT [batch, {model.input_shape[1]}, {model.input_shape[2]}, 3] RGB in [0, 1]",
         },
         "tasks": [dict(t.to_config(), outputs=output_names(t, t.name in getattr(model, "intervals", {})))
