@@ -41,21 +41,26 @@ def _cmd_train(args):
     print(f"run directory: {args.out}")
 
 
+def _sources_of(args, what: str, pick) -> tuple[list, str]:
+    """``(source specs, where they came from)``: ``--source``, or ``pick(config)`` of a run directory's
+    config.yaml (empty when ``args.model`` is not a run directory)."""
+    from kfacemtl.training.config import load_config
+    if args.source:
+        return args.source, "--source"
+    config = os.path.join(args.model, "config.yaml")
+    return (pick(load_config(config)) if os.path.isfile(config) else []), f"{what} of {config}"
+
+
 def _cmd_evaluate(args):
     from kfacemtl.analysis.evaluation import evaluate_sources, format_table, to_json
     from kfacemtl.models import load_model, model_file, model_tasks
     from kfacemtl.training import build_sources
-    from kfacemtl.training.config import load_config
     model = load_model(model_file(args.model), compile=False)
     tasks = model_tasks(model)
-    specs, where = args.source, "--source"
-    if not specs:  # a run directory's own test sets
-        config = os.path.join(args.model, "config.yaml")
-        specs = load_config(config)["eval_sources"] if os.path.isfile(config) else []
-        where = f"eval_sources of {config}"
-        if not specs:
-            raise KfacemtlError(f"{args.model}: no --source given and no eval_sources in a run directory's "
-                                "config.yaml; name the sets to evaluate with --source")
+    specs, where = _sources_of(args, "eval_sources", lambda cfg: cfg["eval_sources"])  # default: its test sets
+    if not specs:
+        raise KfacemtlError(f"{args.model}: no --source given and no eval_sources in a run directory's "
+                            "config.yaml; name the sets to evaluate with --source")
     results = evaluate_sources(model, build_sources(specs, where), tasks, batch_size=args.batch_size)
     print(format_table(results, tasks))
     from kfacemtl.analysis.calibration import ece_table, plot_source_reliability
@@ -82,17 +87,13 @@ def _cmd_calibrate(args):
     from kfacemtl.data.registry import validation_spec
     from kfacemtl.models import load_model, model_file
     from kfacemtl.training import build_sources
-    from kfacemtl.training.config import load_config
     path = model_file(args.model)
-    specs, where = args.source, "--source"
-    if not specs:  # a run directory's validation parts
-        config = os.path.join(args.model, "config.yaml")
-        train = load_config(config)["sources"] if os.path.isfile(config) else []
-        specs, where = [v for v in map(validation_spec, train) if v is not None], f"validation parts of {config}"
-        if not specs:
-            raise KfacemtlError(f"{args.model}: no --source given and no training source of a run directory's "
-                                "config.yaml holds a validation part out (val_fraction); name validation data with "
-                                "--source (never the test set)")
+    specs, where = _sources_of(args, "validation parts",  # default: the validation parts of its training sources
+                               lambda cfg: [v for v in map(validation_spec, cfg["sources"]) if v is not None])
+    if not specs:
+        raise KfacemtlError(f"{args.model}: no --source given and no training source of a run directory's "
+                            "config.yaml holds a validation part out (val_fraction); name validation data with "
+                            "--source (never the test set)")
     model = load_model(path, compile=False)
     with _options(model="--model", sources="--source", coverage="--coverage"):
         report = calibrate(model, build_sources(specs, where), batch_size=args.batch_size, coverage=args.coverage)
