@@ -52,7 +52,7 @@ def _sources_of(args, what: str, pick) -> tuple[list, str]:
 
 
 def _cmd_evaluate(args):
-    from kfacemtl.analysis.evaluation import evaluate_sources, format_table, to_json
+    from kfacemtl.analysis.evaluation import evaluate_sources, format_table, labelled_predictions, to_json
     from kfacemtl.models import load_model, model_file, model_tasks
     from kfacemtl.training import build_sources
     model = load_model(model_file(args.model), compile=False)
@@ -61,20 +61,23 @@ def _cmd_evaluate(args):
     if not specs:
         raise KfacemtlError(f"{args.model}: no --source given and no eval_sources in a run directory's "
                             "config.yaml; name the sets to evaluate with --source")
-    results = evaluate_sources(model, build_sources(specs, where), tasks, batch_size=args.batch_size)
+    sources = build_sources(specs, where)
+    # one pass over each set's images; the table, the reliability diagrams and the groups all read it
+    predicted = {s.name: labelled_predictions(model, s, tasks, args.batch_size) for s in sources}
+    results = evaluate_sources(model, sources, tasks, batch_size=args.batch_size, predicted=predicted)
     print(format_table(results, tasks))
     from kfacemtl.analysis.calibration import ece_table, plot_source_reliability
     if any(t.kind == "classification" for t in tasks):
         print("\n" + ece_table(results, model.temperatures))
     if args.plots:
-        written = plot_source_reliability(model, build_sources(specs, where), args.plots, args.batch_size)
+        written = plot_source_reliability(model, sources, args.plots, args.batch_size, predicted=predicted)
         print(f"{len(written)} reliability diagrams in {args.plots}")
     if args.by:
         from kfacemtl.analysis.fairness import evaluate_groups, format_groups
         from kfacemtl.files import atomic_write_text
         with _options(by="--by"):
-            groups = evaluate_groups(model, build_sources(specs, where), [b for b in args.by.split(",") if b], tasks,
-                                     batch_size=args.batch_size)
+            groups = evaluate_groups(model, sources, [b for b in args.by.split(",") if b], tasks,
+                                     batch_size=args.batch_size, predicted=predicted)
         print("\n" + format_groups(groups))
         if os.path.isdir(args.model):  # the run's model card (kfacemtl export) carries it
             atomic_write_text(os.path.join(args.model, "fairness.json"), json.dumps(groups, indent=2))

@@ -30,7 +30,7 @@ from typing import Sequence
 import numpy as np
 
 from kfacemtl.analysis.evaluation import (expected_calibration_error, interval_metrics, labelled_predictions,
-                                          reliability)
+                                          predictions_of, reliability)
 from kfacemtl.analysis.plots import plot_reliability
 from kfacemtl.data import Source
 from kfacemtl.files import atomic_write, atomic_write_text
@@ -243,9 +243,11 @@ def ece_table(results: dict, temperatures: dict) -> str:
             + text_table(["source", "task", "ECE", "temperature"], rows))
 
 
-def plot_source_reliability(model, sources: Sequence[Source], out_dir, batch_size: int = 128) -> list[Path]:
+def plot_source_reliability(model, sources: Sequence[Source], out_dir, batch_size: int = 128,
+                            predicted=None) -> list[Path]:
     """A reliability diagram per source and classification head of ``model`` in ``out_dir``
-    (``reliability_<source>_<task>.png``); returns the paths.
+    (``reliability_<source>_<task>.png``); returns the paths. ``predicted``: the sources' predictions by name, when
+    already made (:func:`~kfacemtl.analysis.evaluation.predictions_of`).
 
     Example:
         >>> from kfacemtl.models import build_model
@@ -257,7 +259,7 @@ def plot_source_reliability(model, sources: Sequence[Source], out_dir, batch_siz
     """
     written = []
     for source in sources:
-        for name, (task, y, p) in labelled_predictions(model, source, None, batch_size).items():
+        for name, (task, y, p) in predictions_of(model, source, None, batch_size, None, predicted).items():
             if task.kind == "classification":
                 written.append(plot_reliability({f"ECE {expected_calibration_error(y, p):.3f}": reliability(y, p)},
                                                 f"{name} on {source.name}",

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -195,10 +195,11 @@ def headline_metric(task: Task) -> str:
 
 
 def evaluate_sources(model, sources: Sequence[Source], tasks: Sequence[Task] | None = None,
-                     batch_size: int = 128, image_size=None) -> dict:
+                     batch_size: int = 128, image_size=None, predicted: Mapping[str, dict] | None = None) -> dict:
     """Predict every source and compute each task's metrics on its labelled rows.
 
-    Tasks a source does not label are left out of its entry.
+    Tasks a source does not label are left out of its entry. ``predicted``: the sources'
+    :func:`labelled_predictions` by source name, when they were already made (no second pass over the images).
 
     Returns:
         ``{source_name: {task_name: {metric: value, "n": count}}}`` (classification entries
@@ -219,11 +220,31 @@ def evaluate_sources(model, sources: Sequence[Source], tasks: Sequence[Task] | N
     results = {}
     for src in sources:
         entry = results[src.name] = {}
-        for name, (task, y, p) in labelled_predictions(model, src, tasks, batch_size, image_size).items():
+        for name, (task, y, p) in predictions_of(model, src, tasks, batch_size, image_size, predicted).items():
             entry[name] = task_metrics(task, y, p)
             if name in intervals:  # how often the interval holds the truth, and how wide it is
                 entry[name].update(interval_metrics(task, y, p, intervals[name]))
     return results
+
+
+def predictions_of(model, source: Source, tasks=None, batch_size: int = 128, image_size=None,
+                   predicted: Mapping[str, dict] | None = None) -> dict:
+    """``predicted[source.name]`` when given, else :func:`labelled_predictions` of the source: what the evaluations
+    share, so that a command that reports several things about one model and one set predicts it once.
+
+    Example:
+        >>> from kfacemtl.models import build_model
+        >>> from kfacemtl.data import make_source
+        >>> from kfacemtl.tasks import resolve_tasks
+        >>> model = build_model(resolve_tasks(["gender"]), input_shape=(16, 16, 3), widths=(4,), depths=1)
+        >>> source = make_source("synthetic:portraits?n=6")
+        >>> once = {source.name: labelled_predictions(model, source)}
+        >>> predictions_of(model, source, predicted=once) is once[source.name]
+        True
+    """
+    if predicted is not None:
+        return predicted[source.name]
+    return labelled_predictions(model, source, tasks, batch_size, image_size)
 
 
 def interval_metrics(task: Task, y_true, y_pred, q) -> dict:

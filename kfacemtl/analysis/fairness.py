@@ -20,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from kfacemtl.analysis.evaluation import headline_metric, labelled_predictions, task_metrics
+from kfacemtl.analysis.evaluation import headline_metric, predictions_of, task_metrics
 from kfacemtl.data import Source
 from kfacemtl.models import model_tasks
 from kfacemtl.tables import text_table
@@ -28,13 +28,14 @@ from kfacemtl.tasks import get_task
 
 
 def evaluate_groups(model, sources: Sequence[Source], by: Sequence[str], tasks=None, batch_size: int = 128,
-                    image_size=None, min_faces: int = 20) -> dict:
+                    image_size=None, min_faces: int = 20, predicted=None) -> dict:
     """``{source: {attribute: {"groups": {group: {task: metrics}}, "gap": {task: gap}}}}``.
 
     ``by``: classification tasks whose labels define the groups (``gender``, ``race`` ...), each on its own (not
     crossed). A source that does not label an attribute has no entry for it. Each ``gap`` names the task's
     headline ``metric``, the ``best`` and ``worst`` groups (among those with at least ``min_faces`` faces for the
-    task) and the ``gap`` between them (always ≥ 0: accuracy points, or years of MAE).
+    task) and the ``gap`` between them (always ≥ 0: accuracy points, or years of MAE). ``predicted``: the sources'
+    predictions by name, when already made (:func:`~kfacemtl.analysis.evaluation.predictions_of`).
 
     Example:
         >>> from kfacemtl.data import make_source
@@ -53,7 +54,7 @@ def evaluate_groups(model, sources: Sequence[Source], by: Sequence[str], tasks=N
     out = {}
     for source in sources:
         labels, weights = source.labels(attributes)
-        predicted = labelled_predictions(model, source, tasks, batch_size, image_size)
+        answers = predictions_of(model, source, tasks, batch_size, image_size, predicted)
         _, task_weights = source.labels(tasks)
         entry = {}
         for a in attributes:
@@ -64,15 +65,15 @@ def evaluate_groups(model, sources: Sequence[Source], by: Sequence[str], tasks=N
             for k, group in enumerate(a.classes):
                 in_group = has & (labels[a.name] == k)
                 metrics = {}
-                for name, (task, _, _) in predicted.items():
+                for name, (task, _, _) in answers.items():
                     rows = in_group[task_weights[name] > 0]  # the task's labelled rows that are in the group
                     if rows.any():
-                        _, y, p = predicted[name]
+                        _, y, p = answers[name]
                         m = task_metrics(task, y[rows], p[rows])
                         metrics[name] = {k2: v for k2, v in m.items() if k2 != "confusion"}
                 if metrics:
                     groups[group] = metrics
-            for name, (task, _, _) in predicted.items():
+            for name, (task, _, _) in answers.items():
                 metric = headline_metric(task)
                 scores = {g: m[name][metric] for g, m in groups.items()
                           if name in m and m[name]["n"] >= min_faces and np.isfinite(m[name][metric])}
