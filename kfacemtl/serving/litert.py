@@ -35,11 +35,14 @@ from typing import Sequence
 import keras
 import numpy as np
 import tensorflow as tf
+import yaml
 
+from kfacemtl.data import make_dataset, make_source
 from kfacemtl.models import model_tasks
 from kfacemtl.models.answers import task_outputs
 from kfacemtl.serving.export import (MAX_BYTES, MAX_PIXELS, ExportError, check_name, load_exportable, model_card,
                                      new_version, publish)
+from kfacemtl.tasks import Task
 
 VARIANTS = ("float32", "float16", "int8")
 
@@ -79,9 +82,6 @@ def representative_images(run_dir: Path, image_size, n: int = 200) -> np.ndarray
         >>> representative_images(run, (16, 16), n=4).shape
         (4, 16, 16, 3)
     """
-    import yaml
-
-    from kfacemtl.data import make_dataset, make_source
     specs = (yaml.safe_load((run_dir / "config.yaml").read_text()) or {}).get("sources") or []
     if not specs:
         raise ExportError(f"{run_dir / 'config.yaml'}: no training sources to calibrate int8 on; pass representative=")
@@ -93,12 +93,12 @@ def representative_images(run_dir: Path, image_size, n: int = 200) -> np.ndarray
     return np.concatenate(batches)[:n]
 
 
-def _saved_float_signature(model, folder: Path) -> Path:
-    """The LiteRT function written as a SavedModel (Keras's ``ExportArchive``, as :func:`export_model` does):
-    from there the converter freezes every weight, the heads' temperatures included."""
+def _saved_float_signature(model, serve, folder: Path) -> Path:
+    """``serve`` (:func:`litert_function`) written as a SavedModel (Keras's ``ExportArchive``, as
+    :func:`export_model` does): from there the converter freezes every weight, the heads' temperatures included."""
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint("serving_default", litert_function(model))
+    archive.add_endpoint("serving_default", serve)
     archive.write_out(str(folder), verbose=False)
     return folder
 
@@ -156,9 +156,10 @@ def export_litert(model_or_path, base="litert_models", name: str = "kfacemtl", v
         card["format"] = "litert"
         card["input"] = {"images": f"float32 [batch, {model.input_shape[1]}, {model.input_shape[2]}, 3] RGB in "
                                    f"[0, 1], decoded and resized (bilinear, antialiased) by the app"}
-        card["outputs"] = sorted(litert_function(model).get_concrete_function().structured_outputs)
+        serve = litert_function(model)  # traced once: for the card's outputs and for the SavedModel
+        card["outputs"] = sorted(serve.get_concrete_function().structured_outputs)
         card["variants"] = {}
-        saved = _saved_float_signature(model, tmp / "savedmodel")
+        saved = _saved_float_signature(model, serve, tmp / "savedmodel")
         for variant in variants:
             data = _convert(saved, variant, representative)
             (tmp / f"model_{variant}.tflite").write_bytes(data)
@@ -201,7 +202,6 @@ class LiteRTPredictor:
             raise ExportError(f"{self.path} is not a LiteRT file; pass BASE/NAME/VERSION/model_<variant>.tflite")
         self._runner = _interpreter(str(self.path)).get_signature_runner()
         card = self.path.parent / "model_card.json"
-        from kfacemtl.tasks import Task
         tasks = json.loads(card.read_text())["tasks"] if card.is_file() else []
         self.tasks = [Task.from_config({k: v for k, v in t.items() if k != "outputs"}) for t in tasks]
         shape = self._runner.get_input_details()["images"]["shape_signature"]
