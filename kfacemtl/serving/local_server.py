@@ -92,8 +92,7 @@ class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             if list(request.metadata_field) != ["signature_def"]:
                 raise invalid("Metadata field(s) other than signature_def are not supported")
             name, version, label = _model_spec(request.model_spec)
-            version = self.repo.resolve(name, version, label)
-            defs = self.repo.load(name, version)[1]
+            version, defs = self.repo.signature_defs(name, version, label)
         except ServingStatus as e:
             context.abort(e.code, e.message)
         sigs = get_model_metadata_pb2.SignatureDefMap()

@@ -154,6 +154,20 @@ class ModelRepository:
                 self._loaded[key] = (loaded, defs)
             return self._loaded[key]
 
+    def signature_defs(self, name: str, version: int | None = None, label: str | None = None) -> tuple[int, dict]:
+        """``(version, {signature: SignatureDef})`` of the version a request names: what metadata shows and what
+        REST reads a request's inputs against.
+
+        Example:
+            >>> try:
+            ...     ModelRepository("saved_models").signature_defs("faces", 3)
+            ... except ServingStatus as e:
+            ...     print(e.message)
+            Servable not found for request: Specific(faces, 3)
+        """
+        version = self.resolve(name, version, label)
+        return version, self.load(name, version)[1]
+
     def status(self, name: str, version: int | None = None, label: str | None = None):
         """``GetModelStatusResponse``: every served version (newest first), or the one asked for, by number or
         label; a version that does not load is ``END`` with its error."""

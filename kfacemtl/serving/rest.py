@@ -76,8 +76,7 @@ def metadata_json(repo: ModelRepository, name: str, version: int | None, label: 
         ...     print(e.http_status, e.message)
         400 Unrecognized servable version label: stable
     """
-    version = repo.resolve(name, version, label)
-    defs = repo.load(name, version)[1]
+    version, defs = repo.signature_defs(name, version, label)
     signatures = {k: json_format.MessageToDict(v, preserving_proto_field_name=True,
                                                always_print_fields_with_no_presence=True) for k, v in defs.items()}
     return {"model_spec": {"name": name, "signature_name": "", "version": str(version)},
@@ -90,8 +89,7 @@ def _predict(repo, name, version, label, body: bytes) -> dict:
     if not isinstance(signature, str):
         raise invalid(f"JSON Value: {_short(doc)} not formatted correctly. 'signature_name' key must be a string "
                       f"value.")
-    version = repo.resolve(name, version, label)
-    defs = repo.load(name, version)[1]
+    version, defs = repo.signature_defs(name, version, label)
     signature = signature or DEFAULT_SIGNATURE
     if signature not in defs:
         raise invalid(f'Serving signature name: "{signature}" not found in signature def')
@@ -105,7 +103,7 @@ def _predict(repo, name, version, label, body: bytes) -> dict:
         inputs, rows = _from_inputs(doc["inputs"], wanted), False
     else:
         raise invalid("Missing 'inputs' or 'instances' key")
-    _, out = repo.predict(name, version, None, signature, inputs)
+    out = repo.run(name, version, signature, inputs)  # resolved and checked above; inputs named by the signature
     return _as_rows(out) if rows else _as_columns(out)
 
 
