@@ -80,8 +80,8 @@ def _each_readable(fn, images, keep, spec, parallel: int = 16):
     with tf.device("/CPU:0"):
         kept = tf.cond(every, lambda: images, lambda: tf.gather(images, index))
         ds = tf.data.Dataset.from_tensor_slices((index, kept))
-        parallel = {"num_parallel_calls": parallel, "deterministic": True} if parallel > 1 else {}
-        ds = ds.map(lambda i, data: (i, fn(data)), **parallel).ignore_errors()
+        in_parallel = {"num_parallel_calls": parallel, "deterministic": True} if parallel > 1 else {}
+        ds = ds.map(lambda i, data: (i, fn(data)), **in_parallel).ignore_errors()
         empty = [0] + [d or 0 for d in spec.shape]
         nothing = tf.data.Dataset.from_tensors((tf.zeros([0], tf.int32), tf.zeros(empty, spec.dtype)))
         done, values = ds.batch(tf.cast(tf.maximum(n, 1), tf.int64)).concatenate(nothing).take(1).get_single_element()
