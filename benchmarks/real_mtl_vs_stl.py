@@ -5,9 +5,10 @@ Trains, with one backbone and one budget:
   (a) the multi-task model of ``configs/real_mtl.yaml`` (age, gender and race from UTKFace, expression from FER2013
       and CK+, 14 action units from CK+), once per ``--variants`` entry: ``recipe`` (the config as it is), ``plain``
       (every block shared, no distillation, no coupling), ``branch`` (blocks 1-3 shared, then a face group and an
-      expression group), ``bam`` (the
-      single-task models below distilled into it with teacher annealing), ``coupling`` (co-annotation and
-      distribution matching between expression and AUs), or combinations such as ``branch+bam``;
+      expression group; ``branch2``: blocks 1-2 shared), ``bam`` (the
+      single-task models below distilled into it with teacher annealing; ``unlabelled``: bam whose teachers also
+      answer for the rows their task has no label on, ``distillation.anneal_unlabelled: 1``), ``coupling``
+      (co-annotation and distribution matching between expression and AUs), or combinations such as ``branch+bam``;
   (b) one single-task model per task, on only the sources that label it.
 
 **Equal budgets.** (a) runs S optimizer steps of batch B; in every step each task gets on average B x (the mixing
@@ -63,6 +64,8 @@ VARIANTS = {  # config overrides on top of the multi-task config; "bam" also nee
               "coupling": {"coannotation": False, "distribution_matching": False}},
     "branch": {"model": {"branch_at": 3, "branches": GROUPS}},
     "bam": {"distillation": {"anneal": True}},
+    "unlabelled": {"distillation": {"anneal": True, "anneal_unlabelled": 1.0}},
+    "branch2": {"model": {"branch_at": 2, "branches": GROUPS}},
     "coupling": {"coupling": {"coannotation": True, "distribution_matching": True}},
 }
 SEEDS_FILE = "seeds_used_for_choosing.json"
@@ -76,11 +79,11 @@ def variant_config(cfg: dict, variant: str, teachers: dict) -> dict:
             raise SystemExit(f"--variants: unknown variant {part!r}; variants are {sorted(VARIANTS)} (joined by +)")
         for section, values in VARIANTS[part].items():
             out.setdefault(section, {}).update(copy.deepcopy(values))
-        if part == "branch":  # only the groups of the config's tasks
+        if part in ("branch", "branch2"):  # only the groups of the config's tasks
             names = list(out["tasks"])
             out["model"]["branches"] = {g: [t for t in ts if t in names] for g, ts in GROUPS.items()
                                         if any(t in names for t in ts)}
-        if part == "bam":
+        if part in ("bam", "unlabelled"):
             out["distillation"]["teachers"] = "single-task"
     if out.get("distillation", {}).get("teachers") == "single-task":  # this seed's single-task models: the same
         out["distillation"]["teachers"] = {t: str(f) for t, f in teachers.items()}  # configs, trained once

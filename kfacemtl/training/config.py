@@ -24,7 +24,7 @@ A config has these sections (``unlabelled_sources``, ``distillation`` and ``coup
     unlabelled_sources: [synthetic:street?n=6000]  # pseudo-labelled by distillation
     distillation: {rounds: 3, epochs_per_round: 2, soft: false, thresholds: {expression: 0.8},
                    pseudo_weight: 0.5, reinit: false}   # rounds: 0 (the default) turns it off
-    # or teacher annealing (BAM): {anneal: true, teachers: single-task, anneal_start: 0.0}
+    # or teacher annealing (BAM): {anneal: true, teachers: single-task, anneal_start: 0.0, anneal_unlabelled: 0.0}
     #   (teachers: single-task trains a matched single-task teacher per task first; or {task: run directory})
     coupling: {coannotation: true, distribution_matching: true,   # all three off by default
                fuse_outputs: true,                # AU output fused with the AUs the expression head implies
@@ -123,6 +123,7 @@ DEFAULTS: dict[str, Any] = {
         "batch_size": 128,
         "anneal": False,
         "anneal_start": 0.0,
+        "anneal_unlabelled": 0.0,
     },
     "coupling": {
         "coannotation": False,
@@ -142,7 +143,7 @@ _FREE_FORM = {"tasks", "sources", "eval_sources", "unlabelled_sources", "trainin
               "training.loss_weights", "training.weighting_options", "training.dynamic_lr_options",
               "training.cache_dir", "training.strategy_devices", "training.jit_compile", "training.steps_per_execution",
               "distillation.thresholds",
-              "distillation.teachers",
+              "distillation.teachers", "distillation.anneal_unlabelled",
               "coupling.relations"}
 
 
@@ -304,6 +305,15 @@ def _check_distillation(cfg: dict):
         if not 0 <= d["anneal_start"] < 1:
             raise ConfigError("distillation.anneal_start", f"expected the real label's first share in [0, 1), got "
                                                            f"{d['anneal_start']!r}")
+    unlabelled = d["anneal_unlabelled"]
+    given = unlabelled.items() if isinstance(unlabelled, Mapping) else [(None, unlabelled)]
+    for task, w in given:
+        key = "distillation.anneal_unlabelled" + (f".{task}" if task is not None else "")
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w <= 1:
+            raise ConfigError(key, f"expected a weight in [0, 1] (or {{task: weight}}), got {w!r}")
+        if w and not d["anneal"]:
+            raise ConfigError(key, "the teachers' answers on unlabelled rows are part of teacher annealing; "
+                                   "set anneal: true")
     if d["rounds"] < 0 or d["epochs_per_round"] < 1 or d["batch_size"] < 1:
         raise ConfigError("distillation", "expected rounds >= 0 (0: off), epochs_per_round >= 1 and batch_size >= 1")
     if not 0 < d["pseudo_weight"] <= 1:

@@ -98,3 +98,25 @@ def test_the_au_comparison_bootstraps_the_mean_f1():
     good, noisy = np.where(y > 0, 0.9, 0.1), rng.random((60, 14))
     stl, mtl, delta, ci = mean_f1_delta(task, y, noisy, good, draws=200)
     assert mtl == 1.0 and stl < 0.6 and delta == mtl - stl and 0 < ci < delta
+
+
+def test_variants_for_teachers_on_unlabelled_rows_and_an_earlier_branch_point():
+    from benchmarks.real_mtl_vs_stl import variant_config
+    cfg = yaml.safe_load((ROOT / "configs" / "real_mtl.yaml").read_text())
+    teachers = {"age": "runs/a", "expression": "runs/e"}
+    taught = variant_config(cfg, "recipe+unlabelled", teachers)["distillation"]
+    assert taught["anneal"] and taught["anneal_unlabelled"] == 1.0 and taught["teachers"] == teachers
+    early = variant_config(cfg, "branch2+bam", teachers)
+    assert early["model"]["branch_at"] == 2 and early["model"]["branches"]["face"] == ["age", "gender", "race"]
+    assert "anneal_unlabelled" not in early["distillation"] and cfg["model"]["branch_at"] == 3  # a copy
+
+
+def test_coupling_tables_scores_each_table_against_the_coded_aus(tmp_path, capsys):
+    from benchmarks import coupling_tables
+    real_layout(tmp_path / "data")
+    assert coupling_tables.main(["--data", str(tmp_path / "data"), "--out", str(tmp_path / "out")]) == 0
+    text = (tmp_path / "out" / "results.txt").read_text()
+    assert "du2014 (the default)" in text and "estimated from CK+ train" in text and "ckplus-test" in text
+    assert "from co-annotated ones 0.225" in text  # FER2013's 0.45 of a batch at co-annotation weight 0.5
+    assert coupling_tables.main(["--data", str(tmp_path / "nowhere")]) == 0
+    assert "Nothing to do" in capsys.readouterr().out

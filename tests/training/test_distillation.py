@@ -3,6 +3,7 @@ import json
 
 import keras
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -374,6 +375,28 @@ def test_annealed_targets_mix_real_labels_with_the_teachers_answers_by_lambda():
     assert other["gender"].numpy().tolist() == [[1, 0], [0, 1], [1, 0]]
 
 
+def test_annealed_targets_teach_unlabelled_rows_with_a_fading_weight_when_asked():
+    tasks = resolve_tasks({"age": {}, "gender": {}})
+    src = make_source("synthetic:portraits?n=3")
+    store = AnnealedTargets([src], tasks, ["age", "gender"], unlabelled={"gender": 0.8})
+    store.assign(src.name, "age", [[20.0], [40.0], [60.0]])
+    store.assign(src.name, "gender", [[0.2, 0.8]] * 3)
+    labels = {"age": tf.constant([[30.0], [0.0], [0.0]]), "gender": tf.constant([0, 0, 0])}
+    weights = {"age": tf.constant([1.0, 0.0, 0.0]), "gender": tf.constant([1.0, 0.0, 0.5])}
+    for lam in (0.0, 0.25, 1.0):
+        store.mix.assign(lam)
+        mixed, out = store.merge(src.name, tf.range(3), labels, weights)
+        # gender: row 1 has no label and now learns the teacher's answer, weighted 0.8 x (1 - lambda)
+        np.testing.assert_allclose(mixed["gender"].numpy()[1], [0.2, 0.8], atol=1e-6)
+        np.testing.assert_allclose(out["gender"].numpy(), [1.0, 0.8 * (1 - lam), 0.5], atol=1e-6)
+        np.testing.assert_allclose(mixed["gender"].numpy()[0], [lam + 0.2 * (1 - lam), 0.8 * (1 - lam)], atol=1e-6)
+        # age was not asked for: its unlabelled rows keep the placeholder and weight 0
+        assert mixed["age"].numpy()[1:, 0].tolist() == [0.0, 0.0] and out["age"].numpy().tolist() == [1, 0, 0]
+    assert weights["gender"].numpy().tolist() == [1.0, 0.0, 0.5]  # the caller's weights are not changed
+    with pytest.raises(ValueError, match="unlabelled.race: not a task the teachers answer"):
+        AnnealedTargets([src], tasks, ["age", "gender"], unlabelled={"race": 1.0})
+
+
 def test_teacher_annealing_moves_from_the_teacher_to_the_labels_and_keeps_its_answers(tmp_path):
     tasks = resolve_tasks(["expression"])
     teacher = tiny_model(["expression"], seed=1)
@@ -408,19 +431,26 @@ def test_train_run_with_teacher_annealing_from_config(tmp_path):
            "model": {"input_shape": [24, 24, 3], "widths": [8, 8], "depths": [1, 1], "embedding_dim": 8,
                      "branch_at": 1},
            "training": {"epochs": 2, "steps_per_epoch": 2, "batch_size": 16, "mixing": "balanced"},
-           "distillation": {"anneal": True, "teachers": "single-task"}}  # trained first, matched to the budget
+           "distillation": {"anneal": True, "teachers": "single-task",  # trained first, matched to the budget
+                            "anneal_unlabelled": {"expression": 1.0}}}  # portraits' rows learn the teacher's answer
     report = train_run(cfg, tmp_path / "student", verbose=0)
     (entry,) = report["distillation"]
+    assert entry["unlabelled"] == {"expression": 1.0}
+    assert np.isfinite(pd.read_csv(tmp_path / "student" / "history.csv")["loss"]).all()
     assert set(entry["sources"]["lab-train"]) == {"expression"} and set(entry["sources"]["portraits-train"]) == {
         "gender"}
     assert set(entry["teacher_runs"]) == {"gender", "expression"} and entry["teachers_train_seconds"] > 0
     teacher = yaml.safe_load((tmp_path / "student" / "teachers" / "gender" / "config.yaml").read_text())
     assert teacher["tasks"] == ["gender"] and teacher["training"]["batch_size"] == 8  # half of 16: its share
     assert teacher["model"]["branch_at"] is None and not teacher["distillation"]["anneal"]
+    assert teacher["distillation"]["anneal_unlabelled"] == 0
     assert "teacher_lambda" in (tmp_path / "student" / "history.csv").read_text().splitlines()[0]
     for change, key in (({"anneal": True}, "distillation.teachers"),
                         ({"teachers": "single-task"}, "distillation.teachers"),
                         ({"anneal": True, "teachers": "x", "rounds": 1, "epochs_per_round": 1}, "distillation.anneal"),
-                        ({"anneal": True, "teachers": "x", "anneal_start": 1.0}, "distillation.anneal_start")):
+                        ({"anneal": True, "teachers": "x", "anneal_start": 1.0}, "distillation.anneal_start"),
+                        ({"anneal_unlabelled": 0.5}, "distillation.anneal_unlabelled"),
+                        ({"anneal": True, "teachers": "x", "anneal_unlabelled": {"gender": 2}},
+                         "distillation.anneal_unlabelled.gender")):
         with pytest.raises(ConfigError, match=rf"'{key}'"):
             train_run({**cfg, "distillation": change}, tmp_path / "bad", verbose=0)

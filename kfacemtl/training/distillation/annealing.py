@@ -5,7 +5,10 @@ For a row with a real label ``y`` of a task the teachers answer, the student's t
 ``λ · y + (1 − λ) · teacher(x)``, where ``λ`` grows linearly from ``start`` (0 by default: pure distillation) to 1
 over the run's optimizer steps (pure supervision at the end). Class labels become distributions (the one-hot label
 mixed with the teacher's probabilities), action units probabilities, regression values a weighted mean. Rows without
-a real label are left as they are (weight 0): the teachers only re-describe what is labelled. The teachers answer
+a real label are left as they are (weight 0): the teachers only re-describe what is labelled, unless ``unlabelled``
+gives a task a weight ``w``: then its rows without a label take the teacher's answer as their target with weight
+``w · (1 − λ)``, so the teachers also speak about the other datasets' faces (the expression teacher about UTKFace's,
+say), their voice fading with λ as on the labelled rows (the data distillation of Distill-2MD-MTL, annealed). The teachers answer
 every image once, before the first step (unaugmented, as the pipeline decodes it); their answers are kept in
 ``tf.Variable`` s that the training pipeline reads by row id, as distillation's pseudo-labels are, and in
 ``teacher_targets.npz`` of the run, so a resumed run does not ask them again.
@@ -20,6 +23,14 @@ Example:
     ...                         {"expression": tf.constant([1.0, 0.0])})   # row 1 has no label
     >>> [round(float(v), 3) for v in labels["expression"].numpy()[:, 3]]   # 0.5 x 1 + 0.5 x 1/7
     [0.571, 0.0]
+    >>> store = AnnealedTargets([make_source("synthetic:lab?n=2")], resolve_tasks(["expression"]), ["expression"],
+    ...                         unlabelled={"expression": 0.5})   # the teacher also speaks about unlabelled rows
+    >>> store.assign("lab-train", "expression", np.full((2, 7), 1 / 7))
+    >>> _ = store.mix.assign(0.5)
+    >>> labels, weights = store.merge("lab-train", tf.range(2), {"expression": tf.constant([3, 0])},
+    ...                               {"expression": tf.constant([1.0, 0.0])})
+    >>> [round(float(v), 3) for v in labels["expression"].numpy()[:, 3]], weights["expression"].numpy().tolist()
+    ([0.571, 0.143], [1.0, 0.25])
 """
 from __future__ import annotations
 
@@ -49,6 +60,8 @@ class AnnealedTargets:
         tasks: the model's tasks (every batch has the same label structure: the annealed classification tasks'
             labels are distributions in every source's batches).
         annealed: the names of the tasks the teachers answer.
+        unlabelled: ``{task: w}``: that task's rows without a real label learn the teachers' answer with weight
+            ``w · (1 − λ)`` (none by default).
 
     Example:
         >>> from kfacemtl.data import make_source
@@ -58,8 +71,13 @@ class AnnealedTargets:
         (0.0, TensorShape([3, 7]))
     """
 
-    def __init__(self, sources: Sequence[Source], tasks: Sequence[Task], annealed: Sequence[str]):
+    def __init__(self, sources: Sequence[Source], tasks: Sequence[Task], annealed: Sequence[str],
+                 unlabelled: Mapping[str, float] | None = None):
         self.tasks = [t for t in tasks if t.name in set(annealed)]
+        self.unlabelled = {t: float(w) for t, w in (unlabelled or {}).items() if float(w) > 0}
+        unknown = sorted(set(self.unlabelled) - {t.name for t in self.tasks})
+        if unknown:
+            raise ValueError(f"unlabelled.{unknown[0]}: not a task the teachers answer {[t.name for t in self.tasks]}")
         sizes = {s.name: len(s) for s in sources}
         if len(sizes) != len(sources):
             raise ValueError(f"sources: teacher annealing needs distinct source names, got {[s.name for s in sources]}")
@@ -80,10 +98,11 @@ class AnnealedTargets:
     def merge(self, source_name: str, i, labels: dict, weights: dict) -> tuple[dict, dict]:
         """TF ops: the labels of row(s) ``i`` mixed with the teachers' answers where a real label exists (the
         pipeline's label-store interface, as :class:`~kfacemtl.training.distillation.PseudoLabels`)."""
-        labels = dict(labels)
+        labels, weights = dict(labels), (dict(weights) if self.unlabelled else weights)
         rows = tf.convert_to_tensor(i).shape.rank  # 0: one row, 1: several
         held = self.values.get(source_name, {})
         for t in self.tasks:
+            taught = t.name in self.unlabelled and t.name in held  # unlabelled rows learn the teacher's answer
             real = labels[t.name]
             if t.kind == "classification" and real.shape.rank == rows:  # class ids: as distributions
                 real = tf.one_hot(tf.cast(real, tf.int32), len(t.classes))
@@ -93,8 +112,11 @@ class AnnealedTargets:
                 labelled = tf.cast(weights[t.name] > 0, tf.float32)
                 labelled = tf.reshape(labelled, tf.concat([tf.shape(labelled),
                                                            tf.ones([real.shape.rank - rows], tf.int32)], 0))
-                lam = labelled * self.mix + (1.0 - labelled)  # unlabelled rows keep their placeholder
+                lam = labelled * self.mix + (0.0 if taught else 1.0 - labelled)  # else the placeholder stays
                 real = lam * real + (1.0 - lam) * tf.reshape(teacher, tf.shape(real))
+            if taught:
+                share = tf.cast(self.unlabelled[t.name] * (1.0 - self.mix), weights[t.name].dtype)
+                weights[t.name] = tf.where(weights[t.name] > 0, weights[t.name], share)
             labels[t.name] = real
         return labels, weights
 
@@ -128,6 +150,8 @@ class TeacherAnnealing(keras.callbacks.Callback):
         teachers: ``{task: model}`` (e.g. single-task models, each answering the task it is named for) or one
             model answering all its tasks.
         start: ``λ`` at the first step (0: the teacher's answer alone; 1 would be no distillation).
+        unlabelled: the weight of the teachers' answers on rows without a real label (their target there), one
+            number for every task the teachers answer or ``{task: weight}``; faded by ``1 − λ``; 0 (default): off.
         batch_size: images per teacher call.
         state_dir: where ``teacher_targets.npz`` is kept (None: nowhere).
         teacher_runs: ``{task: {"run": folder, "train_seconds": s}}`` of teachers trained for this run (the log
@@ -148,7 +172,8 @@ class TeacherAnnealing(keras.callbacks.Callback):
     """
 
     def __init__(self, sources: Sequence[Source], tasks: Sequence[Task], teachers, start: float = 0.0,
-                 batch_size: int = 128, state_dir=None, verbose: int = 1, teacher_runs: Mapping | None = None):
+                 batch_size: int = 128, state_dir=None, verbose: int = 1, teacher_runs: Mapping | None = None,
+                 unlabelled: float | Mapping[str, float] = 0.0):
         super().__init__()
         if not 0 <= float(start) < 1:
             raise ValueError(f"start: expected the real label's first share in [0, 1), got {start!r}")
@@ -164,7 +189,14 @@ class TeacherAnnealing(keras.callbacks.Callback):
         self.annealed = [n for n in names if n in self.teacher.tasks]
         if not self.annealed:
             raise ValueError(f"teachers: they answer none of the model's tasks {names}")
-        self.pseudo_labels = AnnealedTargets(self.sources, self.tasks, self.annealed)
+        if not isinstance(unlabelled, Mapping):
+            unlabelled = dict.fromkeys(self.annealed, unlabelled)
+        bad = {t: w for t, w in unlabelled.items()
+               if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w <= 1}
+        if bad:
+            task, w = next(iter(bad.items()))
+            raise ValueError(f"unlabelled.{task}: expected a weight in [0, 1], got {w!r}")
+        self.pseudo_labels = AnnealedTargets(self.sources, self.tasks, self.annealed, unlabelled)
         self.pseudo_labels.mix.assign(self.start)
         self.batch_size, self.verbose = int(batch_size), verbose
         self.state_dir = Path(state_dir) if state_dir is not None else None
@@ -217,6 +249,8 @@ class TeacherAnnealing(keras.callbacks.Callback):
             self.log = [self.teach(tuple(self.model.input_shape[1:3]))]
             if path is not None:
                 self.pseudo_labels.save(path)
+        if self.pseudo_labels.unlabelled:
+            self.log[0]["unlabelled"] = dict(self.pseudo_labels.unlabelled)
         if self.teacher_runs:
             self.log[0]["teacher_runs"] = self.teacher_runs
             self.log[0]["teachers_train_seconds"] = round(sum(r.get("train_seconds") or 0.0
