@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import yaml
 
-from helpers import ROOT, TINY_MODEL, real_layout
+from helpers import ROOT, TINY_MODEL, real_layout, tiny_model
 
 
 @pytest.fixture
@@ -114,9 +114,14 @@ def test_variants_for_teachers_on_unlabelled_rows_and_an_earlier_branch_point():
 def test_coupling_tables_scores_each_table_against_the_coded_aus(tmp_path, capsys):
     from benchmarks import coupling_tables
     real_layout(tmp_path / "data")
-    assert coupling_tables.main(["--data", str(tmp_path / "data"), "--out", str(tmp_path / "out")]) == 0
+    (tmp_path / "run").mkdir()
+    tiny_model({"expression": {"contempt": True}, "action_units": {}}).save(tmp_path / "run" / "model.keras")
+    assert coupling_tables.main(["--data", str(tmp_path / "data"), "--out", str(tmp_path / "out"),
+                                 "--runs", str(tmp_path / "run")]) == 0
     text = (tmp_path / "out" / "results.txt").read_text()
     assert "du2014 (the default)" in text and "estimated from CK+ train" in text and "ckplus-test" in text
     assert "from co-annotated ones 0.225" in text  # FER2013's 0.45 of a batch at co-annotation weight 0.5
+    (row,) = [line.split() for line in text.splitlines() if line.startswith(str(tmp_path / "run"))]
+    assert 0 <= float(row[3]) <= 1 and 0 <= float(row[4]) <= 1  # mean AP, share of probabilities near 0.5
     assert coupling_tables.main(["--data", str(tmp_path / "nowhere")]) == 0
     assert "Nothing to do" in capsys.readouterr().out
