@@ -7,7 +7,8 @@ Trains, with one backbone and one budget:
       (every block shared, no distillation, no coupling), ``branch`` (blocks 1-3 shared, then a face group and an
       expression group; ``branch2``: blocks 1-2 shared), ``bam`` (the
       single-task models below distilled into it with teacher annealing; ``unlabelled``: bam whose teachers also
-      answer for the rows their task has no label on, ``distillation.anneal_unlabelled: 1``), ``coupling``
+      answer for the rows their task has no label on, ``distillation.anneal_unlabelled: 1``; ``unlabelled-expression``:
+      only the expression teacher does), ``coupling``
       (co-annotation and distribution matching between expression and AUs), or combinations such as ``branch+bam``;
   (b) one single-task model per task, on only the sources that label it.
 
@@ -65,6 +66,7 @@ VARIANTS = {  # config overrides on top of the multi-task config; "bam" also nee
     "branch": {"model": {"branch_at": 3, "branches": GROUPS}},
     "bam": {"distillation": {"anneal": True}},
     "unlabelled": {"distillation": {"anneal": True, "anneal_unlabelled": 1.0}},
+    "unlabelled-expression": {"distillation": {"anneal": True, "anneal_unlabelled": {"expression": 1.0}}},
     "branch2": {"model": {"branch_at": 2, "branches": GROUPS}},
     "coupling": {"coupling": {"coannotation": True, "distribution_matching": True}},
 }
@@ -83,7 +85,7 @@ def variant_config(cfg: dict, variant: str, teachers: dict) -> dict:
             names = list(out["tasks"])
             out["model"]["branches"] = {g: [t for t in ts if t in names] for g, ts in GROUPS.items()
                                         if any(t in names for t in ts)}
-        if part in ("bam", "unlabelled"):
+        if VARIANTS[part].get("distillation", {}).get("anneal"):  # bam and its kin: this seed's teachers
             out["distillation"]["teachers"] = "single-task"
     if out.get("distillation", {}).get("teachers") == "single-task":  # this seed's single-task models: the same
         out["distillation"]["teachers"] = {t: str(f) for t, f in teachers.items()}  # configs, trained once
