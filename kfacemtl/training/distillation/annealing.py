@@ -8,10 +8,10 @@ mixed with the teacher's probabilities), action units probabilities, regression 
 a real label are left as they are (weight 0): the teachers only re-describe what is labelled, unless ``unlabelled``
 gives a task a weight ``w``: then its rows without a label take the teacher's answer as their target with weight
 ``w · (1 − λ)``, so the teachers also speak about the other datasets' faces (the expression teacher about UTKFace's,
-say), their voice fading with λ as on the labelled rows (the data distillation of Distill-2MD-MTL, annealed). The teachers answer
-every image once, before the first step (unaugmented, as the pipeline decodes it); their answers are kept in
-``tf.Variable`` s that the training pipeline reads by row id, as distillation's pseudo-labels are, and in
-``teacher_targets.npz`` of the run, so a resumed run does not ask them again.
+say), their voice fading with λ as on the labelled rows (the data distillation of Distill-2MD-MTL, annealed).
+The teachers answer every image once, before the first step (unaugmented, as the pipeline decodes it); their
+answers are kept in ``tf.Variable`` s that the training pipeline reads by row id, as distillation's pseudo-labels
+are, and in ``teacher_targets.npz`` of the run, so a resumed run does not ask them again.
 
 Example:
     >>> from kfacemtl.data import make_source
