@@ -64,9 +64,9 @@ def average_precision(truth, probs) -> float:
     return float(np.mean(aps)) if aps else float("nan")
 
 
-def model_rows(runs, test, names) -> list[list[str]]:
-    """One row per run folder: its AU outputs on ``test`` (see the module docstring)."""
-    rows = []
+def model_rows(runs, test, names) -> tuple[list[list[str]], list[list[str]]]:
+    """Two rows per run folder: its AU outputs on ``test`` (see the module docstring) and its F1 per AU."""
+    rows, per_au = [], []
     for run in runs:
         model = load_model(Path(run) / "model.keras", compile=False)
         truth, probs = predictions(model, test, tuple(model.input_shape[1:3]))["action_units"]
@@ -74,7 +74,8 @@ def model_rows(runs, test, names) -> list[list[str]]:
         rows.append([str(run), str(len(truth)), f"{m['mean_f1']:.3f}", f"{average_precision(truth, probs):.3f}",
                      f"{np.mean((probs > 0.3) & (probs < 0.7)):.3f}", f"{np.mean(np.sum(probs >= 0.5, 1)):.2f}",
                      f"{np.mean(np.sum(truth >= 0.5, 1)):.2f}"])
-    return rows
+        per_au.append([str(run)] + [f"{m[f'f1_{a}']:.2f}" for a in names])
+    return rows, per_au
 
 
 def label_weights(cfg: dict) -> tuple[float, float]:
@@ -120,9 +121,10 @@ def main(argv=None):
     parts.append(f"\n{args.config}: per batch row, the AU loss's weight from real AU labels {real:.3f}, from "
                  f"co-annotated ones {coannotated:.3f} (×{coannotated / real:.2f} the real labels')")
     if args.runs:
+        rows, per_au = model_rows(args.runs, test, list(aus.classes))
         header = ["run", "faces", "mean F1 @0.5", "mean AP", "share in (0.3, 0.7)", "AUs predicted", "AUs coded"]
-        parts += ["\nThe models' AU outputs on the CK+ test subjects", text_table(header, model_rows(
-            args.runs, test, list(aus.classes)))]
+        parts += ["\nThe models' AU outputs on the CK+ test subjects", text_table(header, rows),
+                  "\nTheir F1 per AU", text_table(["run"] + list(aus.classes), per_au)]
     text = "\n".join(parts)
     print(text)
     out = Path(args.out)

@@ -123,7 +123,8 @@ def test_coupling_tables_scores_each_table_against_the_coded_aus(tmp_path, capsy
     text = (tmp_path / "out" / "results.txt").read_text()
     assert "du2014 (the default)" in text and "estimated from CK+ train" in text and "ckplus-test" in text
     assert "from co-annotated ones 0.225" in text  # FER2013's 0.45 of a batch at co-annotation weight 0.5
-    (row,) = [line.split() for line in text.splitlines() if line.startswith(str(tmp_path / "run"))]
+    row, per_au = [line.split() for line in text.splitlines() if line.startswith(str(tmp_path / "run"))]
     assert 0 <= float(row[3]) <= 1 and 0 <= float(row[4]) <= 1  # mean AP, share of probabilities near 0.5
+    assert len(per_au) == 15 and all(0 <= float(f) <= 1 for f in per_au[1:])  # F1 of each of the 14 AUs
     assert coupling_tables.main(["--data", str(tmp_path / "nowhere")]) == 0
     assert "Nothing to do" in capsys.readouterr().out
