@@ -10,6 +10,7 @@ Trains, with one backbone and one budget:
       answer for the rows their task has no label on, ``distillation.anneal_unlabelled: 1``; ``unlabelled-expression``:
       only the expression teacher does), ``coupling``
       (co-annotation and distribution matching between expression and AUs), or combinations such as ``branch+bam``;
+      each changes the config only where it says (``coupling`` alone is the config with coupling);
   (b) one single-task model per task, on only the sources that label it.
 
 **Equal budgets.** (a) runs S optimizer steps of batch B; in every step each task gets on average B x (the mixing
