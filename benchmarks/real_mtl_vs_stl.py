@@ -9,7 +9,8 @@ Trains, with one backbone and one budget:
       single-task models below distilled into it with teacher annealing; ``unlabelled``: bam whose teachers also
       answer for the rows their task has no label on, ``distillation.anneal_unlabelled: 1``; ``unlabelled-expression``:
       only the expression teacher does), ``coupling``
-      (co-annotation and distribution matching between expression and AUs), or combinations such as ``branch+bam``;
+      (co-annotation and distribution matching between expression and AUs; ``coupling-estimated``: with the
+      expression → AU table estimated from the training rows that carry both), or combinations such as ``branch+bam``;
       each changes the config only where it says (``coupling`` alone is the config with coupling);
   (b) one single-task model per task, on only the sources that label it.
 
@@ -70,6 +71,8 @@ VARIANTS = {  # config overrides on top of the multi-task config; "bam" also nee
     "unlabelled-expression": {"distillation": {"anneal": True, "anneal_unlabelled": {"expression": 1.0}}},
     "branch2": {"model": {"branch_at": 2, "branches": GROUPS}},
     "coupling": {"coupling": {"coannotation": True, "distribution_matching": True}},
+    "coupling-estimated": {"coupling": {"coannotation": True, "distribution_matching": True, "relations": [
+        {"source": "expression", "target": "action_units", "table": "estimate"}]}},
 }
 SEEDS_FILE = "seeds_used_for_choosing.json"
 
@@ -198,7 +201,8 @@ def format_seeds(rows_by_seed: dict) -> str:
 
 
 def keep_earlier(path: Path, text: str):
-    """Write ``text`` to ``path``; an earlier, different table there is kept beside it first (``NAME.<time>.txt``)."""
+    """Write ``text`` to ``path``; an earlier, different table there is kept beside it first (``NAME.<time>.txt``,
+    ``.json``)."""
     if path.exists() and path.read_text() != text:
         stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(path.stat().st_mtime))
         path.rename(path.with_name(f"{path.stem}.{stamp}{path.suffix}"))
@@ -272,10 +276,10 @@ def main(argv=None):
     text = "\n".join(parts + [""] + times)
     print("\n" + text)
     keep_earlier(out / f"results_{args.protocol}.txt", text + "\n")
-    atomic_write_text(out / f"results_{args.protocol}.json",
-                      json.dumps({"protocol": args.protocol, "steps": steps, "seeds": seeds,
-                                  "rows": {v: {str(s): r for s, r in bs.items()} for v, bs in rows_by_variant.items()}},
-                                 indent=2, default=lambda x: None if isinstance(x, float) and math.isnan(x) else x))
+    keep_earlier(out / f"results_{args.protocol}.json",
+                 json.dumps({"protocol": args.protocol, "steps": steps, "seeds": seeds,
+                             "rows": {v: {str(s): r for s, r in bs.items()} for v, bs in rows_by_variant.items()}},
+                            indent=2, default=lambda x: None if isinstance(x, float) and math.isnan(x) else x))
     return 0
 
 

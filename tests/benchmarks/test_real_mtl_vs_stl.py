@@ -106,6 +106,8 @@ def test_variants_for_teachers_on_unlabelled_rows_and_an_earlier_branch_point():
     teachers = {"age": "runs/a", "expression": "runs/e"}
     taught = variant_config(cfg, "recipe+unlabelled", teachers)["distillation"]
     assert taught["anneal"] and taught["anneal_unlabelled"] == 1.0 and taught["teachers"] == teachers
+    coupled = variant_config(cfg, "coupling-estimated", teachers)["coupling"]
+    assert coupled["coannotation"] and coupled["relations"][0]["table"] == "estimate"
     expression = variant_config(cfg, "plain+unlabelled-expression", teachers)["distillation"]
     assert expression["anneal_unlabelled"] == {"expression": 1.0} and expression["teachers"] == teachers
     early = variant_config(cfg, "branch2+bam", teachers)
