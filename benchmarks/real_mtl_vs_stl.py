@@ -5,13 +5,12 @@ Trains, with one backbone and one budget:
   (a) the multi-task model of ``configs/real_mtl.yaml`` (age, gender and race from UTKFace, expression from FER2013
       and CK+, 14 action units from CK+), once per ``--variants`` entry: ``recipe`` (the config as it is), ``plain``
       (every block shared, no distillation, no coupling), ``branch`` (blocks 1-3 shared, then a face group and an
-      expression group; ``branch2``: blocks 1-2 shared), ``bam`` (the
-      single-task models below distilled into it with teacher annealing; ``unlabelled``: bam whose teachers also
-      answer for the rows their task has no label on, ``distillation.anneal_unlabelled: 1``; ``unlabelled-expression``:
-      only the expression teacher does), ``coupling``
-      (co-annotation and distribution matching between expression and AUs; ``coupling-estimated``: with the
-      expression → AU table estimated from the training rows that carry both), or combinations such as ``branch+bam``;
-      each changes the config only where it says (``coupling`` alone is the config with coupling);
+      expression group; ``branch2``: blocks 1-2 shared), ``bam`` (the single-task models below distilled into it
+      with teacher annealing; ``unlabelled``: bam whose teachers also answer for the rows their task has no label
+      on, ``distillation.anneal_unlabelled: 1``; ``unlabelled-expression``: only the expression teacher does),
+      ``coupling`` (co-annotation and distribution matching between expression and AUs; ``coupling-estimated``: with
+      the expression → AU table estimated from the training rows that carry both), or combinations such as
+      ``branch+bam``; each changes the config only where it says (``coupling`` alone is the config with coupling);
   (b) one single-task model per task, on only the sources that label it.
 
 **Equal budgets.** (a) runs S optimizer steps of batch B; in every step each task gets on average B x (the mixing
