@@ -84,7 +84,7 @@ def variant_config(cfg: dict, variant: str, teachers: dict) -> dict:
             raise SystemExit(f"--variants: unknown variant {part!r}; variants are {sorted(VARIANTS)} (joined by +)")
         for section, values in VARIANTS[part].items():
             out.setdefault(section, {}).update(copy.deepcopy(values))
-        if part in ("branch", "branch2"):  # only the groups of the config's tasks
+        if VARIANTS[part].get("model", {}).get("branches"):  # only the groups of the config's tasks
             names = list(out["tasks"])
             out["model"]["branches"] = {g: [t for t in ts if t in names] for g, ts in GROUPS.items()
                                         if any(t in names for t in ts)}
