@@ -9,7 +9,9 @@ Trains, with one backbone and one budget:
       with teacher annealing; ``unlabelled``: bam whose teachers also answer for the rows their task has no label
       on, ``distillation.anneal_unlabelled: 1``; ``unlabelled-expression``: only the expression teacher does),
       ``coupling`` (co-annotation and distribution matching between expression and AUs; ``coupling-estimated``: with
-      the expression → AU table estimated from the training rows that carry both), or combinations such as
+      the expression → AU table estimated from the training rows that carry both; ``coupling-light``: both at a
+      tenth of the label weight, ``coannotation_weight`` and ``matching_weight`` 0.1), ``dynamic`` (Ming et al.'s
+      task weights instead of equal ones; the single-task models have one task to weigh), or combinations such as
       ``branch+bam``; each changes the config only where it says (``coupling`` alone is the config with coupling);
   (b) one single-task model per task, on only the sources that label it.
 
@@ -72,6 +74,9 @@ VARIANTS = {  # config overrides on top of the multi-task config; "bam" also nee
     "coupling": {"coupling": {"coannotation": True, "distribution_matching": True}},
     "coupling-estimated": {"coupling": {"coannotation": True, "distribution_matching": True, "relations": [
         {"source": "expression", "target": "action_units", "table": "estimate"}]}},
+    "coupling-light": {"coupling": {"coannotation": True, "distribution_matching": True, "coannotation_weight": 0.1,
+                                    "matching_weight": 0.1}},
+    "dynamic": {"training": {"weighting": "dynamic"}},
 }
 SEEDS_FILE = "seeds_used_for_choosing.json"
 

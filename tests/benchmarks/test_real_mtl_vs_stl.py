@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from helpers import ROOT, TINY_MODEL, real_layout, tiny_model
+from kfacemtl.training.config import resolve_config
 
 
 @pytest.fixture
@@ -113,6 +114,13 @@ def test_variants_for_teachers_on_unlabelled_rows_and_an_earlier_branch_point():
     early = variant_config(cfg, "branch2+bam", teachers)
     assert early["model"]["branch_at"] == 2 and early["model"]["branches"]["face"] == ["age", "gender", "race"]
     assert "anneal_unlabelled" not in early["distillation"] and cfg["model"]["branch_at"] == 3  # a copy
+    light = variant_config(cfg, "plain+coupling-light", teachers)
+    assert light["coupling"]["coannotation"] and light["coupling"]["distribution_matching"]
+    assert (light["coupling"]["coannotation_weight"], light["coupling"]["matching_weight"]) == (0.1, 0.1)
+    assert light["model"]["branch_at"] is None and not light["distillation"]["anneal"]  # plain's, then coupling's
+    weighted = variant_config(cfg, "recipe+unlabelled+dynamic", teachers)
+    assert weighted["training"]["weighting"] == "dynamic" and weighted["training"]["steps_per_epoch"] == 750
+    assert resolve_config(weighted)["training"]["weighting"] == "dynamic"  # a config train_run accepts
 
 
 def test_coupling_tables_scores_each_table_against_the_coded_aus(tmp_path, capsys):
