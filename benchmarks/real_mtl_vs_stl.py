@@ -7,7 +7,8 @@ Trains, with one backbone and one budget:
       (every block shared, no distillation, no coupling), ``branch`` (blocks 1-3 shared, then a face group and an
       expression group; ``branch2``: blocks 1-2 shared), ``bam`` (the single-task models below distilled into it
       with teacher annealing; ``unlabelled``: bam whose teachers also answer for the rows their task has no label
-      on, ``distillation.anneal_unlabelled: 1``; ``unlabelled-expression``: only the expression teacher does),
+      on, ``distillation.anneal_unlabelled: 1``; ``unlabelled-expression``: only the expression teacher does;
+      ``unlabelled-no-au``: every teacher but the action units'),
       ``coupling`` (co-annotation and distribution matching between expression and AUs; ``coupling-estimated``: with
       the expression → AU table estimated from the training rows that carry both; ``coupling-light``: both at a
       tenth of the label weight, ``coannotation_weight`` and ``matching_weight`` 0.1), ``dynamic`` (Ming et al.'s
@@ -70,6 +71,8 @@ VARIANTS = {  # config overrides on top of the multi-task config; "bam" also nee
     "bam": {"distillation": {"anneal": True}},
     "unlabelled": {"distillation": {"anneal": True, "anneal_unlabelled": 1.0}},
     "unlabelled-expression": {"distillation": {"anneal": True, "anneal_unlabelled": {"expression": 1.0}}},
+    "unlabelled-no-au": {"distillation": {"anneal": True, "anneal_unlabelled": {
+        "age": 1.0, "gender": 1.0, "race": 1.0, "expression": 1.0}}},
     "branch2": {"model": {"branch_at": 2, "branches": GROUPS}},
     "coupling": {"coupling": {"coannotation": True, "distribution_matching": True}},
     "coupling-estimated": {"coupling": {"coannotation": True, "distribution_matching": True, "relations": [

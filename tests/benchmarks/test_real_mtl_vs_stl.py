@@ -111,6 +111,8 @@ def test_variants_for_teachers_on_unlabelled_rows_and_an_earlier_branch_point():
     assert coupled["coannotation"] and coupled["relations"][0]["table"] == "estimate"
     expression = variant_config(cfg, "plain+unlabelled-expression", teachers)["distillation"]
     assert expression["anneal_unlabelled"] == {"expression": 1.0} and expression["teachers"] == teachers
+    no_au = variant_config(cfg, "recipe+unlabelled-no-au", teachers)["distillation"]["anneal_unlabelled"]
+    assert set(no_au) == {"age", "gender", "race", "expression"}  # every teacher but the action units'
     early = variant_config(cfg, "branch2+bam", teachers)
     assert early["model"]["branch_at"] == 2 and early["model"]["branches"]["face"] == ["age", "gender", "race"]
     assert "anneal_unlabelled" not in early["distillation"] and cfg["model"]["branch_at"] == 3  # a copy
