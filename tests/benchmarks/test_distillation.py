@@ -12,7 +12,8 @@ def test_distillation_benchmark_synthetic_and_real(tmp_path, monkeypatch, capsys
     from benchmarks import distillation as bench
     monkeypatch.setattr(bench, "SYNTHETIC_MODEL", TINY_MODEL)
     four_tasks = bench.synthetic_base
-    monkeypatch.setattr(bench, "synthetic_base", lambda *a, **k: {**four_tasks(*a, **k), "tasks": ["gender", "expression"]})
+    two_tasks = lambda *a, **k: {**four_tasks(*a, **k), "tasks": ["gender", "expression"]}  # noqa: E731 (two teachers)
+    monkeypatch.setattr(bench, "synthetic_base", two_tasks)
     args = ["--settings", "synthetic", "--seeds", "0", "--rounds", "1", "--epochs-per-round", "1",
             "--synthetic-steps-per-epoch", "2", "--synthetic-faces", "48", "--synthetic-test-faces", "24",
             "--thresholds", "gender=0.5", "--trained-teachers", "--pseudo-weight", "0.8", "--soft",

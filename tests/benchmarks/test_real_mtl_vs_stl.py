@@ -101,7 +101,7 @@ def test_the_au_comparison_bootstraps_the_mean_f1():
     assert mtl == 1.0 and stl < 0.6 and delta == mtl - stl and 0 < ci < delta
 
 
-def test_variants_for_teachers_on_unlabelled_rows_and_an_earlier_branch_point():
+def test_variants_change_the_config_only_where_they_say():
     from benchmarks.real_mtl_vs_stl import variant_config
     cfg = yaml.safe_load((ROOT / "configs" / "real_mtl.yaml").read_text())
     teachers = {"age": "runs/a", "expression": "runs/e"}
