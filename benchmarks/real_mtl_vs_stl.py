@@ -8,7 +8,7 @@ Trains, with one backbone and one budget:
       expression group; ``branch2``: blocks 1-2 shared), ``bam`` (the single-task models below distilled into it
       with teacher annealing; ``unlabelled``: bam whose teachers also answer for the rows their task has no label
       on, ``distillation.anneal_unlabelled: 1``; ``unlabelled-expression``: only the expression teacher does;
-      ``unlabelled-no-au``: every teacher but the action units'),
+      ``unlabelled-no-au``: every teacher but the AU one does),
       ``coupling`` (co-annotation and distribution matching between expression and AUs; ``coupling-estimated``: with
       the expression → AU table estimated from the training rows that carry both; ``coupling-light``: both at a
       tenth of the label weight, ``coannotation_weight`` and ``matching_weight`` 0.1), ``dynamic`` (Ming et al.'s
