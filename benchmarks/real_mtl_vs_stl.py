@@ -80,6 +80,7 @@ VARIANTS = {  # config overrides on top of the multi-task config; "bam" also nee
     "coupling-light": {"coupling": {"coannotation": True, "distribution_matching": True, "coannotation_weight": 0.1,
                                     "matching_weight": 0.1}},
     "dynamic": {"training": {"weighting": "dynamic"}},
+    "fer-heavy": {"training": {"mixing": {"utkface-train": 0.35, "fer2013-Training": 0.55, "ckplus-train": 0.1}}},
 }
 SEEDS_FILE = "seeds_used_for_choosing.json"
 

@@ -123,6 +123,10 @@ def test_variants_change_the_config_only_where_they_say():
     weighted = variant_config(cfg, "recipe+unlabelled+dynamic", teachers)
     assert weighted["training"]["weighting"] == "dynamic" and weighted["training"]["steps_per_epoch"] == 750
     assert resolve_config(weighted)["training"]["weighting"] == "dynamic"  # a config train_run accepts
+    heavy = variant_config(cfg, "recipe+unlabelled+fer-heavy", teachers)["training"]
+    assert heavy["mixing"]["fer2013-Training"] == 0.55 and cfg["training"]["mixing"]["fer2013-Training"] == 0.45
+    assert sum(heavy["mixing"].values()) == pytest.approx(1.0)
+    assert set(heavy["mixing"]) == set(cfg["training"]["mixing"])  # the config's sources, shares moved to FER2013
 
 
 def test_coupling_tables_scores_each_table_against_the_coded_aus(tmp_path, capsys):
