@@ -152,10 +152,15 @@ def compare_models(stl_models: dict, mtl, eval_sources, image_size) -> list[dict
     return rows
 
 
-def format_rows(rows: list[dict]) -> str:
+def format_rows(rows: list[dict], ratio: bool = False) -> str:
+    """One line per row; ``ratio`` adds the delta in units of its half-width (what the choosing rule compares)."""
     header = ["task", "test set", "metric", "n", "single-task", "multi-task", "delta (MTL better > 0)", "verdict"]
     lines = [[r["task"], r["test_set"], r["metric"], str(r["n"]), f"{r['stl']:.4f}", f"{r['mtl']:.4f}",
               f"{r['delta']:+.4f} ± {r['ci95']:.4f}", r["verdict"]] for r in rows]
+    if ratio:
+        header.append("delta / half-width")
+        for line, r in zip(lines, rows):
+            line.append(f"{r['delta'] / r['ci95']:+.2f}" if r["ci95"] else "-")
     return text_table(header, lines)
 
 
