@@ -7,13 +7,16 @@ Trains, with one backbone and one budget:
       (every block shared, no distillation, no coupling), ``branch`` (blocks 1-3 shared, then a face group and an
       expression group; ``branch2``: blocks 1-2 shared), ``bam`` (the single-task models below distilled into it
       with teacher annealing; ``unlabelled``: bam whose teachers also answer for the rows their task has no label
-      on, ``distillation.anneal_unlabelled: 1``; ``unlabelled-expression``: only the expression teacher does;
-      ``unlabelled-no-au``: every teacher but the AU one does),
+      on, ``distillation.anneal_unlabelled: 1``, the config's default since 2026-12-05; ``labelled-only``: they
+      are heard only where their task is labelled, the recipe before; ``unlabelled-expression``: only the
+      expression teacher does; ``unlabelled-no-au``: every teacher but the AU one does),
       ``coupling`` (co-annotation and distribution matching between expression and AUs; ``coupling-estimated``: with
       the expression → AU table estimated from the training rows that carry both; ``coupling-light``: both at a
       tenth of the label weight, ``coannotation_weight`` and ``matching_weight`` 0.1), ``dynamic`` (Ming et al.'s
-      task weights instead of equal ones; the single-task models have one task to weigh), or combinations such as
-      ``branch+bam``; each changes the config only where it says (``coupling`` alone is the config with coupling);
+      task weights instead of equal ones; the single-task models have one task to weigh), ``fer-heavy`` (mixing
+      shares 0.35 / 0.55 / 0.10 for UTKFace / FER2013 / CK+ instead of 0.45 / 0.45 / 0.10), or combinations such
+      as ``branch+bam``; each changes the config only where it says (``coupling`` alone is the config with
+      coupling; ``plain+bam`` inherits the config's ``anneal_unlabelled``);
   (b) one single-task model per task, on only the sources that label it.
 
 **Equal budgets.** (a) runs S optimizer steps of batch B; in every step each task gets on average B x (the mixing
@@ -65,7 +68,8 @@ DEV_SEEDS, REPORT_SEEDS = (0,), (100, 101, 102)
 GROUPS = {"face": ["age", "gender", "race"], "expression": ["expression", "action_units"]}
 VARIANTS = {  # config overrides on top of the multi-task config; "bam" also needs this seed's single-task runs
     "recipe": {},
-    "plain": {"model": {"branch_at": None, "branches": None}, "distillation": {"anneal": False, "teachers": None},
+    "plain": {"model": {"branch_at": None, "branches": None},
+              "distillation": {"anneal": False, "teachers": None, "anneal_unlabelled": 0.0},
               "coupling": {"coannotation": False, "distribution_matching": False}},
     "branch": {"model": {"branch_at": 3, "branches": GROUPS}},
     "bam": {"distillation": {"anneal": True}},
@@ -73,6 +77,7 @@ VARIANTS = {  # config overrides on top of the multi-task config; "bam" also nee
     "unlabelled-expression": {"distillation": {"anneal": True, "anneal_unlabelled": {"expression": 1.0}}},
     "unlabelled-no-au": {"distillation": {"anneal": True, "anneal_unlabelled": {
         "age": 1.0, "gender": 1.0, "race": 1.0, "expression": 1.0}}},
+    "labelled-only": {"distillation": {"anneal_unlabelled": 0.0}},
     "branch2": {"model": {"branch_at": 2, "branches": GROUPS}},
     "coupling": {"coupling": {"coannotation": True, "distribution_matching": True}},
     "coupling-estimated": {"coupling": {"coannotation": True, "distribution_matching": True, "relations": [

@@ -115,7 +115,12 @@ def test_variants_change_the_config_only_where_they_say():
     assert set(no_au) == {"age", "gender", "race", "expression"}  # every teacher but the action units'
     early = variant_config(cfg, "branch2+bam", teachers)
     assert early["model"]["branch_at"] == 2 and early["model"]["branches"]["face"] == ["age", "gender", "race"]
-    assert "anneal_unlabelled" not in early["distillation"] and cfg["model"]["branch_at"] == 3  # a copy
+    assert early["distillation"]["anneal_unlabelled"] == 1.0 and cfg["model"]["branch_at"] == 3  # a copy
+    before = variant_config(cfg, "recipe+labelled-only", teachers)["distillation"]  # the recipe before 2026-12-05
+    assert before["anneal"] and before["anneal_unlabelled"] == 0.0 and before["teachers"] == teachers
+    plain = variant_config(cfg, "plain", teachers)
+    assert plain["distillation"]["anneal_unlabelled"] == 0.0
+    assert resolve_config(plain)["distillation"]["anneal"] is False  # accepted: no unlabelled rows without teachers
     light = variant_config(cfg, "plain+coupling-light", teachers)
     assert light["coupling"]["coannotation"] and light["coupling"]["distribution_matching"]
     assert (light["coupling"]["coannotation_weight"], light["coupling"]["matching_weight"]) == (0.1, 0.1)
