@@ -64,7 +64,7 @@ def main(argv=None):
         print(message)
         return 0
     cfg = with_data_root(load_config(args.config), args.data)
-    for folder in [*args.multi_task]:
+    for folder in args.multi_task:
         if not (folder / "model.keras").is_file():
             raise SystemExit(f"--multi-task: {folder} holds no model.keras (a finished run was expected)")
     mtl_models = {folder: load_model(folder / "model.keras") for folder in args.multi_task}

@@ -16,7 +16,7 @@ Trains, with one backbone and one budget:
       task weights instead of equal ones; the single-task models have one task to weigh), ``fer-heavy`` (mixing
       shares 0.35 / 0.55 / 0.10 for UTKFace / FER2013 / CK+ instead of 0.45 / 0.45 / 0.10), or combinations such
       as ``branch+bam``; each changes the config only where it says (``coupling`` alone is the config with
-      coupling; ``plain+bam`` inherits the config's ``anneal_unlabelled``);
+      coupling; ``branch+bam`` keeps the config's ``anneal_unlabelled``, ``plain+bam`` plain's 0);
   (b) one single-task model per task, on only the sources that label it.
 
 **Equal budgets.** (a) runs S optimizer steps of batch B; in every step each task gets on average B x (the mixing
