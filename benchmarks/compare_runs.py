@@ -15,14 +15,13 @@ the benchmark's write-up: the smallest delta / half-width over the rows of at le
 """
 
 import argparse
-import math
 import os
 import sys
 import warnings
 from pathlib import Path
 
 from benchmarks.common import ROOT, missing_real_data, with_data_root
-from benchmarks.real_mtl_vs_stl import compare_models, format_rows, protocol_eval_specs
+from benchmarks.real_mtl_vs_stl import compare_models, format_rows, in_half_widths, protocol_eval_specs
 from kfacemtl.models import load_model, model_tasks
 from kfacemtl.training import build_sources
 from kfacemtl.training.config import load_config
@@ -39,8 +38,8 @@ def rule_value(rows: list[dict], min_faces: int) -> tuple[float, str]:
         >>> round(value, 2), where
         (-0.71, 'expression b')
     """
-    scored = [(r["delta"] / r["ci95"], f"{r['task']} {r['test_set']}") for r in rows
-              if r["n"] >= min_faces and r["ci95"] and not math.isnan(r["ci95"])]
+    scored = [(in_half_widths(r), f"{r['task']} {r['test_set']}") for r in rows
+              if r["n"] >= min_faces and in_half_widths(r) is not None]
     if not scored:
         raise SystemExit(f"--rule-min-faces {min_faces}: no row has that many faces")
     return min(scored)
@@ -74,14 +73,14 @@ def main(argv=None):
         raise SystemExit(f"--single-task: {args.single_task} has no {missing[0]}/model.keras (one run per task of "
                          f"the multi-task models was expected: {sorted(needed)})")
     stl_models = {t: load_model(args.single_task / t / "model.keras") for t in sorted(needed)}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # UTKFace's one malformed file name
-        eval_sources = build_sources(protocol_eval_specs(cfg, args.protocol), "eval_sources")
     image_size = tuple(cfg["model"]["input_shape"][:2])
-    for name, model in [*mtl_models.items(), *stl_models.items()]:
+    for name, model in [*mtl_models.items(), *stl_models.items()]:  # before the sources are read
         if tuple(model.input_shape[1:3]) != image_size:
             raise SystemExit(f"{name}: the model takes {model.input_shape[1:3]} images, the config "
                              f"({args.config}) model.input_shape {image_size}; score runs of that config")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # UTKFace's one malformed file name
+        eval_sources = build_sources(protocol_eval_specs(cfg, args.protocol), "eval_sources")
     for folder, model in mtl_models.items():
         rows = compare_models(stl_models, model, eval_sources, image_size)
         value, where = rule_value(rows, args.rule_min_faces)

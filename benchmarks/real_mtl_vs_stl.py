@@ -157,6 +157,12 @@ def compare_models(stl_models: dict, mtl, eval_sources, image_size) -> list[dict
     return rows
 
 
+def in_half_widths(row: dict) -> float | None:
+    """A row's delta in units of its 95 % half-width (what the choosing rule compares); None without an interval."""
+    ci = row["ci95"]
+    return None if not ci or math.isnan(ci) else row["delta"] / ci
+
+
 def format_rows(rows: list[dict], ratio: bool = False) -> str:
     """One line per row; ``ratio`` adds the delta in units of its half-width (what the choosing rule compares)."""
     header = ["task", "test set", "metric", "n", "single-task", "multi-task", "delta (MTL better > 0)", "verdict"]
@@ -165,7 +171,7 @@ def format_rows(rows: list[dict], ratio: bool = False) -> str:
     if ratio:
         header.append("delta / half-width")
         for line, r in zip(lines, rows):
-            line.append(f"{r['delta'] / r['ci95']:+.2f}" if r["ci95"] else "-")
+            line.append("-" if in_half_widths(r) is None else f"{in_half_widths(r):+.2f}")
     return text_table(header, lines)
 
 

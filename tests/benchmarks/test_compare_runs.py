@@ -55,7 +55,8 @@ def test_the_rule_skips_small_sets_and_undefined_intervals():
     import doctest
 
     from benchmarks import compare_runs
-    assert doctest.testmod(compare_runs).attempted > 0 and doctest.testmod(compare_runs).failed == 0
+    result = doctest.testmod(compare_runs)
+    assert result.attempted > 0 and result.failed == 0
     rows = [{"task": "age", "test_set": "a", "n": 5000, "delta": 0.0, "ci95": float("nan")},
             {"task": "gender", "test_set": "a", "n": 5000, "delta": 0.01, "ci95": 0.02}]
     assert compare_runs.rule_value(rows, 1000) == (0.5, "gender a")
