@@ -8,7 +8,11 @@ the benchmark's write-up: the smallest delta / half-width over the rows of at le
 (the most-behind task in units of its interval; the larger, the better the variant).
 
     python -m benchmarks.compare_runs --single-task runs/real_mtl/teachers --multi-task runs/real_mtl runs/other \\
-        [--protocol val] [--config configs/real_mtl.yaml]
+        [--protocol val] [--config configs/real_mtl.yaml] [--bn-stats-from fer2013-Training utkface-train]
+
+``--bn-stats-from`` is a diagnostic: each multi-task model is scored again with its BatchNorm statistics recomputed on
+the named training source's faces alone (AdaBN, Li et al. 2016), to see whether a gap lies in the statistics the
+domains share (a single-task model's are its own domain's).
 
 ``--protocol val`` (the default) scores the validation parts of the config's training sources; ``test`` its
 ``eval_sources``. A benchmark measures and prints; it asserts nothing.
@@ -20,8 +24,11 @@ import sys
 import warnings
 from pathlib import Path
 
+import keras
+
 from benchmarks.common import ROOT, missing_real_data, with_data_root
 from benchmarks.real_mtl_vs_stl import compare_models, format_rows, in_half_widths, protocol_eval_specs
+from kfacemtl.data import make_dataset
 from kfacemtl.models import load_model, model_tasks
 from kfacemtl.training import build_sources
 from kfacemtl.training.config import load_config
@@ -45,6 +52,42 @@ def rule_value(rows: list[dict], min_faces: int) -> tuple[float, str]:
     return min(scored)
 
 
+def batchnorm_layers(layer):
+    """Every BatchNormalization layer in ``layer``, nested models included."""
+    if isinstance(layer, keras.layers.BatchNormalization):
+        yield layer
+    for inner in getattr(layer, "layers", ()):
+        yield from batchnorm_layers(inner)
+
+
+def recompute_batchnorm(model, batches) -> int:
+    """Set ``model``'s BatchNorm moving statistics to the mean of their batch statistics over ``batches`` (images);
+    the weights are untouched. Returns how many batches were seen.
+
+    Example:
+        >>> import numpy as np
+        >>> model = keras.Sequential([keras.Input((2,)), keras.layers.BatchNormalization()])
+        >>> recompute_batchnorm(model, [np.array([[1., 10.], [3., 10.]]), np.array([[5., 20.], [7., 20.]])])
+        2
+        >>> model.layers[0].moving_mean.numpy().tolist()
+        [4.0, 15.0]
+    """
+    layers = list(batchnorm_layers(model))
+    if not layers:
+        raise SystemExit(f"{model.name}: no BatchNormalization layer to recompute")
+    momenta = [layer.momentum for layer in layers]
+    seen = 0
+    try:
+        for seen, images in enumerate(batches, 1):
+            for layer in layers:
+                layer.momentum = 1.0 - 1.0 / seen  # the n-th batch weighs 1/n: a running mean
+            model(images, training=True)
+    finally:
+        for layer, momentum in zip(layers, momenta):
+            layer.momentum = momentum
+    return seen
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--single-task", required=True, type=Path,
@@ -57,6 +100,9 @@ def main(argv=None):
                     help="the folder holding the real sets (default ../shared/data)")
     ap.add_argument("--rule-min-faces", type=int, default=1000,
                     help="rows with fewer faces are shown but do not count for the rule (default 1000)")
+    ap.add_argument("--bn-stats-from", nargs="+", default=[], metavar="SOURCE",
+                    help="also score each multi-task model with its BatchNorm statistics recomputed on this training "
+                         "source's faces (e.g. fer2013-Training)")
     args = ap.parse_args(argv)
 
     if message := missing_real_data(Path(args.data), needs_ckplus=True):
@@ -81,14 +127,31 @@ def main(argv=None):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # UTKFace's one malformed file name
         eval_sources = build_sources(protocol_eval_specs(cfg, args.protocol), "eval_sources")
+        train_sources = build_sources([s if isinstance(s, str) else s["spec"] for s in cfg["sources"]],
+                                      "sources") if args.bn_stats_from else []
+    by_name = {s.name: s for s in train_sources}
+    unknown = [n for n in args.bn_stats_from if n not in by_name]
+    if unknown:
+        raise SystemExit(f"--bn-stats-from: no training source {unknown[0]!r}; the config's are {sorted(by_name)}")
     for folder, model in mtl_models.items():
-        rows = compare_models(stl_models, model, eval_sources, image_size)
-        value, where = rule_value(rows, args.rule_min_faces)
-        print(f"-- {folder} against the single-task runs of {args.single_task} ({args.protocol})")
-        print(format_rows(rows, ratio=True))
-        print(f"rule (smallest delta / half-width over rows of >= {args.rule_min_faces} faces): {value:+.2f} "
-              f"({where})\n")
+        score(model, stl_models, eval_sources, image_size, args, str(folder))
+        for name in args.bn_stats_from:
+            adapted = load_model(folder / "model.keras")
+            images = make_dataset([by_name[name]], model_tasks(adapted), batch_size=256, image_size=image_size,
+                                  training=False).map(lambda x, y, w: x)
+            n = recompute_batchnorm(adapted, images)
+            score(adapted, stl_models, eval_sources, image_size, args,
+                  f"{folder}, BatchNorm statistics from {name} ({n} batches)")
     return 0
+
+
+def score(model, stl_models, eval_sources, image_size, args, title: str):
+    """Print one multi-task model's rows against the single-task models, and the rule's value."""
+    rows = compare_models(stl_models, model, eval_sources, image_size)
+    value, where = rule_value(rows, args.rule_min_faces)
+    print(f"-- {title} against the single-task runs of {args.single_task} ({args.protocol})")
+    print(format_rows(rows, ratio=True))
+    print(f"rule (smallest delta / half-width over rows of >= {args.rule_min_faces} faces): {value:+.2f} ({where})\n")
 
 
 if __name__ == "__main__":

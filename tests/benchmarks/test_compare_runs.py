@@ -60,3 +60,17 @@ def test_the_rule_skips_small_sets_and_undefined_intervals():
     rows = [{"task": "age", "test_set": "a", "n": 5000, "delta": 0.0, "ci95": float("nan")},
             {"task": "gender", "test_set": "a", "n": 5000, "delta": 0.01, "ci95": 0.02}]
     assert compare_runs.rule_value(rows, 1000) == (0.5, "gender a")
+
+
+def test_batchnorm_statistics_from_one_training_source(runs, capsys):
+    from benchmarks import compare_runs
+    args = ["--data", str(runs / "data"), "--config", str(runs / "tiny.yaml"), "--single-task", str(runs / "teachers"),
+            "--multi-task", str(runs / "student"), "--rule-min-faces", "3"]
+    assert compare_runs.main(args + ["--bn-stats-from", "fer2013-Training"]) == 0
+    out = capsys.readouterr().out
+    as_trained, adapted = out.split("BatchNorm statistics from fer2013-Training (")
+    assert "-- " in as_trained and "rule (" in adapted and "batches) against the single-task runs" in adapted
+    # the student's predictions change with its statistics: the two tables differ
+    assert as_trained.split("\n", 1)[1].split("rule")[0] != adapted.split("\n", 1)[1].split("rule")[0]
+    with pytest.raises(SystemExit, match=r"--bn-stats-from: no training source 'lfw'"):
+        compare_runs.main(args + ["--bn-stats-from", "lfw"])
