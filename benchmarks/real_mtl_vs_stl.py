@@ -14,7 +14,8 @@ Trains, with one backbone and one budget:
       the expression → AU table estimated from the training rows that carry both; ``coupling-light``: both at a
       tenth of the label weight, ``coannotation_weight`` and ``matching_weight`` 0.1), ``dynamic`` (Ming et al.'s
       task weights instead of equal ones; the single-task models have one task to weigh), ``fer-heavy`` (mixing
-      shares 0.35 / 0.55 / 0.10 for UTKFace / FER2013 / CK+ instead of 0.45 / 0.45 / 0.10), or combinations such
+      shares 0.35 / 0.55 / 0.10 for UTKFace / FER2013 / CK+ instead of 0.45 / 0.45 / 0.10), ``fer-weight`` (the
+      expression loss weighed 2, the other tasks' 1: ``training.loss_weights``), or combinations such
       as ``branch+bam``; each changes the config only where it says (``coupling`` alone is the config with
       coupling; ``branch+bam`` keeps the config's ``anneal_unlabelled``, ``plain+bam`` plain's 0);
   (b) one single-task model per task, on only the sources that label it.
@@ -86,6 +87,7 @@ VARIANTS = {  # config overrides on top of the multi-task config; "bam" also nee
                                     "matching_weight": 0.1}},
     "dynamic": {"training": {"weighting": "dynamic"}},
     "fer-heavy": {"training": {"mixing": {"utkface-train": 0.35, "fer2013-Training": 0.55, "ckplus-train": 0.1}}},
+    "fer-weight": {"training": {"loss_weights": {"expression": 2.0}}},
 }
 SEEDS_FILE = "seeds_used_for_choosing.json"
 

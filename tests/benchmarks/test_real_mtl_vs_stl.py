@@ -132,6 +132,8 @@ def test_variants_change_the_config_only_where_they_say():
     assert heavy["mixing"]["fer2013-Training"] == 0.55 and cfg["training"]["mixing"]["fer2013-Training"] == 0.45
     assert sum(heavy["mixing"].values()) == pytest.approx(1.0)
     assert set(heavy["mixing"]) == set(cfg["training"]["mixing"])  # the config's sources, shares moved to FER2013
+    weighed = resolve_config(variant_config(cfg, "recipe+fer-weight", teachers))["training"]
+    assert weighed["loss_weights"] == {"expression": 2.0} and weighed["weighting"] == "equal"  # static, accepted
 
 
 def test_coupling_tables_scores_each_table_against_the_coded_aus(tmp_path, capsys):
