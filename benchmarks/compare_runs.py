@@ -27,7 +27,8 @@ from pathlib import Path
 import keras
 
 from benchmarks.common import ROOT, missing_real_data, with_data_root
-from benchmarks.real_mtl_vs_stl import compare_models, format_rows, in_half_widths, protocol_eval_specs
+from benchmarks.real_mtl_vs_stl import (compare_models, format_rows, in_half_widths, protocol_eval_specs,
+                                         stl_predictions)
 from kfacemtl.data import make_dataset
 from kfacemtl.models import load_model, model_tasks
 from kfacemtl.training import build_sources
@@ -45,8 +46,8 @@ def rule_value(rows: list[dict], min_faces: int) -> tuple[float, str]:
         >>> round(value, 2), where
         (-0.71, 'expression b')
     """
-    scored = [(in_half_widths(r), f"{r['task']} {r['test_set']}") for r in rows
-              if r["n"] >= min_faces and in_half_widths(r) is not None]
+    scored = [(ratio, f"{r['task']} {r['test_set']}") for r in rows
+              if r["n"] >= min_faces and (ratio := in_half_widths(r)) is not None]
     if not scored:
         raise SystemExit(f"--rule-min-faces {min_faces}: no row has that many faces")
     return min(scored)
@@ -127,27 +128,26 @@ def main(argv=None):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # UTKFace's one malformed file name
         eval_sources = build_sources(protocol_eval_specs(cfg, args.protocol), "eval_sources")
-        train_sources = build_sources([s if isinstance(s, str) else s["spec"] for s in cfg["sources"]],
-                                      "sources") if args.bn_stats_from else []
+        train_sources = build_sources(cfg["sources"], "sources") if args.bn_stats_from else []
     by_name = {s.name: s for s in train_sources}
     unknown = [n for n in args.bn_stats_from if n not in by_name]
     if unknown:
         raise SystemExit(f"--bn-stats-from: no training source {unknown[0]!r}; the config's are {sorted(by_name)}")
+    stl_preds = stl_predictions(stl_models, eval_sources, image_size)
     for folder, model in mtl_models.items():
-        score(model, stl_models, eval_sources, image_size, args, str(folder))
-        for name in args.bn_stats_from:
-            adapted = load_model(folder / "model.keras")
-            images = make_dataset([by_name[name]], model_tasks(adapted), batch_size=256, image_size=image_size,
+        score(model, stl_preds, eval_sources, image_size, args, str(folder))
+        for name in args.bn_stats_from:  # the first batch replaces the statistics: no model reloaded between sources
+            images = make_dataset([by_name[name]], model_tasks(model), batch_size=256, image_size=image_size,
                                   training=False).map(lambda x, y, w: x)
-            n = recompute_batchnorm(adapted, images)
-            score(adapted, stl_models, eval_sources, image_size, args,
+            n = recompute_batchnorm(model, images)
+            score(model, stl_preds, eval_sources, image_size, args,
                   f"{folder}, BatchNorm statistics from {name} ({n} batches)")
     return 0
 
 
-def score(model, stl_models, eval_sources, image_size, args, title: str):
-    """Print one multi-task model's rows against the single-task models, and the rule's value."""
-    rows = compare_models(stl_models, model, eval_sources, image_size)
+def score(model, stl_preds, eval_sources, image_size, args, title: str):
+    """Print one multi-task model's rows against the single-task models' predictions, and the rule's value."""
+    rows = compare_models(stl_preds, model, eval_sources, image_size)
     value, where = rule_value(rows, args.rule_min_faces)
     print(f"-- {title} against the single-task runs of {args.single_task} ({args.protocol})")
     print(format_rows(rows, ratio=True))

@@ -134,11 +134,17 @@ def mean_f1_delta(task, y, p_stl, p_mtl, draws: int = 1000) -> tuple[float, floa
     return stl, mtl, mtl - stl, float(1.96 * np.nanstd(boot))
 
 
-def compare_models(stl_models: dict, mtl, eval_sources, image_size) -> list[dict]:
-    """Rows of (task, test set): the single-task model of the task against ``mtl``, face by face."""
+def stl_predictions(stl_models: dict, eval_sources, image_size) -> dict:
+    """``{task: {set: (labels, predictions)}}`` of each single-task model, computed once for every multi-task model
+    compared with them."""
+    return {t: {s.name: predictions(m, s, image_size) for s in eval_sources} for t, m in stl_models.items()}
+
+
+def compare_models(stl_preds: dict, mtl, eval_sources, image_size) -> list[dict]:
+    """Rows of (task, test set): the single-task model of the task (its :func:`stl_predictions`) against ``mtl``,
+    face by face."""
     rows = []
     preds = {s.name: predictions(mtl, s, image_size) for s in eval_sources}
-    stl_preds = {t: {s.name: predictions(m, s, image_size) for s in eval_sources} for t, m in stl_models.items()}
     for task in model_tasks(mtl):
         for src in eval_sources:
             if task.name not in preds[src.name]:
@@ -173,7 +179,8 @@ def format_rows(rows: list[dict], ratio: bool = False) -> str:
     if ratio:
         header.append("delta / half-width")
         for line, r in zip(lines, rows):
-            line.append("-" if in_half_widths(r) is None else f"{in_half_widths(r):+.2f}")
+            ratio_ = in_half_widths(r)
+            line.append("-" if ratio_ is None else f"{ratio_:+.2f}")
     return text_table(header, lines)
 
 
@@ -188,6 +195,7 @@ def run_seed(cfg: dict, sources, eval_sources, variants, out: Path) -> tuple[dic
         folders[task] = out / f"single-task_{task}"
         seconds[f"single-task {task}"] = _train(stl_cfg, folders[task])
         stl_models[task] = load_model(folders[task] / "model.keras")
+    stl_preds = stl_predictions(stl_models, eval_sources, image_size)
     rows, lines = {}, [f"seed {cfg['training']['seed']}: run, steps, batch, training seconds"]
     for name, stl_cfg in stl_cfgs.items():
         lines.append(f"  single-task {name:<14} {steps:>6} {stl_cfg['training']['batch_size']:>4} "
@@ -197,7 +205,7 @@ def run_seed(cfg: dict, sources, eval_sources, variants, out: Path) -> tuple[dic
         folder = out / f"multi-task_{variant.replace('+', '_')}"
         own = _train(mtl_cfg, folder)
         teachers = sum(seconds[f"single-task {t}"] for t in (mtl_cfg["distillation"].get("teachers") or {}))
-        rows[variant] = compare_models(stl_models, load_model(folder / "model.keras"), eval_sources, image_size)
+        rows[variant] = compare_models(stl_preds, load_model(folder / "model.keras"), eval_sources, image_size)
         lines.append(f"  multi-task {variant:<15} {steps:>6} {cfg['training']['batch_size']:>4} {own:>8.0f}"
                      + (f"  + teachers {teachers:.0f} = {own + teachers:.0f}" if teachers else ""))
     return rows, lines
