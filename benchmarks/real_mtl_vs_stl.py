@@ -2,22 +2,23 @@
 
 Trains, with one backbone and one budget:
 
-  (a) the multi-task model of ``configs/real_mtl.yaml`` (age, gender and race from UTKFace, expression from FER2013
-      and CK+, 14 action units from CK+), once per ``--variants`` entry: ``recipe`` (the config as it is), ``plain``
-      (every block shared, no distillation, no coupling), ``branch`` (blocks 1-3 shared, then a face group and an
-      expression group; ``branch2``: blocks 1-2 shared), ``bam`` (the single-task models below distilled into it
-      with teacher annealing; ``unlabelled``: bam whose teachers also answer for the rows their task has no label
-      on, ``distillation.anneal_unlabelled: 1``, the config's default since 2026-12-05; ``labelled-only``: they
-      are heard only where their task is labelled, the recipe before; ``unlabelled-expression``: only the
-      expression teacher does; ``unlabelled-no-au``: every teacher but the AU one does),
-      ``coupling`` (co-annotation and distribution matching between expression and AUs; ``coupling-estimated``: with
-      the expression → AU table estimated from the training rows that carry both; ``coupling-light``: both at a
-      tenth of the label weight, ``coannotation_weight`` and ``matching_weight`` 0.1), ``dynamic`` (Ming et al.'s
-      task weights instead of equal ones; the single-task models have one task to weigh), ``fer-heavy`` (mixing
-      shares 0.35 / 0.55 / 0.10 for UTKFace / FER2013 / CK+ instead of 0.45 / 0.45 / 0.10), ``fer-weight`` (the
-      expression loss weighed 2, the other tasks' 1: ``training.loss_weights``), or combinations such
-      as ``branch+bam``; each changes the config only where it says (``coupling`` alone is the config with
-      coupling; ``branch+bam`` keeps the config's ``anneal_unlabelled``, ``plain+bam`` plain's 0);
+  (a) the multi-task model of ``configs/real_mtl.yaml`` (age, gender and race from UTKFace, expression from FER2013 and
+      CK+, 14 action units from CK+), once per ``--variants`` entry: ``recipe`` (the config as it is), ``plain`` (every
+      block shared, no distillation, no coupling, every loss weighed 1), ``branch`` (blocks 1-3 shared, then a face
+      group and an expression group; ``branch2``: blocks 1-2 shared), ``bam`` (the single-task models below distilled
+      into it with teacher annealing; ``unlabelled``: bam whose teachers also answer for the rows their task has no
+      label on, ``distillation.anneal_unlabelled: 1``, the config's default since 2026-12-05; ``labelled-only``: they
+      are heard only where their task is labelled, the recipe before; ``unlabelled-expression``: only the expression
+      teacher does; ``unlabelled-no-au``: every teacher but the AU one does), ``coupling`` (co-annotation and
+      distribution matching between expression and AUs; ``coupling-estimated``: with the expression → AU table estimated
+      from the training rows that carry both; ``coupling-light``: both at a tenth of the label weight,
+      ``coannotation_weight`` and ``matching_weight`` 0.1), ``dynamic`` (Ming et al.'s task weights instead of equal
+      ones; the single-task models have one task to weigh), ``fer-heavy`` (mixing shares 0.35 / 0.55 / 0.10 for UTKFace
+      / FER2013 / CK+ instead of 0.45 / 0.45 / 0.10), ``fer-weight`` (the expression loss weighed 2, the other tasks' 1:
+      ``training.loss_weights``, the config's own since 2026-12-06; ``equal-weights``: every task's loss weighed 1, the
+      recipe before), or combinations such as ``branch+bam``; each changes the config only where it says (``coupling``
+      alone is the config with coupling; ``branch+bam`` keeps the config's ``anneal_unlabelled``, ``plain+bam`` plain's
+      0);
   (b) one single-task model per task, on only the sources that label it.
 
 **Equal budgets.** (a) runs S optimizer steps of batch B; in every step each task gets on average B x (the mixing
@@ -71,7 +72,8 @@ VARIANTS = {  # config overrides on top of the multi-task config; "bam" also nee
     "recipe": {},
     "plain": {"model": {"branch_at": None, "branches": None},
               "distillation": {"anneal": False, "teachers": None, "anneal_unlabelled": 0.0},
-              "coupling": {"coannotation": False, "distribution_matching": False}},
+              "coupling": {"coannotation": False, "distribution_matching": False},
+              "training": {"loss_weights": None}},
     "branch": {"model": {"branch_at": 3, "branches": GROUPS}},
     "bam": {"distillation": {"anneal": True}},
     "unlabelled": {"distillation": {"anneal": True, "anneal_unlabelled": 1.0}},
@@ -85,9 +87,10 @@ VARIANTS = {  # config overrides on top of the multi-task config; "bam" also nee
         {"source": "expression", "target": "action_units", "table": "estimate"}]}},
     "coupling-light": {"coupling": {"coannotation": True, "distribution_matching": True, "coannotation_weight": 0.1,
                                     "matching_weight": 0.1}},
-    "dynamic": {"training": {"weighting": "dynamic"}},
+    "dynamic": {"training": {"weighting": "dynamic", "loss_weights": None}},  # learned weights instead of static ones
     "fer-heavy": {"training": {"mixing": {"utkface-train": 0.35, "fer2013-Training": 0.55, "ckplus-train": 0.1}}},
-    "fer-weight": {"training": {"loss_weights": {"expression": 2.0}}},
+    "fer-weight": {"training": {"loss_weights": {"expression": 2.0}}},  # the recipe's own since its 9,000-step report
+    "equal-weights": {"training": {"loss_weights": None}},  # every task's loss weighed 1: the recipe before it
 }
 SEEDS_FILE = "seeds_used_for_choosing.json"
 

@@ -34,10 +34,13 @@ def single_task_configs(cfg: dict, sources: Sequence[Source]) -> dict:
         >>> from kfacemtl.training.config import resolve_config
         >>> from kfacemtl.training.run import build_sources
         >>> cfg = resolve_config({"tasks": ["age", "expression"], "sources": ["synthetic:portraits?n=8",
-        ...                       "synthetic:lab?n=8"], "training": {"mixing": {"portraits-train": 3, "lab-train": 1}}})
+        ...                       "synthetic:lab?n=8"], "training": {"mixing": {"portraits-train": 3, "lab-train": 1},
+        ...                                                          "loss_weights": {"expression": 2.0}}})
         >>> age, expression = single_task_configs(cfg, build_sources(cfg["sources"])).values()
         >>> age["sources"], age["training"]["batch_size"], expression["training"]["batch_size"]
         (['synthetic:portraits?n=8'], 48, 16)
+        >>> expression["training"]["loss_weights"] is None  # one task: its loss is not weighed
+        True
     """
     tasks = cfg["tasks"]
     share = mixing_weights(sources, cfg["training"]["mixing"])
@@ -52,9 +55,7 @@ def single_task_configs(cfg: dict, sources: Sequence[Source]) -> dict:
         single["training"]["batch_size"] = max(1, int(round(cfg["training"]["batch_size"] * share[keep].sum())))
         single["training"]["mixing"] = ({sources[i].name: float(share[i]) for i in keep} if len(keep) > 1
                                         else "proportional")
-        if single["training"].get("loss_weights"):
-            single["training"]["loss_weights"] = {k: v for k, v in single["training"]["loss_weights"].items()
-                                                  if k == name}
+        single["training"]["loss_weights"] = None  # one task: nothing to weigh it against
         if single.get("distillation", {}).get("anneal"):  # a single-task model is a teacher, not a student
             single["distillation"] = {**single["distillation"], "anneal": False, "teachers": None,
                                      "anneal_unlabelled": 0.0}

@@ -128,6 +128,10 @@ def test_variants_change_the_config_only_where_they_say():
     weighted = variant_config(cfg, "recipe+unlabelled+dynamic", teachers)
     assert weighted["training"]["weighting"] == "dynamic" and weighted["training"]["steps_per_epoch"] == 750
     assert resolve_config(weighted)["training"]["weighting"] == "dynamic"  # a config train_run accepts
+    assert weighted["training"]["loss_weights"] is None  # the recipe's static weights give way to learned ones
+    assert variant_config(cfg, "recipe", teachers)["training"]["loss_weights"] == {"expression": 2.0}
+    for equal in ("recipe+equal-weights", "plain"):  # the recipe before the weight; plain multi-task
+        assert resolve_config(variant_config(cfg, equal, teachers))["training"]["loss_weights"] is None
     heavy = variant_config(cfg, "recipe+unlabelled+fer-heavy", teachers)["training"]
     assert heavy["mixing"]["fer2013-Training"] == 0.55 and cfg["training"]["mixing"]["fer2013-Training"] == 0.45
     assert sum(heavy["mixing"].values()) == pytest.approx(1.0)
