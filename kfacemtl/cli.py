@@ -63,7 +63,7 @@ def _cmd_evaluate(args):
                             "config.yaml; name the sets to evaluate with --source")
     sources = build_sources(specs, where)
     # one pass over each set's images; the table, the reliability diagrams and the groups all read it
-    predicted = {s.name: labelled_predictions(model, s, tasks, args.batch_size) for s in sources}
+    predicted = {s.name: labelled_predictions(model, s, tasks, args.batch_size, tta=args.tta) for s in sources}
     results = evaluate_sources(model, sources, tasks, batch_size=args.batch_size, predicted=predicted)
     print(format_table(results, tasks))
     from kfacemtl.analysis.calibration import ece_table, plot_source_reliability
@@ -306,6 +306,7 @@ TF_CONFIG='{...}' kfacemtl train exp.yaml --out runs/exp --strategy multi_worker
                     """
 kfacemtl evaluate runs/real_mtl                  # a run directory: the test sets of its config (eval_sources)
 kfacemtl evaluate runs/real_mtl --by gender,race # every metric per gender and per race, and the worst-group gaps
+kfacemtl evaluate runs/real_mtl --tta flip       # each answer averaged over the face and its mirror
 kfacemtl evaluate runs/demo --source 'synthetic:street?split=test&n=1000'
 kfacemtl evaluate runs/real_mtl/model.keras --source 'utkface:../shared/data/utkface/UTKFace?split=test' \\
     --source 'csv:../shared/data/lfw_expressions/labels.csv?domain=lfw' --json results.json
@@ -317,6 +318,9 @@ kfacemtl evaluate runs/real_mtl/model.keras --source 'utkface:../shared/data/utk
                         "(default: a run directory's eval_sources)")
     p.add_argument("--json", help="also write {source: {task: {metric: value, n: count}}} here")
     p.add_argument("--batch-size", type=int, default=128, help="images per prediction batch")
+    p.add_argument("--tta", choices=["none", "flip", "six"], default="none",
+                   help="test-time augmentation: each answer averaged over views of the face (flip: the face and "
+                        "its mirror, twice the time; six: flips, zooms and shifts, six times)")
     p.add_argument("--plots", help="folder for a reliability diagram per source and classification head")
     p.add_argument("--by", help="comma-separated classification labels to break every metric down by, e.g. "
                                 "gender,race: per group and the worst-group gap (a run directory keeps it in "

@@ -35,6 +35,9 @@ def test_train_then_evaluate_writes_the_json_shape(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path / "run")]) == 0  # a run directory: its config's eval_sources
     evaluated = capsys.readouterr().out
     assert "webcam-test" in evaluated and "street-test" not in evaluated
+    assert main(["evaluate", str(tmp_path / "run"), "--tta", "flip", "--json", str(tmp_path / "f.json")]) == 0
+    flipped = json.loads((tmp_path / "f.json").read_text())["webcam-test"]
+    assert "webcam-test" in capsys.readouterr().out and 0 <= flipped["gender"]["accuracy"] <= 1
     assert main(["evaluate", str(tmp_path / "run" / "model.keras")]) == 2  # a bare model file names no test sets
     assert "no --source given" in capsys.readouterr().err
 

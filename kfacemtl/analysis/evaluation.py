@@ -27,6 +27,7 @@ import numpy as np
 from kfacemtl.data import Source, make_dataset
 from kfacemtl.models import model_tasks
 from kfacemtl.models.answers import interval_scale
+from kfacemtl.models.views import tta_views, view_predictor
 from kfacemtl.tables import text_table
 from kfacemtl.tasks import Task
 
@@ -195,11 +196,14 @@ def headline_metric(task: Task) -> str:
 
 
 def evaluate_sources(model, sources: Sequence[Source], tasks: Sequence[Task] | None = None,
-                     batch_size: int = 128, image_size=None, predicted: Mapping[str, dict] | None = None) -> dict:
+                     batch_size: int = 128, image_size=None, predicted: Mapping[str, dict] | None = None,
+                     tta: str | None = None) -> dict:
     """Predict every source and compute each task's metrics on its labelled rows.
 
     Tasks a source does not label are left out of its entry. ``predicted``: the sources'
     :func:`labelled_predictions` by source name, when they were already made (no second pass over the images).
+    ``tta``: test-time augmentation, the answers averaged over views of each face (``"flip"``: the face and its
+    mirror; ``"six"``: :data:`~kfacemtl.models.views.TTA_VIEWS`); default none.
 
     Returns:
         ``{source_name: {task_name: {metric: value, "n": count}}}`` (classification entries
@@ -220,7 +224,7 @@ def evaluate_sources(model, sources: Sequence[Source], tasks: Sequence[Task] | N
     results = {}
     for src in sources:
         entry = results[src.name] = {}
-        for name, (task, y, p) in predictions_of(model, src, tasks, batch_size, image_size, predicted).items():
+        for name, (task, y, p) in predictions_of(model, src, tasks, batch_size, image_size, predicted, tta).items():
             entry[name] = task_metrics(task, y, p)
             if name in intervals:  # how often the interval holds the truth, and how wide it is
                 entry[name].update(interval_metrics(task, y, p, intervals[name]))
@@ -228,7 +232,7 @@ def evaluate_sources(model, sources: Sequence[Source], tasks: Sequence[Task] | N
 
 
 def predictions_of(model, source: Source, tasks=None, batch_size: int = 128, image_size=None,
-                   predicted: Mapping[str, dict] | None = None) -> dict:
+                   predicted: Mapping[str, dict] | None = None, tta: str | None = None) -> dict:
     """``predicted[source.name]`` when given, else :func:`labelled_predictions` of the source: what the evaluations
     share, so that a command that reports several things about one model and one set predicts it once.
 
@@ -244,7 +248,7 @@ def predictions_of(model, source: Source, tasks=None, batch_size: int = 128, ima
     """
     if predicted is not None:
         return predicted[source.name]
-    return labelled_predictions(model, source, tasks, batch_size, image_size)
+    return labelled_predictions(model, source, tasks, batch_size, image_size, tta)
 
 
 def interval_metrics(task: Task, y_true, y_pred, q) -> dict:
@@ -265,8 +269,9 @@ def interval_metrics(task: Task, y_true, y_pred, q) -> dict:
 
 
 def labelled_predictions(model, source: Source, tasks: Sequence[Task] | None = None, batch_size: int = 128,
-                         image_size=None) -> dict:
-    """``{task: (task, labels, predictions)}`` on the rows of ``source`` labelled for each task the model has.
+                         image_size=None, tta: str | None = None) -> dict:
+    """``{task: (task, labels, predictions)}`` on the rows of ``source`` labelled for each task the model has;
+    with ``tta`` (a name of :data:`~kfacemtl.models.views.TTA_VIEWS`), each prediction is the mean over its views.
 
     Example:
         >>> from kfacemtl.models import build_model
@@ -276,12 +281,22 @@ def labelled_predictions(model, source: Source, tasks: Sequence[Task] | None = N
         >>> out = labelled_predictions(model, make_source("synthetic:portraits?n=6"))
         >>> {name: p.shape for name, (task, y, p) in out.items()}     # portraits label gender, not expression
         {'gender': (6, 2)}
+        >>> flip = labelled_predictions(model, make_source("synthetic:portraits?n=6"), tta="flip")
+        >>> bool(np.all(flip["gender"][2] != out["gender"][2]))        # the face and its mirror, averaged
+        True
     """
     tasks = list(tasks or model_tasks(model))
+    views = tta_views(tta)
     image_size = image_size or tuple(model.input_shape[1:3])
     ds = make_dataset([source], tasks, batch_size=batch_size, image_size=image_size, training=False)
-    preds = model.predict(ds.map(lambda x, y, w: x), verbose=0)
-    preds = preds if isinstance(preds, (list, tuple)) else [preds]
+    images = ds.map(lambda x, y, w: x)
+    if views is None:
+        preds = model.predict(images, verbose=0)
+        preds = preds if isinstance(preds, (list, tuple)) else [preds]
+    else:
+        predict = view_predictor(model, views)
+        batches = [[mean.numpy() for mean, _ in predict(x)] for x in images]
+        preds = [np.concatenate(parts) for parts in zip(*batches)]
     by_name = dict(zip(model.output_names, preds))
     labels, weights = source.labels(tasks)
     out = {}

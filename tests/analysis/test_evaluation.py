@@ -46,3 +46,25 @@ def test_compare_results_signs_every_metric_so_positive_means_better():
     rows = {(r["task"], r["source"]): r["delta"] for r in compare_results(base, new, tasks)}
     assert rows == pytest.approx({("age", "a"): -1.0, ("gender", "a"): 0.1, ("action_units", "b"): -0.1,
                                   ("valence_arousal", "b"): 0.2})
+
+
+def test_tta_flip_evaluates_the_mean_of_the_face_and_its_mirror():
+    from helpers import tiny_model
+    from kfacemtl.analysis.evaluation import evaluate_sources, labelled_predictions, task_metrics
+    from kfacemtl.data import make_dataset, make_source
+    model = tiny_model(["age", "gender"])
+    source = make_source("synthetic:portraits?split=test&n=12")
+    tasks = resolve_tasks(["age", "gender"])
+    x = np.concatenate([b[0].numpy() for b in make_dataset([source], tasks, batch_size=5, image_size=(64, 64),
+                                                           training=False)])
+    both = [(p.numpy() + m.numpy()) / 2 for p, m in zip(model(x, training=False), model(x[:, :, ::-1], training=False))]
+    out = labelled_predictions(model, source, batch_size=5, tta="flip")  # 12 faces: batches of 5, 5 and 2
+    labels, weights = source.labels(tasks)
+    for task, expected in zip(tasks, both):
+        rows = weights[task.name] > 0
+        np.testing.assert_allclose(out[task.name][2], expected[rows], rtol=1e-5, atol=1e-5)
+    results = evaluate_sources(model, [source], tta="flip", batch_size=5)
+    assert results["portraits-test"]["gender"]["accuracy"] == pytest.approx(
+        task_metrics(tasks[1], labels["gender"][weights["gender"] > 0], both[1][weights["gender"] > 0])["accuracy"])
+    plain = labelled_predictions(model, source, batch_size=5)
+    assert not np.allclose(plain["age"][2], out["age"][2])

@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from helpers import TINY, tiny_model, write_png
-from kfacemtl.training.distillation import (DataDistillation, EnsembleTeacher, PseudoLabels, distill, select,
-                                   transform_batch, transform_boxes)
+from kfacemtl.models.views import transform_batch, transform_boxes
+from kfacemtl.training.distillation import DataDistillation, EnsembleTeacher, PseudoLabels, distill, select
 from kfacemtl.errors import ConfigError
 from kfacemtl.models import MaskedTaskLoss, class_accuracy
 from kfacemtl.data import DecodedImages, make_dataset
@@ -20,31 +20,6 @@ from kfacemtl.training import compile_model, train_run
 
 def _images(b=3, size=16, seed=0):
     return np.random.default_rng(seed).random((b, size, size, 3)).astype("float32")
-
-
-def test_transform_batch_identity_flip_zoom_and_shift():
-    x = _images()
-    out = transform_batch(x, transform_boxes([(False, 1.0, 0.0, 0.0), (True, 1.0, 0.0, 0.0),
-                                              (False, 2.0, 0.0, 0.0), (False, 1.0, 4 / 15, 0.0)])).numpy()
-    assert out.shape == (12, 16, 16, 3)  # transform-major: T blocks of B
-    np.testing.assert_allclose(out[0:3], x, atol=1e-6)
-    np.testing.assert_allclose(out[3:6], x[:, :, ::-1], atol=1e-6)
-    # x2 zoom: the box [0.25, 0.75] of a 16-pixel side samples pixel coordinates 3.75 ... 11.25, bilinearly
-    centre = out[6:9]
-    coords = np.linspace(0.25 * 15, 0.75 * 15, 16)
-    lo, frac = np.floor(coords).astype(int), coords - np.floor(coords)
-    rows = x[:, lo] * (1 - frac)[None, :, None, None] + x[:, lo + 1] * frac[None, :, None, None]
-    expected = rows[:, :, lo] * (1 - frac)[None, None, :, None] + rows[:, :, lo + 1] * frac[None, None, :, None]
-    np.testing.assert_allclose(centre, expected, atol=1e-5)
-    # content shifted right by 4 pixels (box coordinates span W - 1 pixels): fill (0), then the image's left part
-    shifted = out[9:12]
-    assert np.all(shifted[:, :, :4] == 0)
-    np.testing.assert_allclose(shifted[:, :, 4:], x[:, :, :12], atol=1e-5)
-
-
-def test_bad_transforms_name_the_argument():
-    with pytest.raises(ValueError, match=r"^transforms\[1\]: expected a scale in \[0.25, 4\]"):
-        transform_boxes([(False, 1.0, 0.0, 0.0), (False, 10.0, 0.0, 0.0)])
 
 
 def test_ensemble_is_the_mean_of_per_transform_predictions():

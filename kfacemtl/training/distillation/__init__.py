@@ -10,8 +10,8 @@ Example:
 from kfacemtl.training.distillation.annealing import SINGLE_TASK, AnnealedTargets, TeacherAnnealing
 from kfacemtl.training.distillation.pseudo_labels import PseudoLabels
 from kfacemtl.training.distillation.rounds import DataDistillation, distill, format_round
-from kfacemtl.training.distillation.teacher import (DEFAULT_THRESHOLDS, DEFAULT_TRANSFORMS, EnsembleTeacher,
-                                                    pseudo_label_quality, select, transform_batch, transform_boxes)
+from kfacemtl.models.views import DEFAULT_TRANSFORMS, transform_batch, transform_boxes
+from kfacemtl.training.distillation.teacher import DEFAULT_THRESHOLDS, EnsembleTeacher, pseudo_label_quality, select
 
 __all__ = ["SINGLE_TASK", "AnnealedTargets", "TeacherAnnealing", "PseudoLabels", "DataDistillation", "distill", "format_round", "DEFAULT_THRESHOLDS", "DEFAULT_TRANSFORMS",
            "EnsembleTeacher", "pseudo_label_quality", "select", "transform_batch", "transform_boxes"]

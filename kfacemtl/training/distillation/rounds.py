@@ -60,8 +60,9 @@ from kfacemtl.files import atomic_write_text
 from kfacemtl.models import model_tasks
 from kfacemtl.tasks import Task
 from kfacemtl.training.distillation.pseudo_labels import PseudoLabels
-from kfacemtl.training.distillation.teacher import (DEFAULT_THRESHOLDS, DEFAULT_TRANSFORMS, REGRESSION_SPREAD,
-                                                    EnsembleTeacher, pseudo_label_quality, select, transform_boxes)
+from kfacemtl.models.views import DEFAULT_TRANSFORMS, transform_boxes
+from kfacemtl.training.distillation.teacher import (DEFAULT_THRESHOLDS, REGRESSION_SPREAD, EnsembleTeacher,
+                                                    pseudo_label_quality, select)
 
 
 class DataDistillation(keras.callbacks.Callback):

@@ -1,9 +1,9 @@
-"""The teacher's ensemble: one batched pass under T transforms (flips, scales, shifts), and which of its answers are
-confident enough to become pseudo-labels.
+"""The teacher's ensemble: one batched pass under T transforms (flips, scales, shifts; :mod:`kfacemtl.models.views`),
+and which of its answers are confident enough to become pseudo-labels.
 
 Example:
-    >>> transform_boxes([(False, 1.0, 0.0, 0.0), (True, 2.0, 0.0, 0.0)]).tolist()
-    [[0.0, 0.0, 1.0, 1.0], [0.25, 0.75, 0.75, 0.25]]
+    >>> DEFAULT_THRESHOLDS["classification"]    # a top class probability this high makes a pseudo-label
+    0.7
 """
 from __future__ import annotations
 
@@ -13,56 +13,14 @@ from typing import Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 
+from kfacemtl.models.views import DEFAULT_TRANSFORMS, transform_boxes, view_predictor
 from kfacemtl.tasks import Task
-
-
-#: (flip, scale, dx, dy): scale > 1 zooms in; dx, dy shift the content by that fraction of the image
-DEFAULT_TRANSFORMS = ((False, 1.0, 0.0, 0.0), (True, 1.0, 0.0, 0.0), (False, 1.1, 0.0, 0.0),
-                      (True, 0.9, 0.0, 0.0), (False, 1.0, 0.05, 0.0), (True, 1.0, -0.05, 0.0))
 
 
 DEFAULT_THRESHOLDS = {"classification": 0.7, "multilabel": 0.8}
 
 
 REGRESSION_SPREAD = 0.05  # default regression threshold: this fraction of the task's value range
-
-
-def transform_boxes(transforms: Sequence) -> np.ndarray:
-    """``crop_and_resize`` boxes ``(T, 4)`` ``[y1, x1, y2, x2]`` of ``(flip, scale, dx, dy)`` transforms.
-
-    Example:
-        >>> transform_boxes([(False, 1.0, 0.0, 0.0), (True, 2.0, 0.0, 0.0)]).tolist()
-        [[0.0, 0.0, 1.0, 1.0], [0.25, 0.75, 0.75, 0.25]]
-    """
-    boxes = []
-    for i, t in enumerate(transforms):
-        if len(t) != 4:
-            raise ValueError(f"transforms[{i}]: expected (flip, scale, dx, dy), got {t!r}")
-        flip, scale, dx, dy = bool(t[0]), float(t[1]), float(t[2]), float(t[3])
-        if not 0.25 <= scale <= 4 or abs(dx) >= 0.5 or abs(dy) >= 0.5:
-            raise ValueError(f"transforms[{i}]: expected a scale in [0.25, 4] and shifts below 0.5, got {t!r}")
-        half = 0.5 / scale
-        y1, y2, x1, x2 = 0.5 - dy - half, 0.5 - dy + half, 0.5 - dx - half, 0.5 - dx + half
-        boxes.append([y1, x2, y2, x1] if flip else [y1, x1, y2, x2])
-    return np.array(boxes, dtype="float32")
-
-
-def transform_batch(images, boxes):
-    """All T transformed copies of a batch in one op: ``(B, H, W, 3)`` → ``(T·B, H, W, 3)``, transform-major.
-
-    Outside the image (zoom-out, shift) is filled with 0, as the training augmentation's padding.
-
-    Example:
-        >>> boxes = transform_boxes(DEFAULT_TRANSFORMS)             # T = 6 transforms
-        >>> tuple(transform_batch(tf.zeros((2, 8, 8, 3)), boxes).shape)
-        (12, 8, 8, 3)
-    """
-    images = tf.convert_to_tensor(images, tf.float32)
-    boxes = tf.convert_to_tensor(boxes, tf.float32)
-    b, t = tf.shape(images)[0], tf.shape(boxes)[0]
-    size = tf.shape(images)[1:3]
-    return tf.image.crop_and_resize(images, tf.repeat(boxes, b, axis=0), tf.tile(tf.range(b), [t]), size,
-                                    extrapolation_value=0.0)
 
 
 class EnsembleTeacher:
@@ -86,26 +44,12 @@ class EnsembleTeacher:
         self.models = models
         self.boxes = tf.constant(transform_boxes(transforms))
         self.T = int(self.boxes.shape[0])
+        self.transforms = tuple(transforms)
         if isinstance(models, Mapping):
             self._plan = [(m, [task]) for task, m in models.items()]
         else:
             self._plan = [(models, list(models.output_names))]
-        self._fns = [self._compile(m) for m, _ in self._plan]
-
-    def _compile(self, model):
-        boxes, T = self.boxes, self.T
-
-        @tf.function(reduce_retracing=True)
-        def predict(images):
-            outs = model(transform_batch(images, boxes), training=False)
-            outs = outs if isinstance(outs, (list, tuple)) else [outs]
-            b = tf.shape(images)[0]
-            result = []
-            for o in outs:
-                o = tf.reshape(tf.cast(o, tf.float32), tf.concat([[T, b], tf.shape(o)[1:]], 0))
-                result.append((tf.reduce_mean(o, 0), tf.reduce_mean(tf.math.reduce_std(o, 0), -1)))
-            return result
-        return predict
+        self._fns = [view_predictor(m, self.transforms) for m, _ in self._plan]
 
     @property
     def tasks(self) -> list[str]:
