@@ -25,7 +25,8 @@ A config has these sections (``unlabelled_sources``, ``distillation`` and ``coup
     distillation: {rounds: 3, epochs_per_round: 2, soft: false, thresholds: {expression: 0.8},
                    pseudo_weight: 0.5, reinit: false}   # rounds: 0 (the default) turns it off
     # or teacher annealing (BAM): {anneal: true, teachers: single-task, anneal_start: 0.0, anneal_unlabelled: 0.0}
-    #   (teachers: single-task trains a matched single-task teacher per task first; or {task: run directory})
+    #   (teachers: single-task trains a matched single-task teacher per task first, for teacher_epochs epochs
+    #    when given, else the run's; or {task: run directory})
     coupling: {coannotation: true, distribution_matching: true,   # all three off by default
                fuse_outputs: true,                # AU output fused with the AUs the expression head implies
                relations: [{source: expression, target: action_units, table: du2014}],  # or estimate, or a mapping
@@ -124,6 +125,7 @@ DEFAULTS: dict[str, Any] = {
         "anneal": False,
         "anneal_start": 0.0,
         "anneal_unlabelled": 0.0,
+        "teacher_epochs": None,
     },
     "coupling": {
         "coannotation": False,
@@ -337,6 +339,13 @@ def _check_distillation(cfg: dict):
     if teachers == "single-task" and not d["anneal"]:
         raise ConfigError("distillation.teachers", "single-task teachers are trained for teacher annealing; "
                                                    "set anneal: true (or name trained teachers)")
+    te = d["teacher_epochs"]
+    if te is not None and (isinstance(te, bool) or not isinstance(te, int) or te < 1):
+        raise ConfigError("distillation.teacher_epochs", f"expected an integer >= 1 (or null: the run's epochs), "
+                                                         f"got {te!r}")
+    if te is not None and teachers != "single-task":
+        raise ConfigError("distillation.teacher_epochs", "the budget of the teachers the run trains itself; "
+                                                         "set teachers: single-task (or leave it out)")
 
 
 def load_config(path) -> dict:

@@ -407,6 +407,7 @@ def test_train_run_with_teacher_annealing_from_config(tmp_path):
                      "branch_at": 1},
            "training": {"epochs": 2, "steps_per_epoch": 2, "batch_size": 16, "mixing": "balanced"},
            "distillation": {"anneal": True, "teachers": "single-task",  # trained first, matched to the budget
+                            "teacher_epochs": 1,  # but for half the student's epochs
                             "anneal_unlabelled": {"expression": 1.0}}}  # portraits' rows learn the teacher's answer
     report = train_run(cfg, tmp_path / "student", verbose=0)
     (entry,) = report["distillation"]
@@ -418,7 +419,10 @@ def test_train_run_with_teacher_annealing_from_config(tmp_path):
     teacher = yaml.safe_load((tmp_path / "student" / "teachers" / "gender" / "config.yaml").read_text())
     assert teacher["tasks"] == ["gender"] and teacher["training"]["batch_size"] == 8  # half of 16: its share
     assert teacher["model"]["branch_at"] is None and not teacher["distillation"]["anneal"]
-    assert teacher["distillation"]["anneal_unlabelled"] == 0
+    assert teacher["distillation"]["anneal_unlabelled"] == 0 and teacher["distillation"]["teacher_epochs"] is None
+    assert teacher["training"]["epochs"] == 1 and len(pd.read_csv(tmp_path / "student" / "teachers" / "gender" /
+                                                                  "history.csv")) == 1
+    assert len(pd.read_csv(tmp_path / "student" / "history.csv")) == 2
     assert "teacher_lambda" in (tmp_path / "student" / "history.csv").read_text().splitlines()[0]
     for change, key in (({"anneal": True}, "distillation.teachers"),
                         ({"teachers": "single-task"}, "distillation.teachers"),
@@ -426,6 +430,9 @@ def test_train_run_with_teacher_annealing_from_config(tmp_path):
                         ({"anneal": True, "teachers": "x", "anneal_start": 1.0}, "distillation.anneal_start"),
                         ({"anneal_unlabelled": 0.5}, "distillation.anneal_unlabelled"),
                         ({"anneal": True, "teachers": "x", "anneal_unlabelled": {"gender": 2}},
-                         "distillation.anneal_unlabelled.gender")):
+                         "distillation.anneal_unlabelled.gender"),
+                        ({"anneal": True, "teachers": "x", "teacher_epochs": 1}, "distillation.teacher_epochs"),
+                        ({"anneal": True, "teachers": "single-task", "teacher_epochs": 0},
+                         "distillation.teacher_epochs")):
         with pytest.raises(ConfigError, match=rf"'{key}'"):
             train_run({**cfg, "distillation": change}, tmp_path / "bad", verbose=0)
