@@ -260,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
         ('export', 'savedmodel', None)
     """
     from kfacemtl.training.demo import DEMO_EPOCHS, DEMO_STEPS
+    from kfacemtl.models.views import TTA_VIEWS
     from kfacemtl.training.distribute import STRATEGIES
     parser = argparse.ArgumentParser(
         prog="kfacemtl", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -318,9 +319,8 @@ kfacemtl evaluate runs/real_mtl/model.keras --source 'utkface:../shared/data/utk
                         "(default: a run directory's eval_sources)")
     p.add_argument("--json", help="also write {source: {task: {metric: value, n: count}}} here")
     p.add_argument("--batch-size", type=int, default=128, help="images per prediction batch")
-    p.add_argument("--tta", choices=["none", "flip", "six"], default="none",
-                   help="test-time augmentation: each answer averaged over views of the face (flip: the face and "
-                        "its mirror, twice the time; six: flips, zooms and shifts, six times)")
+    p.add_argument("--tta", choices=["none", *TTA_VIEWS], default="none", help="test-time augmentation: each answer "
+                   "averaged over views of a face (flip: it and its mirror, twice the time; six: flips, zooms, shifts)")
     p.add_argument("--plots", help="folder for a reliability diagram per source and classification head")
     p.add_argument("--by", help="comma-separated classification labels to break every metric down by, e.g. "
                                 "gender,race: per group and the worst-group gap (a run directory keeps it in "

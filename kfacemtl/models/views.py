@@ -17,6 +17,8 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
+from kfacemtl.errors import expect_one_of
+
 
 #: (flip, scale, dx, dy): the plain image, its mirror, zoom in ×1.1, the mirror zoomed out ×0.9, two 5 % shifts
 DEFAULT_TRANSFORMS = ((False, 1.0, 0.0, 0.0), (True, 1.0, 0.0, 0.0), (False, 1.1, 0.0, 0.0),
@@ -38,9 +40,7 @@ def tta_views(name: str | None) -> tuple | None:
     """
     if name is None or name == "none":
         return None
-    if name not in TTA_VIEWS:
-        raise ValueError(f"tta: expected one of {['none', *TTA_VIEWS]}, got {name!r}")
-    return TTA_VIEWS[name]
+    return TTA_VIEWS[expect_one_of("tta", name, ("none", *TTA_VIEWS))]
 
 
 def transform_boxes(transforms: Sequence) -> np.ndarray:

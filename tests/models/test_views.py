@@ -50,5 +50,5 @@ def test_flip_views_average_the_face_and_its_mirror_for_every_output():
 
 def test_tta_names_are_checked():
     assert tta_views(None) is None and len(tta_views("six")) == 6
-    with pytest.raises(ValueError, match=r"^tta: expected one of \['none', 'flip', 'six'\], got 'mirror'"):
+    with pytest.raises(ValueError, match=r"^tta: expected one of \('none', 'flip', 'six'\), got 'mirror'"):
         tta_views("mirror")

@@ -44,12 +44,11 @@ class EnsembleTeacher:
         self.models = models
         self.boxes = tf.constant(transform_boxes(transforms))
         self.T = int(self.boxes.shape[0])
-        self.transforms = tuple(transforms)
         if isinstance(models, Mapping):
             self._plan = [(m, [task]) for task, m in models.items()]
         else:
             self._plan = [(models, list(models.output_names))]
-        self._fns = [view_predictor(m, self.transforms) for m, _ in self._plan]
+        self._fns = [view_predictor(m, transforms) for m, _ in self._plan]
 
     @property
     def tasks(self) -> list[str]:
