@@ -1,13 +1,6 @@
-"""The ``kfacemtl`` command line: ``train``, ``evaluate``, ``demo``, ``export``, ``predict``, ``explain``.
-
-Example:
-    $ kfacemtl demo --out runs/demo
-    $ kfacemtl train configs/demo.yaml --out runs/exp1 [--resume] [--strategy mirrored]
-    $ kfacemtl evaluate runs/exp1/model.keras --source "synthetic:street?split=test&n=1000" --json street.json
-    $ kfacemtl export runs/exp1 --base saved_models --name faces
-    $ kfacemtl predict --saved-model saved_models/faces/1 face1.jpg face2.png
-    $ kfacemtl predict --server localhost:8500 --model faces --label stable face1.jpg --json out.json
-    $ kfacemtl explain runs/exp1 face1.jpg face2.jpg --head expression --method all --out saliency/
+"""The ``kfacemtl`` command line: ``train``, ``evaluate``, ``calibrate``, ``demo``, ``export``, ``predict``,
+``explain``, ``analyze``. ``kfacemtl --help`` and each subcommand's ``--help`` show examples; the user guide
+(docs/guide/) each command's use.
 """
 
 from __future__ import annotations
@@ -147,7 +140,7 @@ def _cmd_export(args):
             raise ExportError(f"--label {item!r}: expected NAME=VERSION, e.g. stable=3")
         labels[key] = int(value)
     path = export_model(args.model, args.base or "saved_models", args.name, version=args.version, labels=labels or None,
-                        serving_base=args.serving_base, jit_compile=args.jit_compile)
+                        serving_base=args.serving_base, jit_compile=args.jit_compile, tta=args.tta)
     print(f"exported {path}\n  signatures: serving_default (encoded images), serving_float (float tensors)\n"
           f"  model card: {path / 'model_card.md'}\n  server config: {path.parent / 'models.config'}, "
           f"{path.parent / 'batching_parameters.txt'}")
@@ -180,7 +173,7 @@ def _options(**flags):
         yield
     except KfacemtlError:
         raise
-    except ValueError as e:
+    except (ValueError, FileNotFoundError) as e:
         name, sep, message = str(e).partition(": ")
         if not sep or name not in flags:
             raise
@@ -212,12 +205,12 @@ def _cmd_analyze(args):
         model = Client(args.server, args.name, protocol="rest" if args.rest else "grpc")
     from kfacemtl.data.detection import make_detector
     with _options(photos="PHOTOS", model="--model", image_size="--image-size", detector="--detector",
-                  min_face_size="--min-face-size", explain_heads="--explain", head="--explain"):
+                  min_face_size="--min-face-size", explain_heads="--explain", head="--explain", tta="--tta"):
         detector = make_detector(args.detector, **({"min_face_size": args.min_face_size}
                                                    if args.detector == "mtcnn" else {}))
         records = analyze(args.photos, model, detector=detector, image_size=args.image_size,
                           batch_size=args.batch_size, explain_heads=args.explain or (),
-                          explain_dir=Path(args.out) / "explained")
+                          explain_dir=Path(args.out) / "explained", tta=args.tta)
     paths = write_records(records, args.out)
     annotated = [] if args.no_annotate else write_annotated(records, Path(args.out) / "annotated")
     faces = sum(len(r["faces"]) for r in records)
@@ -369,6 +362,7 @@ kfacemtl demo --out runs/quick --faces 1000 --epochs 2 --steps 50
                     """
 kfacemtl export runs/real_mtl --name faces                        # saved_models/faces/1, then 2, ...
 kfacemtl export runs/real_mtl --name faces --label stable=1 --label canary=2
+kfacemtl export runs/real_mtl --name faces --tta flip             # every answer: the face and its mirror averaged
 kfacemtl export runs/real_mtl --name faces --format litert        # litert_models/faces/1/model_int8.tflite, ...
 """, _cmd_export)
     p.add_argument("model", help="a run directory or a .keras file")
@@ -385,6 +379,8 @@ kfacemtl export runs/real_mtl --name faces --format litert        # litert_model
     p.add_argument("--jit-compile", action="store_true",
                    help="compile the forward pass with XLA: for serving on a GPU (TF Serving's CPU build then needs "
                         "--xla_cpu_compilation_enabled)")
+    p.add_argument("--tta", choices=["none", *TTA_VIEWS], default="none", help="savedmodel: test-time augmentation "
+                   "in the signatures, as evaluate --tta (flip: twice the forward passes)")
 
     p = _subcommand(sub, "predict", "predict every task for image files, via TF Serving or a local SavedModel",
                     "Prints a table (age in years, each class task's class and probability, AUs present,\n"
@@ -433,6 +429,7 @@ kfacemtl analyze photos/ --model runs/real_mtl --out analysis/            # a fo
 kfacemtl analyze group.jpg list.txt --model saved_models/faces/1 --out analysis/
 kfacemtl analyze photos/ --server localhost:8500 --name faces --image-size 48 --out analysis/
 kfacemtl analyze crops/ --model runs/real_mtl --detector whole --out analysis/   # photos already cropped
+kfacemtl analyze photos/ --model runs/real_mtl --tta flip --out analysis/  # each face and its mirror averaged
 """, _cmd_analyze)
     p.add_argument("photos", nargs="+", help="photo files, folders, or .txt lists of paths")
     p.add_argument("--model", help="a run directory, a .keras file or an exported SavedModel version folder")
@@ -445,6 +442,8 @@ kfacemtl analyze crops/ --model runs/real_mtl --detector whole --out analysis/  
     p.add_argument("--min-face-size", type=int, default=20,
                    help="smallest face to find, in pixels (larger is faster: 80 detects 3-4 times faster than 20)")
     p.add_argument("--batch-size", type=int, default=64, help="faces per network batch")
+    p.add_argument("--tta", choices=["none", *TTA_VIEWS], default="none", help="test-time augmentation, as evaluate "
+                   "--tta (with --model RUN|FILE.keras; an exported model answers as exported: export --tta)")
     p.add_argument("--no-annotate", action="store_true", help="skip the annotated copies of the photos")
     p.add_argument("--explain", action="append", metavar="HEAD",
                    help="also a saliency map of each face for this head (repeat), in explained/ (needs --model)")

@@ -69,9 +69,9 @@ def test_export_then_predict_locally_and_through_a_server(tmp_path, capsys):
     base = tmp_path / "saved_models"
     assert main(["export", str(tmp_path / "run"), "--base", str(base), "--name", "faces"]) == 0
     assert main(["export", str(tmp_path / "run" / "model.keras"), "--base", str(base), "--name", "faces",
-                 "--version", "5", "--label", "stable=5", "--jit-compile"]) == 0
-    assert json.loads((base / "faces" / "5" / "model_card.json").read_text())["xla"] is True
-    assert json.loads((base / "faces" / "1" / "model_card.json").read_text())["xla"] is False
+                 "--version", "5", "--label", "stable=5", "--jit-compile", "--tta", "flip"]) == 0
+    card5, card1 = (json.loads((base / "faces" / v / "model_card.json").read_text()) for v in ("5", "1"))
+    assert (card5["xla"], card5["tta"], card1["xla"], card1["tta"]) == (True, "flip", False, "none")
     assert "exported" in capsys.readouterr().out and sorted(p.name for p in base.joinpath("faces").glob("[0-9]*")) \
         == ["1", "5"]
     assert main(["export", str(tmp_path / "run"), "--base", str(base), "--name", "faces", "--version", "5"]) == 2

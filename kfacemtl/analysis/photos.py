@@ -38,6 +38,7 @@ from kfacemtl.data.images import MAX_PIXELS, declared_size
 from kfacemtl.files import atomic_write_text
 from kfacemtl.models import load_model, model_tasks
 from kfacemtl.models.answers import group_outputs, task_outputs
+from kfacemtl.models.views import tta_views, view_predictor
 
 
 def photo_paths(inputs: Sequence) -> list[Path]:
@@ -70,12 +71,20 @@ def photo_paths(inputs: Sequence) -> list[Path]:
 class _KerasAnswers:
     """Answers from a Keras model in this process: crops in, the exported signatures' outputs per face out."""
 
-    def __init__(self, model, batch_size=64):
+    def __init__(self, model, batch_size=64, tta=None):
         self.model, self.tasks, self.batch_size = model, model_tasks(model), batch_size
         self.image_size = tuple(model.input_shape[1:3])
+        views = tta_views(tta)
+        self.views = None if views is None else view_predictor(model, views)
 
     def __call__(self, crops: np.ndarray) -> list[dict]:
-        outputs = self.model.predict(crops.astype("float32") / 255.0, batch_size=self.batch_size, verbose=0)
+        x = crops.astype("float32") / 255.0
+        if self.views is None:
+            outputs = self.model.predict(x, batch_size=self.batch_size, verbose=0)
+        else:  # each output averaged over the views, batch by batch
+            parts = [[mean for mean, _ in self.views(x[i:i + self.batch_size])]
+                     for i in range(0, len(x), self.batch_size)]
+            outputs = [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
         named = task_outputs(self.tasks, outputs, getattr(self.model, "intervals", None))
         named = {k: v.numpy() for k, v in named.items()}
         return group_outputs(named, len(crops))
@@ -110,10 +119,12 @@ class _SavedModelAnswers:
         return results
 
 
-def answers_for(model, image_size=None, batch_size=64):
+def answers_for(model, image_size=None, batch_size=64, tta=None):
     """What :func:`analyze` runs the faces through, from a Keras model, a ``.keras`` file, a run folder (its
     ``model.keras``), an exported SavedModel version folder, or a serving client (with ``image_size``): a callable
-    from ``uint8`` crops ``(N, H, W, 3)`` to one answers dict per crop, with its ``image_size``.
+    from ``uint8`` crops ``(N, H, W, 3)`` to one answers dict per crop, with its ``image_size``. ``tta`` (``"flip"``
+    or ``"six"``, Keras models only) averages every answer over views of each face; an exported model answers as it
+    was exported (``kfacemtl export --tta``).
 
     Example:
         >>> from kfacemtl.models import build_model
@@ -123,19 +134,25 @@ def answers_for(model, image_size=None, batch_size=64):
         ((24, 24), ['age'])
     """
     if isinstance(model, keras.Model):
-        return _KerasAnswers(model, batch_size)
+        return _KerasAnswers(model, batch_size, tta)
+    path = Path(model) if isinstance(model, (str, Path)) else None
+    if path is not None and (path / "model.keras").is_file():
+        path = path / "model.keras"
+    if path is not None and path.suffix == ".keras" and path.is_file():
+        return _KerasAnswers(load_model(path, compile=False), batch_size, tta)
+    if path is not None and not (path / "saved_model.pb").is_file():
+        raise FileNotFoundError(f"model: {str(path)!r} is not a .keras file, a run folder or a SavedModel version "
+                                "folder")
+    if tta_views(tta) is not None:
+        raise ValueError(f"tta: {tta!r} needs a Keras model (a run folder or .keras file); an exported or served "
+                         "model answers as it was exported: export it with tta (kfacemtl export --tta)")
+    if path is not None:
+        return _SavedModelAnswers(path, batch_size)
     if hasattr(model, "predict") and hasattr(model, "describe"):  # a serving client or local predictor
         if image_size is None:
             raise ValueError("image_size: needed for a served model (the model's input size, e.g. 48)")
         return _ServedAnswers(model, _pair(image_size))
-    path = Path(model)
-    if (path / "model.keras").is_file():
-        path = path / "model.keras"
-    if path.suffix == ".keras" and path.is_file():
-        return _KerasAnswers(load_model(path, compile=False), batch_size)
-    if (path / "saved_model.pb").is_file():
-        return _SavedModelAnswers(path, batch_size)
-    raise FileNotFoundError(f"model: {str(path)!r} is not a .keras file, a run folder or a SavedModel version folder")
+    raise TypeError(f"model: expected a Keras model, a path or a serving client, got {type(model).__name__}")
 
 
 def _pair(size):
@@ -161,7 +178,7 @@ def _read(path: Path, max_pixels: int):
 
 def analyze(photos, model, *, detector="mtcnn", image_size=None, batch_size=64, photos_per_batch=16,
             max_pixels=MAX_PIXELS, progress=True, timings=None, explain_heads: Sequence[str] = (),
-            explain_dir=None) -> list[dict]:
+            explain_dir=None, tta=None) -> list[dict]:
     """One record per photo (see the module docstring), in input order.
 
     ``detector``: a registered detector name (``mtcnn``; ``whole`` when each photo is already a face crop) or a
@@ -170,7 +187,8 @@ def analyze(photos, model, *, detector="mtcnn", image_size=None, batch_size=64, 
     detecting, aligning and answering. ``explain_heads`` (with a Keras model): a saliency map of each face for each
     of these heads (the default method, :data:`~kfacemtl.analysis.explain.DEFAULT_METHOD`; each face's answer as
     target), written to ``explain_dir`` as ``<n>_<photo>_face<k>_<head>_<method>_{image,map,overlay}.png``; each
-    face's ``explanations`` names its overlays.
+    face's ``explanations`` names its overlays. ``tta`` (``"flip"``, ``"six"``; a Keras model): every answer averaged
+    over views of each face (:func:`answers_for`).
 
     Example:
         >>> from kfacemtl.models import build_model
@@ -181,7 +199,7 @@ def analyze(photos, model, *, detector="mtcnn", image_size=None, batch_size=64, 
         ['unreadable: ...']
     """
     paths = photo_paths(photos)
-    answer = answers_for(model, image_size, batch_size)
+    answer = answers_for(model, image_size, batch_size, tta)
     if explain_heads and (not isinstance(answer, _KerasAnswers) or explain_dir is None):
         raise ValueError("explain_heads: saliency maps need a Keras model (a run folder or .keras file, not a served "
                          "model) and an explain_dir")

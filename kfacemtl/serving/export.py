@@ -46,6 +46,7 @@ from kfacemtl.errors import KfacemtlError
 from kfacemtl.files import atomic_write_text
 from kfacemtl.models import load_model, model_file, model_tasks
 from kfacemtl.models.answers import output_names
+from kfacemtl.models.views import TTA_VIEWS, tta_views
 from kfacemtl.serving.signatures import MAX_BYTES, serving_functions
 from kfacemtl.data.images import MAX_PIXELS
 from kfacemtl.version import __version__
@@ -263,8 +264,11 @@ def _card_markdown(card: dict) -> str:
     lines = [f"# {card['name']} version {card['version']}", "",
              f"Exported {card['created']} by kfacemtl {card['kfacemtl']} (TensorFlow {card['tensorflow']})"
              + ("; the forward pass is compiled with XLA (TF Serving on a CPU: --xla_cpu_compilation_enabled)."
-                if card.get("xla") else "."), "",
-             "## Input", ""]
+                if card.get("xla") else "."), ""]
+    if card.get("tta", "none") != "none":
+        lines += [f"Every answer is the mean over {len(TTA_VIEWS[card['tta']])} views of the face (test-time "
+                  f"augmentation `{card['tta']}`), as many forward passes per face.", ""]
+    lines += ["## Input", ""]
     lines += [f"- `{k}`: {v}" for k, v in card["input"].items()]
     lines += ["", "## Tasks and outputs", "", "| task | kind | classes / range | outputs |", "|---|---|---|---|"]
     for t in card["tasks"]:
@@ -357,7 +361,7 @@ def publish(tmp: Path, final: Path) -> Path:
 def export_model(model_or_path, base="saved_models", name: str = "kfacemtl", version: int | None = None,
                  labels: Mapping[str, int] | None = None, serving_base: str = "/models",
                  max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS, warmup: bool = True,
-                 jit_compile: bool = False) -> Path:
+                 jit_compile: bool = False, tta: str | None = None) -> Path:
     """Write a new SavedModel version for TF Serving and return its folder.
 
     Args:
@@ -374,6 +378,8 @@ def export_model(model_or_path, base="saved_models", name: str = "kfacemtl", ver
         max_bytes, max_pixels: per-image limits of the bytes signature, checked before decoding.
         warmup: write ``assets.extra/tf_serving_warmup_requests``.
         jit_compile: compile the network's forward pass with XLA (for GPU serving; :func:`serving_functions`).
+        tta: ``"flip"`` or ``"six"``: every answer averaged over views of each face (test-time augmentation, as
+            ``kfacemtl evaluate --tta``), 2 or 6 forward passes per face; default none. The model card says which.
 
     Returns:
         ``Path`` of ``base/name/version``.
@@ -393,6 +399,7 @@ def export_model(model_or_path, base="saved_models", name: str = "kfacemtl", ver
         saved_models/years/2 already exists; exports never overwrite a version (next free version: 8)
     """
     check_name(name)  # before the model is loaded: a bad name fails at once
+    tta_views(tta)  # and a bad test-time augmentation
     model, run_dir = load_exportable(model_or_path)
     final, tmp = new_version(base, name, version)
     model_dir, version = final.parent, int(final.name)
@@ -407,7 +414,7 @@ def export_model(model_or_path, base="saved_models", name: str = "kfacemtl", ver
         archive = keras.export.ExportArchive()
         archive.track(model)
         for sig, (fn, spec) in serving_functions(model, max_bytes=max_bytes, max_pixels=max_pixels,
-                                                   jit_compile=jit_compile).items():
+                                                   jit_compile=jit_compile, tta=tta).items():
             archive.add_endpoint(sig, fn, input_signature=spec)
         archive.write_out(str(tmp), verbose=False)
         if warmup:
@@ -415,6 +422,7 @@ def export_model(model_or_path, base="saved_models", name: str = "kfacemtl", ver
             (tmp / "assets.extra" / WARMUP_FILE).write_bytes(_warmup_records(name, model.input_shape[1:3]))
         card = model_card(model, name, version, run_dir, max_bytes, max_pixels)
         card["xla"] = bool(jit_compile)
+        card["tta"] = tta or "none"
         (tmp / "model_card.json").write_text(json.dumps(card, indent=2, default=str))
         (tmp / "model_card.md").write_text(_card_markdown(card))
         publish(tmp, final)

@@ -17,6 +17,7 @@ import tensorflow as tf
 from kfacemtl.data.images import MAX_PIXELS, decode_image, decode_rgb, header_size, png_or_jpeg, resize_batch
 from kfacemtl.models import model_tasks
 from kfacemtl.models.answers import ERROR_OUTPUT, task_outputs
+from kfacemtl.models.views import transform_batch, transform_boxes, tta_views
 
 
 MAX_BYTES = 20 * 2 ** 20  # 20 MiB per encoded image
@@ -226,14 +227,15 @@ def _blank_failed(outputs: dict, error) -> dict:
 
 
 def serving_functions(model, image_size=None, max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS,
-                      jit_compile: bool = False) -> dict:
+                      jit_compile: bool = False, tta: str | None = None) -> dict:
     """``{signature name: (fn, input_signature)}`` for a kfacemtl model (used by :func:`export_model`).
 
     Both signatures copy the heads' outputs to the host once, packed in one matrix, and make the outputs there
     (labels, class names, AU names). ``jit_compile=True`` compiles the network's forward pass with XLA (the
     outputs and the decoding stay outside): on a GPU one call is then a few fused kernels instead of hundreds of
     small ones (see docs/benchmarks/serving.md). TF Serving's GPU build runs XLA; its CPU build needs
-    ``--xla_cpu_compilation_enabled``.
+    ``--xla_cpu_compilation_enabled``. ``tta`` (``"flip"`` or ``"six"``, :data:`kfacemtl.models.views.TTA_VIEWS`)
+    averages every answer over views of each face, as ``kfacemtl evaluate --tta`` does, for as many forward passes.
 
     Example:
         >>> from kfacemtl.models import build_model
@@ -247,6 +249,8 @@ def serving_functions(model, image_size=None, max_bytes: int = MAX_BYTES, max_pi
     tasks = model_tasks(model)
     h, w = image_size or model.input_shape[1:3]
     shapes = [tuple(o.shape[1:]) for o in model.outputs]
+    views = tta_views(tta)
+    boxes = None if views is None else tf.constant(transform_boxes(views))
 
     def packed(images):  # every head's output in one float32 matrix: one copy to the host per call
         outs = model(images, training=False)
@@ -258,7 +262,12 @@ def serving_functions(model, image_size=None, max_bytes: int = MAX_BYTES, max_pi
     def from_float(images):
         # checked in the graph: a server feeds the tensor as sent, and a convolution of a tensor of the wrong rank
         # can abort the whole process (oneDNN's CHECK) instead of failing the request
-        matrix = forward(tf.ensure_shape(images, [None, h, w, 3]))
+        images = tf.ensure_shape(images, [None, h, w, 3])
+        if boxes is None:
+            matrix = forward(images)
+        else:  # the views made outside the compiled pass (XLA has no CropAndResize), averaged after it
+            matrix = forward(transform_batch(images, boxes))
+            matrix = tf.reduce_mean(tf.reshape(matrix, [len(views), tf.shape(images)[0], -1]), axis=0)
         # the outputs are made on the host from one copy of the heads' outputs (labels, class names, AU names: a
         # GPU would otherwise copy each head's values out separately, several times for a class task)
         with tf.device("/CPU:0"):

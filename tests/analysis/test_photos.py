@@ -2,6 +2,7 @@
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import tensorflow as tf
 
@@ -66,6 +67,27 @@ def test_a_saved_model_answers_as_the_keras_model_does(tmp_path):
         assert abs(a["faces"][0]["answers"]["age"] - b["faces"][0]["answers"]["age"]) < 1e-2
 
 
+def test_with_tta_keras_and_a_tta_export_answer_the_mean_over_each_face_and_its_mirror(tmp_path):
+    from kfacemtl.serving import export_model
+    model = tiny_model(TASKS)
+    faces = _faces(3, seed=2)
+    for i, face in enumerate(faces):
+        write_png(tmp_path / "in" / f"{i}.png", face)
+    version = export_model(model, tmp_path / "models", "faces", warmup=False, tta="flip")
+    keras_records = analyze([tmp_path / "in"], model, detector="whole", progress=False, tta="flip", batch_size=2)
+    served = analyze([tmp_path / "in"], version, detector="whole", progress=False)
+    x = faces.astype("float32") / 255.0
+    plain = model.predict(x, verbose=0)[2]
+    mean = (plain + model.predict(x[:, :, ::-1], verbose=0)[2]) / 2  # expression
+    assert not np.allclose(plain, mean, atol=1e-4)  # the mirror's answers are not the face's
+    for a, b, expected in zip(keras_records, served, mean):
+        np.testing.assert_allclose(a["faces"][0]["answers"]["expression"]["probs"], expected, atol=1e-5)
+        np.testing.assert_allclose(b["faces"][0]["answers"]["expression"]["probs"], expected, atol=1e-4)
+        assert abs(a["faces"][0]["answers"]["age"] - b["faces"][0]["answers"]["age"]) < 1e-2
+    with pytest.raises(ValueError, match="tta: 'flip' needs a Keras model .* export it with tta"):
+        analyze([tmp_path / "in"], version, detector="whole", progress=False, tta="flip")
+
+
 def test_results_are_written_as_json_lines_csv_and_annotated_photos(tmp_path):
     model = tiny_model(["age", "gender"])
     write_png(tmp_path / "in" / "a.png", _faces(1)[0])
@@ -88,6 +110,7 @@ def test_results_are_written_as_json_lines_csv_and_annotated_photos(tmp_path):
 
 def test_the_command_line_analyzes_a_folder(tmp_path, capsys):
     from kfacemtl.cli import main
+    from kfacemtl.serving import export_model
     model = tiny_model(["gender"])
     model.save(tmp_path / "m.keras")
     for i, face in enumerate(_faces(2)):
@@ -98,6 +121,17 @@ def test_the_command_line_analyzes_a_folder(tmp_path, capsys):
                  "--out", str(out)]) == 0
     assert "3 photos (2 ok, 1 unreadable), 2 faces" in capsys.readouterr().out
     assert (out / "results.csv").exists() and len(list((out / "annotated").glob("*.png"))) == 2
+    assert main(["analyze", str(tmp_path / "in"), "--model", str(tmp_path / "m.keras"), "--detector", "whole",
+                 "--out", str(tmp_path / "flip"), "--tta", "flip", "--no-annotate"]) == 0
+    plain, flip = (pd.read_csv(d / "results.csv") for d in (out, tmp_path / "flip"))
+    assert plain["gender"].notna().sum() == 2 and not np.allclose(plain["gender_p"].dropna(), flip["gender_p"].dropna())
+    capsys.readouterr()
+    assert main(["analyze", str(tmp_path / "in"), "--model", str(tmp_path / "nowhere"), "--tta", "flip",
+                 "--out", str(out)]) == 2
+    assert "--model: '" in (err := capsys.readouterr().err) and "nowhere' is not a .keras file, a run folder" in err
+    version = export_model(tiny_model(["gender"]), tmp_path / "models", "faces", warmup=False)
+    assert main(["analyze", str(tmp_path / "in"), "--model", str(version), "--tta", "flip", "--out", str(out)]) == 2
+    assert "--tta: 'flip' needs a Keras model" in capsys.readouterr().err
     assert main(["analyze", str(tmp_path / "in"), "--out", str(out)]) == 2
     assert "give either --model" in capsys.readouterr().err
 

@@ -97,6 +97,31 @@ def test_an_xla_export_answers_as_the_plain_one_and_decodes_on_the_cpu(model, ex
     assert resize and all(n.device == "" for n in resize)
 
 
+def test_a_tta_export_answers_the_mean_of_each_face_and_its_mirror(model, tmp_path):
+    flip = export_model(model, tmp_path, "faces", tta="flip", warmup=False)
+    assert json.loads((flip / "model_card.json").read_text())["tta"] == "flip"
+    assert "mean over 2 views of the face" in (flip / "model_card.md").read_text()
+    x = np.random.default_rng(2).random((3, 64, 64, 3)).astype("float32")
+    out = tf.saved_model.load(str(flip)).signatures["serving_float"](images=tf.constant(x))
+    plain, mirrored = model(x, training=False), model(x[:, :, ::-1], training=False)
+    for task, a, b in zip(model.tasks, plain, mirrored):
+        mean = (a.numpy() + b.numpy()) / 2
+        if task.kind in ("classification", "multilabel"):
+            np.testing.assert_allclose(out[f"{task.name}_probs"].numpy(), mean, atol=1e-5)
+            assert not np.allclose(out[f"{task.name}_probs"].numpy(), a.numpy(), atol=1e-5)  # not the plain answer
+        else:
+            np.testing.assert_allclose(out[task.name].numpy(), mean[:, 0] if task.dim == 1 else mean, atol=1e-4)
+    with pytest.raises(ValueError, match="tta"):
+        export_model(model, tmp_path, "faces", tta="mirror")
+    assert sorted(p.name for p in (tmp_path / "faces").iterdir() if p.name.isdigit()) == ["1"]  # nothing written
+    # with XLA the views are made outside the compiled pass (XLA has no CropAndResize kernel): the same answers
+    compiled = export_model(model, tmp_path, "faces", tta="flip", jit_compile=True, warmup=False)
+    again = tf.saved_model.load(str(compiled)).signatures["serving_float"](images=tf.constant(x))
+    for key in out:
+        if out[key].dtype != tf.string:
+            np.testing.assert_allclose(again[key].numpy(), out[key].numpy(), atol=1e-4, err_msg=key)
+
+
 # how many times the kill test kills `kfacemtl export` (each a fresh process: about 5 s); 20 for the full check
 EXPORT_KILLS = int(__import__("os").environ.get("KFACEMTL_EXPORT_KILLS", "2"))  # one mid-write, one anywhere
 
