@@ -1,11 +1,15 @@
 """The ``kfacemtl`` command line: ``train``, ``evaluate``, ``calibrate``, ``demo``, ``export``, ``predict``,
-``explain``, ``analyze``. ``kfacemtl --help`` and each subcommand's ``--help`` show examples; the user guide
-(docs/guide/) each command's use.
+``explain``, ``analyze`` (each one's ``--help`` shows more examples; the user guide is docs/guide/).
+
+Example:
+    $ kfacemtl train configs/real_mtl.yaml --out runs/real_mtl
+    $ kfacemtl analyze photos/ --model runs/real_mtl --tta flip --out analysis/
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import json
 import os
@@ -214,10 +218,7 @@ def _cmd_analyze(args):
     paths = write_records(records, args.out)
     annotated = [] if args.no_annotate else write_annotated(records, Path(args.out) / "annotated")
     faces = sum(len(r["faces"]) for r in records)
-    statuses = {}
-    for r in records:
-        key = r["status"].split(":")[0]
-        statuses[key] = statuses.get(key, 0) + 1
+    statuses = collections.Counter(r["status"].split(":")[0] for r in records)
     print(f"{len(records)} photos ({', '.join(f'{n} {k}' for k, n in sorted(statuses.items()))}), {faces} faces; "
           f"wrote {paths['jsonl']}, {paths['csv']}" + (f" and {len(annotated)} annotated photos in "
                                                       f"{Path(args.out) / 'annotated'}" if annotated else ""))

@@ -135,24 +135,28 @@ def answers_for(model, image_size=None, batch_size=64, tta=None):
     """
     if isinstance(model, keras.Model):
         return _KerasAnswers(model, batch_size, tta)
-    path = Path(model) if isinstance(model, (str, Path)) else None
-    if path is not None and (path / "model.keras").is_file():
-        path = path / "model.keras"
-    if path is not None and path.suffix == ".keras" and path.is_file():
-        return _KerasAnswers(load_model(path, compile=False), batch_size, tta)
-    if path is not None and not (path / "saved_model.pb").is_file():
-        raise FileNotFoundError(f"model: {str(path)!r} is not a .keras file, a run folder or a SavedModel version "
-                                "folder")
-    if tta_views(tta) is not None:
-        raise ValueError(f"tta: {tta!r} needs a Keras model (a run folder or .keras file); an exported or served "
-                         "model answers as it was exported: export it with tta (kfacemtl export --tta)")
-    if path is not None:
+    if isinstance(model, (str, Path)):
+        path = Path(model) / "model.keras" if (Path(model) / "model.keras").is_file() else Path(model)
+        if path.suffix == ".keras" and path.is_file():
+            return _KerasAnswers(load_model(path, compile=False), batch_size, tta)
+        if not (path / "saved_model.pb").is_file():
+            raise FileNotFoundError(f"model: {str(path)!r} is not a .keras file, a run folder or a SavedModel "
+                                    "version folder")
+        _refuse_views(tta)
         return _SavedModelAnswers(path, batch_size)
     if hasattr(model, "predict") and hasattr(model, "describe"):  # a serving client or local predictor
+        _refuse_views(tta)
         if image_size is None:
             raise ValueError("image_size: needed for a served model (the model's input size, e.g. 48)")
         return _ServedAnswers(model, _pair(image_size))
     raise TypeError(f"model: expected a Keras model, a path or a serving client, got {type(model).__name__}")
+
+
+def _refuse_views(tta):
+    """An exported or served model answers as it was exported: test-time augmentation is an error there."""
+    if tta_views(tta) is not None:
+        raise ValueError(f"tta: {tta!r} needs a Keras model (a run folder or .keras file); an exported or served "
+                         "model answers as it was exported: export it with tta (kfacemtl export --tta)")
 
 
 def _pair(size):
