@@ -2,7 +2,6 @@
 ``explain``, ``analyze`` (each one's ``--help`` shows more examples; the user guide is docs/guide/).
 
 Example:
-    $ kfacemtl train configs/real_mtl.yaml --out runs/real_mtl
     $ kfacemtl analyze photos/ --model runs/real_mtl --tta flip --out analysis/
 """
 
@@ -130,6 +129,8 @@ def _write_json(path, text: str):
 def _cmd_export(args):
     from kfacemtl.serving.export import ExportError, export_model
     if args.format == "litert":
+        if args.tta != "none":
+            raise KfacemtlError("--tta: LiteRT files hold the plain float signature; --tta is for --format savedmodel")
         from kfacemtl.serving.litert import export_litert
         path = export_litert(args.model, args.base or "litert_models", args.name, version=args.version,
                              variants=[v.strip() for v in args.variants.split(",") if v.strip()])
@@ -443,8 +444,7 @@ kfacemtl analyze photos/ --model runs/real_mtl --tta flip --out analysis/  # eac
     p.add_argument("--min-face-size", type=int, default=20,
                    help="smallest face to find, in pixels (larger is faster: 80 detects 3-4 times faster than 20)")
     p.add_argument("--batch-size", type=int, default=64, help="faces per network batch")
-    p.add_argument("--tta", choices=["none", *TTA_VIEWS], default="none", help="test-time augmentation, as evaluate "
-                   "--tta (with --model RUN|FILE.keras; an exported model answers as exported: export --tta)")
+    p.add_argument("--tta", choices=["none", *TTA_VIEWS], default="none", help="as evaluate --tta (--model RUN|.keras)")
     p.add_argument("--no-annotate", action="store_true", help="skip the annotated copies of the photos")
     p.add_argument("--explain", action="append", metavar="HEAD",
                    help="also a saliency map of each face for this head (repeat), in explained/ (needs --model)")

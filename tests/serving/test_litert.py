@@ -82,3 +82,7 @@ def test_cli_exports_litert_from_a_model_file(model, tmp_path, capsys):
           "--base", str(tmp_path / "lite")])
     out = capsys.readouterr().out
     assert "float16:" in out and (tmp_path / "lite" / "faces" / "1" / "model_float16.tflite").is_file()
+    assert main(["export", str(path), "--name", "faces", "--format", "litert", "--tta", "flip",
+                 "--base", str(tmp_path / "lite")]) == 2
+    assert "--tta: LiteRT files hold the plain float signature" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "lite" / "faces").iterdir()) == ["1"]  # nothing written
