@@ -27,7 +27,7 @@ import numpy as np
 from kfacemtl.data import Source, make_dataset
 from kfacemtl.models import model_tasks
 from kfacemtl.models.answers import interval_scale
-from kfacemtl.models.views import tta_views, view_predictor
+from kfacemtl.models.views import predict_batches, tta_views, view_predictor
 from kfacemtl.tables import text_table
 from kfacemtl.tasks import Task
 
@@ -294,9 +294,7 @@ def labelled_predictions(model, source: Source, tasks: Sequence[Task] | None = N
         preds = model.predict(images, verbose=0)
         preds = preds if isinstance(preds, (list, tuple)) else [preds]
     else:
-        predict = view_predictor(model, views)
-        batches = [[mean.numpy() for mean, _ in predict(x)] for x in images]
-        preds = [np.concatenate(parts) for parts in zip(*batches)]
+        preds = predict_batches(view_predictor(model, views), images)
     by_name = dict(zip(model.output_names, preds))
     labels, weights = source.labels(tasks)
     out = {}

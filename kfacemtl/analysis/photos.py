@@ -38,7 +38,7 @@ from kfacemtl.data.images import MAX_PIXELS, declared_size
 from kfacemtl.files import atomic_write_text
 from kfacemtl.models import load_model, model_tasks
 from kfacemtl.models.answers import group_outputs, task_outputs
-from kfacemtl.models.views import tta_views, view_predictor
+from kfacemtl.models.views import predict_batches, tta_views, view_predictor
 
 
 def photo_paths(inputs: Sequence) -> list[Path]:
@@ -82,9 +82,7 @@ class _KerasAnswers:
         if self.views is None:
             outputs = self.model.predict(x, batch_size=self.batch_size, verbose=0)
         else:  # each output averaged over the views, batch by batch
-            parts = [[mean for mean, _ in self.views(x[i:i + self.batch_size])]
-                     for i in range(0, len(x), self.batch_size)]
-            outputs = [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
+            outputs = predict_batches(self.views, (x[i:i + self.batch_size] for i in range(0, len(x), self.batch_size)))
         named = task_outputs(self.tasks, outputs, getattr(self.model, "intervals", None))
         named = {k: v.numpy() for k, v in named.items()}
         return group_outputs(named, len(crops))

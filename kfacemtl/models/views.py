@@ -108,3 +108,19 @@ def view_predictor(model, transforms: Sequence = DEFAULT_TRANSFORMS):
             result.append((tf.reduce_mean(o, 0), tf.reduce_mean(tf.math.reduce_std(o, 0), -1)))
         return result
     return predict
+
+
+def predict_batches(predict, batches) -> list[np.ndarray]:
+    """Per model output, the mean over the views for every image of ``batches`` (an iterable of image batches), from a
+    :func:`view_predictor` ``predict``: batch by batch, concatenated (the spread is dropped).
+
+    Example:
+        >>> from kfacemtl.models import build_model
+        >>> from kfacemtl.tasks import resolve_tasks
+        >>> model = build_model(resolve_tasks(["gender"]), input_shape=(16, 16, 3), widths=(4,), depths=1)
+        >>> predict = view_predictor(model, TTA_VIEWS["flip"])
+        >>> [o.shape for o in predict_batches(predict, [np.zeros((3, 16, 16, 3)), np.zeros((2, 16, 16, 3))])]
+        [(5, 2)]
+    """
+    per_batch = [[mean.numpy() for mean, _ in predict(x)] for x in batches]
+    return [np.concatenate(parts) for parts in zip(*per_batch)]
