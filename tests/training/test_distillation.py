@@ -1,5 +1,9 @@
 """Data distillation: the transform ensemble, selection, pseudo-labels in the pipeline, rounds in fit."""
 import json
+import os
+import subprocess
+import sys
+import textwrap
 
 import keras
 import numpy as np
@@ -7,7 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from helpers import TINY, tiny_model, write_png
+from helpers import ROOT, TINY, tiny_model, write_png
 from kfacemtl.models.views import transform_batch, transform_boxes
 from kfacemtl.training.distillation import DataDistillation, EnsembleTeacher, PseudoLabels, distill, select
 from kfacemtl.errors import ConfigError
@@ -314,6 +318,32 @@ def test_the_ensemble_is_one_model_call_on_all_transformed_images():
     teacher(_images(b=5, size=64))
     assert len(batches) == 1  # traced once: one call on the T*B images
     assert transform_batch(_images(b=5, size=64), teacher.boxes).shape[0] == teacher.T * 5
+
+
+def test_single_task_teachers_answer_in_one_traced_pass_without_retracing_warnings():
+    # five single-task teachers asked together, batch after batch: one compiled pass through all five (each answering
+    # as it would alone), not five functions traced in a row that TensorFlow warns about as retracing. A fresh
+    # Python: TensorFlow warns at most twice per function body in a process.
+    code = """
+        import numpy as np
+        from kfacemtl.models import build_model
+        from kfacemtl.tasks import resolve_tasks
+        from kfacemtl.training.distillation import EnsembleTeacher
+        names = ["age", "gender", "race", "expression", "action_units"]
+        models = {t: build_model(resolve_tasks([t]), input_shape=(16, 16, 3), widths=(4,), depths=1) for t in names}
+        teacher = EnsembleTeacher(models, ((False, 1.0, 0.0, 0.0),))
+        x = np.random.default_rng(0).random((4, 16, 16, 3)).astype("float32")
+        for batch in (x, x, x[:3], x):
+            out = teacher(batch)
+        for t in names:
+            np.testing.assert_allclose(out[t][0], models[t](x, training=False).numpy(), atol=1e-6)
+        print(sorted(teacher(x, ["race"])))
+    """
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=300,
+                          cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == "['race']"  # a task asked alone: only its teacher answers
+    assert "retracing" not in proc.stderr, proc.stderr[-3000:]
 
 
 # --- teacher annealing (BAM) ---

@@ -24,7 +24,7 @@ REGRESSION_SPREAD = 0.05  # default regression threshold: this fraction of the t
 
 
 class EnsembleTeacher:
-    """One or several models predicting batches under T transforms in one pass each.
+    """One or several models predicting batches under T transforms in one compiled pass through all of them.
 
     Args:
         models: a model (it answers all its tasks) or ``{task: model}`` (e.g. single-task
@@ -42,13 +42,14 @@ class EnsembleTeacher:
 
     def __init__(self, models, transforms: Sequence = DEFAULT_TRANSFORMS):
         self.models = models
-        self.boxes = tf.constant(transform_boxes(transforms))
+        self.transforms = tuple(transforms)
+        self.boxes = tf.constant(transform_boxes(self.transforms))
         self.T = int(self.boxes.shape[0])
         if isinstance(models, Mapping):
             self._plan = [(m, [task]) for task, m in models.items()]
         else:
             self._plan = [(models, list(models.output_names))]
-        self._fns = [view_predictor(m, transforms) for m, _ in self._plan]
+        self._fns = {}  # which models of the plan -> one compiled pass through all of them
 
     @property
     def tasks(self) -> list[str]:
@@ -58,16 +59,33 @@ class EnsembleTeacher:
     def __call__(self, images, tasks: Sequence[str] | None = None) -> dict:
         """``{task: (ensemble mean (B, ...), spread (B,))}`` as numpy arrays, for ``tasks`` (default all)
         and whatever else the models that answer them give."""
+        use = tuple(i for i, (_, answers) in enumerate(self._plan) if tasks is None or set(answers) & set(tasks))
+        if use not in self._fns:  # one traced function for the models asked together (not one per teacher)
+            self._fns[use] = view_predictor(_Together([self._plan[i][0] for i in use]), self.transforms)
+        results = iter(self._fns[use](tf.convert_to_tensor(images, tf.float32)) if use else ())
         out = {}
-        for (model, answers), fn in zip(self._plan, self._fns):
-            if tasks is not None and not set(answers) & set(tasks):
-                continue  # a single-task teacher whose task needs no answer here
-            results = fn(tf.convert_to_tensor(images, tf.float32))
+        for i in use:
+            model, answers = self._plan[i]
             names = list(model.output_names)
+            mine = [next(results) for _ in names]
             for task in answers:
-                mean, spread = results[names.index(task)]
+                mean, spread = mine[names.index(task)]
                 out[task] = (mean.numpy(), spread.numpy())
         return out
+
+
+class _Together:
+    """Several models called as one: their outputs, in turn, as one list (what :func:`view_predictor` traces)."""
+
+    def __init__(self, models):
+        self.models = list(models)
+
+    def __call__(self, images, training=False):
+        outs = []
+        for model in self.models:
+            o = model(images, training=training)
+            outs.extend(o if isinstance(o, (list, tuple)) else [o])
+        return outs
 
 
 def select(task: Task, mean: np.ndarray, spread: np.ndarray, candidates: np.ndarray, threshold: float,
