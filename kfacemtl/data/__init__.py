@@ -17,7 +17,7 @@ from kfacemtl.data.synthetic import SyntheticSource
 from kfacemtl.data.datasets import (AffectNetSource, CelebASource, CKPlusSource, FER2013Source, RAFDBSource,
                                     UTKFaceSource, celeba_attribute_task)
 from kfacemtl.data.images import decode_image, decode_rgb, preprocess_image, resize_batch
-from kfacemtl.data.augment import augment_batch
+from kfacemtl.data.augment import augment_batch, augment_options
 from kfacemtl.data.cache import BadImageFiles, DecodedImages, cached_sources, find_bad_images
 from kfacemtl.data.mixing import mixing_weights
 from kfacemtl.data.dataset import make_dataset, prefetch_to_gpu, source_dataset, steps_per_epoch
@@ -26,5 +26,5 @@ __all__ = ["IMAGE_EXTENSIONS", "FileTableSource", "Source", "SOURCE_FORMATS", "m
            "register_source", "RowSubset", "WithoutLabels", "sample_rows", "split_rows", "CsvSource", "FolderSource",
            "ImagesSource", "SyntheticSource", "AffectNetSource", "CelebASource", "CKPlusSource", "FER2013Source",
            "RAFDBSource", "UTKFaceSource", "celeba_attribute_task", "decode_image", "decode_rgb", "preprocess_image",
-           "resize_batch", "augment_batch", "BadImageFiles", "DecodedImages", "cached_sources", "find_bad_images",
-           "mixing_weights", "make_dataset", "prefetch_to_gpu", "source_dataset", "steps_per_epoch"]
+           "resize_batch", "augment_batch", "augment_options", "BadImageFiles", "DecodedImages", "cached_sources",
+           "find_bad_images", "mixing_weights", "make_dataset", "prefetch_to_gpu", "source_dataset", "steps_per_epoch"]

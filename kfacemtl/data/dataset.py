@@ -25,7 +25,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 
-from kfacemtl.data.augment import augment_batch
+from kfacemtl.data.augment import augment_batch, augment_options
 from kfacemtl.data.batch import MaskedWeights
 from kfacemtl.data.cache import CACHE_MODES, cached_sources
 from kfacemtl.data.images import to_rgb, decode_image, preprocess_image
@@ -165,7 +165,7 @@ def _loader(source: Source, image_size):
 
 
 def make_dataset(sources: Sequence[Source], tasks: Sequence[Task], batch_size: int = 64, image_size=(64, 64),
-                 training: bool = True, mixing: str | Mapping[str, float] = "proportional", augment: bool = True,
+                 training: bool = True, mixing: str | Mapping[str, float] = "proportional", augment: bool | Mapping = True,
                  seed: int = 0, drop_remainder: bool | None = None, pseudo_labels=None,
                  coannotation=None, cache: str = "auto", cache_limit_mb: float = 4096,
                  cache_dir=None, bad_images: str = "error", skipped: dict | None = None) -> tf.data.Dataset:
@@ -180,7 +180,8 @@ def make_dataset(sources: Sequence[Source], tasks: Sequence[Task], batch_size: i
             sources by ``mixing`` and augment; else one pass over the sources in order, no
             augmentation.
         mixing: ``proportional``, ``balanced`` or ``{source_name: weight}`` (training only).
-        augment: apply :func:`augment_batch` to each batch (training only).
+        augment: apply :func:`augment_batch` to each batch (training only); a mapping ``{zoom: Z, rotate: R}``
+            adds zoom and rotation (:func:`~kfacemtl.data.augment.augment_options`).
         seed: seed for shuffling, mixing and augmentation.
         pseudo_labels: a :class:`~kfacemtl.training.distillation.PseudoLabels` whose pseudo-labels fill
             missing labels (training only; a real label always wins).
@@ -215,6 +216,7 @@ def make_dataset(sources: Sequence[Source], tasks: Sequence[Task], batch_size: i
     if int(batch_size) < 1:
         raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
     image_size = tuple(int(v) for v in image_size)
+    augment = augment_options(augment) if training else None
     expect_one_of("cache", cache, CACHE_MODES)  # also when evaluating (which caches nothing)
     sources = cached_sources(sources, image_size, cache_limit_mb, cache if training else "none", cache_dir,
                              bad_images, skipped)
@@ -222,7 +224,7 @@ def make_dataset(sources: Sequence[Source], tasks: Sequence[Task], batch_size: i
     arrays = _in_memory_images(sources, batch_size) if training else None
     if arrays is not None:  # every source in memory: whole batches at a time, nothing sample by sample
         ds = _batched_training_dataset(sources, arrays, tasks, batch_size, image_size, mixing_weights(sources, mixing),
-                                       seed, coannotation, pseudo_labels, training and augment)
+                                       seed, coannotation, pseudo_labels, augment is not None)
     else:
         parts = []
         for i, src in enumerate(sources):
@@ -242,9 +244,10 @@ def make_dataset(sources: Sequence[Source], tasks: Sequence[Task], batch_size: i
                 ds = ds.concatenate(p)
             drop = bool(drop_remainder)
         ds = ds.batch(int(batch_size), drop_remainder=drop, num_parallel_calls=auto)
-    if training and augment:  # per batch: a few batched ops instead of several per image
+    if augment is not None:  # per batch: a few batched ops instead of several per image
         ds = tf.data.Dataset.zip((ds, tf.data.Dataset.counter())).map(
-            lambda e, c: (augment_batch(e[0], tf.stack([tf.cast(seed, tf.int64), c]), compiled=True), *e[1:]),
+            lambda e, c: (augment_batch(e[0], tf.stack([tf.cast(seed, tf.int64), c]), compiled=True, **augment),
+                          *e[1:]),
             num_parallel_calls=auto)
     return ds.prefetch(auto)
 

@@ -45,6 +45,7 @@ class MultiTaskSteps:
     def init_training_state(self):
         """No weighting, matching, co-annotation or augmentation; a loss tracker and one per task."""
         self.weighting = self.matching = self.coannotation = self.augment_seed = None
+        self.augment_geometry = {}
         self.features_model = None  # the outputs and the shared embedding, for weightings that read features
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.task_loss_trackers = [keras.metrics.Mean(name=f"{t.name}_loss") for t in self.tasks]
@@ -125,12 +126,13 @@ class MultiTaskSteps:
         self.coupling_trackers = [keras.metrics.Mean(name=n) for n in names]
         self.train_function = None
 
-    def set_augmentation(self, seed=None):
+    def set_augmentation(self, seed=None, zoom: float = 0.0, rotate: float = 0.0):
         """Augment each training batch inside the train step (``None``: not, the default: the pipeline augments).
 
-        The step applies :func:`~kfacemtl.data.augment.augment_batch` to its images, drawn from ``seed``, the
-        optimizer's step number and the replica, so the augmentation runs where the step runs (on a GPU, fused into
-        the step under XLA) instead of in the input pipeline's CPU threads. ``training.augment_on`` sets it.
+        The step applies :func:`~kfacemtl.data.augment.augment_batch` to its images (with ``zoom`` and ``rotate``),
+        drawn from ``seed``, the optimizer's step number and the replica, so the augmentation runs where the step
+        runs (on a GPU, fused into the step under XLA) instead of in the input pipeline's CPU threads.
+        ``training.augment_on`` sets it.
 
         Example:
             >>> from kfacemtl.models import build_model
@@ -143,6 +145,7 @@ class MultiTaskSteps:
             True
         """
         self.augment_seed = None if seed is None else int(seed)
+        self.augment_geometry = {"zoom": float(zoom), "rotate": float(rotate)}
         self.train_function = None  # traced again with (or without) the augmentation
 
     def augmented(self, images):
@@ -162,7 +165,7 @@ class MultiTaskSteps:
         replica = tf.distribute.get_replica_context()
         replica = 0 if replica is None else replica.replica_id_in_sync_group
         step = tf.stack([tf.constant(self.augment_seed, tf.int64), tf.cast(self.optimizer.iterations, tf.int64)])
-        return augment_batch(images, tf.random.experimental.stateless_fold_in(step, replica))
+        return augment_batch(images, tf.random.experimental.stateless_fold_in(step, replica), **self.augment_geometry)
 
     # -- batches ----------------------------------------------------------------------------------------------------
     def unpack_batch(self, data):

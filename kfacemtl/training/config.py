@@ -16,6 +16,7 @@ A config has these sections (``unlabelled_sources``, ``distillation`` and ``coup
                loss_weights: {expression: 2.0},   # static task weights (default 1 each)
                strategy: default,                 # or mirrored, multi_worker (kfacemtl.training.distribute)
                jit_compile: auto, cache: auto,    # XLA on a GPU; model: {mixed_precision: true}: float16
+               augment: true,                     # or false, or {zoom: 0.1, rotate: 10}: zoom and turn each face too
                augment_on: auto,                  # pipeline (CPU threads) or step (in the train step, on a GPU)
                steps_per_execution: auto,         # train steps per call: 8 on a GPU, 1 on a CPU
                bad_images: error,                 # or skip: undecodable image files left out, counted
@@ -48,6 +49,7 @@ from typing import Any, Mapping
 
 import yaml
 
+from kfacemtl.data.augment import augment_options
 from kfacemtl.data.cache import BAD_IMAGES, CACHE_MODES
 from kfacemtl.data.registry import validation_spec
 from kfacemtl.errors import ConfigError, check_choice, under_key
@@ -141,7 +143,7 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-_FREE_FORM = {"tasks", "sources", "eval_sources", "unlabelled_sources", "training.mixing", "training.steps_per_epoch",
+_FREE_FORM = {"tasks", "sources", "eval_sources", "unlabelled_sources", "training.augment", "training.mixing", "training.steps_per_epoch",
               "training.loss_weights", "training.weighting_options", "training.dynamic_lr_options",
               "training.cache_dir", "training.strategy_devices", "training.jit_compile", "training.steps_per_execution",
               "distillation.thresholds",
@@ -214,6 +216,8 @@ def resolve_config(config: Mapping | None) -> dict:
                          ("augment_on", AUGMENT_ON),
                          ("loss_normalization", NORMALIZATIONS), ("weighting", sorted(WEIGHTINGS))):
         check_choice(f"training.{key}", tr[key], choices)
+    with under_key("training.augment"):
+        augment_options(tr["augment"])  # true, false or {zoom: Z, rotate: R}
     if not isinstance(tr["calibrate"], bool):
         raise ConfigError("training.calibrate", f"expected true or false, got {tr['calibrate']!r}")
     if tr["calibrate"] and not any(validation_spec(s) for s in cfg["sources"] or ()):

@@ -45,6 +45,7 @@ from kfacemtl.analysis.evaluation import evaluate_sources, format_table
 from kfacemtl.analysis.plots import plot_confusion, plot_history, plot_relatedness, plot_task_weights
 from kfacemtl.data import (Source, WithoutLabels, cached_sources, make_dataset, make_source, mixing_weights,
                            prefetch_to_gpu, steps_per_epoch)
+from kfacemtl.data.augment import augment_options
 from kfacemtl.data.registry import validation_spec
 from kfacemtl.errors import ConfigError, TrainingDiverged, under_key
 from kfacemtl.files import atomic_write, atomic_write_text
@@ -313,8 +314,9 @@ def model_for_run(run: Run) -> tuple:
     with run.strategy.scope():
         model.set_matching(matching)  # training state, like the weighting: set again on a resumed model
         model.set_coannotation(coannotation)  # class level: its class-mean terms join the loss
-    in_step = tr["augment"] and augment_on(tr["augment_on"]) == "step"
-    model.set_augmentation(tr["seed"] if in_step else None)
+    augment = augment_options(tr["augment"])
+    in_step = augment is not None and augment_on(tr["augment_on"]) == "step"
+    model.set_augmentation(tr["seed"] if in_step else None, **(augment or {}))
     return model, initial_epoch, None
 
 
@@ -335,7 +337,7 @@ def training_data(run: Run, model, verbose: int = 1) -> tuple:
                                  tr["bad_images"], run.skipped)
     distillation = make_distillation(run.cfg, run.sources, run.tasks, run.out_dir, verbose=verbose)
     ds = make_dataset(run.sources, run.tasks, batch_size=tr["batch_size"], image_size=run.image_size, training=True,
-                      mixing=tr["mixing"], augment=tr["augment"] and model.augment_seed is None, seed=tr["seed"],
+                      mixing=tr["mixing"], augment=tr["augment"] if model.augment_seed is None else False, seed=tr["seed"],
                       pseudo_labels=distillation.pseudo_labels if distillation else None, coannotation=run.coupling[0],
                       cache=tr["cache"], cache_limit_mb=tr["cache_limit_mb"], cache_dir=tr["cache_dir"])
     if run.strategy.num_replicas_in_sync > 1:

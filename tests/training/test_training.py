@@ -166,6 +166,12 @@ def test_augmentation_steps_per_call_and_prefetch_follow_the_hardware(tmp_path, 
     assert train_run(cfg, tmp_path / "pipe", verbose=0)["augmented_in"] == "pipeline" and asked[-1] is True
     cfg["training"].update(augment=False)
     assert train_run(cfg, tmp_path / "none", verbose=0)["augmented_in"] is None and asked[-1] is False
+    cfg["training"].update(augment={"zoom": 0.1, "rotate": 10}, augment_on="step", epochs=1)
+    model, _, _ = training.model_for_run(training.prepare_run(cfg, tmp_path / "geometric"))
+    assert model.augment_seed == 0 and model.augment_geometry == {"zoom": 0.1, "rotate": 10.0}
+    cfg["training"].update(augment_on="pipeline")
+    assert train_run(cfg, tmp_path / "zoom", verbose=0)["augmented_in"] == "pipeline"
+    assert asked[-1] == {"zoom": 0.1, "rotate": 10}  # the pipeline zooms and turns
 
 
 def test_sources_must_label_a_task_of_the_model(tmp_path):
