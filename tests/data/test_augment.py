@@ -73,3 +73,19 @@ def test_the_training_pipeline_zooms_and_turns_when_asked():
     assert light.shape == geometric.shape == (8, 24, 24, 3)
     assert not np.allclose(light, geometric)
     np.testing.assert_array_equal(geometric, first(dict(GEOMETRY)))  # the same seed, the same images
+
+
+def test_warp_equals_keras_affine_transform():
+    import keras
+    images = _images(5, 16, seed=3)
+    rng = np.random.default_rng(1)
+    zoom = rng.uniform(0.8, 1.25, (5, 1, 1)).astype("float32")
+    angle = rng.uniform(-0.3, 0.3, (5, 1, 1)).astype("float32")
+    c = (16 - 1) / 2
+    cos, sin = np.cos(angle[:, 0, 0]) / zoom[:, 0, 0], np.sin(angle[:, 0, 0]) / zoom[:, 0, 0]
+    # output (x, y) reads the input at (cos·x − sin·y + b0, sin·x + cos·y + b1): the turn about the centre
+    transform = np.stack([cos, -sin, c - cos * c + sin * c, sin, cos, c - sin * c - cos * c,
+                          np.zeros(5), np.zeros(5)], 1).astype("float32")
+    expected = keras.ops.image.affine_transform(images, transform, interpolation="bilinear", fill_mode="constant")
+    np.testing.assert_allclose(warp_batch(images, tf.constant(zoom), tf.constant(angle)).numpy(),
+                               np.asarray(expected), atol=1e-5)
