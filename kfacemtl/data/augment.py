@@ -43,7 +43,8 @@ def augment_options(value) -> dict | None:
     for key, (low, high) in GEOMETRIC.items():
         v = value.get(key, 0.0)
         unit = "fraction" if key == "zoom" else "number of degrees"
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not low <= v <= high or (key == "zoom" and v == high):
+        number = not isinstance(v, bool) and isinstance(v, (int, float))
+        if not number or not low <= v <= high or (key == "zoom" and v == high):
             interval = f"[{low:g}, {high:g}{')' if key == 'zoom' else ']'}"
             raise ValueError(f"{key}: expected a {unit} in {interval}, got {v!r}")
         options[key] = float(v)

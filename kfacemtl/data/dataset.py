@@ -165,7 +165,8 @@ def _loader(source: Source, image_size):
 
 
 def make_dataset(sources: Sequence[Source], tasks: Sequence[Task], batch_size: int = 64, image_size=(64, 64),
-                 training: bool = True, mixing: str | Mapping[str, float] = "proportional", augment: bool | Mapping = True,
+                 training: bool = True, mixing: str | Mapping[str, float] = "proportional",
+                 augment: bool | Mapping = True,
                  seed: int = 0, drop_remainder: bool | None = None, pseudo_labels=None,
                  coannotation=None, cache: str = "auto", cache_limit_mb: float = 4096,
                  cache_dir=None, bad_images: str = "error", skipped: dict | None = None) -> tf.data.Dataset:

@@ -143,7 +143,8 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-_FREE_FORM = {"tasks", "sources", "eval_sources", "unlabelled_sources", "training.augment", "training.mixing", "training.steps_per_epoch",
+_FREE_FORM = {"tasks", "sources", "eval_sources", "unlabelled_sources", "training.augment", "training.mixing",
+              "training.steps_per_epoch",
               "training.loss_weights", "training.weighting_options", "training.dynamic_lr_options",
               "training.cache_dir", "training.strategy_devices", "training.jit_compile", "training.steps_per_execution",
               "distillation.thresholds",
