@@ -454,7 +454,8 @@ def write_report(run: Run, model, history, seconds: float, distillation=None, gu
         "eval_sources": [s.describe() for s in run.eval_sources],
         "epochs_done": tr["epochs"],
         "steps_per_epoch": run.steps,
-        "augmented_in": ("step" if model.augment_seed is not None else "pipeline") if tr["augment"] else None,
+        "augmented_in": (("step" if model.augment_seed is not None else "pipeline")
+                         if augment_options(tr["augment"]) is not None else None),
         "train_seconds_this_session": round(seconds, 1),
         "parameters": int(model.count_params()),
         "forward_flops_per_image": count_flops(model),
