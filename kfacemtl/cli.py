@@ -18,8 +18,7 @@ from pathlib import Path
 
 from kfacemtl.errors import KfacemtlError
 
-# The subcommands import kfacemtl's modules (and so TensorFlow) when they run: main() first decides whether
-# TensorFlow's start-up lines are shown.
+# Subcommands import kfacemtl (and so TensorFlow) when they run: main() first decides whether its start-up lines show.
 
 
 def _cmd_train(args):
@@ -95,7 +94,8 @@ def _cmd_calibrate(args):
                             "--source (never the test set)")
     model = load_model(path, compile=False)
     with _options(model="--model", sources="--source", coverage="--coverage"):
-        report = calibrate(model, build_sources(specs, where), batch_size=args.batch_size, coverage=args.coverage)
+        report = calibrate(model, build_sources(specs, where), batch_size=args.batch_size, coverage=args.coverage,
+                           tta=args.tta)
     out = Path(args.out) if args.out else path
     kept = path.with_name(f"{path.stem}_uncalibrated.keras")
     if out == path and not kept.exists():  # the model as trained stays, once, beside its calibrated self
@@ -339,6 +339,7 @@ kfacemtl calibrate runs/exp/model.keras --source 'csv:val.csv' --out runs/exp/mo
     p.add_argument("--out", help="where to save the calibrated model (default: over the model file, atomically, the "
                                  "first time keeping it as <name>_uncalibrated.keras)")
     p.add_argument("--coverage", type=float, default=0.9, help="share of true values the age interval should hold")
+    p.add_argument("--tta", choices=["none", *TTA_VIEWS], default="none", help="fit to answers averaged over views")
     p.add_argument("--batch-size", type=int, default=128, help="images per prediction batch")
 
     p = _subcommand(sub, "demo", "train and evaluate on the synthetic benchmark (about 10 min on 2 CPU cores)",
@@ -455,8 +456,7 @@ kfacemtl analyze photos/ --model runs/real_mtl --tta flip --out analysis/  # eac
 def import_tensorflow_quietly():
     """Import TensorFlow with this process's standard error (file descriptor 2) pointed at ``/dev/null``, and keep
     its later C++ log lines to errors (``TF_CPP_MIN_LOG_LEVEL=3``): TensorFlow writes its start-up lines (CUDA
-    probing, oneDNN notices, "All log messages before absl::InitializeLog() ...") from C++ before any Python or
-    logging setting applies, so only the file descriptor can hold them back. Python's own errors still show.
+    probing, oneDNN notices) from C++ before any Python setting applies, so only the file descriptor can hold them.
 
     Example:
         >>> import_tensorflow_quietly().__name__

@@ -36,6 +36,7 @@ from kfacemtl.data import Source
 from kfacemtl.files import atomic_write, atomic_write_text
 from kfacemtl.models import model_tasks
 from kfacemtl.models.answers import interval_scale
+from kfacemtl.models.views import tta_views
 from kfacemtl.tables import text_table
 
 #: Temperatures searched (log-spaced), then refined around the best.
@@ -55,6 +56,17 @@ def rescaled(probs, temperature: float) -> np.ndarray:
     return p / p.sum(-1, keepdims=True)
 
 
+def averaged(probs) -> np.ndarray:
+    """The answer of ``(V, N, ...)`` views: their mean over V; ``(N, C)`` probabilities as they are.
+
+    Example:
+        >>> averaged(np.array([[[1.0, 0.0]], [[0.5, 0.5]]])).tolist()
+        [[0.75, 0.25]]
+    """
+    probs = np.asarray(probs)
+    return probs.mean(0) if probs.ndim == 3 else probs
+
+
 def nll(y_true, probs) -> float:
     """Mean negative log-likelihood of the true classes.
 
@@ -69,7 +81,8 @@ def nll(y_true, probs) -> float:
 def fit_temperature(y_true, probs) -> float:
     """The temperature T that minimises the negative log-likelihood of ``softmax(log(probs) / T)`` (``probs`` at
     T = 1, as the head gives them uncalibrated): a log-spaced search over :data:`SEARCH`, then a golden-section
-    refinement.
+    refinement. ``probs`` ``(N, C)``, or ``(V, N, C)``: each face under V views (test-time augmentation), whose
+    answer is the mean of the V rescaled views, so T is fitted to the answers as they are averaged.
 
     Example:
         >>> fit_temperature([0, 0, 1], np.array([[0.99, 0.01], [0.98, 0.02], [0.97, 0.03]])) > 1   # over-confident
@@ -78,7 +91,7 @@ def fit_temperature(y_true, probs) -> float:
     y_true = np.asarray(y_true, int)
     if len(y_true) == 0:
         raise ValueError("y_true: no labelled faces to fit a temperature on")
-    loss = lambda t: nll(y_true, rescaled(probs, t))  # noqa: E731
+    loss = lambda t: nll(y_true, averaged(rescaled(probs, t)))  # noqa: E731
     grid = np.geomspace(*SEARCH, 61)
     k = int(np.argmin([loss(t) for t in grid]))
     lo, hi = np.log(grid[max(k - 1, 0)]), np.log(grid[min(k + 1, len(grid) - 1)])
@@ -117,7 +130,8 @@ def fit_interval(task, y_true, y_pred, coverage: float = 0.9) -> tuple:
     return float(np.quantile(scaled, 1 - level)), float(np.quantile(scaled, level))
 
 
-def calibrate(model, sources: Sequence[Source], batch_size: int = 128, image_size=None, coverage: float = 0.9) -> dict:
+def calibrate(model, sources: Sequence[Source], batch_size: int = 128, image_size=None, coverage: float = 0.9,
+              tta: str | None = None) -> dict:
     """Fit a temperature for each classification head of ``model``, and an interval holding ``coverage`` of the
     true values for each single-value regression head (age), on the rows of ``sources`` labelled for it (all sources
     pooled); set them on the model and return per task what changed. A class head: ``temperature``, ``n``, ``ece``
@@ -126,7 +140,11 @@ def calibrate(model, sources: Sequence[Source], batch_size: int = 128, image_siz
     ``interval_coverage`` and ``interval_width`` on these faces.
 
     Use validation data (for example a source's ``...&val_fraction=0.1&part=val``), never the test set that reports
-    the result. Heads already calibrated are fitted again from their uncalibrated outputs.
+    the result. Heads already calibrated are fitted again from their uncalibrated outputs. With ``tta`` (a name of
+    :data:`~kfacemtl.models.views.TTA_VIEWS`) everything is fitted to the answers as test-time augmentation gives them
+    (the views' mean, each view at the temperature), for a model that will answer so (``evaluate --tta``,
+    ``export --tta``): averaged views are less sure than one, and a temperature fitted without them leaves them
+    under-confident.
 
     Example:
         >>> from kfacemtl.models import build_model
@@ -136,30 +154,36 @@ def calibrate(model, sources: Sequence[Source], batch_size: int = 128, image_siz
         >>> report = calibrate(model, [make_source("synthetic:portraits?n=32")])
         >>> sorted(report), model.temperatures["gender"] == report["gender"]["temperature"], "age" in model.intervals
         (['age', 'gender'], True, True)
+        >>> calibrate(model, [make_source("synthetic:portraits?n=32")], tta="flip")["gender"]["tta"]
+        'flip'
     """
     heads = [t for t in model_tasks(model) if t.kind == "classification" or (t.kind == "regression" and t.dim == 1)]
     if not heads:
         raise ValueError("model: it has no classification or single-value regression head to calibrate")
     current = model.temperatures
+    views = [(v,) for v in tta_views(tta) or ()] or [None]  # one pass per view, kept apart
     pooled = {t.name: (t, [], []) for t in heads}
     for source in sources:
-        for name, (task, y, p) in labelled_predictions(model, source, heads, batch_size, image_size).items():
+        passes = [labelled_predictions(model, source, heads, batch_size, image_size, tta=v) for v in views]
+        for name, (task, y, _) in passes[0].items():
             pooled[name][1].append(np.asarray(y, int if task.kind == "classification" else np.float64))
-            # a class head back on its own scale (T = 1)
-            pooled[name][2].append(rescaled(p, 1 / current[name]) if task.kind == "classification" else p)
+            p = np.stack([answers[name][2] for answers in passes])  # (views, faces, ...)
+            # a class head back on its own scale (T = 1); a value head's answer is the views' mean
+            pooled[name][2].append(rescaled(p, 1 / current[name]) if task.kind == "classification" else p.mean(0))
     report, fitted, intervals = {}, {}, {}
     for name, (task, ys, ps) in pooled.items():
         if not ys:
             continue
-        y, p = np.concatenate(ys), np.concatenate(ps)
+        y, p = np.concatenate(ys), np.concatenate(ps, axis=-2 if task.kind == "classification" else 0)
         if task.kind == "regression":
             q = intervals[name] = fit_interval(task, y, p, coverage)
-            report[name] = {"interval": list(q), "coverage_target": coverage, "n": int(len(y)),
+            report[name] = {"interval": list(q), "coverage_target": coverage, "n": int(len(y)), "tta": tta or "none",
                             **interval_metrics(task, y, p, q)}
             continue
         t = fitted[name] = fit_temperature(y, p)
-        after = rescaled(p, t)
-        report[name] = {"temperature": t, "n": int(len(y)), "accuracy": float(np.mean(p.argmax(1) == y)),
+        p, after = averaged(p), averaged(rescaled(p, t))
+        report[name] = {"temperature": t, "n": int(len(y)), "tta": tta or "none",
+                        "accuracy": float(np.mean(p.argmax(1) == y)),
                         "ece_before": expected_calibration_error(y, p),
                         "ece_after": expected_calibration_error(y, after),
                         "nll_before": nll(y, p), "nll_after": nll(y, after),

@@ -271,7 +271,8 @@ def interval_metrics(task: Task, y_true, y_pred, q) -> dict:
 def labelled_predictions(model, source: Source, tasks: Sequence[Task] | None = None, batch_size: int = 128,
                          image_size=None, tta: str | None = None) -> dict:
     """``{task: (task, labels, predictions)}`` on the rows of ``source`` labelled for each task the model has;
-    with ``tta`` (a name of :data:`~kfacemtl.models.views.TTA_VIEWS`), each prediction is the mean over its views.
+    with ``tta`` (a name of :data:`~kfacemtl.models.views.TTA_VIEWS`, or a tuple of views), each prediction is the
+    mean over its views.
 
     Example:
         >>> from kfacemtl.models import build_model

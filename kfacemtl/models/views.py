@@ -29,17 +29,20 @@ DEFAULT_TRANSFORMS = ((False, 1.0, 0.0, 0.0), (True, 1.0, 0.0, 0.0), (False, 1.1
 TTA_VIEWS = {"flip": DEFAULT_TRANSFORMS[:2], "six": DEFAULT_TRANSFORMS}
 
 
-def tta_views(name: str | None) -> tuple | None:
-    """The views of a test-time augmentation name (``None`` or ``"none"``: no augmentation).
+def tta_views(name) -> tuple | None:
+    """The views of a test-time augmentation name (``None`` or ``"none"``: no augmentation); a tuple of views is
+    its own answer.
 
     Example:
         >>> tta_views("flip")
         ((False, 1.0, 0.0, 0.0), (True, 1.0, 0.0, 0.0))
-        >>> tta_views("none") is None
-        True
+        >>> tta_views("none") is None, tta_views(((True, 1.0, 0.0, 0.0),))
+        (True, ((True, 1.0, 0.0, 0.0),))
     """
     if name is None or name == "none":
         return None
+    if isinstance(name, tuple):
+        return name
     return TTA_VIEWS[expect_one_of("tta", name, ("none", *TTA_VIEWS))]
 
 

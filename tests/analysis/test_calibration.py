@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from helpers import tiny_model
-from kfacemtl.analysis.calibration import calibrate, fit_temperature, nll, rescaled
+from kfacemtl.analysis.calibration import averaged, calibrate, fit_temperature, nll, rescaled
 from kfacemtl.analysis.evaluation import expected_calibration_error, reliability
 from kfacemtl.data import make_source
 from kfacemtl.data.registry import validation_spec
@@ -68,6 +68,42 @@ def test_fitting_finds_over_and_under_confidence_and_never_loses_likelihood():
         assert expected_calibration_error(labels, rescaled(probs, t)) < 0.03 < expected_calibration_error(labels, probs)
     with pytest.raises(ValueError, match="y_true: no labelled faces"):
         fit_temperature([], np.zeros((0, 2)))
+
+
+def test_fitting_to_averaged_views_calibrates_the_average_where_one_views_temperature_does_not():
+    # each face seen twice, each view sharpened and pushed its own way: every view over-confident alone, their
+    # mean (the answer test-time augmentation gives) less so; T fitted to the mean calibrates the mean
+    rng = np.random.default_rng(3)
+    logits = rng.normal(0, 1.5, (4000, 3))
+    labels = np.array([rng.choice(3, p=p) for p in rescaled(np.exp(logits), 1.0)])
+    push = rng.normal(0, 1.0, (4000, 3))
+    views = np.stack([rescaled(np.exp(2 * logits + push), 1.0), rescaled(np.exp(2 * logits - push), 1.0)])
+    one, both = fit_temperature(labels, views[0]), fit_temperature(labels, views)
+    assert averaged(views).shape == (4000, 3) and both != pytest.approx(one, rel=0.05)
+    mean_at = lambda t: averaged(rescaled(views, t))  # noqa: E731
+    assert expected_calibration_error(labels, mean_at(both)) < 0.02 < expected_calibration_error(labels, mean_at(one))
+    assert nll(labels, mean_at(both)) < nll(labels, mean_at(one))
+
+
+def test_calibrating_with_views_fits_what_the_model_answers_with_them():
+    from kfacemtl.analysis.evaluation import labelled_predictions
+    model = tiny_model(["gender", "age"])
+    source = make_source("synthetic:portraits?n=64")
+    # an untrained model knows nothing of the faces' genders: label them with its own answers, a quarter flipped,
+    # so that its answers are worth a finite temperature
+    own = labelled_predictions(model, source)["gender"][2].argmax(1)
+    flipped = np.where(np.random.default_rng(0).random(len(own)) < 0.25, 1 - own, own)
+    labels_of = source.labels
+    source.labels = lambda tasks: ({**labels_of(tasks)[0], "gender": flipped}, labels_of(tasks)[1])
+    report = calibrate(model, [source], image_size=(64, 64), tta="flip")
+    assert report["gender"]["tta"] == "flip" and report["age"]["tta"] == "flip"
+    task, y, p = labelled_predictions(model, source, tta="flip")["gender"]  # the model's answers with flip, now
+    assert expected_calibration_error(y, p) == pytest.approx(report["gender"]["ece_after"], abs=1e-5)
+    assert nll(y, p) == pytest.approx(report["gender"]["nll_after"], abs=1e-5)
+    plain = calibrate(model, [source], image_size=(64, 64))  # refitted without views: another temperature
+    assert plain["gender"]["tta"] == "none" and plain["gender"]["temperature"] != pytest.approx(
+        report["gender"]["temperature"], rel=0.01)
+    assert 0.1 < plain["gender"]["temperature"] < 10 and 0.1 < report["gender"]["temperature"] < 10
 
 
 def test_reliability_bins_cover_every_face():
