@@ -165,6 +165,8 @@ def test_calibrate_and_evaluate_commands(tmp_path, capsys):
     assert "calibration (expected calibration error" in out and f"{temperatures['gender']:.3f}" in out
     assert sorted(p.name for p in (tmp_path / "rel").iterdir()) == ["reliability_street-test_expression.png",
                                                                    "reliability_street-test_gender.png"]
+    assert main(["calibrate", str(run), "--tta", "flip", "--out", str(tmp_path / "flip" / "model.keras")]) == 0
+    assert json.loads((tmp_path / "flip" / "calibration.json").read_text())["tasks"]["gender"]["tta"] == "flip"
     plain = dict(cfg, sources=["synthetic:lab?n=32"])
     (tmp_path / "plain").mkdir()
     (tmp_path / "plain" / "config.yaml").write_text(yaml.safe_dump(plain))
