@@ -27,7 +27,7 @@ A config has these sections (``unlabelled_sources``, ``distillation`` and ``coup
                    pseudo_weight: 0.5, reinit: false}   # rounds: 0 (the default) turns it off
     # or teacher annealing (BAM): {anneal: true, teachers: single-task, anneal_start: 0.0, anneal_unlabelled: 0.0}
     #   (teachers: single-task trains a matched single-task teacher per task first, for teacher_epochs epochs
-    #    when given, else the run's; or {task: run directory})
+    #    when given, else the run's, with teacher_training's training keys over the run's; or {task: run directory})
     coupling: {coannotation: true, distribution_matching: true,   # all three off by default
                fuse_outputs: true,                # AU output fused with the AUs the expression head implies
                relations: [{source: expression, target: action_units, table: du2014}],  # or estimate, or a mapping
@@ -128,6 +128,7 @@ DEFAULTS: dict[str, Any] = {
         "anneal_start": 0.0,
         "anneal_unlabelled": 0.0,
         "teacher_epochs": None,
+        "teacher_training": None,
     },
     "coupling": {
         "coannotation": False,
@@ -148,7 +149,7 @@ _FREE_FORM = {"tasks", "sources", "eval_sources", "unlabelled_sources", "trainin
               "training.loss_weights", "training.weighting_options", "training.dynamic_lr_options",
               "training.cache_dir", "training.strategy_devices", "training.jit_compile", "training.steps_per_execution",
               "distillation.thresholds",
-              "distillation.teachers", "distillation.anneal_unlabelled",
+              "distillation.teachers", "distillation.anneal_unlabelled", "distillation.teacher_training",
               "coupling.relations"}
 
 
@@ -351,6 +352,28 @@ def _check_distillation(cfg: dict):
     if te is not None and teachers != "single-task":
         raise ConfigError("distillation.teacher_epochs", "the budget of the teachers the run trains itself; "
                                                          "set teachers: single-task (or leave it out)")
+    _check_teacher_training(cfg)
+
+
+def _check_teacher_training(cfg: dict):
+    """``distillation.teacher_training``: training keys the single-task teachers take instead of the run's (the
+    student's), checked as the run's own training section would be."""
+    tt, key = cfg["distillation"]["teacher_training"], "distillation.teacher_training"
+    if tt is None:
+        return
+    if not isinstance(tt, Mapping):
+        raise ConfigError(key, f"expected a mapping of training keys (e.g. {{optimizer: adam}}), got {tt!r}")
+    if cfg["distillation"]["teachers"] != "single-task":
+        raise ConfigError(key, "the settings of the teachers the run trains itself; set teachers: single-task "
+                               "(or leave it out)")
+    try:
+        resolve_config({**cfg, "training": {**cfg["training"], **tt},
+                        "distillation": {**cfg["distillation"], "teacher_training": None}})
+    except ConfigError as e:
+        inner = e.key_path.partition("training.")[2] if e.key_path.startswith("training.") else None
+        if inner is None:
+            raise
+        raise ConfigError(f"{key}.{inner}", str(e).partition("': ")[2]) from None
 
 
 def load_config(path) -> dict:

@@ -114,7 +114,8 @@ def make_distillation(cfg: dict, sources: Sequence[Source], tasks: Sequence[Task
 def train_teachers(cfg: dict, sources: Sequence[Source], out_dir, verbose: int = 1) -> dict:
     """``distillation.teachers: single-task``: train (or reuse, or resume) one single-task model per task, matched to
     the run's budget (:func:`~kfacemtl.training.single_task.single_task_configs`; ``distillation.teacher_epochs``
-    epochs when given), in ``out_dir/teachers/<task>``; returns ``{task: {"run": folder, "train_seconds": s}}``.
+    epochs when given, and ``distillation.teacher_training``'s training keys over the run's), in
+    ``out_dir/teachers/<task>``; returns ``{task: {"run": folder, "train_seconds": s}}``.
 
     Example:
         >>> from kfacemtl.training.config import resolve_config
@@ -131,6 +132,7 @@ def train_teachers(cfg: dict, sources: Sequence[Source], out_dir, verbose: int =
     for task, single in configs.items():
         if cfg["distillation"]["teacher_epochs"] is not None:  # a budget of their own
             single["training"]["epochs"] = cfg["distillation"]["teacher_epochs"]
+        single["training"].update(cfg["distillation"]["teacher_training"] or {})  # settings of their own
         folder = Path(out_dir) / "teachers" / task
         finished = folder / "report.json"
         if finished.is_file():

@@ -438,6 +438,7 @@ def test_train_run_with_teacher_annealing_from_config(tmp_path):
            "training": {"epochs": 2, "steps_per_epoch": 2, "batch_size": 16, "mixing": "balanced"},
            "distillation": {"anneal": True, "teachers": "single-task",  # trained first, matched to the budget
                             "teacher_epochs": 1,  # but for half the student's epochs
+                            "teacher_training": {"optimizer": "sgd"},  # and with an optimizer of their own
                             "anneal_unlabelled": {"expression": 1.0}}}  # portraits' rows learn the teacher's answer
     report = train_run(cfg, tmp_path / "student", verbose=0)
     (entry,) = report["distillation"]
@@ -452,6 +453,8 @@ def test_train_run_with_teacher_annealing_from_config(tmp_path):
     assert teacher["distillation"]["anneal_unlabelled"] == 0 and teacher["distillation"]["teacher_epochs"] is None
     assert teacher["training"]["epochs"] == 1 and len(pd.read_csv(tmp_path / "student" / "teachers" / "gender" /
                                                                   "history.csv")) == 1
+    assert teacher["training"]["optimizer"] == "sgd" and teacher["distillation"]["teacher_training"] is None
+    assert yaml.safe_load((tmp_path / "student" / "config.yaml").read_text())["training"]["optimizer"] == "adam"
     assert len(pd.read_csv(tmp_path / "student" / "history.csv")) == 2
     assert "teacher_lambda" in (tmp_path / "student" / "history.csv").read_text().splitlines()[0]
     for change, key in (({"anneal": True}, "distillation.teachers"),
@@ -463,6 +466,14 @@ def test_train_run_with_teacher_annealing_from_config(tmp_path):
                          "distillation.anneal_unlabelled.gender"),
                         ({"anneal": True, "teachers": "x", "teacher_epochs": 1}, "distillation.teacher_epochs"),
                         ({"anneal": True, "teachers": "single-task", "teacher_epochs": 0},
-                         "distillation.teacher_epochs")):
+                         "distillation.teacher_epochs"),
+                        ({"anneal": True, "teachers": "x", "teacher_training": {"optimizer": "sgd"}},
+                         "distillation.teacher_training"),
+                        ({"anneal": True, "teachers": "single-task", "teacher_training": {"optimizer": "lamb"}},
+                         "distillation.teacher_training.optimizer"),
+                        ({"anneal": True, "teachers": "single-task", "teacher_training": {"optimiser": "sgd"}},
+                         "distillation.teacher_training.optimiser"),
+                        ({"anneal": True, "teachers": "single-task", "teacher_training": ["sgd"]},
+                         "distillation.teacher_training")):
         with pytest.raises(ConfigError, match=rf"'{key}'"):
             train_run({**cfg, "distillation": change}, tmp_path / "bad", verbose=0)
