@@ -27,7 +27,8 @@ A config has these sections (``unlabelled_sources``, ``distillation`` and ``coup
                    pseudo_weight: 0.5, reinit: false}   # rounds: 0 (the default) turns it off
     # or teacher annealing (BAM): {anneal: true, teachers: single-task, anneal_start: 0.0, anneal_unlabelled: 0.0}
     #   (teachers: single-task trains a matched single-task teacher per task first, for teacher_epochs epochs
-    #    when given, else the run's, with teacher_training's training keys over the run's; or {task: run directory})
+    #    when given, else the run's, with teacher_training's training keys over the run's; or {task: run directory}; teacher_views: flip
+    #    or six: the teachers answer each face as the mean over those views)
     coupling: {coannotation: true, distribution_matching: true,   # all three off by default
                fuse_outputs: true,                # AU output fused with the AUs the expression head implies
                relations: [{source: expression, target: action_units, table: du2014}],  # or estimate, or a mapping
@@ -56,6 +57,7 @@ from kfacemtl.errors import ConfigError, check_choice, under_key
 from kfacemtl.models import BACKBONES, check_neck
 from kfacemtl.models.backbones import check_branching, check_trunk
 from kfacemtl.models.multitask import check_groups
+from kfacemtl.models.views import TTA_VIEWS
 from kfacemtl.models.losses import NORMALIZATIONS
 from kfacemtl.training.callbacks import NAN_MODES
 from kfacemtl.training.compile import AUGMENT_ON, OPTIMIZERS
@@ -129,6 +131,7 @@ DEFAULTS: dict[str, Any] = {
         "anneal_unlabelled": 0.0,
         "teacher_epochs": None,
         "teacher_training": None,
+        "teacher_views": "none",
     },
     "coupling": {
         "coannotation": False,
@@ -353,6 +356,11 @@ def _check_distillation(cfg: dict):
         raise ConfigError("distillation.teacher_epochs", "the budget of the teachers the run trains itself; "
                                                          "set teachers: single-task (or leave it out)")
     _check_teacher_training(cfg)
+    if d["teacher_views"] != "none":
+        check_choice("distillation.teacher_views", d["teacher_views"], ("none", *TTA_VIEWS))
+        if not d["anneal"]:
+            raise ConfigError("distillation.teacher_views", "the views the annealed teachers answer with; set anneal: "
+                                                            "true (distillation rounds' teachers have their own six)")
 
 
 def _check_teacher_training(cfg: dict):

@@ -103,7 +103,7 @@ def make_distillation(cfg: dict, sources: Sequence[Source], tasks: Sequence[Task
         with under_key("distillation", start="anneal_start", unlabelled="anneal_unlabelled"):
             return TeacherAnnealing(sources, tasks, teachers, start=d["anneal_start"], batch_size=d["batch_size"],
                                     state_dir=out_dir, verbose=verbose, teacher_runs=teacher_runs,
-                                    unlabelled=d["anneal_unlabelled"])
+                                    unlabelled=d["anneal_unlabelled"], views=d["teacher_views"])
     with under_key("distillation", teacher="teachers"):
         return DataDistillation(sources, tasks, rounds=d["rounds"], epochs_per_round=d["epochs_per_round"],
                                 teacher=teachers, soft=d["soft"], thresholds=d["thresholds"], balance=d["balance"],

@@ -431,6 +431,23 @@ def test_teacher_annealing_moves_from_the_teacher_to_the_labels_and_keeps_its_an
         TeacherAnnealing([src], tasks, {"expression": teacher}, start=1.0)
 
 
+def test_teachers_answer_as_the_mean_over_their_views_when_asked():
+    tasks = resolve_tasks(["expression"])
+    teacher = tiny_model(["expression"], seed=1)
+    src = make_source("synthetic:lab?n=16")
+    images = next(iter(make_dataset([src], tasks, batch_size=16, image_size=(64, 64), training=False)))[0].numpy()
+    plain, mirror = teacher.predict(images, verbose=0), teacher.predict(images[:, :, ::-1], verbose=0)
+    assert np.abs(plain - mirror).max() > 1e-3  # the mirror changes the untrained teacher's answers
+    flip = TeacherAnnealing([src], tasks, {"expression": teacher}, verbose=0, views="flip")
+    entry = flip.teach((64, 64))
+    np.testing.assert_allclose(flip.pseudo_labels.values["lab-train"]["expression"].numpy(), (plain + mirror) / 2,
+                               atol=1e-5)
+    assert entry["views"] == "flip"
+    none = TeacherAnnealing([src], tasks, {"expression": teacher}, verbose=0)
+    assert "views" not in none.teach((64, 64))
+    np.testing.assert_allclose(none.pseudo_labels.values["lab-train"]["expression"].numpy(), plain, atol=1e-5)
+
+
 def test_train_run_with_teacher_annealing_from_config(tmp_path):
     cfg = {"tasks": ["gender", "expression"], "sources": ["synthetic:portraits?n=32", "synthetic:lab?n=32"],
            "model": {"input_shape": [24, 24, 3], "widths": [8, 8], "depths": [1, 1], "embedding_dim": 8,
@@ -474,6 +491,8 @@ def test_train_run_with_teacher_annealing_from_config(tmp_path):
                         ({"anneal": True, "teachers": "single-task", "teacher_training": {"optimiser": "sgd"}},
                          "distillation.teacher_training.optimiser"),
                         ({"anneal": True, "teachers": "single-task", "teacher_training": ["sgd"]},
-                         "distillation.teacher_training")):
+                         "distillation.teacher_training"),
+                        ({"anneal": True, "teachers": "x", "teacher_views": "mirror"}, "distillation.teacher_views"),
+                        ({"teacher_views": "flip"}, "distillation.teacher_views")):
         with pytest.raises(ConfigError, match=rf"'{key}'"):
             train_run({**cfg, "distillation": change}, tmp_path / "bad", verbose=0)

@@ -9,7 +9,8 @@ a real label are left as they are (weight 0): the teachers only re-describe what
 gives a task a weight ``w``: then its rows without a label take the teacher's answer as their target with weight
 ``w · (1 − λ)``, so the teachers also speak about the other datasets' faces (the expression teacher about UTKFace's,
 say), their voice fading with λ as on the labelled rows (the data distillation of Distill-2MD-MTL, annealed).
-The teachers answer every image once, before the first step (unaugmented, as the pipeline decodes it); their
+The teachers answer every image once, before the first step (unaugmented, as the pipeline decodes it, or as the mean
+over ``views``, e.g. the image and its mirror); their
 answers are kept in ``tf.Variable`` s that the training pipeline reads by row id, as distillation's pseudo-labels
 are, and in ``teacher_targets.npz`` of the run, so a resumed run does not ask them again.
 
@@ -45,6 +46,7 @@ import tensorflow as tf
 from kfacemtl.data import Source, make_dataset
 from kfacemtl.errors import ConfigError
 from kfacemtl.files import atomic_write
+from kfacemtl.models.views import tta_views
 from kfacemtl.tasks import Task
 from kfacemtl.training.distillation.teacher import EnsembleTeacher, pseudo_label_quality
 
@@ -156,6 +158,9 @@ class TeacherAnnealing(keras.callbacks.Callback):
         state_dir: where ``teacher_targets.npz`` is kept (None: nowhere).
         teacher_runs: ``{task: {"run": folder, "train_seconds": s}}`` of teachers trained for this run (the log
             carries them, so the student's report counts their time).
+        views: the views each teacher answers with, averaged (``"none"``: the image alone; ``"flip"``: the image
+            and its mirror; ``"six"``; or a tuple of ``(flip, scale, dx, dy)`` views): the teachers' test-time
+            augmentation, in the same batched pass.
 
     :attr:`pseudo_labels` is the :class:`AnnealedTargets` store the training pipeline reads; :attr:`log` what the
     report shows (the teachers' agreement with the real labels, per source and task, and their time).
@@ -173,7 +178,7 @@ class TeacherAnnealing(keras.callbacks.Callback):
 
     def __init__(self, sources: Sequence[Source], tasks: Sequence[Task], teachers, start: float = 0.0,
                  batch_size: int = 128, state_dir=None, verbose: int = 1, teacher_runs: Mapping | None = None,
-                 unlabelled: float | Mapping[str, float] = 0.0):
+                 unlabelled: float | Mapping[str, float] = 0.0, views="none"):
         super().__init__()
         if not 0 <= float(start) < 1:
             raise ValueError(f"start: expected the real label's first share in [0, 1), got {start!r}")
@@ -185,7 +190,8 @@ class TeacherAnnealing(keras.callbacks.Callback):
         elif teachers is None:
             raise ValueError("teachers: teacher annealing needs teachers ({task: model} or one model)")
         self.sources, self.tasks, self.start = list(sources), list(tasks), float(start)
-        self.teacher = EnsembleTeacher(teachers, ((False, 1.0, 0.0, 0.0),))  # the plain image: one answer each
+        self.views = views
+        self.teacher = EnsembleTeacher(teachers, tta_views(views) or ((False, 1.0, 0.0, 0.0),))
         self.annealed = [n for n in names if n in self.teacher.tasks]
         if not self.annealed:
             raise ValueError(f"teachers: they answer none of the model's tasks {names}")
@@ -215,6 +221,8 @@ class TeacherAnnealing(keras.callbacks.Callback):
                 raise ConfigError("distillation.teachers", f"a teacher takes {tuple(m.input_shape[1:3])} images, the "
                                                            f"student {tuple(image_size)}; they must match")
         start, entry = time.perf_counter(), {"annealing": True, "sources": {}}
+        if self.views != "none":
+            entry["views"] = self.views if isinstance(self.views, str) else [list(v) for v in self.views]
         tasks = [t for t in self.tasks if t.name in self.annealed]
         for src in self.sources:
             ds = make_dataset([src], self.tasks, batch_size=self.batch_size, image_size=image_size, training=False)
