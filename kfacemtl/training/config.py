@@ -27,8 +27,9 @@ A config has these sections (``unlabelled_sources``, ``distillation`` and ``coup
                    pseudo_weight: 0.5, reinit: false}   # rounds: 0 (the default) turns it off
     # or teacher annealing (BAM): {anneal: true, teachers: single-task, anneal_start: 0.0, anneal_unlabelled: 0.0}
     #   (teachers: single-task trains a matched single-task teacher per task first, for teacher_epochs epochs
-    #    when given, else the run's, with teacher_training's training keys over the run's; or {task: run directory}; teacher_views: flip
-    #    or six: the teachers answer each face as the mean over those views)
+    #    when given, else the run's, with teacher_training's training keys over the run's; or {task: run directory};
+    #    teacher_views: flip or six: the teachers answer each face as the mean over those views; born_again:
+    #    {generations: 1, views: flip} trains that many students first, each teaching the next, the last this run's)
     coupling: {coannotation: true, distribution_matching: true,   # all three off by default
                fuse_outputs: true,                # AU output fused with the AUs the expression head implies
                relations: [{source: expression, target: action_units, table: du2014}],  # or estimate, or a mapping
@@ -132,6 +133,7 @@ DEFAULTS: dict[str, Any] = {
         "teacher_epochs": None,
         "teacher_training": None,
         "teacher_views": "none",
+        "born_again": None,
     },
     "coupling": {
         "coannotation": False,
@@ -153,6 +155,7 @@ _FREE_FORM = {"tasks", "sources", "eval_sources", "unlabelled_sources", "trainin
               "training.cache_dir", "training.strategy_devices", "training.jit_compile", "training.steps_per_execution",
               "distillation.thresholds",
               "distillation.teachers", "distillation.anneal_unlabelled", "distillation.teacher_training",
+              "distillation.born_again",
               "coupling.relations"}
 
 
@@ -356,11 +359,31 @@ def _check_distillation(cfg: dict):
         raise ConfigError("distillation.teacher_epochs", "the budget of the teachers the run trains itself; "
                                                          "set teachers: single-task (or leave it out)")
     _check_teacher_training(cfg)
+    _check_born_again(d)
     if d["teacher_views"] != "none":
         check_choice("distillation.teacher_views", d["teacher_views"], ("none", *TTA_VIEWS))
         if not d["anneal"]:
             raise ConfigError("distillation.teacher_views", "the views the annealed teachers answer with; set anneal: "
                                                             "true (distillation rounds' teachers have their own six)")
+
+
+def _check_born_again(d: dict):
+    """``distillation.born_again``: ``{generations: N, views: none|flip|six}`` (or null: off), completed in place."""
+    ba, key = d["born_again"], "distillation.born_again"
+    if ba is None:
+        return
+    if not isinstance(ba, Mapping):
+        raise ConfigError(key, f"expected {{generations: N, views: none|flip|six}} (or null: off), got {ba!r}")
+    for k in ba:
+        if k not in ("generations", "views"):
+            raise ConfigError(f"{key}.{k}", "unknown key (expected generations and views)")
+    ba = d["born_again"] = {"generations": 1, "views": "none", **ba}
+    n = ba["generations"]
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ConfigError(f"{key}.generations", f"expected the number of earlier generations, >= 1, got {n!r}")
+    check_choice(f"{key}.views", ba["views"], ("none", *TTA_VIEWS))
+    if not d["anneal"]:
+        raise ConfigError(key, "each generation teaches the next by teacher annealing; set anneal: true")
 
 
 def _check_teacher_training(cfg: dict):

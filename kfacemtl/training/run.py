@@ -59,7 +59,7 @@ from kfacemtl.training.coupling import make_coupling
 from kfacemtl.training.distillation import SINGLE_TASK, DataDistillation, TeacherAnnealing
 from kfacemtl.training.distribute import distribute_options, is_chief, make_strategy, synchronize_batch_norm, worker_dir
 from kfacemtl.training.lr import make_dynamic_lr
-from kfacemtl.training.single_task import single_task_configs
+from kfacemtl.training.teachers import train_generations, train_teachers
 
 
 def build_sources(specs: Sequence, key: str = "sources") -> list[Source]:
@@ -77,7 +77,8 @@ def make_distillation(cfg: dict, sources: Sequence[Source], tasks: Sequence[Task
     :class:`~kfacemtl.training.distillation.TeacherAnnealing` with ``anneal: true`` (None when off).
 
     ``teachers`` is a ``.keras`` file or run directory (one fixed teacher) or ``{task: path}``
-    (e.g. single-task teachers); by default the model being trained teaches itself.
+    (e.g. single-task teachers); by default the model being trained teaches itself. Teachers the run trains first
+    (``teachers: single-task``, ``born_again``'s earlier generations) are trained here, in folders of ``out_dir``.
 
     Example:
         >>> from kfacemtl.training.config import resolve_config
@@ -91,10 +92,13 @@ def make_distillation(cfg: dict, sources: Sequence[Source], tasks: Sequence[Task
     d = cfg["distillation"]
     if not d["rounds"] and not d["anneal"]:
         return None
-    teachers, teacher_runs = d["teachers"], None
+    teachers, teacher_runs, views = d["teachers"], None, d["teacher_views"]
     if teachers == SINGLE_TASK:
-        teacher_runs = train_teachers(cfg, sources, out_dir, verbose)
+        teacher_runs = train_teachers(cfg, sources, out_dir, train_run, verbose)
         teachers = {task: run["run"] for task, run in teacher_runs.items()}
+    if d["born_again"]:  # the student's earlier generations first; the last one teaches this one
+        teachers, generations = train_generations(cfg, teachers, out_dir, train_run, verbose)
+        teacher_runs, views = {**(teacher_runs or {}), **generations}, d["born_again"]["views"]
     if isinstance(teachers, str):
         teachers = load_model(model_file(teachers), compile=False)
     elif teachers is not None:
@@ -103,46 +107,12 @@ def make_distillation(cfg: dict, sources: Sequence[Source], tasks: Sequence[Task
         with under_key("distillation", start="anneal_start", unlabelled="anneal_unlabelled"):
             return TeacherAnnealing(sources, tasks, teachers, start=d["anneal_start"], batch_size=d["batch_size"],
                                     state_dir=out_dir, verbose=verbose, teacher_runs=teacher_runs,
-                                    unlabelled=d["anneal_unlabelled"], views=d["teacher_views"])
+                                    unlabelled=d["anneal_unlabelled"], views=views)
     with under_key("distillation", teacher="teachers"):
         return DataDistillation(sources, tasks, rounds=d["rounds"], epochs_per_round=d["epochs_per_round"],
                                 teacher=teachers, soft=d["soft"], thresholds=d["thresholds"], balance=d["balance"],
                                 pseudo_weight=d["pseudo_weight"], reinit=d["reinit"], batch_size=d["batch_size"],
                                 state_dir=out_dir, verbose=verbose)
-
-
-def train_teachers(cfg: dict, sources: Sequence[Source], out_dir, verbose: int = 1) -> dict:
-    """``distillation.teachers: single-task``: train (or reuse, or resume) one single-task model per task, matched to
-    the run's budget (:func:`~kfacemtl.training.single_task.single_task_configs`; ``distillation.teacher_epochs``
-    epochs when given, and ``distillation.teacher_training``'s training keys over the run's), in
-    ``out_dir/teachers/<task>``; returns ``{task: {"run": folder, "train_seconds": s}}``.
-
-    Example:
-        >>> from kfacemtl.training.config import resolve_config
-        >>> cfg = resolve_config({"tasks": ["expression"], "sources": ["synthetic:lab?n=32"],
-        ...                       "model": {"widths": [8], "depths": [1], "embedding_dim": 8},
-        ...                       "training": {"epochs": 1, "steps_per_epoch": 2, "batch_size": 16}})
-        >>> runs = train_teachers(cfg, build_sources(cfg["sources"]), "runs/student", verbose=0)
-        >>> runs["expression"]["run"]
-        'runs/student/teachers/expression'
-    """
-    runs = {}
-    with under_key("distillation.teachers"):
-        configs = single_task_configs(cfg, sources)
-    for task, single in configs.items():
-        if cfg["distillation"]["teacher_epochs"] is not None:  # a budget of their own
-            single["training"]["epochs"] = cfg["distillation"]["teacher_epochs"]
-        single["training"].update(cfg["distillation"]["teacher_training"] or {})  # settings of their own
-        folder = Path(out_dir) / "teachers" / task
-        finished = folder / "report.json"
-        if finished.is_file():
-            report = json.loads(finished.read_text())
-        else:
-            if verbose:
-                print(f"teacher annealing: training the single-task teacher of {task} in {folder}", flush=True)
-            report = train_run(single, folder, resume=(folder / "config.yaml").is_file(), verbose=verbose)
-        runs[task] = {"run": str(folder), "train_seconds": report.get("train_seconds_this_session")}
-    return runs
 
 
 def check_sources_match_tasks(sources: Sequence[Source], tasks: Sequence[Task]):

@@ -59,7 +59,7 @@ def single_task_configs(cfg: dict, sources: Sequence[Source]) -> dict:
         if single.get("distillation", {}).get("anneal"):  # a single-task model is a teacher, not a student
             single["distillation"] = {**single["distillation"], "anneal": False, "teachers": None,
                                      "anneal_unlabelled": 0.0, "teacher_epochs": None, "teacher_training": None,
-                                     "teacher_views": "none"}
+                                     "teacher_views": "none", "born_again": None}
         if single["model"].get("branch_at") is not None or single["model"].get("branches"):
             single["model"] = {**single["model"], "branch_at": None, "branches": None}  # one task: nothing to branch
         out[name] = single
