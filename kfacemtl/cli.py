@@ -255,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
         ('export', 'savedmodel', None)
     """
     from kfacemtl.training.demo import DEMO_EPOCHS, DEMO_STEPS
-    from kfacemtl.models.views import TTA_VIEWS
+    from kfacemtl.models.views import VIEW_NAMES
     from kfacemtl.training.distribute import STRATEGIES
     parser = argparse.ArgumentParser(
         prog="kfacemtl", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -314,7 +314,7 @@ kfacemtl evaluate runs/real_mtl/model.keras --source 'utkface:../shared/data/utk
                         "(default: a run directory's eval_sources)")
     p.add_argument("--json", help="also write {source: {task: {metric: value, n: count}}} here")
     p.add_argument("--batch-size", type=int, default=128, help="images per prediction batch")
-    p.add_argument("--tta", choices=["none", *TTA_VIEWS], default="none", help="test-time augmentation: each answer "
+    p.add_argument("--tta", choices=VIEW_NAMES, default="none", help="test-time augmentation: each answer "
                    "averaged over views of a face (flip: it and its mirror, twice the time; six: flips, zooms, shifts)")
     p.add_argument("--plots", help="folder for a reliability diagram per source and classification head")
     p.add_argument("--by", help="comma-separated classification labels to break every metric down by, e.g. "
@@ -339,7 +339,7 @@ kfacemtl calibrate runs/exp/model.keras --source 'csv:val.csv' --out runs/exp/mo
     p.add_argument("--out", help="where to save the calibrated model (default: over the model file, atomically, the "
                                  "first time keeping it as <name>_uncalibrated.keras)")
     p.add_argument("--coverage", type=float, default=0.9, help="share of true values the age interval should hold")
-    p.add_argument("--tta", choices=["none", *TTA_VIEWS], default="none", help="fit to answers averaged over views")
+    p.add_argument("--tta", choices=VIEW_NAMES, default="none", help="fit to answers averaged over views")
     p.add_argument("--batch-size", type=int, default=128, help="images per prediction batch")
 
     p = _subcommand(sub, "demo", "train and evaluate on the synthetic benchmark (about 10 min on 2 CPU cores)",
@@ -382,7 +382,7 @@ kfacemtl export runs/real_mtl --name faces --format litert        # litert_model
     p.add_argument("--jit-compile", action="store_true",
                    help="compile the forward pass with XLA: for serving on a GPU (TF Serving's CPU build then needs "
                         "--xla_cpu_compilation_enabled)")
-    p.add_argument("--tta", choices=["none", *TTA_VIEWS], default="none", help="savedmodel: test-time augmentation "
+    p.add_argument("--tta", choices=VIEW_NAMES, default="none", help="savedmodel: test-time augmentation "
                    "in the signatures, as evaluate --tta (flip: twice the forward passes)")
 
     p = _subcommand(sub, "predict", "predict every task for image files, via TF Serving or a local SavedModel",
@@ -445,7 +445,7 @@ kfacemtl analyze photos/ --model runs/real_mtl --tta flip --out analysis/  # eac
     p.add_argument("--min-face-size", type=int, default=20,
                    help="smallest face to find, in pixels (larger is faster: 80 detects 3-4 times faster than 20)")
     p.add_argument("--batch-size", type=int, default=64, help="faces per network batch")
-    p.add_argument("--tta", choices=["none", *TTA_VIEWS], default="none", help="as evaluate --tta (--model RUN|.keras)")
+    p.add_argument("--tta", choices=VIEW_NAMES, default="none", help="as evaluate --tta (--model RUN|.keras)")
     p.add_argument("--no-annotate", action="store_true", help="skip the annotated copies of the photos")
     p.add_argument("--explain", action="append", metavar="HEAD",
                    help="also a saliency map of each face for this head (repeat), in explained/ (needs --model)")

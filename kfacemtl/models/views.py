@@ -28,6 +28,9 @@ DEFAULT_TRANSFORMS = ((False, 1.0, 0.0, 0.0), (True, 1.0, 0.0, 0.0), (False, 1.1
 #: teacher's six views (:data:`DEFAULT_TRANSFORMS`)
 TTA_VIEWS = {"flip": DEFAULT_TRANSFORMS[:2], "six": DEFAULT_TRANSFORMS}
 
+#: every name a views option takes (``--tta``, ``distillation.teacher_views``): ``none`` and those of :data:`TTA_VIEWS`
+VIEW_NAMES = ("none", *TTA_VIEWS)
+
 
 def tta_views(name) -> tuple | None:
     """The views of a test-time augmentation name (``None`` or ``"none"``: no augmentation); a tuple of views is
@@ -43,7 +46,7 @@ def tta_views(name) -> tuple | None:
         return None
     if isinstance(name, tuple):
         return name
-    return TTA_VIEWS[expect_one_of("tta", name, ("none", *TTA_VIEWS))]
+    return TTA_VIEWS[expect_one_of("tta", name, VIEW_NAMES)]
 
 
 def transform_boxes(transforms: Sequence) -> np.ndarray:

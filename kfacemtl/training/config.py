@@ -58,7 +58,7 @@ from kfacemtl.errors import ConfigError, check_choice, under_key
 from kfacemtl.models import BACKBONES, check_neck
 from kfacemtl.models.backbones import check_branching, check_trunk
 from kfacemtl.models.multitask import check_groups
-from kfacemtl.models.views import TTA_VIEWS
+from kfacemtl.models.views import VIEW_NAMES
 from kfacemtl.models.losses import NORMALIZATIONS
 from kfacemtl.training.callbacks import NAN_MODES
 from kfacemtl.training.compile import AUGMENT_ON, OPTIMIZERS
@@ -361,7 +361,7 @@ def _check_distillation(cfg: dict):
     _check_teacher_training(cfg)
     _check_born_again(d)
     if d["teacher_views"] != "none":
-        check_choice("distillation.teacher_views", d["teacher_views"], ("none", *TTA_VIEWS))
+        check_choice("distillation.teacher_views", d["teacher_views"], VIEW_NAMES)
         if not d["anneal"]:
             raise ConfigError("distillation.teacher_views", "the views the annealed teachers answer with; set anneal: "
                                                             "true (distillation rounds' teachers have their own six)")
@@ -381,7 +381,7 @@ def _check_born_again(d: dict):
     n = ba["generations"]
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ConfigError(f"{key}.generations", f"expected the number of earlier generations, >= 1, got {n!r}")
-    check_choice(f"{key}.views", ba["views"], ("none", *TTA_VIEWS))
+    check_choice(f"{key}.views", ba["views"], VIEW_NAMES)
     if not d["anneal"]:
         raise ConfigError(key, "each generation teaches the next by teacher annealing; set anneal: true")
 

@@ -29,10 +29,13 @@ from kfacemtl.errors import under_key
 from kfacemtl.training.single_task import single_task_configs
 
 
-def _train_or_reuse(train: Callable, cfg: dict, folder: Path, verbose: int) -> dict:
+def _train_or_reuse(train: Callable, cfg: dict, folder: Path, verbose: int, what: str) -> dict:
+    """The report of the run in ``folder``: read when it finished, else trained (resumed when it began), saying so."""
     finished = folder / "report.json"
     if finished.is_file():
         return json.loads(finished.read_text())
+    if verbose:
+        print(f"{what} in {folder}", flush=True)
     return train(cfg, folder, resume=(folder / "config.yaml").is_file(), verbose=verbose)
 
 
@@ -60,9 +63,8 @@ def train_teachers(cfg: dict, sources: Sequence[Source], out_dir, train: Callabl
             single["training"]["epochs"] = cfg["distillation"]["teacher_epochs"]
         single["training"].update(cfg["distillation"]["teacher_training"] or {})  # settings of their own
         folder = Path(out_dir) / "teachers" / task
-        if verbose and not (folder / "report.json").is_file():
-            print(f"teacher annealing: training the single-task teacher of {task} in {folder}", flush=True)
-        report = _train_or_reuse(train, single, folder, verbose)
+        report = _train_or_reuse(train, single, folder, verbose,
+                                 f"teacher annealing: training the single-task teacher of {task}")
         runs[task] = {"run": str(folder), "train_seconds": report.get("train_seconds_this_session")}
     return runs
 
@@ -109,9 +111,8 @@ def train_generations(cfg: dict, teachers, out_dir, train: Callable, verbose: in
     runs = {}
     for g in range(1, cfg["distillation"]["born_again"]["generations"] + 1):
         folder = Path(out_dir) / "generations" / str(g)
-        if verbose and not (folder / "report.json").is_file():
-            print(f"born again: training generation {g} of the student in {folder}", flush=True)
-        report = _train_or_reuse(train, generation_config(cfg, g, teachers), folder, verbose)
+        report = _train_or_reuse(train, generation_config(cfg, g, teachers), folder, verbose,
+                                 f"born again: training generation {g} of the student")
         runs[f"generation-{g}"] = {"run": str(folder), "train_seconds": report.get("train_seconds_this_session")}
         teachers = str(folder)
     return teachers, runs
