@@ -15,7 +15,7 @@ from helpers import ROOT, TINY, tiny_model, write_png
 from kfacemtl.models.views import transform_batch, transform_boxes
 from kfacemtl.training.distillation import DataDistillation, EnsembleTeacher, PseudoLabels, distill, select
 from kfacemtl.errors import ConfigError
-from kfacemtl.models import MaskedTaskLoss, class_accuracy
+from kfacemtl.models import MaskedTaskLoss, build_model, class_accuracy
 from kfacemtl.data import DecodedImages, make_dataset
 from kfacemtl.data import CsvSource, ImagesSource, RowSubset, SyntheticSource, WithoutLabels, make_source
 from kfacemtl.tasks import get_task, resolve_tasks
@@ -496,3 +496,19 @@ def test_train_run_with_teacher_annealing_from_config(tmp_path):
                         ({"teacher_views": "flip"}, "distillation.teacher_views")):
         with pytest.raises(ConfigError, match=rf"'{key}'"):
             train_run({**cfg, "distillation": change}, tmp_path / "bad", verbose=0)
+
+
+def test_teachers_answer_at_their_own_input_size():
+    tasks = resolve_tasks(["age", "expression"])
+    src = make_source("synthetic:lab?n=16")
+    keras.utils.set_random_seed(2)
+    small = build_model(resolve_tasks(["age"]), input_shape=(32, 32, 3), widths=(4,), depths=1)
+    same = tiny_model(["expression"], seed=3)  # the student's size
+    annealing = TeacherAnnealing([src], tasks, {"age": small, "expression": same}, verbose=0)
+    entry = annealing.teach((64, 64))
+    assert entry["teacher_sizes"] == {"age": [32, 32], "expression": [64, 64]}
+    for teacher, size, task in ((small, (32, 32), "age"), (same, (64, 64), "expression")):
+        images = next(iter(make_dataset([src], tasks, batch_size=16, image_size=size, training=False)))[0]
+        np.testing.assert_allclose(annealing.pseudo_labels.values["lab-train"][task].numpy(),
+                                   teacher.predict(images, verbose=0), atol=1e-5)
+    assert "teacher_sizes" not in TeacherAnnealing([src], tasks, {"expression": same}, verbose=0).teach((64, 64))

@@ -214,23 +214,24 @@ class TeacherAnnealing(keras.callbacks.Callback):
         return float(min(1.0, self.start + (1.0 - self.start) * step / max(int(total), 1)))
 
     def teach(self, image_size) -> dict:
-        """Ask the teachers about every training image once; returns the log entry."""
-        models = self.teacher.models
-        for m in (models.values() if isinstance(models, Mapping) else [models]):
-            if tuple(m.input_shape[1:3]) != tuple(image_size):
-                raise ConfigError("distillation.teachers", f"a teacher takes {tuple(m.input_shape[1:3])} images, the "
-                                                           f"student {tuple(image_size)}; they must match")
+        """Ask the teachers about every training image once; returns the log entry. Each teacher is asked about the
+        images at its own input size (``teacher_sizes`` in the entry where it is not ``image_size``, the student's):
+        a 64×64 teacher can teach an 80×80 student."""
         start, entry = time.perf_counter(), {"annealing": True, "sources": {}}
         if self.views != "none":
             entry["views"] = self.views if isinstance(self.views, str) else [list(v) for v in self.views]
+        sizes = self.teacher.input_sizes(self.annealed)
+        if set(sizes) != {tuple(image_size)}:
+            entry["teacher_sizes"] = {task: list(size) for size, names in sizes.items() for task in names}
         tasks = [t for t in self.tasks if t.name in self.annealed]
         for src in self.sources:
-            ds = make_dataset([src], self.tasks, batch_size=self.batch_size, image_size=image_size, training=False)
             answers = {t.name: [] for t in tasks}
-            for images, _, _ in ds:
-                out = self.teacher(images, self.annealed)
-                for t in tasks:
-                    answers[t.name].append(out[t.name][0])
+            for size, names in sizes.items():
+                ds = make_dataset([src], self.tasks, batch_size=self.batch_size, image_size=size, training=False)
+                for images, _, _ in ds:
+                    out = self.teacher(images, names)
+                    for name in names:
+                        answers[name].append(out[name][0])
             labels, weights = src.labels(self.tasks)
             entry["sources"][src.name] = {}
             for t in tasks:

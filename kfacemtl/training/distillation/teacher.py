@@ -56,6 +56,25 @@ class EnsembleTeacher:
         """The task names the teacher answers."""
         return [t for _, tasks in self._plan for t in tasks]
 
+    def input_sizes(self, tasks: Sequence[str] | None = None) -> dict:
+        """``{(height, width): [task, ...]}``: which of ``tasks`` (default all) the models of each input size answer,
+        so that each model is asked about images of its own size.
+
+        Example:
+            >>> from kfacemtl.models import build_model
+            >>> from kfacemtl.tasks import resolve_tasks
+            >>> small = build_model(resolve_tasks(["age"]), input_shape=(16, 16, 3), widths=(4,), depths=1)
+            >>> large = build_model(resolve_tasks(["gender"]), input_shape=(24, 24, 3), widths=(4,), depths=1)
+            >>> EnsembleTeacher({"age": small, "gender": large}).input_sizes()
+            {(16, 16): ['age'], (24, 24): ['gender']}
+        """
+        sizes = {}
+        for model, answers in self._plan:
+            for task in answers:
+                if tasks is None or task in tasks:
+                    sizes.setdefault(tuple(model.input_shape[1:3]), []).append(task)
+        return sizes
+
     def __call__(self, images, tasks: Sequence[str] | None = None) -> dict:
         """``{task: (ensemble mean (B, ...), spread (B,))}`` as numpy arrays, for ``tasks`` (default all)
         and whatever else the models that answer them give."""
