@@ -16,7 +16,7 @@ from kfacemtl.models.views import transform_batch, transform_boxes
 from kfacemtl.training.distillation import DataDistillation, EnsembleTeacher, PseudoLabels, distill, select
 from kfacemtl.errors import ConfigError
 from kfacemtl.models import MaskedTaskLoss, build_model, class_accuracy
-from kfacemtl.data import DecodedImages, make_dataset
+from kfacemtl.data import DecodedImages, cached_sources, make_dataset
 from kfacemtl.data import CsvSource, ImagesSource, RowSubset, SyntheticSource, WithoutLabels, make_source
 from kfacemtl.tasks import get_task, resolve_tasks
 from kfacemtl.training import compile_model, train_run
@@ -498,7 +498,7 @@ def test_train_run_with_teacher_annealing_from_config(tmp_path):
             train_run({**cfg, "distillation": change}, tmp_path / "bad", verbose=0)
 
 
-def test_teachers_answer_at_their_own_input_size():
+def test_teachers_answer_at_their_own_input_size(tmp_path):
     tasks = resolve_tasks(["age", "expression"])
     src = make_source("synthetic:lab?n=16")
     keras.utils.set_random_seed(2)
@@ -512,3 +512,18 @@ def test_teachers_answer_at_their_own_input_size():
         np.testing.assert_allclose(annealing.pseudo_labels.values["lab-train"][task].numpy(),
                                    teacher.predict(images, verbose=0), atol=1e-5)
     assert "teacher_sizes" not in TeacherAnnealing([src], tasks, {"expression": same}, verbose=0).teach((64, 64))
+    # a run's file source is decoded at the student's size; the teacher reads the files again at its own
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        write_png(tmp_path / "faces" / ("happy", "sad")[i % 2] / f"{i}.png", rng.integers(0, 256, (40, 40, 3)))
+    files = make_source(f"folder:{tmp_path / 'faces'}")
+    [cached] = cached_sources([files], (64, 64))
+    expression = resolve_tasks(["expression"])
+    teacher = build_model(expression, input_shape=(32, 32, 3), widths=(4,), depths=1)
+    annealing = TeacherAnnealing([cached], expression, {"expression": teacher}, verbose=0)
+    annealing.teach((64, 64))
+    direct = next(iter(make_dataset([files], expression, batch_size=8, image_size=(32, 32), training=False)))[0]
+    twice = next(iter(make_dataset([cached], expression, batch_size=8, image_size=(32, 32), training=False)))[0]
+    assert np.abs(direct.numpy() - twice.numpy()).max() > 0.01  # resized to 64 and back is not the same image
+    np.testing.assert_allclose(annealing.pseudo_labels.values[files.name]["expression"].numpy(),
+                               teacher.predict(direct, verbose=0), atol=1e-5)
