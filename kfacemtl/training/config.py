@@ -148,6 +148,10 @@ DEFAULTS: dict[str, Any] = {
     },
 }
 
+#: The distillation keys about the teachers a run trains itself (``teachers: single-task``, ``born_again``) with their
+#: defaults: a run trained as someone's teacher or earlier generation does not inherit them (it would train its own).
+OWN_TEACHERS = {"teacher_epochs": None, "teacher_training": None, "born_again": None}
+
 
 _FREE_FORM = {"tasks", "sources", "eval_sources", "unlabelled_sources", "training.augment", "training.mixing",
               "training.steps_per_epoch",

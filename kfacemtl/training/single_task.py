@@ -21,6 +21,7 @@ import copy
 from typing import Sequence
 
 from kfacemtl.data import Source, mixing_weights
+from kfacemtl.training.config import OWN_TEACHERS
 
 
 def single_task_configs(cfg: dict, sources: Sequence[Source]) -> dict:
@@ -58,8 +59,7 @@ def single_task_configs(cfg: dict, sources: Sequence[Source]) -> dict:
         single["training"]["loss_weights"] = None  # one task: nothing to weigh it against
         if single.get("distillation", {}).get("anneal"):  # a single-task model is a teacher, not a student
             single["distillation"] = {**single["distillation"], "anneal": False, "teachers": None,
-                                     "anneal_unlabelled": 0.0, "teacher_epochs": None, "teacher_training": None,
-                                     "teacher_views": "none", "born_again": None}
+                                     "anneal_unlabelled": 0.0, "teacher_views": "none", **OWN_TEACHERS}
         if single["model"].get("branch_at") is not None or single["model"].get("branches"):
             single["model"] = {**single["model"], "branch_at": None, "branches": None}  # one task: nothing to branch
         out[name] = single

@@ -26,6 +26,7 @@ from typing import Callable, Sequence
 
 from kfacemtl.data import Source
 from kfacemtl.errors import under_key
+from kfacemtl.training.config import OWN_TEACHERS
 from kfacemtl.training.single_task import single_task_configs
 
 
@@ -86,8 +87,7 @@ def generation_config(cfg: dict, generation: int, teachers) -> dict:
     d = cfg["distillation"]
     views = d["teacher_views"] if generation == 1 else d["born_again"]["views"]
     return {**cfg, "eval_sources": [],
-            "distillation": {**d, "teachers": teachers, "teacher_views": views, "teacher_epochs": None,
-                             "teacher_training": None, "born_again": None}}
+            "distillation": {**d, "teachers": teachers, "teacher_views": views, **OWN_TEACHERS}}
 
 
 def train_generations(cfg: dict, teachers, out_dir, train: Callable, verbose: int = 1) -> tuple:
