@@ -27,7 +27,8 @@ A config has these sections (``unlabelled_sources``, ``distillation`` and ``coup
                    pseudo_weight: 0.5, reinit: false}   # rounds: 0 (the default) turns it off
     # or teacher annealing (BAM): {anneal: true, teachers: single-task, anneal_start: 0.0, anneal_unlabelled: 0.0}
     #   (teachers: single-task trains a matched single-task teacher per task first, for teacher_epochs epochs
-    #    when given, else the run's, with teacher_training's training keys over the run's; or {task: run directory};
+    #    when given, else the run's, with teacher_training's training keys and teacher_model's model keys (e.g.
+    #    {input_shape: [64, 64, 3]}) over the run's; or {task: run directory};
     #    teacher_views: flip or six: the teachers answer each face as the mean over those views; born_again:
     #    {generations: 1, views: flip} trains that many students first, each teaching the next, the last this run's)
     coupling: {coannotation: true, distribution_matching: true,   # all three off by default
@@ -132,6 +133,7 @@ DEFAULTS: dict[str, Any] = {
         "anneal_unlabelled": 0.0,
         "teacher_epochs": None,
         "teacher_training": None,
+        "teacher_model": None,
         "teacher_views": "none",
         "born_again": None,
     },
@@ -150,7 +152,7 @@ DEFAULTS: dict[str, Any] = {
 
 #: The distillation keys about the teachers a run trains itself (``teachers: single-task``, ``born_again``) with their
 #: defaults: a run trained as someone's teacher or earlier generation does not inherit them (it would train its own).
-OWN_TEACHERS = {"teacher_epochs": None, "teacher_training": None, "born_again": None}
+OWN_TEACHERS = {"teacher_epochs": None, "teacher_training": None, "teacher_model": None, "born_again": None}
 
 
 _FREE_FORM = {"tasks", "sources", "eval_sources", "unlabelled_sources", "training.augment", "training.mixing",
@@ -158,7 +160,7 @@ _FREE_FORM = {"tasks", "sources", "eval_sources", "unlabelled_sources", "trainin
               "training.loss_weights", "training.weighting_options", "training.dynamic_lr_options",
               "training.cache_dir", "training.strategy_devices", "training.jit_compile", "training.steps_per_execution",
               "distillation.thresholds",
-              "distillation.teachers", "distillation.anneal_unlabelled", "distillation.teacher_training",
+              "distillation.teachers", "distillation.anneal_unlabelled", "distillation.teacher_training", "distillation.teacher_model",
               "distillation.born_again",
               "coupling.relations"}
 
@@ -362,7 +364,8 @@ def _check_distillation(cfg: dict):
     if te is not None and teachers != "single-task":
         raise ConfigError("distillation.teacher_epochs", "the budget of the teachers the run trains itself; "
                                                          "set teachers: single-task (or leave it out)")
-    _check_teacher_training(cfg)
+    _check_teacher_section(cfg, "training", "{optimizer: adam}")
+    _check_teacher_section(cfg, "model", "{input_shape: [64, 64, 3]}")
     _check_born_again(d)
     if d["teacher_views"] != "none":
         check_choice("distillation.teacher_views", d["teacher_views"], VIEW_NAMES)
@@ -390,22 +393,23 @@ def _check_born_again(d: dict):
         raise ConfigError(key, "each generation teaches the next by teacher annealing; set anneal: true")
 
 
-def _check_teacher_training(cfg: dict):
-    """``distillation.teacher_training``: training keys the single-task teachers take instead of the run's (the
-    student's), checked as the run's own training section would be."""
-    tt, key = cfg["distillation"]["teacher_training"], "distillation.teacher_training"
+def _check_teacher_section(cfg: dict, section: str, example: str):
+    """``distillation.teacher_training`` (``teacher_model``): training (model) keys the single-task teachers take
+    instead of the run's (the student's), checked as the run's own section would be."""
+    key = f"distillation.teacher_{section}"
+    tt = cfg["distillation"][f"teacher_{section}"]
     if tt is None:
         return
     if not isinstance(tt, Mapping):
-        raise ConfigError(key, f"expected a mapping of training keys (e.g. {{optimizer: adam}}), got {tt!r}")
+        raise ConfigError(key, f"expected a mapping of {section} keys (e.g. {example}), got {tt!r}")
     if cfg["distillation"]["teachers"] != "single-task":
         raise ConfigError(key, "the settings of the teachers the run trains itself; set teachers: single-task "
                                "(or leave it out)")
     try:
-        resolve_config({**cfg, "training": {**cfg["training"], **tt},
-                        "distillation": {**cfg["distillation"], "teacher_training": None}})
+        resolve_config({**cfg, section: {**cfg[section], **tt},
+                        "distillation": {**cfg["distillation"], f"teacher_{section}": None}})
     except ConfigError as e:
-        inner = e.key_path.partition("training.")[2] if e.key_path.startswith("training.") else None
+        inner = e.key_path.partition(f"{section}.")[2] if e.key_path.startswith(f"{section}.") else None
         if inner is None:
             raise
         raise ConfigError(f"{key}.{inner}", str(e).partition("': ")[2]) from None

@@ -43,7 +43,8 @@ def _train_or_reuse(train: Callable, cfg: dict, folder: Path, verbose: int, what
 def train_teachers(cfg: dict, sources: Sequence[Source], out_dir, train: Callable, verbose: int = 1) -> dict:
     """``distillation.teachers: single-task``: train (or reuse, or resume) one single-task model per task, matched to
     the run's budget (:func:`~kfacemtl.training.single_task.single_task_configs`; ``distillation.teacher_epochs``
-    epochs when given, and ``distillation.teacher_training``'s training keys over the run's), in
+    epochs when given, ``distillation.teacher_training``'s training keys and ``teacher_model``'s model keys over the
+    run's), in
     ``out_dir/teachers/<task>``; returns ``{task: {"run": folder, "train_seconds": s}}``.
 
     Example:
@@ -63,6 +64,7 @@ def train_teachers(cfg: dict, sources: Sequence[Source], out_dir, train: Callabl
         if cfg["distillation"]["teacher_epochs"] is not None:  # a budget of their own
             single["training"]["epochs"] = cfg["distillation"]["teacher_epochs"]
         single["training"].update(cfg["distillation"]["teacher_training"] or {})  # settings of their own
+        single["model"].update(cfg["distillation"]["teacher_model"] or {})  # and a network of their own
         folder = Path(out_dir) / "teachers" / task
         report = _train_or_reuse(train, single, folder, verbose,
                                  f"teacher annealing: training the single-task teacher of {task}")

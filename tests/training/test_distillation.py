@@ -456,6 +456,7 @@ def test_train_run_with_teacher_annealing_from_config(tmp_path):
            "distillation": {"anneal": True, "teachers": "single-task",  # trained first, matched to the budget
                             "teacher_epochs": 1,  # but for half the student's epochs
                             "teacher_training": {"optimizer": "sgd"},  # and with an optimizer of their own
+                            "teacher_model": {"input_shape": [16, 16, 3]},  # at an input size of their own
                             "anneal_unlabelled": {"expression": 1.0}}}  # portraits' rows learn the teacher's answer
     report = train_run(cfg, tmp_path / "student", verbose=0)
     (entry,) = report["distillation"]
@@ -471,6 +472,8 @@ def test_train_run_with_teacher_annealing_from_config(tmp_path):
     assert teacher["training"]["epochs"] == 1 and len(pd.read_csv(tmp_path / "student" / "teachers" / "gender" /
                                                                   "history.csv")) == 1
     assert teacher["training"]["optimizer"] == "sgd" and teacher["distillation"]["teacher_training"] is None
+    assert teacher["model"]["input_shape"] == [16, 16, 3] and teacher["distillation"]["teacher_model"] is None
+    assert entry["teacher_sizes"] == {"gender": [16, 16], "expression": [16, 16]}  # each asked at its own size
     assert yaml.safe_load((tmp_path / "student" / "config.yaml").read_text())["training"]["optimizer"] == "adam"
     assert len(pd.read_csv(tmp_path / "student" / "history.csv")) == 2
     assert "teacher_lambda" in (tmp_path / "student" / "history.csv").read_text().splitlines()[0]
@@ -492,6 +495,12 @@ def test_train_run_with_teacher_annealing_from_config(tmp_path):
                          "distillation.teacher_training.optimiser"),
                         ({"anneal": True, "teachers": "single-task", "teacher_training": ["sgd"]},
                          "distillation.teacher_training"),
+                        ({"anneal": True, "teachers": "x", "teacher_model": {"input_shape": [16, 16, 3]}},
+                         "distillation.teacher_model"),
+                        ({"anneal": True, "teachers": "single-task", "teacher_model": {"input_size": 16}},
+                         "distillation.teacher_model.input_size"),
+                        ({"anneal": True, "teachers": "single-task", "teacher_model": 16},
+                         "distillation.teacher_model"),
                         ({"anneal": True, "teachers": "x", "teacher_views": "mirror"}, "distillation.teacher_views"),
                         ({"teacher_views": "flip"}, "distillation.teacher_views")):
         with pytest.raises(ConfigError, match=rf"'{key}'"):
