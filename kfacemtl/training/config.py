@@ -160,8 +160,8 @@ _FREE_FORM = {"tasks", "sources", "eval_sources", "unlabelled_sources", "trainin
               "training.loss_weights", "training.weighting_options", "training.dynamic_lr_options",
               "training.cache_dir", "training.strategy_devices", "training.jit_compile", "training.steps_per_execution",
               "distillation.thresholds",
-              "distillation.teachers", "distillation.anneal_unlabelled", "distillation.teacher_training", "distillation.teacher_model",
-              "distillation.born_again",
+              "distillation.teachers", "distillation.anneal_unlabelled", "distillation.teacher_training",
+              "distillation.teacher_model", "distillation.born_again",
               "coupling.relations"}
 
 

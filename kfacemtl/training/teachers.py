@@ -44,8 +44,7 @@ def train_teachers(cfg: dict, sources: Sequence[Source], out_dir, train: Callabl
     """``distillation.teachers: single-task``: train (or reuse, or resume) one single-task model per task, matched to
     the run's budget (:func:`~kfacemtl.training.single_task.single_task_configs`; ``distillation.teacher_epochs``
     epochs when given, ``distillation.teacher_training``'s training keys and ``teacher_model``'s model keys over the
-    run's), in
-    ``out_dir/teachers/<task>``; returns ``{task: {"run": folder, "train_seconds": s}}``.
+    run's), in ``out_dir/teachers/<task>``; returns ``{task: {"run": folder, "train_seconds": s}}``.
 
     Example:
         >>> from kfacemtl.training import resolve_config, train_run
