@@ -397,16 +397,16 @@ def _check_teacher_section(cfg: dict, section: str, example: str):
     """``distillation.teacher_training`` (``teacher_model``): training (model) keys the single-task teachers take
     instead of the run's (the student's), checked as the run's own section would be."""
     key = f"distillation.teacher_{section}"
-    tt = cfg["distillation"][f"teacher_{section}"]
-    if tt is None:
+    overrides = cfg["distillation"][f"teacher_{section}"]
+    if overrides is None:
         return
-    if not isinstance(tt, Mapping):
-        raise ConfigError(key, f"expected a mapping of {section} keys (e.g. {example}), got {tt!r}")
+    if not isinstance(overrides, Mapping):
+        raise ConfigError(key, f"expected a mapping of {section} keys (e.g. {example}), got {overrides!r}")
     if cfg["distillation"]["teachers"] != "single-task":
         raise ConfigError(key, "the settings of the teachers the run trains itself; set teachers: single-task "
                                "(or leave it out)")
     try:
-        resolve_config({**cfg, section: {**cfg[section], **tt},
+        resolve_config({**cfg, section: {**cfg[section], **overrides},
                         "distillation": {**cfg["distillation"], f"teacher_{section}": None}})
     except ConfigError as e:
         inner = e.key_path.partition(f"{section}.")[2] if e.key_path.startswith(f"{section}.") else None
