@@ -229,7 +229,8 @@ def cached_sources(sources: Sequence[Source], image_size, limit_mb: float = 4096
     ``memory``: in memory (:class:`DecodedImages`) while the decoded images fit in ``limit_mb`` together (in
     order), the rest as they are; ``auto``: the same, the rest on disk in ``cache_dir`` (default
     :func:`default_cache_dir`); ``disk``: all on disk; ``none``: nothing cached (a decoding pass still checks the
-    files). Files that cannot be decoded raise :class:`BadImageFiles` (``bad_images: error``) or are left out
+    files). A :class:`DecodedImages` of another size is read from its files again at ``image_size`` (not its
+    decoded images resized a second time). Files that cannot be decoded raise :class:`BadImageFiles` (``bad_images: error``) or are left out
     (``skip``: the source becomes a :class:`~kfacemtl.data.wrappers.RowSubset`, and ``skipped[source name]`` lists them).
 
     Example:
@@ -252,6 +253,8 @@ def cached_sources(sources: Sequence[Source], image_size, limit_mb: float = 4096
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     out, used = [], 0.0
     for src in sources:
+        if isinstance(src, DecodedImages) and src.image_size != tuple(image_size):
+            src = src.source  # e.g. a 64x64 teacher of an 80x80 run: its faces from the files, not 64->80->64
         if src.images() is not None or src.paths() is None:
             out.append(src)
             continue

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -247,6 +249,24 @@ def test_training_cache_decodes_files_once_into_the_same_images(tmp_path):
         assert y["gender"].numpy().tolist() == [i % 2 for i in rows] and np.all(w["gender"].numpy() == 1)
     with pytest.raises(ValueError, match=r"^cache: expected one of \('auto'"):
         make_dataset([src], TASKS, cache="ram")
+
+
+def test_cache_at_another_size_reads_the_files_again(tmp_path):
+    from kfacemtl.data import DecodedImages, cached_sources
+    rng = np.random.default_rng(1)
+    for i in range(4):
+        write_png(tmp_path / "faces" / ("happy", "sad")[i % 2] / f"{i}.png", rng.integers(0, 256, (40, 40, 3)))
+    files = make_source(f"folder:{tmp_path / 'faces'}")
+    [cached] = cached_sources([files], (48, 48))
+    direct = np.stack([decode_image(p.read_bytes(), (24, 24)).numpy() for p in map(Path, files.paths())])
+    resized = tf.image.resize(cached.images() / 255, (24, 24), antialias=True).numpy()  # 40 -> 48 -> 24
+    assert np.abs(resized - direct).max() > 0.01  # resizing the cached faces again would not be the same image
+    for mode in ("none", "memory", "disk"):
+        [again] = cached_sources([cached], (24, 24), mode=mode, cache_dir=tmp_path / "cache")
+        assert again is files if mode == "none" else (isinstance(again, DecodedImages) and again.source is files)
+    x = next(iter(make_dataset([cached], TASKS, batch_size=4, image_size=(24, 24), training=False)))[0]
+    np.testing.assert_allclose(x.numpy(), direct, atol=1e-6)  # from the files, as a source never cached
+    assert cached_sources([cached], (48, 48))[0] is cached  # at its own size: as it is
 
 
 def test_disk_cache_is_written_once_reused_rebuilt_when_broken_and_gives_the_memory_cache_images(tmp_path):

@@ -532,7 +532,5 @@ def test_teachers_answer_at_their_own_input_size(tmp_path):
     annealing = TeacherAnnealing([cached], expression, {"expression": teacher}, verbose=0)
     annealing.teach((64, 64))
     direct = next(iter(make_dataset([files], expression, batch_size=8, image_size=(32, 32), training=False)))[0]
-    twice = next(iter(make_dataset([cached], expression, batch_size=8, image_size=(32, 32), training=False)))[0]
-    assert np.abs(direct.numpy() - twice.numpy()).max() > 0.01  # resized to 64 and back is not the same image
     np.testing.assert_allclose(annealing.pseudo_labels.values[files.name]["expression"].numpy(),
                                teacher.predict(direct, verbose=0), atol=1e-5)

@@ -43,7 +43,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kfacemtl.data import DecodedImages, Source, make_dataset
+from kfacemtl.data import Source, make_dataset
 from kfacemtl.errors import ConfigError
 from kfacemtl.files import atomic_write
 from kfacemtl.models.views import tta_views
@@ -143,14 +143,6 @@ def _shape(task: Task) -> tuple:
     return (len(task.classes),) if task.kind == "classification" else tuple(task.label_shape)
 
 
-def _at_size(source: Source, size) -> Source:
-    """``source`` as a teacher of input ``size`` sees it: a run's decoded images at another size are decoded again
-    from their files at ``size`` (so that a 64×64 face is not resized to 80×80 and back)."""
-    if isinstance(source, DecodedImages) and source.image_size != tuple(size):
-        return source.source
-    return source
-
-
 class TeacherAnnealing(keras.callbacks.Callback):
     """Distil teachers into the student with teacher annealing (see the module docstring).
 
@@ -235,8 +227,7 @@ class TeacherAnnealing(keras.callbacks.Callback):
         for src in self.sources:
             answers = {t.name: [] for t in tasks}
             for size, names in sizes.items():
-                ds = make_dataset([_at_size(src, size)], self.tasks, batch_size=self.batch_size, image_size=size,
-                                  training=False)
+                ds = make_dataset([src], self.tasks, batch_size=self.batch_size, image_size=size, training=False)
                 for images, _, _ in ds:
                     out = self.teacher(images, names)
                     for name in names:
