@@ -364,6 +364,9 @@ def _check_distillation(cfg: dict):
     if te is not None and teachers != "single-task":
         raise ConfigError("distillation.teacher_epochs", "the budget of the teachers the run trains itself; "
                                                          "set teachers: single-task (or leave it out)")
+    if te is not None and "epochs" in (d["teacher_training"] or {}):  # one budget, said once
+        raise ConfigError("distillation.teacher_training.epochs", "the teachers' epochs are already given by "
+                                                                  "distillation.teacher_epochs; give them once")
     _check_teacher_section(cfg, "training", "{optimizer: adam}")
     _check_teacher_section(cfg, "model", "{input_shape: [64, 64, 3]}")
     _check_born_again(d)
