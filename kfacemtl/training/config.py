@@ -59,7 +59,7 @@ from kfacemtl.errors import ConfigError, check_choice, under_key
 from kfacemtl.models import BACKBONES, check_neck
 from kfacemtl.models.backbones import check_branching, check_trunk
 from kfacemtl.models.multitask import check_groups
-from kfacemtl.models.views import VIEW_NAMES
+from kfacemtl.models.views import TTA_VIEWS, VIEW_NAMES
 from kfacemtl.models.losses import NORMALIZATIONS
 from kfacemtl.training.callbacks import NAN_MODES
 from kfacemtl.training.compile import AUGMENT_ON, OPTIMIZERS
@@ -156,7 +156,7 @@ OWN_TEACHERS = {"teacher_epochs": None, "teacher_training": None, "teacher_model
 
 
 _FREE_FORM = {"tasks", "sources", "eval_sources", "unlabelled_sources", "training.augment", "training.mixing",
-              "training.steps_per_epoch",
+              "training.steps_per_epoch", "training.calibrate",
               "training.loss_weights", "training.weighting_options", "training.dynamic_lr_options",
               "training.cache_dir", "training.strategy_devices", "training.jit_compile", "training.steps_per_execution",
               "distillation.thresholds",
@@ -232,8 +232,9 @@ def resolve_config(config: Mapping | None) -> dict:
         check_choice(f"training.{key}", tr[key], choices)
     with under_key("training.augment"):
         augment_options(tr["augment"])  # true, false or {zoom: Z, rotate: R}
-    if not isinstance(tr["calibrate"], bool):
-        raise ConfigError("training.calibrate", f"expected true or false, got {tr['calibrate']!r}")
+    if not isinstance(tr["calibrate"], bool) and tr["calibrate"] not in TTA_VIEWS:
+        raise ConfigError("training.calibrate", f"expected true, false or the views the model will answer with "
+                                                f"({', '.join(TTA_VIEWS)}), got {tr['calibrate']!r}")
     if tr["calibrate"] and not any(validation_spec(s) for s in cfg["sources"] or ()):
         raise ConfigError("training.calibrate", "needs a training source that holds a validation part out "
                                                 "(val_fraction=F in its spec): the temperatures are fitted there")

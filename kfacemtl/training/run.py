@@ -407,7 +407,8 @@ def write_report(run: Run, model, history, seconds: float, distillation=None, gu
     calibration = None
     if tr["calibrate"]:  # temperature scaling on the validation parts, saved with the model (and its plots)
         specs = [v for v in map(validation_spec, run.cfg["sources"]) if v is not None]
-        calibration = calibrate(model, build_sources(specs, "sources (validation parts)"), image_size=run.image_size)
+        calibration = calibrate(model, build_sources(specs, "sources (validation parts)"), image_size=run.image_size,
+                                tta=None if tr["calibrate"] is True else tr["calibrate"])  # or fitted to the views
         save_calibrated(model, calibration, out_dir / "model.keras", specs)
     else:
         atomic_write(out_dir / "model.keras", model.save)

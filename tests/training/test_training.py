@@ -296,8 +296,13 @@ def test_training_can_end_by_calibrating_on_the_validation_parts(tmp_path):
     from kfacemtl.models import load_model
     assert load_model(tmp_path / "run" / "model.keras").temperatures == pytest.approx(fitted)
     assert (tmp_path / "run" / "plots" / "reliability_expression.png").exists()
+    assert {c["tta"] for c in report["calibration"].values()} == {"none"}
+    flip = train_run({**cfg, "training": {**cfg["training"], "calibrate": "flip"}}, tmp_path / "flip", verbose=0)
+    assert {c["tta"] for c in flip["calibration"].values()} == {"flip"}  # fitted to the answers flip gives
     with pytest.raises(ConfigError, match="'training.calibrate': needs a training source that holds a validation"):
         resolve_config(_cfg(calibrate=True))
+    with pytest.raises(ConfigError, match=r"'training.calibrate': expected true, false or the views .*\(flip, six\)"):
+        resolve_config({**cfg, "training": {**cfg["training"], "calibrate": "mirror"}})
 
 
 def test_a_run_started_before_a_config_key_existed_resumes_and_a_changed_one_does_not(tmp_path):
