@@ -230,8 +230,9 @@ def cached_sources(sources: Sequence[Source], image_size, limit_mb: float = 4096
     order), the rest as they are; ``auto``: the same, the rest on disk in ``cache_dir`` (default
     :func:`default_cache_dir`); ``disk``: all on disk; ``none``: nothing cached (a decoding pass still checks the
     files). A :class:`DecodedImages` of another size is read from its files again at ``image_size`` (not its
-    decoded images resized a second time). Files that cannot be decoded raise :class:`BadImageFiles` (``bad_images: error``) or are left out
-    (``skip``: the source becomes a :class:`~kfacemtl.data.wrappers.RowSubset`, and ``skipped[source name]`` lists them).
+    decoded images resized a second time). Files that cannot be decoded raise :class:`BadImageFiles` (``bad_images:
+    error``) or are left out (``skip``: the source becomes a :class:`~kfacemtl.data.wrappers.RowSubset`, and
+    ``skipped[source name]`` lists them).
 
     Example:
         >>> from kfacemtl.data import make_source
