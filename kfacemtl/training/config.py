@@ -232,9 +232,10 @@ def resolve_config(config: Mapping | None) -> dict:
         check_choice(f"training.{key}", tr[key], choices)
     with under_key("training.augment"):
         augment_options(tr["augment"])  # true, false or {zoom: Z, rotate: R}
-    if not isinstance(tr["calibrate"], bool) and tr["calibrate"] not in TTA_VIEWS:
+    cal = tr["calibrate"]
+    if not (isinstance(cal, bool) or (isinstance(cal, str) and cal in TTA_VIEWS)):  # a list is not hashable
         raise ConfigError("training.calibrate", f"expected true, false or the views the model will answer with "
-                                                f"({', '.join(TTA_VIEWS)}), got {tr['calibrate']!r}")
+                                                f"({', '.join(TTA_VIEWS)}), got {cal!r}")
     if tr["calibrate"] and not any(validation_spec(s) for s in cfg["sources"] or ()):
         raise ConfigError("training.calibrate", "needs a training source that holds a validation part out "
                                                 "(val_fraction=F in its spec): the temperatures are fitted there")
@@ -365,10 +366,10 @@ def _check_distillation(cfg: dict):
     if te is not None and teachers != "single-task":
         raise ConfigError("distillation.teacher_epochs", "the budget of the teachers the run trains itself; "
                                                          "set teachers: single-task (or leave it out)")
+    _check_teacher_section(cfg, "training", "{optimizer: adam}")  # a mapping from here on, if given
     if te is not None and "epochs" in (d["teacher_training"] or {}):  # one budget, said once
         raise ConfigError("distillation.teacher_training.epochs", "the teachers' epochs are already given by "
                                                                   "distillation.teacher_epochs; give them once")
-    _check_teacher_section(cfg, "training", "{optimizer: adam}")
     _check_teacher_section(cfg, "model", "{input_shape: [64, 64, 3]}")
     _check_born_again(d)
     if d["teacher_views"] != "none":

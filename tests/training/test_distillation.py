@@ -495,6 +495,8 @@ def test_train_run_with_teacher_annealing_from_config(tmp_path):
                          "distillation.teacher_training.optimiser"),
                         ({"anneal": True, "teachers": "single-task", "teacher_training": ["sgd"]},
                          "distillation.teacher_training"),
+                        ({"anneal": True, "teachers": "single-task", "teacher_epochs": 2, "teacher_training": "epochs"},
+                         "distillation.teacher_training"),
                         ({"anneal": True, "teachers": "single-task", "teacher_epochs": 2,
                           "teacher_training": {"epochs": 3}}, "distillation.teacher_training.epochs"),
                         ({"anneal": True, "teachers": "x", "teacher_model": {"input_shape": [16, 16, 3]}},

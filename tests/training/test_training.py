@@ -299,8 +299,10 @@ def test_training_can_end_by_calibrating_on_the_validation_parts(tmp_path):
     assert {c["tta"] for c in report["calibration"].values()} == {"flip"}
     with pytest.raises(ConfigError, match="'training.calibrate': needs a training source that holds a validation"):
         resolve_config(_cfg(calibrate=True))
-    with pytest.raises(ConfigError, match=r"'training.calibrate': expected true, false or the views .*\(flip, six\)"):
-        resolve_config({**cfg, "training": {**cfg["training"], "calibrate": "mirror"}})
+    expected = r"'training.calibrate': expected true, false or the views .*\(flip, six\)"
+    for bad in ("mirror", ["flip"]):  # a list too: an error naming the key, not a TypeError
+        with pytest.raises(ConfigError, match=expected):
+            resolve_config({**cfg, "training": {**cfg["training"], "calibrate": bad}})
 
 
 def test_a_run_started_before_a_config_key_existed_resumes_and_a_changed_one_does_not(tmp_path):
