@@ -161,13 +161,14 @@ def calibrate(model, sources: Sequence[Source], batch_size: int = 128, image_siz
     if not heads:
         raise ValueError("model: it has no classification or single-value regression head to calibrate")
     current = model.temperatures
-    views = [(v,) for v in tta_views(tta) or ()] or [None]  # one pass per view, kept apart
+    views = tta_views(tta)
     pooled = {t.name: (t, [], []) for t in heads}
     for source in sources:
-        passes = [labelled_predictions(model, source, heads, batch_size, image_size, tta=v) for v in views]
-        for name, (task, y, _) in passes[0].items():
+        answers = labelled_predictions(model, source, heads, batch_size, image_size, tta=views,
+                                       keep_views=views is not None)
+        for name, (task, y, p) in answers.items():
             pooled[name][1].append(np.asarray(y, int if task.kind == "classification" else np.float64))
-            p = np.stack([answers[name][2] for answers in passes])  # (views, faces, ...)
+            p = p if views else p[None]  # (views, faces, ...): the views kept apart
             # a class head back on its own scale (T = 1); a value head's answer is the views' mean
             pooled[name][2].append(rescaled(p, 1 / current[name]) if task.kind == "classification" else p.mean(0))
     report, fitted, intervals = {}, {}, {}

@@ -269,10 +269,11 @@ def interval_metrics(task: Task, y_true, y_pred, q) -> dict:
 
 
 def labelled_predictions(model, source: Source, tasks: Sequence[Task] | None = None, batch_size: int = 128,
-                         image_size=None, tta: str | None = None) -> dict:
+                         image_size=None, tta: str | None = None, keep_views: bool = False) -> dict:
     """``{task: (task, labels, predictions)}`` on the rows of ``source`` labelled for each task the model has;
     with ``tta`` (a name of :data:`~kfacemtl.models.views.TTA_VIEWS`, or a tuple of views), each prediction is the
-    mean over its views.
+    mean over its views, or with ``keep_views`` the views' own answers, ``(views, faces, ...)``: each image decoded
+    once for all of them.
 
     Example:
         >>> from kfacemtl.models import build_model
@@ -285,9 +286,14 @@ def labelled_predictions(model, source: Source, tasks: Sequence[Task] | None = N
         >>> flip = labelled_predictions(model, make_source("synthetic:portraits?n=6"), tta="flip")
         >>> bool(np.all(flip["gender"][2] != out["gender"][2]))        # the face and its mirror, averaged
         True
+        >>> kept = labelled_predictions(model, make_source("synthetic:portraits?n=6"), tta="flip", keep_views=True)
+        >>> kept["gender"][2].shape, bool(np.allclose(kept["gender"][2].mean(0), flip["gender"][2], atol=1e-6))
+        ((2, 6, 2), True)
     """
     tasks = list(tasks or model_tasks(model))
     views = tta_views(tta)
+    if keep_views and views is None:
+        raise ValueError(f"keep_views: needs views to keep (tta is {tta!r})")
     image_size = image_size or tuple(model.input_shape[1:3])
     ds = make_dataset([source], tasks, batch_size=batch_size, image_size=image_size, training=False)
     images = ds.map(lambda x, y, w: x)
@@ -295,14 +301,15 @@ def labelled_predictions(model, source: Source, tasks: Sequence[Task] | None = N
         preds = model.predict(images, verbose=0)
         preds = preds if isinstance(preds, (list, tuple)) else [preds]
     else:
-        preds = predict_batches(view_predictor(model, views), images)
+        preds = predict_batches(view_predictor(model, views, keep_views), images, keep_views)
     by_name = dict(zip(model.output_names, preds))
     labels, weights = source.labels(tasks)
     out = {}
     for task in tasks:
         rows = weights[task.name] > 0
         if task.name in by_name and rows.any():
-            out[task.name] = (task, labels[task.name][rows], by_name[task.name][rows])
+            p = by_name[task.name]
+            out[task.name] = (task, labels[task.name][rows], p[:, rows] if keep_views else p[rows])
     return out
 
 

@@ -87,9 +87,10 @@ def transform_batch(images, boxes):
                                     extrapolation_value=0.0)
 
 
-def view_predictor(model, transforms: Sequence = DEFAULT_TRANSFORMS):
+def view_predictor(model, transforms: Sequence = DEFAULT_TRANSFORMS, keep_views: bool = False):
     """A compiled function: a batch of images → per model output, ``(mean over the views (B, ...), spread (B,))``,
-    the spread being the standard deviation across views averaged over the output's values.
+    the spread being the standard deviation across views averaged over the output's values; with ``keep_views``,
+    per model output the views' own answers, ``(T, B, ...)``.
 
     Example:
         >>> from kfacemtl.models import build_model
@@ -98,6 +99,9 @@ def view_predictor(model, transforms: Sequence = DEFAULT_TRANSFORMS):
         >>> predict = view_predictor(model, TTA_VIEWS["flip"])
         >>> [(tuple(mean.shape), tuple(spread.shape)) for mean, spread in predict(np.zeros((3, 16, 16, 3)))]
         [((3, 2), (3,))]
+        >>> kept = view_predictor(model, TTA_VIEWS["flip"], keep_views=True)
+        >>> [tuple(o.shape) for o in kept(np.zeros((3, 16, 16, 3)))]
+        [(2, 3, 2)]
     """
     boxes = tf.constant(transform_boxes(transforms))
     T = int(boxes.shape[0])
@@ -111,14 +115,15 @@ def view_predictor(model, transforms: Sequence = DEFAULT_TRANSFORMS):
         result = []
         for o in outs:
             o = tf.reshape(tf.cast(o, tf.float32), tf.concat([[T, b], tf.shape(o)[1:]], 0))
-            result.append((tf.reduce_mean(o, 0), tf.reduce_mean(tf.math.reduce_std(o, 0), -1)))
+            result.append(o if keep_views else (tf.reduce_mean(o, 0), tf.reduce_mean(tf.math.reduce_std(o, 0), -1)))
         return result
     return predict
 
 
-def predict_batches(predict, batches) -> list[np.ndarray]:
+def predict_batches(predict, batches, keep_views: bool = False) -> list[np.ndarray]:
     """Per model output, the mean over the views for every image of ``batches`` (an iterable of image batches), from a
-    :func:`view_predictor` ``predict``: batch by batch, concatenated (the spread is dropped).
+    :func:`view_predictor` ``predict``: batch by batch, concatenated (the spread is dropped). With ``keep_views`` (a
+    ``predict`` made with it), the views' own answers, ``(T, images, ...)``.
 
     Example:
         >>> from kfacemtl.models import build_model
@@ -127,6 +132,12 @@ def predict_batches(predict, batches) -> list[np.ndarray]:
         >>> predict = view_predictor(model, TTA_VIEWS["flip"])
         >>> [o.shape for o in predict_batches(predict, [np.zeros((3, 16, 16, 3)), np.zeros((2, 16, 16, 3))])]
         [(5, 2)]
+        >>> [o.shape for o in predict_batches(view_predictor(model, TTA_VIEWS["flip"], keep_views=True),
+        ...                                   [np.zeros((3, 16, 16, 3)), np.zeros((2, 16, 16, 3))], keep_views=True)]
+        [(2, 5, 2)]
     """
+    if keep_views:
+        per_batch = [[o.numpy() for o in predict(x)] for x in batches]
+        return [np.concatenate(parts, axis=1) for parts in zip(*per_batch)]
     per_batch = [[mean.numpy() for mean, _ in predict(x)] for x in batches]
     return [np.concatenate(parts) for parts in zip(*per_batch)]

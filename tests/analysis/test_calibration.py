@@ -8,7 +8,7 @@ import yaml
 from helpers import tiny_model
 from kfacemtl.analysis.calibration import averaged, calibrate, fit_temperature, nll, rescaled
 from kfacemtl.analysis.evaluation import expected_calibration_error, reliability
-from kfacemtl.data import make_source
+from kfacemtl.data import make_dataset, make_source
 from kfacemtl.data.registry import validation_spec
 from kfacemtl.models import load_model
 
@@ -85,7 +85,8 @@ def test_fitting_to_averaged_views_calibrates_the_average_where_one_views_temper
     assert nll(labels, mean_at(both)) < nll(labels, mean_at(one))
 
 
-def test_calibrating_with_views_fits_what_the_model_answers_with_them():
+def test_calibrating_with_views_fits_what_the_model_answers_with_them(monkeypatch):
+    from kfacemtl.analysis import evaluation
     from kfacemtl.analysis.evaluation import labelled_predictions
     model = tiny_model(["gender", "age"])
     source = make_source("synthetic:portraits?n=64")
@@ -95,8 +96,10 @@ def test_calibrating_with_views_fits_what_the_model_answers_with_them():
     flipped = np.where(np.random.default_rng(0).random(len(own)) < 0.25, 1 - own, own)
     labels_of = source.labels
     source.labels = lambda tasks: ({**labels_of(tasks)[0], "gender": flipped}, labels_of(tasks)[1])
+    datasets = []  # the faces are read once for both views
+    monkeypatch.setattr(evaluation, "make_dataset", lambda *a, **k: datasets.append(a) or make_dataset(*a, **k))
     report = calibrate(model, [source], image_size=(64, 64), tta="flip")
-    assert report["gender"]["tta"] == "flip" and report["age"]["tta"] == "flip"
+    assert report["gender"]["tta"] == "flip" and report["age"]["tta"] == "flip" and len(datasets) == 1
     task, y, p = labelled_predictions(model, source, tta="flip")["gender"]  # the model's answers with flip, now
     assert expected_calibration_error(y, p) == pytest.approx(report["gender"]["ece_after"], abs=1e-5)
     assert nll(y, p) == pytest.approx(report["gender"]["nll_after"], abs=1e-5)
