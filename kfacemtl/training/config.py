@@ -28,7 +28,7 @@ A config has these sections (``unlabelled_sources``, ``distillation`` and ``coup
     # or teacher annealing (BAM): {anneal: true, teachers: single-task, anneal_start: 0.0, anneal_unlabelled: 0.0}
     #   (teachers: single-task trains a matched single-task teacher per task first, for teacher_epochs epochs
     #    when given, else the run's, with teacher_training's training keys and teacher_model's model keys (e.g.
-    #    {input_shape: [64, 64, 3]}) over the run's; or {task: run directory};
+    #    {input_shape: [64, 64, 3]}) over the run's; or {task: run directory or a list of them, averaged};
     #    teacher_views: flip or six: the teachers answer each face as the mean over those views; born_again:
     #    {generations: 1, views: flip} trains that many students first, each teaching the next, the last this run's)
     coupling: {coannotation: true, distribution_matching: true,   # all three off by default
@@ -356,6 +356,11 @@ def _check_distillation(cfg: dict):
     if teachers is not None and not isinstance(teachers, (str, Mapping)):
         raise ConfigError("distillation.teachers", f"expected a model path, {{task: model path}} or single-task, "
                                                    f"got {teachers!r}")
+    for task, paths in (teachers.items() if isinstance(teachers, Mapping) else ()):
+        paths = paths if isinstance(paths, list) else [paths]
+        if not paths or not all(isinstance(p, str) and p for p in paths):
+            raise ConfigError(f"distillation.teachers.{task}", f"expected a model path or a list of them (their "
+                                                               f"answers averaged), got {teachers[task]!r}")
     if teachers == "single-task" and not d["anneal"]:
         raise ConfigError("distillation.teachers", "single-task teachers are trained for teacher annealing; "
                                                    "set anneal: true (or name trained teachers)")

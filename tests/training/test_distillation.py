@@ -506,9 +506,46 @@ def test_train_run_with_teacher_annealing_from_config(tmp_path):
                         ({"anneal": True, "teachers": "single-task", "teacher_model": 16},
                          "distillation.teacher_model"),
                         ({"anneal": True, "teachers": "x", "teacher_views": "mirror"}, "distillation.teacher_views"),
+                        ({"anneal": True, "teachers": {"gender": []}}, "distillation.teachers.gender"),
+                        ({"anneal": True, "teachers": {"gender": ["a.keras", 3]}}, "distillation.teachers.gender"),
                         ({"teacher_views": "flip"}, "distillation.teacher_views")):
         with pytest.raises(ConfigError, match=rf"'{key}'"):
             train_run({**cfg, "distillation": change}, tmp_path / "bad", verbose=0)
+
+
+def test_several_teachers_of_a_task_answer_their_mean_and_disagree_in_the_spread(tmp_path):
+    tasks = resolve_tasks(["age", "expression"])
+    src = make_source("synthetic:lab?n=16")
+    keras.utils.set_random_seed(4)
+    ages = [build_model(resolve_tasks(["age"]), input_shape=(32, 32, 3), widths=(4,), depths=1) for _ in range(3)]
+    expression = tiny_model(["expression"], seed=5)
+    teacher = EnsembleTeacher({"age": ages, "expression": expression}, [(False, 1.0, 0.0, 0.0)])
+    assert teacher.tasks == ["age", "expression"] and len(teacher.model_list) == 4
+    assert teacher.input_sizes() == {(32, 32): ["age"], (64, 64): ["expression"]}  # each task once
+    x = np.random.default_rng(0).random((5, 32, 32, 3)).astype("float32")
+    mean, spread = teacher(x, ["age"])["age"]
+    each = np.stack([m(x, training=False).numpy() for m in ages])
+    np.testing.assert_allclose(mean, each.mean(0), atol=1e-5)
+    np.testing.assert_allclose(spread, each.std(0).reshape(5), atol=1e-5)  # one view: the models' disagreement
+    # from a config: {task: [model path, ...]}; the student learns the average of the teachers' answers
+    paths = []
+    for i, m in enumerate(ages[:2]):
+        m.save(tmp_path / f"age{i}.keras")
+        paths.append(str(tmp_path / f"age{i}.keras"))
+    cfg = {"tasks": ["age", "expression"], "sources": ["synthetic:lab?n=16", "synthetic:portraits?n=16"],
+           "model": {"input_shape": [32, 32, 3], "widths": [4], "depths": [1], "embedding_dim": 8},
+           "training": {"epochs": 1, "steps_per_epoch": 1, "batch_size": 8},
+           "distillation": {"anneal": True, "teachers": {"age": paths}}}
+    train_run(cfg, tmp_path / "student", verbose=0)
+    with np.load(tmp_path / "student" / "teacher_targets.npz") as targets:
+        answers = targets["portraits-train/age"]
+    images = next(iter(make_dataset([make_source("synthetic:portraits?n=16")], tasks, batch_size=16,
+                                    image_size=(32, 32), training=False)))[0]
+    np.testing.assert_allclose(answers, (ages[0](images, training=False) + ages[1](images, training=False)) / 2,
+                               atol=1e-5)
+    ages.append(build_model(resolve_tasks(["age"]), input_shape=(16, 16, 3), widths=(4,), depths=1))
+    with pytest.raises(ValueError, match=r"^models\.age: expected one model or a list of models of one input size"):
+        EnsembleTeacher({"age": ages})
 
 
 def test_teachers_answer_at_their_own_input_size(tmp_path):

@@ -149,8 +149,8 @@ class TeacherAnnealing(keras.callbacks.Callback):
     Args:
         sources: the training sources (cached, as the run decodes them).
         tasks: the model's tasks.
-        teachers: ``{task: model}`` (e.g. single-task models, each answering the task it is named for) or one
-            model answering all its tasks.
+        teachers: ``{task: model}`` (e.g. single-task models, each answering the task it is named for; or
+            ``{task: [model, ...]}``, their answers averaged) or one model answering all its tasks.
         start: ``λ`` at the first step (0: the teacher's answer alone; 1 would be no distillation).
         unlabelled: the weight of the teachers' answers on rows without a real label (their target there), one
             number for every task the teachers answer or ``{task: weight}``; faded by ``1 − λ``; 0 (default): off.

@@ -79,7 +79,8 @@ class DataDistillation(keras.callbacks.Callback):
         rounds: pseudo-labelling rounds.
         epochs_per_round: epochs between round boundaries.
         teacher: None (the model being trained, as it is at the boundary), a model, or
-            ``{task: model}`` (e.g. single-task teachers); models other than the student stay fixed.
+            ``{task: model}`` (e.g. single-task teachers) or ``{task: [model, ...]}`` (their answers averaged);
+            models other than the student stay fixed.
         transforms: the ensemble's ``(flip, scale, dx, dy)`` transforms.
         soft: soft classification targets (the ensemble's distribution) instead of class ids.
         thresholds: ``{task: value}``: minimum confidence (classification, multilabel) or
@@ -180,7 +181,7 @@ class DataDistillation(keras.callbacks.Callback):
             self._teacher = EnsembleTeacher(models, self.transforms)
         teacher = self._teacher
         image_size = tuple(model.input_shape[1:3])
-        for m in (models.values() if isinstance(models, Mapping) else [models]):
+        for m in teacher.model_list:
             if tuple(m.input_shape[1:3]) != image_size:
                 raise ConfigError("distillation.teachers", f"a teacher takes {tuple(m.input_shape[1:3])} images, "
                                                            f"the student {image_size}; they must match")

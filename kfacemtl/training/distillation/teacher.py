@@ -28,7 +28,9 @@ class EnsembleTeacher:
 
     Args:
         models: a model (it answers all its tasks) or ``{task: model}`` (e.g. single-task
-            teachers; each answers the task it is named for).
+            teachers; each answers the task it is named for), or ``{task: [model, ...]}``: several models of one input
+            size answer that task, their answers averaged (an ensemble of teachers, e.g. seeds of one recipe); the
+            spread then adds their disagreement to their views'.
         transforms: ``(flip, scale, dx, dy)`` tuples (default :data:`DEFAULT_TRANSFORMS`).
 
     Example:
@@ -46,7 +48,14 @@ class EnsembleTeacher:
         self.boxes = tf.constant(transform_boxes(self.transforms))
         self.T = int(self.boxes.shape[0])
         if isinstance(models, Mapping):
-            self._plan = [(m, [task]) for task, m in models.items()]
+            self._plan = []
+            for task, m in models.items():
+                group = list(m) if isinstance(m, (list, tuple)) else [m]
+                sizes = sorted({tuple(x.input_shape[1:3]) for x in group})
+                if len(sizes) != 1:
+                    raise ValueError(f"models.{task}: expected one model or a list of models of one input size, "
+                                     f"got {len(group)} models of sizes {sizes}")
+                self._plan += [(x, [task]) for x in group]
         else:
             self._plan = [(models, list(models.output_names))]
         self._fns = {}  # which models of the plan -> one compiled pass through all of them
@@ -54,7 +63,12 @@ class EnsembleTeacher:
     @property
     def tasks(self) -> list[str]:
         """The task names the teacher answers."""
-        return [t for _, tasks in self._plan for t in tasks]
+        return list(dict.fromkeys(t for _, tasks in self._plan for t in tasks))
+
+    @property
+    def model_list(self) -> list:
+        """Every model of the teacher, once each, in the order given."""
+        return list({id(m): m for m, _ in self._plan}.values())
 
     def input_sizes(self, tasks: Sequence[str] | None = None) -> dict:
         """``{(height, width): [task, ...]}``: which of ``tasks`` (default all) the models of each input size answer,
@@ -71,26 +85,46 @@ class EnsembleTeacher:
         sizes = {}
         for model, answers in self._plan:
             for task in answers:
-                if tasks is None or task in tasks:
-                    sizes.setdefault(tuple(model.input_shape[1:3]), []).append(task)
-        return sizes
+                names = sizes.setdefault(tuple(model.input_shape[1:3]), [])
+                if (tasks is None or task in tasks) and task not in names:
+                    names.append(task)
+        return {size: names for size, names in sizes.items() if names}
 
     def __call__(self, images, tasks: Sequence[str] | None = None) -> dict:
         """``{task: (ensemble mean (B, ...), spread (B,))}`` as numpy arrays, for ``tasks`` (default all)
-        and whatever else the models that answer them give."""
+        and whatever else the models that answer them give.
+
+        Example: two teachers of one task, their answers averaged
+            >>> from kfacemtl.models import build_model
+            >>> from kfacemtl.tasks import resolve_tasks
+            >>> a, b = (build_model(resolve_tasks(["gender"]), input_shape=(16, 16, 3), widths=(4,), depths=1)
+            ...         for _ in range(2))
+            >>> x = np.random.default_rng(0).random((3, 16, 16, 3)).astype("float32")
+            >>> mean, spread = EnsembleTeacher({"gender": [a, b]}, [(False, 1.0, 0.0, 0.0)])(x)["gender"]
+            >>> bool(np.allclose(mean, (a.predict(x, verbose=0) + b.predict(x, verbose=0)) / 2, atol=1e-6))
+            True
+        """
         use = tuple(i for i, (_, answers) in enumerate(self._plan) if tasks is None or set(answers) & set(tasks))
         if use not in self._fns:  # one traced function for the models asked together (not one per teacher)
             self._fns[use] = view_predictor(_Together([self._plan[i][0] for i in use]), self.transforms)
         results = iter(self._fns[use](tf.convert_to_tensor(images, tf.float32)) if use else ())
-        out = {}
+        answered = {}
         for i in use:
             model, answers = self._plan[i]
             names = list(model.output_names)
             mine = [next(results) for _ in names]
             for task in answers:
                 mean, spread = mine[names.index(task)]
-                out[task] = (mean.numpy(), spread.numpy())
-        return out
+                answered.setdefault(task, []).append((mean.numpy(), spread.numpy()))
+        return {task: parts[0] if len(parts) == 1 else _pooled(parts) for task, parts in answered.items()}
+
+
+def _pooled(parts) -> tuple:
+    """Several models' ``(mean, spread)`` of one task as one: the mean of their means; the spread from the law of total
+    variance (their views' mean squared spread plus the variance between their means, averaged over the values)."""
+    means, spreads = np.stack([m for m, _ in parts]), np.stack([s for _, s in parts])
+    between = means.var(0).reshape(means.shape[1], -1).mean(-1)
+    return means.mean(0), np.sqrt((spreads ** 2).mean(0) + between).astype(spreads.dtype)
 
 
 class _Together:
