@@ -30,6 +30,7 @@ from kfacemtl.data.batch import MaskedWeights
 from kfacemtl.data.cache import CACHE_MODES, cached_sources
 from kfacemtl.data.images import to_rgb, decode_image, preprocess_image
 from kfacemtl.data.mixing import mixed_row_ids, mixing_weights
+from kfacemtl.data.mixup import mix_batch, mixup_alpha
 from kfacemtl.data.source import Source
 from kfacemtl.errors import SourceError, expect_one_of
 from kfacemtl.tasks import Task
@@ -169,7 +170,8 @@ def make_dataset(sources: Sequence[Source], tasks: Sequence[Task], batch_size: i
                  augment: bool | Mapping = True,
                  seed: int = 0, drop_remainder: bool | None = None, pseudo_labels=None,
                  coannotation=None, cache: str = "auto", cache_limit_mb: float = 4096,
-                 cache_dir=None, bad_images: str = "error", skipped: dict | None = None) -> tf.data.Dataset:
+                 cache_dir=None, bad_images: str = "error", skipped: dict | None = None,
+                 mixup: float = 0.0) -> tf.data.Dataset:
     """The batched dataset for ``model.fit`` / ``model.evaluate``.
 
     Args:
@@ -196,6 +198,8 @@ def make_dataset(sources: Sequence[Source], tasks: Sequence[Task], batch_size: i
         bad_images: image files that cannot be decoded (checked before anything is trained or evaluated): ``error``
             (:class:`BadImageFiles` names each file and its row) or ``skip`` (left out; ``skipped``, a dict, then
             gets ``{source name: [row names]}``).
+        mixup: training only: ``α`` of :func:`~kfacemtl.data.mixup.mix_batch` (each image blended with another of
+            its batch, the targets to match; 0: off), after the augmentation.
 
     Returns:
         A ``tf.data.Dataset`` of ``(images, {task: label}, {task: weight})``. With
@@ -218,6 +222,9 @@ def make_dataset(sources: Sequence[Source], tasks: Sequence[Task], batch_size: i
         raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
     image_size = tuple(int(v) for v in image_size)
     augment = augment_options(augment) if training else None
+    mixup = mixup_alpha(mixup) if training else 0.0
+    if mixup and coannotation is not None:
+        raise ValueError("mixup: not combined with co-annotation (its masks say which labels are real, per row)")
     expect_one_of("cache", cache, CACHE_MODES)  # also when evaluating (which caches nothing)
     sources = cached_sources(sources, image_size, cache_limit_mb, cache if training else "none", cache_dir,
                              bad_images, skipped)
@@ -249,6 +256,10 @@ def make_dataset(sources: Sequence[Source], tasks: Sequence[Task], batch_size: i
         ds = tf.data.Dataset.zip((ds, tf.data.Dataset.counter())).map(
             lambda e, c: (augment_batch(e[0], tf.stack([tf.cast(seed, tf.int64), c]), compiled=True, **augment),
                           *e[1:]),
+            num_parallel_calls=auto)
+    if mixup:
+        ds = tf.data.Dataset.zip((ds, tf.data.Dataset.counter())).map(
+            lambda e, c: mix_batch(*e, tasks, mixup, tf.stack([tf.cast(seed, tf.int64) + 1, c])),
             num_parallel_calls=auto)
     return ds.prefetch(auto)
 

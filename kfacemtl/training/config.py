@@ -18,6 +18,7 @@ A config has these sections (``unlabelled_sources``, ``distillation`` and ``coup
                jit_compile: auto, cache: auto,    # XLA on a GPU; model: {mixed_precision: true}: float16
                augment: true,                     # or false, or {zoom: 0.1, rotate: 10}: zoom and turn each face too
                augment_on: auto,                  # pipeline (CPU threads) or step (in the train step, on a GPU)
+               mixup: 0.0,                        # or e.g. 0.2: each image blended with another, Beta(a, a) shares
                steps_per_execution: auto,         # train steps per call: 8 on a GPU, 1 on a CPU
                bad_images: error,                 # or skip: undecodable image files left out, counted
                on_nan: rollback,                  # or stop: a NaN loss stops the run (TrainingDiverged)
@@ -53,6 +54,7 @@ from typing import Any, Mapping
 import yaml
 
 from kfacemtl.data.augment import augment_options
+from kfacemtl.data.mixup import mixup_alpha
 from kfacemtl.data.cache import BAD_IMAGES, CACHE_MODES
 from kfacemtl.data.registry import validation_spec
 from kfacemtl.errors import ConfigError, check_choice, under_key
@@ -105,6 +107,7 @@ DEFAULTS: dict[str, Any] = {
         "mixing": "proportional",
         "augment": True,
         "augment_on": "auto",
+        "mixup": 0.0,
         "cache": "auto",
         "cache_limit_mb": 4096.0,
         "cache_dir": None,
@@ -232,6 +235,11 @@ def resolve_config(config: Mapping | None) -> dict:
         check_choice(f"training.{key}", tr[key], choices)
     with under_key("training.augment"):
         augment_options(tr["augment"])  # true, false or {zoom: Z, rotate: R}
+    with under_key("training"):
+        mixup_alpha(tr["mixup"])  # Beta(alpha, alpha)'s alpha >= 0
+    if tr["mixup"] and cfg["coupling"]["coannotation"]:
+        raise ConfigError("training.mixup", "not combined with coupling.coannotation (its masks say which labels "
+                                            "are real, per row); set one of them off")
     cal = tr["calibrate"]
     if not (isinstance(cal, bool) or (isinstance(cal, str) and cal in TTA_VIEWS)):  # a list is not hashable
         raise ConfigError("training.calibrate", f"expected true, false or the views the model will answer with "

@@ -311,7 +311,7 @@ def training_data(run: Run, model, verbose: int = 1) -> tuple:
     distillation = make_distillation(run.cfg, run.sources, run.tasks, run.out_dir, verbose=verbose)
     ds = make_dataset(run.sources, run.tasks, batch_size=tr["batch_size"], image_size=run.image_size, training=True,
                       mixing=tr["mixing"], augment=tr["augment"] if model.augment_seed is None else False,
-                      seed=tr["seed"],
+                      seed=tr["seed"], mixup=tr["mixup"],
                       pseudo_labels=distillation.pseudo_labels if distillation else None, coannotation=run.coupling[0],
                       cache=tr["cache"], cache_limit_mb=tr["cache_limit_mb"], cache_dir=tr["cache_dir"])
     if run.strategy.num_replicas_in_sync > 1:

@@ -3,6 +3,7 @@ import json
 import keras
 import numpy as np
 import pytest
+import yaml
 
 from kfacemtl.training.config import resolve_config
 from kfacemtl.errors import ConfigError
@@ -70,6 +71,15 @@ def _cfg(**training):
 def _logged_epochs(run_dir):
     """Epoch numbers in a run's history.csv, in file order."""
     return [int(line.split(",")[0]) for line in (run_dir / "history.csv").read_text().splitlines()[1:]]
+
+
+def test_a_run_with_mixup_trains_on_blended_faces_and_keeps_the_setting(tmp_path):
+    report = train_run(_cfg(mixup=0.4, label_smoothing=0.1), tmp_path / "run", verbose=0)
+    assert np.isfinite(report["final_epoch_metrics"]["loss"])
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["training"]
+    assert saved["mixup"] == 0.4
+    with pytest.raises(ConfigError, match="the config differs"):  # a resumed run keeps what it computes
+        train_run(_cfg(mixup=0.2, epochs=3), tmp_path / "run", resume=True, verbose=0)
 
 
 def test_run_directory_and_resume(tmp_path):
