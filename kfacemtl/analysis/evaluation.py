@@ -301,7 +301,7 @@ def labelled_predictions(model, source: Source, tasks: Sequence[Task] | None = N
         preds = model.predict(images, verbose=0)
         preds = preds if isinstance(preds, (list, tuple)) else [preds]
     else:
-        preds = predict_batches(view_predictor(model, views, keep_views), images, keep_views)
+        preds = predict_batches(view_predictor(model, views, keep_views), images)
     by_name = dict(zip(model.output_names, preds))
     labels, weights = source.labels(tasks)
     out = {}

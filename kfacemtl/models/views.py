@@ -120,10 +120,10 @@ def view_predictor(model, transforms: Sequence = DEFAULT_TRANSFORMS, keep_views:
     return predict
 
 
-def predict_batches(predict, batches, keep_views: bool = False) -> list[np.ndarray]:
+def predict_batches(predict, batches) -> list[np.ndarray]:
     """Per model output, the mean over the views for every image of ``batches`` (an iterable of image batches), from a
-    :func:`view_predictor` ``predict``: batch by batch, concatenated (the spread is dropped). With ``keep_views`` (a
-    ``predict`` made with it), the views' own answers, ``(T, images, ...)``.
+    :func:`view_predictor` ``predict``: batch by batch, concatenated (the spread is dropped); from one made with
+    ``keep_views``, the views' own answers, ``(T, images, ...)``.
 
     Example:
         >>> from kfacemtl.models import build_model
@@ -133,11 +133,12 @@ def predict_batches(predict, batches, keep_views: bool = False) -> list[np.ndarr
         >>> [o.shape for o in predict_batches(predict, [np.zeros((3, 16, 16, 3)), np.zeros((2, 16, 16, 3))])]
         [(5, 2)]
         >>> [o.shape for o in predict_batches(view_predictor(model, TTA_VIEWS["flip"], keep_views=True),
-        ...                                   [np.zeros((3, 16, 16, 3)), np.zeros((2, 16, 16, 3))], keep_views=True)]
+        ...                                   [np.zeros((3, 16, 16, 3)), np.zeros((2, 16, 16, 3))])]
         [(2, 5, 2)]
     """
-    if keep_views:
-        per_batch = [[o.numpy() for o in predict(x)] for x in batches]
-        return [np.concatenate(parts, axis=1) for parts in zip(*per_batch)]
-    per_batch = [[mean.numpy() for mean, _ in predict(x)] for x in batches]
-    return [np.concatenate(parts) for parts in zip(*per_batch)]
+    per_batch, axis = [], 0
+    for x in batches:
+        outs = predict(x)
+        axis = 0 if isinstance(outs[0], tuple) else 1  # (mean, spread) pairs, or the views kept: (T, B, ...)
+        per_batch.append([(o[0] if axis == 0 else o).numpy() for o in outs])
+    return [np.concatenate(parts, axis=axis) for parts in zip(*per_batch)]

@@ -102,8 +102,10 @@ def make_distillation(cfg: dict, sources: Sequence[Source], tasks: Sequence[Task
     if isinstance(teachers, str):
         teachers = load_model(model_file(teachers), compile=False)
     elif teachers is not None:
-        teachers = {task: [load_model(model_file(p), compile=False) for p in path] if isinstance(path, list)
-                    else load_model(model_file(path), compile=False) for task, path in teachers.items()}
+        def load(path):
+            return load_model(model_file(path), compile=False)
+        teachers = {task: [load(p) for p in path] if isinstance(path, list) else load(path)
+                    for task, path in teachers.items()}
     if d["anneal"]:
         with under_key("distillation", start="anneal_start", unlabelled="anneal_unlabelled"):
             return TeacherAnnealing(sources, tasks, teachers, start=d["anneal_start"], batch_size=d["batch_size"],
