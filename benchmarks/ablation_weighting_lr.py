@@ -87,18 +87,10 @@ def synthetic_config(seed: int, steps: int, faces: int = 3000, test_faces: int =
     return cfg
 
 
-
-
 def with_variant(cfg: dict, overrides: dict) -> dict:
     cfg = copy.deepcopy(cfg)
     cfg["training"].update(copy.deepcopy(overrides))
     return cfg
-
-
-
-
-
-
 
 
 def relative_change(mtl: dict, stl: dict, tasks) -> float:

@@ -64,8 +64,6 @@ def portable_architecture(model) -> dict:
     return {"model": cfg, "outputs": outputs}
 
 
-
-
 def export(config: str, variants: dict, out: Path) -> dict:
     """Each network (the config's model section, then with each variant's overrides) as a portable architecture
     with its forward FLOPs and parameters, written to ``out``."""

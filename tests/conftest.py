@@ -8,8 +8,13 @@ import pytest  # noqa: E402
 
 @pytest.fixture(scope="session", autouse=True)
 def _fresh_cache(tmp_path_factory):
-    """Render the synthetic benchmark into a cache of the test session's own, as on a fresh clone."""
-    os.environ["KFACEMTL_CACHE"] = str(tmp_path_factory.mktemp("kfacemtl-cache"))
+    """Render the synthetic benchmark into a cache of the test session's own, as on a fresh clone. Under
+    pytest-xdist the workers share it (the session's temporary folder, above each worker's): a split one worker
+    rendered the other reads (cache files are written atomically, so two rendering at once is safe)."""
+    base = tmp_path_factory.getbasetemp()
+    cache = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "kfacemtl-cache"
+    cache.mkdir(exist_ok=True)
+    os.environ["KFACEMTL_CACHE"] = str(cache)
     yield
 
 

@@ -17,7 +17,8 @@ def test_ablation_compares_variants_with_single_task_baselines_over_seeds(tmp_pa
     def two_tasks(*a, **k):  # a task of the portraits and one of the lab: two single-task baselines a seed
         cfg = four_tasks(*a, **k)
         assert cfg["tasks"] == ["age", "gender", "race", "expression"]
-        return {**cfg, "tasks": ["race", "expression"]}
+        assert [s.split("?")[0] for s in cfg["eval_sources"][:2]] == ["synthetic:portraits", "synthetic:lab"]
+        return {**cfg, "tasks": ["race", "expression"], "eval_sources": cfg["eval_sources"][:2]}  # their test sets
     monkeypatch.setattr(ablation, "synthetic_config", two_tasks)
     args = ["--settings", "synthetic", "--seeds", "0", "1", "--synthetic-steps", "4", "--synthetic-faces", "64",
             "--synthetic-test-faces", "32",

@@ -31,16 +31,16 @@ def _chance(task, labels):
 
 @pytest.mark.slow
 def test_tiny_multi_source_fit_beats_chance_on_every_task():
-    # Four sources, each labelling only some tasks, train one small network with balanced mixing (each
-    # domain a quarter of every batch, so the small lab set, the only AU labels, is not drowned).
+    # Three sources, each labelling only some tasks, train one small network with balanced mixing (each
+    # domain a third of every batch, so the small lab set, the only AU labels, is not drowned).
     # At 48×48 (a quarter of the 64×64 demo's work per step). Measured on a 2-core CPU, seeds 0 and 1, 1,600 steps
-    # (about 35 s): lab expression 0.45 / 0.41 (majority 0.16), lab AU mean F1 0.49 / 0.38, affect valence/arousal CCC
-    # 0.53 / 0.41, portraits age MAE 9.9 (0.66 × the mean's); at 32×32 expression and AUs stay near chance.
+    # of 48 faces: lab expression 0.46 / 0.44 (majority 0.16), lab AU mean F1 0.48 / 0.45, affect valence/arousal
+    # CCC 0.47 / 0.52, portraits age MAE 10.8 / 10.1 (0.70 / 0.65 × the mean's). 1,200 steps leave the AU F1
+    # within 0.1 of chance on both seeds; at 32×32 expression and AUs stay near chance.
     keras.utils.set_random_seed(0)
-    train = [make_source(f"synthetic:{d}?n={n}") for d, n in
-             (("portraits", 1536), ("lab", 768), ("webcam", 1024), ("affect", 1024))]
+    train = [make_source(f"synthetic:{d}?n={n}") for d, n in (("portraits", 1536), ("lab", 768), ("affect", 1024))]
     model = compile_model(build_model(TASKS, input_shape=(48, 48, 3), **SMALL), learning_rate=1e-3)
-    ds = make_dataset(train, TASKS, batch_size=64, mixing="balanced", image_size=(48, 48))
+    ds = make_dataset(train, TASKS, batch_size=48, mixing="balanced", image_size=(48, 48))
     model.fit(ds, steps_per_epoch=100, epochs=16, verbose=0)
     tests = {d: make_source(f"synthetic:{d}?split=test&n=400") for d in ("portraits", "lab", "affect")}
     res = evaluate_sources(model, list(tests.values()), image_size=(48, 48))

@@ -22,8 +22,6 @@ EXPRESSION_ALIASES = {
 }
 
 
-
-
 def expression_id(name: str) -> int | None:
     """Class id (FER2013 order, contempt 7) of a dataset's expression name, or None.
 
