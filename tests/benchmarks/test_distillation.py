@@ -12,6 +12,7 @@ def test_distillation_benchmark_synthetic_and_real(tmp_path, monkeypatch, capsys
     from benchmarks import distillation as bench
     monkeypatch.setattr(bench, "SYNTHETIC_MODEL", TINY_MODEL)
     four_tasks = bench.synthetic_base
+
     def two_tasks(*a, **k):  # two teachers; the runs' own test sets cut to one (the table scores the target's)
         cfg = four_tasks(*a, **k)
         return {**cfg, "tasks": ["gender", "expression"], "eval_sources": cfg["eval_sources"][:1]}
