@@ -6,7 +6,9 @@ import importlib.util
 
 import nbformat
 import pytest
+from jupyter_client.manager import AsyncKernelManager
 from nbclient import NotebookClient
+from nbclient.util import run_sync
 
 from helpers import REAL_DATA, ROOT
 
@@ -57,15 +59,26 @@ def test_stored_notebooks_leave_out_only_tensorflows_log_lines():
         "I0000 is not a log line\n")
 
 
+@pytest.fixture(scope="module")
+def kernel():
+    """One Python kernel for the notebooks this test process runs: each notebook starts in it from an empty namespace
+    (``%reset -f``) in a folder of its own. A new kernel and its TensorFlow import take about 8 s on 2 CPU cores."""
+    km = AsyncKernelManager(kernel_name="python3")
+    run_sync(km.start_kernel)()
+    yield km
+    run_sync(km.shutdown_kernel)(now=True)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
-def test_notebook_executes(path, tmp_path):
+def test_notebook_executes(path, tmp_path, kernel):
     if path.name in ("02_real_data.ipynb", "06_photos.ipynb") and not (REAL_DATA / "utkface" / "UTKFace").is_dir():
         pytest.skip(f"the real data is not at {REAL_DATA} (set KFACEMTL_DATA); {path.name} reads it")
     nb = nbformat.read(path, as_version=4)
     params = next(c for c in nb.cells if c.cell_type == "code" and "Parameters" in c.source)
-    params.source = "# Parameters (test)\n" + SMALL + EXTRA.get(path.name, "")
-    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    params.source = (f"%reset -f\nimport os\nos.chdir({str(tmp_path)!r})\n# Parameters (test)\n" + SMALL
+                     + EXTRA.get(path.name, ""))
+    NotebookClient(nb, km=kernel, timeout=600).execute()
     text = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     for expected in EXPECT[path.name]:
         assert expected in text, expected
