@@ -36,8 +36,8 @@ def test_tiny_multi_source_fit_beats_chance_on_every_task():
     # At 48×48 (a quarter of the 64×64 demo's work per step). Measured on a 2-core CPU, seeds 0 and 1, 1,600 steps
     # of 48 faces: lab expression 0.46 / 0.44 (majority 0.16), lab AU mean F1 0.48 / 0.45, affect valence/arousal
     # CCC 0.47 / 0.52, portraits age MAE 10.8 / 10.1 (0.70 / 0.65 × the mean's). 1,200 steps leave the AU F1
-    # within 0.1 of chance on both seeds; at 32×32 expression and AUs stay near chance; half the widths (8-64) halve
-    # the time but leave the AU F1 at 0.27 / 0.16.
+    # within 0.1 of chance on both seeds; at 32×32 expression and AUs stay near chance; narrower models halve the
+    # time but miss the AU bound: widths 8-64 0.27 / 0.16, widths 12-96 0.50 / 0.29.
     keras.utils.set_random_seed(0)
     train = [make_source(f"synthetic:{d}?n={n}") for d, n in (("portraits", 1536), ("lab", 768), ("affect", 1024))]
     model = compile_model(build_model(TASKS, input_shape=(48, 48, 3), **SMALL), learning_rate=1e-3)
