@@ -27,15 +27,20 @@ def _seeded():
     yield
 
 
+def _long(item) -> bool:
+    return any(item.get_closest_marker(mark) for mark in ("slow", "e2e"))
+
+
 def pytest_collection_modifyitems(config, items):
     """Under ``make test`` (pytest-xdist's work stealing) each worker starts on a contiguous share of the tests and
-    steals from the end of another's when it runs out: the tests marked ``slow`` go first in every share, dealt in
-    turn, so the long tests run side by side from the start and the short ones fill in at the end."""
+    steals from the end of another's when it runs out: the tests marked ``slow`` (or ``e2e``, all long) go first in
+    every share, dealt in turn, so the long tests run side by side from the start and the short ones fill in at the
+    end."""
     workers = getattr(config, "workerinput", {}).get("workercount")
     if not workers or workers < 2:
         return
-    slow = [item for item in items if item.get_closest_marker("slow")]
-    fast = [item for item in items if not item.get_closest_marker("slow")]
+    slow = [item for item in items if _long(item)]
+    fast = [item for item in items if not _long(item)]
     ordered, remaining = [], len(items)
     for k in range(workers):  # the shares xdist's work stealing hands out first (check_schedule)
         size = remaining // (workers - k)

@@ -1,8 +1,12 @@
-"""The notebooks run top to bottom (with small parameters) and are stored executed (by notebooks/execute.py), so a
-code host shows their tables and plots."""
+"""The notebooks run top to bottom (with small parameters; ``make test-e2e``) and are stored executed (by
+notebooks/execute.py), so a code host shows their tables and plots; ``make test`` checks, without running them, that
+every name they take from kfacemtl still exists and accepts the keywords they pass."""
 
+import ast
 import doctest
+import importlib
 import importlib.util
+import inspect
 
 import nbformat
 import pytest
@@ -69,7 +73,7 @@ def kernel():
     run_sync(km.shutdown_kernel)(now=True)
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_notebook_executes(path, tmp_path, kernel):
     if path.name in ("02_real_data.ipynb", "06_photos.ipynb") and not (REAL_DATA / "utkface" / "UTKFace").is_dir():
@@ -86,6 +90,78 @@ def test_notebook_executes(path, tmp_path, kernel):
     for cell in nb.cells:
         if cell.cell_type == "code" and "plt.subplots" in cell.source:
             assert any("image/png" in o.get("data", {}) for o in cell.outputs), cell.source[:80]
+
+
+def _kfacemtl_names(tree) -> dict:
+    """``{name in the notebook: the kfacemtl object or module it stands for}``, from its imports; a name that is
+    missing raises here (ImportError or AttributeError, naming it)."""
+    names = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] == "kfacemtl":  # import kfacemtl.x binds kfacemtl; ... as y binds x
+                    module = alias.name if alias.asname else "kfacemtl"
+                    names[alias.asname or "kfacemtl"] = importlib.import_module(module)
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "kfacemtl":
+            module = importlib.import_module(node.module)
+            for alias in node.names:
+                found = getattr(module, alias.name, None)
+                names[alias.asname or alias.name] = (found if found is not None
+                                                     else importlib.import_module(f"{node.module}.{alias.name}"))
+    return names
+
+
+def _check_kfacemtl_calls(nb, name: str) -> int:
+    """Every name ``nb`` takes from kfacemtl exists, and every call of one passes only keywords it takes; returns
+    how many calls were checked."""
+    trees = {i + 1: ast.parse("\n".join("" if line.lstrip().startswith(("%", "!")) else line  # IPython's magics
+                                        for line in c.source.splitlines()), filename=f"{name} cell {i + 1}")
+             for i, c in enumerate(nb.cells) if c.cell_type == "code"}
+    names = {k: v for tree in trees.values() for k, v in _kfacemtl_names(tree).items()}
+    checked = 0
+    for where, node in ((f"{name} cell {i} line {getattr(node, 'lineno', 1)}", node) for i, tree in trees.items()
+                        for node in ast.walk(tree)):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and inspect.ismodule(
+                names.get(node.value.id)):  # kfacemtl.train_run, synthetic.generate
+            assert hasattr(names[node.value.id], node.attr), f"{where}: {node.value.id}.{node.attr} is gone"
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        target = (names.get(func.id) if isinstance(func, ast.Name) else
+                  getattr(names.get(func.value.id), func.attr, None) if isinstance(func, ast.Attribute)
+                  and isinstance(func.value, ast.Name) and inspect.ismodule(names.get(func.value.id)) else None)
+        if not callable(target):
+            continue
+        params = inspect.signature(target).parameters
+        if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            continue
+        for keyword in node.keywords:
+            assert keyword.arg is None or keyword.arg in params, (
+                f"{where}: {ast.unparse(func)}() takes no keyword {keyword.arg!r}")
+        checked += 1
+    return checked
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_every_name_a_notebook_takes_from_kfacemtl_exists_and_takes_its_keywords(path):
+    # the cheap guard of make test; make test-e2e runs the notebooks themselves
+    assert _check_kfacemtl_calls(nbformat.read(path, as_version=4), path.name) >= 3, path.name
+
+
+def test_the_notebook_check_names_a_missing_name_and_a_keyword_no_longer_taken():
+    cell = nbformat.v4.new_code_cell
+    nb = nbformat.v4.new_notebook(cells=[cell("%matplotlib inline\nimport kfacemtl\nfrom kfacemtl.training import "
+                                              "demo_config"), cell("cfg = demo_config(train_faces=10, faces=3)")])
+    with pytest.raises(AssertionError, match=r"nb cell 2 line 1: demo_config\(\) takes no keyword 'faces'"):
+        _check_kfacemtl_calls(nb, "nb")
+    nb.cells[1] = cell("kfacemtl.train_in_one_line(demo_config())")
+    with pytest.raises(AssertionError, match="nb cell 2 line 1: kfacemtl.train_in_one_line is gone"):
+        _check_kfacemtl_calls(nb, "nb")
+    nb.cells[1] = cell("from kfacemtl.training import train_in_one_line")
+    with pytest.raises(ImportError, match="train_in_one_line"):
+        _check_kfacemtl_calls(nb, "nb")
+    nb.cells[1] = cell("kfacemtl.train_run(demo_config(train_faces=10), 'runs/x')")
+    assert _check_kfacemtl_calls(nb, "nb") == 2
 
 
 def test_every_notebook_is_checked():

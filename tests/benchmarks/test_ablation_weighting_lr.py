@@ -8,7 +8,7 @@ import yaml
 from helpers import ROOT, TINY_MODEL, real_layout
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_ablation_compares_variants_with_single_task_baselines_over_seeds(tmp_path, monkeypatch, capsys):
     from benchmarks import ablation_weighting_lr as ablation
     monkeypatch.setattr(ablation, "SYNTHETIC_MODEL", TINY_MODEL)
@@ -52,6 +52,7 @@ def test_ablation_compares_variants_with_single_task_baselines_over_seeds(tmp_pa
         ablation.main(args)
 
 
+@pytest.mark.e2e
 def test_ablation_real_setting_evaluates_runs_whose_report_has_no_test_sets(tmp_path, capsys):
     from benchmarks import ablation_weighting_lr as ablation
     real_layout(tmp_path / "data")

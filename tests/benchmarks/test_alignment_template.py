@@ -5,6 +5,7 @@ import pytest
 from helpers import REAL_DATA
 
 
+@pytest.mark.e2e
 def test_alignment_template_prints_each_set_and_the_symmetric_mean(capsys):
     from benchmarks import alignment_template as bench
     if not (REAL_DATA / "fer2013" / "train").is_dir():

@@ -6,6 +6,7 @@ import tensorflow as tf
 from helpers import REAL_DATA, tiny_model, write_png
 
 
+@pytest.mark.e2e
 def test_analyze_photos_benchmark_prints_detection_accuracy_the_detector_and_throughput(tmp_path, capsys):
     from benchmarks import analyze_photos as bench
     faces = sorted((REAL_DATA / "utkface" / "UTKFace").glob("*.jpg"))[:3]

@@ -8,7 +8,7 @@ import yaml
 from helpers import ROOT, real_layout
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_backbone_benchmark_trains_variants_for_equal_time_and_compares_them(tmp_path, capsys):
     from benchmarks import backbone
     real_layout(tmp_path / "data")

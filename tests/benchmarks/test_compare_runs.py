@@ -20,6 +20,7 @@ def runs(tmp_path):
     return tmp_path
 
 
+@pytest.mark.e2e
 def test_rows_on_the_validation_parts_and_the_rule(runs, capsys):
     from benchmarks import compare_runs
     args = ["--data", str(runs / "data"), "--config", str(runs / "tiny.yaml"), "--single-task", str(runs / "teachers"),
@@ -62,6 +63,7 @@ def test_the_rule_skips_small_sets_and_undefined_intervals():
     assert compare_runs.rule_value(rows, 1000) == (0.5, "gender a")
 
 
+@pytest.mark.e2e
 def test_batchnorm_statistics_from_one_training_source(runs, capsys):
     from benchmarks import compare_runs
     args = ["--data", str(runs / "data"), "--config", str(runs / "tiny.yaml"), "--single-task", str(runs / "teachers"),

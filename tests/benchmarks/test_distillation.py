@@ -7,7 +7,7 @@ import yaml
 from helpers import ROOT, TINY_MODEL, real_layout
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_distillation_benchmark_synthetic_and_real(tmp_path, monkeypatch, capsys):
     from benchmarks import distillation as bench
     monkeypatch.setattr(bench, "SYNTHETIC_MODEL", TINY_MODEL)

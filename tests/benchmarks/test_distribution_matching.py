@@ -7,7 +7,7 @@ import yaml
 from helpers import TINY_MODEL
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_distribution_matching_benchmark_runs_every_variant_and_its_baselines(tmp_path, monkeypatch, capsys):
     from benchmarks import distribution_matching as bench
     monkeypatch.setattr(bench, "SYNTHETIC_MODEL", TINY_MODEL)

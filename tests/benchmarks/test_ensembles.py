@@ -13,6 +13,7 @@ def runs(tmp_path):
     return [str(tmp_path / f"r{i}") for i in range(3)]
 
 
+@pytest.mark.e2e
 def test_each_model_and_every_ensemble_of_k(runs, capsys):
     from benchmarks import ensembles
     assert ensembles.main(runs + ["--source", "synthetic:portraits?n=12", "--tasks", "gender"]) == 0

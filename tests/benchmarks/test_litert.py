@@ -1,9 +1,11 @@
 """``python -m benchmarks.litert`` runs end to end on a tiny run (a small model, synthetic faces)."""
+import pytest
 import yaml
 
 from helpers import tiny_model
 
 
+@pytest.mark.e2e
 def test_litert_benchmark_scores_sizes_and_times_every_variant(tmp_path, capsys):
     from benchmarks import litert
     tiny_model(seed=2).save(tmp_path / "model.keras")

@@ -22,7 +22,7 @@ def tiny_config(tmp_path):
     return ["--data", str(tmp_path / "data"), "--config", str(tmp_path / "tiny.yaml"), "--out", str(tmp_path / "runs")]
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_choosing_on_validation_parts_then_reporting_on_fresh_seeds(tmp_path, tiny_config, capsys):
     from benchmarks import real_mtl_vs_stl
     runs = tmp_path / "runs"
@@ -140,6 +140,7 @@ def test_variants_change_the_config_only_where_they_say():
     assert weighed["loss_weights"] == {"expression": 2.0} and weighed["weighting"] == "equal"  # static, accepted
 
 
+@pytest.mark.e2e
 def test_coupling_tables_scores_each_table_against_the_coded_aus(tmp_path, capsys):
     from benchmarks import coupling_tables
     real_layout(tmp_path / "data")

@@ -4,6 +4,7 @@ import pytest
 from helpers import REAL_DATA, tiny_model
 
 
+@pytest.mark.e2e
 def test_saliency_real_benchmark_scores_methods_and_layers_on_ckplus(tmp_path, capsys):
     from benchmarks import saliency_real as bench
     if not (REAL_DATA / "ckplus_au" / "labels.csv").is_file():

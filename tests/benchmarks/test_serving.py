@@ -2,7 +2,7 @@
 import pytest
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_serving_benchmark_times_signatures_single_task_models_and_decoding(capsys):
     from benchmarks import serving
     assert serving.main(["--seconds", "0.02", "--image-size", "32", "--jpeg-size", "48", "--streams", "2",

@@ -6,7 +6,7 @@ import pytest
 from helpers import TINY_MODEL
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_throughput_benchmark_times_pipeline_cache_and_model_alone(tmp_path, capsys):
     from benchmarks import throughput as bench
     common = ["--setting", "synthetic", "--synthetic-faces", "64", "--steps", "3", "--warmup", "1",
@@ -29,6 +29,7 @@ def test_throughput_benchmark_times_pipeline_cache_and_model_alone(tmp_path, cap
     assert "real data not found" in capsys.readouterr().out
 
 
+@pytest.mark.e2e
 def test_throughput_variants_are_a_base_and_tags_and_compare_in_one_process(capsys):
     import doctest
 

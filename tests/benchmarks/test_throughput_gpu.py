@@ -8,7 +8,7 @@ import yaml
 from helpers import ROOT, TINY_MODEL
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_gpu_throughput_exports_plain_keras_networks_and_times_them(tmp_path, capsys):
     import keras
     from benchmarks import throughput_gpu as bench

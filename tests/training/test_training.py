@@ -29,7 +29,7 @@ def _chance(task, labels):
     return 0.0  # a constant has CCC 0
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_tiny_multi_source_fit_beats_chance_on_every_task():
     # Three sources, each labelling only some tasks, train one small network with balanced mixing (each
     # domain a third of every batch, so the small lab set, the only AU labels, is not drowned).
