@@ -1,7 +1,7 @@
 # Two commands for a fresh machine (Python 3.11 and pip):
 #   make demo   install into .venv, then train + evaluate on the synthetic benchmark (~10 min on 2 cores)
 #   make test   install into .venv with the test extras, then run the test suite (under 10 min on 2 cores)
-# and, for the notebooks and benchmark scripts end to end (about 6 min on 2 cores): make test-e2e
+# and, for the notebooks and benchmark scripts end to end (about 7 min on 2 cores): make test-e2e
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
