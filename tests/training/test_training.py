@@ -61,6 +61,23 @@ def test_tiny_multi_source_fit_beats_chance_on_every_task():
             assert m["mean_ccc"] > 0.2, (task.name, m["mean_ccc"])
 
 
+@pytest.mark.slow
+def test_a_short_two_domain_fit_learns_gender_though_half_of_every_batch_lacks_it():
+    # make test's learning check (the fit above, to quality on every task, is end to end): portraits label gender,
+    # lab faces do not, and balanced mixing makes every batch half lab faces, masked out of the gender loss. Measured
+    # on a 2-core CPU, seeds 0 and 1, 300 steps of 32 (10-14 s): gender 0.78 / 0.84 on portraits-test (majority
+    # 0.56); lab expression, 16 faces a step, is not learned yet (0.15 / 0.11, majority 0.17: 400 steps of 64 give
+    # 0.29 / 0.24), so only gender is asserted here.
+    tasks = resolve_tasks(["gender", "expression"])
+    train = [make_source("synthetic:portraits?n=1024"), make_source("synthetic:lab?n=1024")]
+    model = compile_model(build_model(tasks, input_shape=(48, 48, 3), **SMALL), learning_rate=1e-3)
+    ds = make_dataset(train, tasks, batch_size=32, mixing="balanced", image_size=(48, 48))
+    model.fit(ds, steps_per_epoch=300, epochs=1, verbose=0)
+    test = make_source("synthetic:portraits?split=test&n=300")
+    accuracy = evaluate_sources(model, [test], image_size=(48, 48))["portraits-test"]["gender"]["accuracy"]
+    assert accuracy > _chance(tasks[0], test.ground_truth()) + 0.1, accuracy
+
+
 def _cfg(**training):
     return {"tasks": ["gender", "expression"],
             "sources": ["synthetic:lab?n=64", "synthetic:portraits?n=64"],
