@@ -1,6 +1,6 @@
 """The notebooks run top to bottom (with small parameters; ``make test-e2e``) and are stored executed (by
 notebooks/execute.py), so a code host shows their tables and plots; ``make test`` checks, without running them, that
-every name they take from kfacemtl still exists and accepts the keywords they pass."""
+every name they take from kfacemtl still exists and their calls of it fit its signature."""
 
 import ast
 import doctest
@@ -112,8 +112,8 @@ def _kfacemtl_names(tree) -> dict:
 
 
 def _check_kfacemtl_calls(nb, name: str) -> int:
-    """Every name ``nb`` takes from kfacemtl exists, and every call of one passes only keywords it takes; returns
-    how many calls were checked."""
+    """Every name ``nb`` takes from kfacemtl exists, and every call of one fits its signature (the number of
+    positional arguments, the keywords, the required ones); returns how many calls were checked."""
     trees = {i + 1: ast.parse("\n".join("" if line.lstrip().startswith(("%", "!")) else line  # IPython's magics
                                         for line in c.source.splitlines()), filename=f"{name} cell {i + 1}")
              for i, c in enumerate(nb.cells) if c.cell_type == "code"}
@@ -132,27 +132,33 @@ def _check_kfacemtl_calls(nb, name: str) -> int:
                   and isinstance(func.value, ast.Name) and inspect.ismodule(names.get(func.value.id)) else None)
         if not callable(target):
             continue
-        params = inspect.signature(target).parameters
-        if any(p.kind is p.VAR_KEYWORD for p in params.values()):
-            continue
-        for keyword in node.keywords:
-            assert keyword.arg is None or keyword.arg in params, (
-                f"{where}: {ast.unparse(func)}() takes no keyword {keyword.arg!r}")
+        starred = any(isinstance(a, ast.Starred) for a in node.args) or any(k.arg is None for k in node.keywords)
+        try:  # the call's shape (how many positional arguments, which keywords) against the signature
+            (inspect.signature(target).bind_partial if starred else inspect.signature(target).bind)(
+                *([] if starred else node.args), **{k.arg: None for k in node.keywords if k.arg is not None})
+        except TypeError as e:
+            raise AssertionError(f"{where}: {ast.unparse(func)}(): {e}") from None
         checked += 1
     return checked
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
-def test_every_name_a_notebook_takes_from_kfacemtl_exists_and_takes_its_keywords(path):
+def test_every_name_a_notebook_takes_from_kfacemtl_exists_and_its_calls_fit_its_signature(path):
     # the cheap guard of make test; make test-e2e runs the notebooks themselves
     assert _check_kfacemtl_calls(nbformat.read(path, as_version=4), path.name) >= 3, path.name
 
 
-def test_the_notebook_check_names_a_missing_name_and_a_keyword_no_longer_taken():
+def test_the_notebook_check_names_a_missing_name_and_a_call_that_no_longer_fits():
     cell = nbformat.v4.new_code_cell
     nb = nbformat.v4.new_notebook(cells=[cell("%matplotlib inline\nimport kfacemtl\nfrom kfacemtl.training import "
                                               "demo_config"), cell("cfg = demo_config(train_faces=10, faces=3)")])
-    with pytest.raises(AssertionError, match=r"nb cell 2 line 1: demo_config\(\) takes no keyword 'faces'"):
+    with pytest.raises(AssertionError, match=r"nb cell 2 line 1: demo_config\(\): .*keyword argument 'faces'"):
+        _check_kfacemtl_calls(nb, "nb")
+    nb.cells[1] = cell("cfg = demo_config(1, 2, 3, 4, 5, 6)")
+    with pytest.raises(AssertionError, match=r"demo_config\(\): too many positional arguments"):
+        _check_kfacemtl_calls(nb, "nb")
+    nb.cells[1] = cell("from kfacemtl import train_run\ntrain_run({})")  # no out_dir
+    with pytest.raises(AssertionError, match=r"cell 2 line 2: train_run\(\): missing a required argument: 'out_dir'"):
         _check_kfacemtl_calls(nb, "nb")
     nb.cells[1] = cell("kfacemtl.train_in_one_line(demo_config())")
     with pytest.raises(AssertionError, match="nb cell 2 line 1: kfacemtl.train_in_one_line is gone"):
