@@ -85,7 +85,7 @@ def test_batched_work_equals_one_image_at_a_time_and_the_target_matters(model, f
     assert np.abs(other - together).max() > 0.05
 
 
-@pytest.mark.slow
+@pytest.mark.e2e  # a fit to quality (400 steps): make test-e2e
 def test_a_trained_expression_head_looks_at_the_face_features():
     """Saliency mass on the expression regions (brows, eyes, cheeks, nose, mouth, chin) over their area.
 
