@@ -111,6 +111,15 @@ def _kfacemtl_names(tree) -> dict:
     return names
 
 
+def _module_attribute(node, names):
+    """``(module, attribute)`` when ``node`` reads an attribute of a kfacemtl module the notebook named
+    (``kfacemtl.train_run``, ``synthetic.generate``), else None."""
+    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and inspect.ismodule(
+            names.get(node.value.id)):
+        return names[node.value.id], node.attr
+    return None
+
+
 def _check_kfacemtl_calls(nb, name: str) -> int:
     """Every name ``nb`` takes from kfacemtl exists, and every call of one fits its signature (the number of
     positional arguments, the keywords, the required ones); returns how many calls were checked."""
@@ -119,26 +128,26 @@ def _check_kfacemtl_calls(nb, name: str) -> int:
              for i, c in enumerate(nb.cells) if c.cell_type == "code"}
     names = {k: v for tree in trees.values() for k, v in _kfacemtl_names(tree).items()}
     checked = 0
-    for where, node in ((f"{name} cell {i} line {getattr(node, 'lineno', 1)}", node) for i, tree in trees.items()
-                        for node in ast.walk(tree)):
-        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and inspect.ismodule(
-                names.get(node.value.id)):  # kfacemtl.train_run, synthetic.generate
-            assert hasattr(names[node.value.id], node.attr), f"{where}: {node.value.id}.{node.attr} is gone"
-        if not isinstance(node, ast.Call):
-            continue
-        func = node.func
-        target = (names.get(func.id) if isinstance(func, ast.Name) else
-                  getattr(names.get(func.value.id), func.attr, None) if isinstance(func, ast.Attribute)
-                  and isinstance(func.value, ast.Name) and inspect.ismodule(names.get(func.value.id)) else None)
-        if not callable(target):
-            continue
-        starred = any(isinstance(a, ast.Starred) for a in node.args) or any(k.arg is None for k in node.keywords)
-        try:  # the call's shape (how many positional arguments, which keywords) against the signature
-            (inspect.signature(target).bind_partial if starred else inspect.signature(target).bind)(
-                *([] if starred else node.args), **{k.arg: None for k in node.keywords if k.arg is not None})
-        except TypeError as e:
-            raise AssertionError(f"{where}: {ast.unparse(func)}(): {e}") from None
-        checked += 1
+    for cell, tree in trees.items():
+        for node in ast.walk(tree):
+            read = _module_attribute(node, names)
+            if read is not None:
+                assert hasattr(*read), f"{name} cell {cell} line {node.lineno}: {ast.unparse(node)} is gone"
+            if not isinstance(node, ast.Call):
+                continue
+            read = _module_attribute(node.func, names)
+            target = names.get(node.func.id) if isinstance(node.func, ast.Name) else read and getattr(*read, None)
+            if not callable(target):
+                continue
+            starred = any(isinstance(a, ast.Starred) for a in node.args) or any(k.arg is None for k in node.keywords)
+            signature = inspect.signature(target)
+            try:  # the call's shape (how many positional arguments, which keywords) against the signature
+                (signature.bind_partial if starred else signature.bind)(
+                    *([] if starred else node.args), **{k.arg: None for k in node.keywords if k.arg is not None})
+            except TypeError as e:
+                where = f"{name} cell {cell} line {node.lineno}"
+                raise AssertionError(f"{where}: {ast.unparse(node.func)}(): {e}") from None
+            checked += 1
     return checked
 
 
